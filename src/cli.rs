@@ -1,0 +1,47 @@
+//! Command-line interface (argh). Each subcommand is one struct; `main.rs`
+//! dispatches on them.
+
+use std::path::PathBuf;
+
+use argh::FromArgs;
+
+/// Default location of the configuration file on a device.
+pub const DEFAULT_CONFIG: &str = "/etc/porin/porin.yaml";
+
+/// Porin: container network-security gateway for edge devices.
+#[derive(FromArgs, Debug)]
+pub struct Cli {
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Run(RunArgs),
+    CheckConfig(CheckConfigArgs),
+    Version(VersionArgs),
+}
+
+/// Run the gateway daemon.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "run")]
+pub struct RunArgs {
+    /// configuration file (default: /etc/porin/porin.yaml)
+    #[argh(option, short = 'c', default = "PathBuf::from(DEFAULT_CONFIG)")]
+    pub config: PathBuf,
+}
+
+/// Validate a configuration file and report every error in it.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "check-config")]
+pub struct CheckConfigArgs {
+    /// the configuration file to check
+    #[argh(positional)]
+    pub file: PathBuf,
+}
+
+/// Print the version and what the running kernel supports.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "version")]
+pub struct VersionArgs {}

@@ -1,0 +1,84 @@
+//! The eBPF object built by `build.rs` and embedded in the binary, and loading
+//! it into the kernel with errors that keep the verifier's log.
+
+use aya::{programs::ProgramError, Ebpf, EbpfError};
+
+/// The programs' object file, as built for this binary's architecture.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/porin"));
+
+/// Why the programs could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this porin binary was built without its eBPF programs (AYA_BUILD_SKIP was set); \
+         rebuild without it"
+    )]
+    NotEmbedded,
+    #[error("loading the eBPF object into the kernel failed: {0}")]
+    Object(#[source] EbpfError),
+    #[error("program `{name}` is missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("program `{name}` has an unexpected type in the eBPF object")]
+    WrongProgramType { name: &'static str },
+    #[error("the kernel refused program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map `{name}` is missing from the eBPF object")]
+    MissingMap { name: &'static str },
+}
+
+/// The raw object bytes, or an error when the build skipped the eBPF build.
+pub fn object() -> Result<&'static [u8], LoadError> {
+    if OBJECT.is_empty() {
+        Err(LoadError::NotEmbedded)
+    } else {
+        Ok(OBJECT)
+    }
+}
+
+/// Parses the object and creates its maps in the kernel. Programs are loaded
+/// one by one by their users (see [`load_program`]) so each error names its
+/// program.
+pub fn open() -> Result<Ebpf, LoadError> {
+    Ebpf::load(object()?).map_err(LoadError::Object)
+}
+
+/// Loads program `name` of type `P` (e.g. `aya::programs::Xdp`) from `ebpf`
+/// into the kernel and returns it. The verifier log, if any, is inside the
+/// error.
+pub fn load_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoadError>
+where
+    P: Loadable + 'a,
+    &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram { name })?;
+    let program: &mut P = program
+        .try_into()
+        .map_err(|_| LoadError::WrongProgramType { name })?;
+    program
+        .load_into_kernel()
+        .map_err(|source| LoadError::Program { name, source })?;
+    Ok(program)
+}
+
+/// Program types whose `load()` takes no arguments (XDP and TC classifiers).
+pub trait Loadable {
+    fn load_into_kernel(&mut self) -> Result<(), ProgramError>;
+}
+
+impl Loadable for aya::programs::Xdp {
+    fn load_into_kernel(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+
+impl Loadable for aya::programs::SchedClassifier {
+    fn load_into_kernel(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}

@@ -1,0 +1,16 @@
+//! Porin: container network-security gateway for edge devices.
+//!
+//! The library holds everything the `porin` binary does, so integration tests
+//! can drive the same code.
+
+pub mod cli;
+pub mod config;
+pub mod ebpf;
+pub mod kernel;
+pub mod logging;
+pub mod selftest;
+pub mod signals;
+pub mod testing;
+
+/// Porin's version, as printed by `porin version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
