@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod ebpf;
 pub mod kernel;
 pub mod logging;

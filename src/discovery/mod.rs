@@ -1,0 +1,58 @@
+//! Container discovery by cgroup scanning: which containers run on this node,
+//! what they are (runtime, name, image, labels) and where their traffic flows
+//! (network namespace, interfaces, addresses, host-side veth).
+//!
+//! No runtime API is called. The cgroup filesystem says which containers
+//! exist and which processes they hold; the runtimes' on-disk state says what
+//! they are; the kernel (netlink inside the container's network namespace)
+//! says how they are connected.
+//!
+//! Module map, one job each:
+//! - `cgroup`: cgroup layout detection (v1, v2, hybrid), path parsing
+//!   (Podman, containerd, Docker; cgroupfs and systemd drivers), scanning.
+//! - `bolt`: a minimal read-only BoltDB reader (Podman's and containerd's
+//!   metadata databases).
+//! - `podman`, `containerd`: each runtime's on-disk state to [`RuntimeMeta`].
+//! - `netinfo`: network namespace, interfaces, addresses and host peer veth
+//!   of a process.
+//! - `endpoint`: the endpoint record assembled from the above.
+
+
+
+use std::{collections::BTreeMap, fmt};
+
+/// The container runtimes Porin recognises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Runtime {
+    Podman,
+    Containerd,
+    Docker,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Podman => "podman",
+            Runtime::Containerd => "containerd",
+            Runtime::Docker => "docker",
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a runtime's on-disk state says about one container.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeMeta {
+    /// Container name (`podman run --name`; the container id for containerd,
+    /// whose containers have no separate name).
+    pub name: String,
+    /// Image reference as the user gave it, e.g. `localhost/bb:latest`.
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
