@@ -17,7 +17,7 @@
 //!   of a process.
 //! - `endpoint`: the endpoint record assembled from the above.
 
-
+pub mod cgroup;
 
 use std::{collections::BTreeMap, fmt};
 
