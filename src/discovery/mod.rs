@@ -17,6 +17,7 @@
 //!   of a process.
 //! - `endpoint`: the endpoint record assembled from the above.
 
+pub mod cgroup;
 pub mod netinfo;
 
 use std::{collections::BTreeMap, fmt};
