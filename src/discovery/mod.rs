@@ -18,7 +18,10 @@
 //! - `endpoint`: the endpoint record assembled from the above.
 
 pub mod cgroup;
+pub mod endpoint;
+pub mod inventory;
 pub mod netinfo;
+pub mod watch;
 
 use std::{collections::BTreeMap, fmt};
 

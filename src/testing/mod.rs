@@ -6,8 +6,10 @@
 //! with a message saying what was skipped and why, so a missing privilege is
 //! never reported as a pass.
 
+pub mod containerd;
 pub mod netns;
 pub mod packets;
+pub mod podman;
 pub mod prog_run;
 
 /// Panics with a loud message unless the process runs as root.
