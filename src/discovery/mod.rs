@@ -12,12 +12,20 @@
 //!   (Podman, containerd, Docker; cgroupfs and systemd drivers), scanning.
 //! - `bolt`: a minimal read-only BoltDB reader (Podman's and containerd's
 //!   metadata databases).
-//! - `podman`, `containerd`: each runtime's on-disk state to [`RuntimeMeta`].
+//! - `podman`, `containerd`: each runtime's on-disk state to [`RuntimeMeta`];
+//!   `state`: their shared error type.
 //! - `netinfo`: network namespace, interfaces, addresses and host peer veth
 //!   of a process.
 //! - `endpoint`: the endpoint record assembled from the above.
 
+pub mod bolt;
+pub mod containerd;
+pub mod podman;
+pub mod state;
+#[cfg(test)]
+mod testdir;
 
+pub use state::StateError;
 
 use std::{collections::BTreeMap, fmt};
 
