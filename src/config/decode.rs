@@ -246,7 +246,8 @@ fn default_discovery() -> Discovery {
         cgroup_root: "/sys/fs/cgroup".into(),
         resync_interval: Duration::from_secs(30),
         runtimes: vec![Runtime::Podman, Runtime::Containerd, Runtime::Docker],
-        containerd_state_dirs: vec!["/run/containerd".into()],
+        containerd: vec![ContainerdInstance::default()],
+        podman_graphroots: vec!["/var/lib/containers/storage".into()],
     }
 }
 
@@ -288,24 +289,101 @@ fn discovery(node: &Node, path: &str, sink: &mut Sink) -> Option<Discovery> {
         Some(out)
     })
     .unwrap_or(d.runtimes);
-    let containerd_state_dirs = opt(&mut f, "containerd_state_dirs", sink, |n, p, s| {
-        let nodes = list(n, p, s)?;
-        Some(
-            nodes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, item)| absolute_path(item, &index_path(p, i), s))
-                .collect(),
-        )
-    })
-    .unwrap_or(d.containerd_state_dirs);
+    let containerd = opt(&mut f, "containerd", sink, containerd_instances).unwrap_or(d.containerd);
+    let podman_graphroots =
+        opt(&mut f, "podman_graphroots", sink, graphroots).unwrap_or(d.podman_graphroots);
     f.finish(sink);
     Some(Discovery {
         cgroup_root,
         resync_interval,
         runtimes,
-        containerd_state_dirs,
+        containerd,
+        podman_graphroots,
     })
+}
+
+/// `discovery.containerd`: one entry per containerd daemon, each field
+/// defaulting to containerd's own default.
+fn containerd_instances(
+    node: &Node,
+    path: &str,
+    sink: &mut Sink,
+) -> Option<Vec<ContainerdInstance>> {
+    let nodes = non_empty_list(
+        node,
+        path,
+        sink,
+        "leave it out for the default instance, or drop containerd from discovery.runtimes",
+    )?;
+    let d = ContainerdInstance::default();
+    let mut out = Vec::new();
+    for (i, item) in nodes.iter().enumerate() {
+        let ip = index_path(path, i);
+        let Some(mut f) = Fields::new(item, &ip, sink) else {
+            continue;
+        };
+        let state = f
+            .optional("state_dir")
+            .map(|(n, p)| (absolute_path(n, &p, sink), n.loc, p));
+        let root_dir = opt(&mut f, "root_dir", sink, absolute_path);
+        f.finish(sink);
+        let (state_dir, loc, state_path) = match state {
+            Some((Some(dir), loc, p)) => (dir, loc, p),
+            Some((None, ..)) => continue,
+            None => (d.state_dir.clone(), item.loc, ip),
+        };
+        out.push((
+            ContainerdInstance {
+                state_dir,
+                root_dir: root_dir.unwrap_or_else(|| d.root_dir.clone()),
+            },
+            loc,
+            state_path,
+        ));
+    }
+    // Two entries with one state directory are one daemon read twice.
+    let texts: Vec<String> = out
+        .iter()
+        .map(|(c, _, _)| c.state_dir.display().to_string())
+        .collect();
+    validate::report_duplicates(
+        out.iter()
+            .zip(&texts)
+            .map(|((_, loc, p), t)| (t.as_str(), *loc, p.as_str())),
+        "containerd state_dir",
+        sink,
+    );
+    Some(out.into_iter().map(|(c, _, _)| c).collect())
+}
+
+/// `discovery.podman_graphroots`: absolute, without repeats.
+fn graphroots(node: &Node, path: &str, sink: &mut Sink) -> Option<Vec<PathBuf>> {
+    let nodes = non_empty_list(
+        node,
+        path,
+        sink,
+        "leave it out for the default, or drop podman from discovery.runtimes",
+    )?;
+    let dirs: Vec<(PathBuf, Loc, String)> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let ip = index_path(path, i);
+            absolute_path(item, &ip, sink).map(|p| (p, item.loc, ip))
+        })
+        .collect();
+    let texts: Vec<String> = dirs
+        .iter()
+        .map(|(p, _, _)| p.display().to_string())
+        .collect();
+    validate::report_duplicates(
+        dirs.iter()
+            .zip(&texts)
+            .map(|((_, loc, p), t)| (t.as_str(), *loc, p.as_str())),
+        "graphroot",
+        sink,
+    );
+    Some(dirs.into_iter().map(|(p, _, _)| p).collect())
 }
 
 /// Ground rules; every field falls back to `base` (the built-in defaults at

@@ -462,6 +462,104 @@ fn relative_path() {
 }
 
 #[test]
+fn discovery_state_locations() {
+    let c = ok("version: 1\n");
+    assert_eq!(c.discovery.containerd, [ContainerdInstance::default()]);
+    assert_eq!(
+        c.discovery.containerd[0].root_dir,
+        Path::new("/var/lib/containerd")
+    );
+    assert_eq!(
+        c.discovery.podman_graphroots,
+        [Path::new("/var/lib/containers/storage")]
+    );
+
+    // Each field of an instance falls back to containerd's default.
+    let c = ok(
+        "version: 1\ndiscovery:\n  containerd:\n    - root_dir: /data/containerd\n    \
+         - state_dir: /run/k3s/containerd\n      root_dir: /var/lib/rancher/containerd\n  \
+         podman_graphroots: [/srv/podman, /var/lib/containers/storage]\n",
+    );
+    let want = [
+        ContainerdInstance {
+            state_dir: "/run/containerd".into(),
+            root_dir: "/data/containerd".into(),
+        },
+        ContainerdInstance {
+            state_dir: "/run/k3s/containerd".into(),
+            root_dir: "/var/lib/rancher/containerd".into(),
+        },
+    ];
+    assert_eq!(c.discovery.containerd, want);
+    assert_eq!(c.discovery.podman_graphroots.len(), 2);
+}
+
+#[test]
+fn discovery_state_location_mistakes() {
+    assert_one(
+        "version: 1\ndiscovery:\n  containerd:\n    - state_dir: run/containerd\n",
+        4,
+        18,
+        "discovery.containerd[0].state_dir",
+        "`run/containerd` must be an absolute path",
+    );
+    assert_one(
+        "version: 1\ndiscovery:\n  containerd:\n    - state_dir: /run/c\n      \
+         root_dir: var/lib/c\n",
+        5,
+        17,
+        "discovery.containerd[0].root_dir",
+        "`var/lib/c` must be an absolute path",
+    );
+    assert_one(
+        "version: 1\ndiscovery:\n  podman_graphroots: [/srv/a, srv/b]\n",
+        3,
+        31,
+        "discovery.podman_graphroots[1]",
+        "`srv/b` must be an absolute path",
+    );
+    assert_one(
+        "version: 1\ndiscovery:\n  containerd:\n    - state_dir: /run/c\n      \
+         socket: /run/c.sock\n",
+        5,
+        7,
+        "discovery.containerd[0].socket",
+        "unknown field `socket`; expected one of: state_dir, root_dir",
+    );
+    assert_one(
+        "version: 1\ndiscovery:\n  containerd: []\n",
+        3,
+        15,
+        "discovery.containerd",
+        "drop containerd from discovery.runtimes",
+    );
+    // Two entries for one daemon (the second written, the first defaulted).
+    assert_one(
+        "version: 1\ndiscovery:\n  containerd:\n    - root_dir: /a\n    \
+         - state_dir: /run/containerd\n",
+        5,
+        18,
+        "discovery.containerd[1].state_dir",
+        "duplicate containerd state_dir `/run/containerd` (first at discovery.containerd[0]",
+    );
+    assert_one(
+        "version: 1\ndiscovery:\n  podman_graphroots: [/a, /a]\n",
+        3,
+        27,
+        "discovery.podman_graphroots[1]",
+        "duplicate graphroot `/a`",
+    );
+    // The old field is gone, and says what is expected instead.
+    assert_one(
+        "version: 1\ndiscovery:\n  containerd_state_dirs: [/run/containerd]\n",
+        3,
+        3,
+        "discovery.containerd_state_dirs",
+        "unknown field `containerd_state_dirs`",
+    );
+}
+
+#[test]
 fn bad_uplinks() {
     let all = errors(
         "version: 1\nuplinks:\n  - interface: averyveryverylongname\n  - interface: eth0\n  \

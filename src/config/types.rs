@@ -138,7 +138,30 @@ pub struct Discovery {
     pub resync_interval: Duration,
     /// Without duplicates, in file order.
     pub runtimes: Vec<Runtime>,
-    pub containerd_state_dirs: Vec<PathBuf>,
+    /// The containerd daemons to read state from; never empty, no two with
+    /// the same state directory.
+    pub containerd: Vec<ContainerdInstance>,
+    /// Podman storage roots (`graphroot`); never empty, no duplicates.
+    pub podman_graphroots: Vec<PathBuf>,
+}
+
+/// Where one containerd daemon keeps its state (`--state`, `state` in its
+/// config.toml: task bundles) and its persistent data (`--root`, `root`:
+/// the metadata database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerdInstance {
+    pub state_dir: PathBuf,
+    pub root_dir: PathBuf,
+}
+
+impl Default for ContainerdInstance {
+    /// containerd's own defaults.
+    fn default() -> Self {
+        ContainerdInstance {
+            state_dir: "/run/containerd".into(),
+            root_dir: "/var/lib/containerd".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

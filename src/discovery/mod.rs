@@ -12,16 +12,31 @@
 //!   (Podman, containerd, Docker; cgroupfs and systemd drivers), scanning.
 //! - `bolt`: a minimal read-only BoltDB reader (Podman's and containerd's
 //!   metadata databases).
-//! - `podman`, `containerd`: each runtime's on-disk state to [`RuntimeMeta`].
+//! - `podman`, `containerd`: each runtime's on-disk state to [`RuntimeMeta`];
+//!   `state`: their shared error type.
 //! - `netinfo`: network namespace, interfaces, addresses and host peer veth
 //!   of a process.
 //! - `endpoint`: the endpoint record assembled from the above.
+//! - `scanner`: one discovery pass (cgroups, metadata, network), cached.
+//! - `inventory`: the known endpoints and the add/update/remove events.
+//! - `watch`, `live`: inotify on cgroup directories and the live loop
+//!   (retries for containers not ready yet, periodic resync).
 
+pub mod bolt;
 pub mod cgroup;
+pub mod containerd;
 pub mod endpoint;
 pub mod inventory;
+pub mod live;
 pub mod netinfo;
+pub mod podman;
+pub mod scanner;
+pub mod state;
+#[cfg(test)]
+mod testdir;
 pub mod watch;
+
+pub use state::StateError;
 
 use std::{collections::BTreeMap, fmt};
 

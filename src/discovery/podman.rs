@@ -1,0 +1,181 @@
+//! Podman's on-disk state to [`RuntimeMeta`], for every container at once.
+//!
+//! Podman 4 keeps each container's configuration in its BoltDB state
+//! database, `<graphroot>/libpod/bolt_state.db`: bucket `ctr`, one
+//! sub-bucket per container id, key `config` holding JSON with `name`,
+//! `labels`, `rootfsImageName`, `RawImageName` and the OCI `spec` (whose
+//! `annotations` we take). Podman 5 may use SQLite (`libpod/db.sql`)
+//! instead, which Porin does not read: that is reported as an error rather
+//! than guessed around.
+//!
+//! Without either database, c/storage's `<driver>-containers/containers.json`
+//! still names each container and its image (no labels or annotations).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::bolt::{Bolt, Value};
+use super::state::StateError;
+use super::RuntimeMeta;
+
+const BOLT_DB: &str = "libpod/bolt_state.db";
+const SQLITE_DB: &str = "libpod/db.sql";
+const STORAGE_FILE: &str = "containers.json";
+
+/// Every container Podman knows under `graphroot`, by full container id.
+/// No state at all (Podman never ran there) is an empty map.
+pub fn read_podman(graphroot: &Path) -> Result<HashMap<String, RuntimeMeta>, StateError> {
+    let bolt = graphroot.join(BOLT_DB);
+    // Podman 5 keeps using an existing BoltDB, so it wins over db.sql.
+    if present(&bolt)? {
+        return read_bolt(&bolt);
+    }
+    let sqlite = graphroot.join(SQLITE_DB);
+    if present(&sqlite)? {
+        return Err(StateError::UnsupportedDatabase { path: sqlite });
+    }
+    read_storage(graphroot)
+}
+
+/// Like `Path::exists`, but a permission problem is an error, not "absent".
+fn present(path: &Path) -> Result<bool, StateError> {
+    path.try_exists().map_err(|e| StateError::io(path, e))
+}
+
+fn read_bolt(path: &Path) -> Result<HashMap<String, RuntimeMeta>, StateError> {
+    let db = Bolt::open(path)?;
+    let ctrs = db
+        .root()
+        .bucket(b"ctr")
+        .ok_or_else(|| StateError::missing(path, "no `ctr` bucket (not a Podman database?)"))?;
+    let mut out = HashMap::new();
+    for (key, value) in ctrs.iter() {
+        let Value::Bucket(ctr) = value else { continue };
+        let id = String::from_utf8_lossy(key);
+        // One damaged entry must not hide the other containers.
+        let Some(config) = ctr.get(b"config") else {
+            log::warn!("{}: container {id} has no config", path.display());
+            continue;
+        };
+        match meta_from_config(config) {
+            Ok(meta) => {
+                out.insert(id.into_owned(), meta);
+            }
+            Err(e) => log::warn!("{}", StateError::json(path, format!("container {id}"), e)),
+        }
+    }
+    Ok(out)
+}
+
+/// The parts of libpod's `ContainerConfig` Porin uses. Go writes nil maps
+/// as `null`, hence the options.
+#[derive(Deserialize)]
+struct Config {
+    name: String,
+    #[serde(default, rename = "rootfsImageName")]
+    rootfs_image_name: Option<String>,
+    #[serde(default, rename = "RawImageName")]
+    raw_image_name: Option<String>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    spec: Option<Spec>,
+}
+
+#[derive(Deserialize)]
+struct Spec {
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+/// Decodes one container's `config` JSON.
+fn meta_from_config(json: &[u8]) -> Result<RuntimeMeta, serde_json::Error> {
+    let c: Config = serde_json::from_slice(json)?;
+    // rootfsImageName is the resolved reference (`localhost/bb:latest`);
+    // RawImageName is what was typed (`localhost/bb`), and the only one
+    // set for some containers.
+    let image = [c.rootfs_image_name, c.raw_image_name]
+        .into_iter()
+        .flatten()
+        .find(|s| !s.is_empty())
+        .unwrap_or_default();
+    Ok(RuntimeMeta {
+        name: c.name,
+        image,
+        labels: c.labels.unwrap_or_default(),
+        annotations: c.spec.and_then(|s| s.annotations).unwrap_or_default(),
+    })
+}
+
+/// One entry of c/storage's `containers.json`.
+#[derive(Deserialize)]
+struct StorageContainer {
+    id: String,
+    #[serde(default)]
+    names: Vec<String>,
+    /// JSON inside a string, written by Podman.
+    #[serde(default)]
+    metadata: String,
+}
+
+#[derive(Deserialize, Default)]
+struct StorageMetadata {
+    #[serde(default, rename = "image-name")]
+    image_name: String,
+    #[serde(default)]
+    name: String,
+}
+
+/// The fallback without a libpod database: every graph driver's
+/// `<driver>-containers/containers.json` under `graphroot`.
+fn read_storage(graphroot: &Path) -> Result<HashMap<String, RuntimeMeta>, StateError> {
+    let entries = match fs::read_dir(graphroot) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(StateError::io(graphroot, e)),
+    };
+    let mut out = HashMap::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StateError::io(graphroot, e))?;
+        if !entry.file_name().to_string_lossy().ends_with("-containers") {
+            continue;
+        }
+        let file = entry.path().join(STORAGE_FILE);
+        if present(&file)? {
+            let bytes = fs::read(&file).map_err(|e| StateError::io(&file, e))?;
+            out.extend(
+                metas_from_storage(&bytes)
+                    .map_err(|e| StateError::json(&file, "container list", e))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn metas_from_storage(json: &[u8]) -> Result<HashMap<String, RuntimeMeta>, serde_json::Error> {
+    let containers: Vec<StorageContainer> = serde_json::from_slice(json)?;
+    let mut out = HashMap::new();
+    for c in containers {
+        // Containers made by other tools may carry other metadata; what
+        // is unreadable there is simply not known.
+        let m: StorageMetadata = serde_json::from_str(&c.metadata).unwrap_or_default();
+        let name = if m.name.is_empty() {
+            c.names.into_iter().next().unwrap_or_default()
+        } else {
+            m.name
+        };
+        let meta = RuntimeMeta {
+            name,
+            image: m.image_name,
+            ..RuntimeMeta::default()
+        };
+        out.insert(c.id, meta);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

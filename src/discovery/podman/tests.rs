@@ -1,0 +1,197 @@
+//! Podman state: the committed database and storage fixtures laid out as a
+//! graphroot, the format decisions, and one run against the live Podman.
+
+use std::process::Command;
+
+use super::*;
+use crate::discovery::testdir::TempDir;
+
+const WEB1: &str = "69d2571c3cbefb2b9a8dc1c84fb28a85dc1cb322d9c9ba6a4c954deaf7f0ed4c";
+const FX1: &str = "a89d1cd68ddf8381ac747c3f647de0d51104e3c2b8ed7ef4453b7eb8fea6dda8";
+const FX2: &str = "f07495f074f9ae8af145d413537cad3995fe07fda75bb820f6bf4553c52554f5";
+
+fn fixture(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+/// A graphroot holding `files` (destination under the root, fixture).
+fn graphroot(files: &[(&str, &str)]) -> TempDir {
+    let dir = TempDir::new("podman");
+    for (dest, src) in files {
+        let dest = dir.path().join(dest);
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        fs::copy(fixture(src), dest).unwrap();
+    }
+    dir
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn reads_every_container_from_the_bolt_database() {
+    let root = graphroot(&[(BOLT_DB, "bolt/podman-bolt_state.db")]);
+    let all = read_podman(root.path()).unwrap();
+    assert_eq!(all.len(), 2, "{all:#?}");
+
+    let web1 = &all[WEB1];
+    assert_eq!(web1.name, "web1");
+    // Started as `localhost/bb`: the resolved reference is preferred.
+    assert_eq!(web1.image, "localhost/bb:latest");
+    assert_eq!(web1.labels, labels(&[("app", "web"), ("tier", "front")]));
+    assert_eq!(
+        web1.annotations.get("io.podman.annotations.autoremove"),
+        Some(&"FALSE".to_string())
+    );
+
+    let fx1 = &all[FX1];
+    assert_eq!(fx1.name, "wst-fx1");
+    assert_eq!(fx1.labels, labels(&[("app", "fixture"), ("tier", "back")]));
+    assert_eq!(
+        fx1.annotations.get("com.example.note"),
+        Some(&"hello".to_string())
+    );
+    // Removed before the copy; its JSON survives only in freed pages.
+    assert!(!all.contains_key(FX2));
+}
+
+#[test]
+fn sqlite_database_is_reported_as_unsupported() {
+    let root = graphroot(&[]);
+    fs::create_dir_all(root.path().join("libpod")).unwrap();
+    fs::write(root.path().join(SQLITE_DB), b"SQLite format 3\0").unwrap();
+    let err = read_podman(root.path()).unwrap_err();
+    assert!(
+        matches!(err, StateError::UnsupportedDatabase { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("libpod/db.sql"), "{text}");
+    assert!(text.contains("unsupported state database"), "{text}");
+
+    // An existing BoltDB is what Podman 5 keeps using: it wins.
+    fs::copy(
+        fixture("bolt/podman-bolt_state.db"),
+        root.path().join(BOLT_DB),
+    )
+    .unwrap();
+    assert_eq!(read_podman(root.path()).unwrap().len(), 2);
+}
+
+#[test]
+fn storage_list_is_the_fallback_without_a_database() {
+    let root = graphroot(&[(
+        "overlay-containers/containers.json",
+        "podman/containers.json",
+    )]);
+    let all = read_podman(root.path()).unwrap();
+    let want = RuntimeMeta {
+        name: "web1".into(),
+        image: "localhost/bb:latest".into(),
+        ..RuntimeMeta::default()
+    };
+    assert_eq!(all.get(WEB1), Some(&want), "{all:#?}");
+}
+
+#[test]
+fn no_state_at_all_is_no_containers() {
+    let root = graphroot(&[]);
+    assert!(read_podman(root.path()).unwrap().is_empty());
+    assert!(read_podman(&root.path().join("absent")).unwrap().is_empty());
+}
+
+#[test]
+fn errors_name_the_file() {
+    let root = graphroot(&[]);
+    fs::create_dir_all(root.path().join("libpod")).unwrap();
+    let data = fs::read(fixture("bolt/podman-bolt_state.db")).unwrap();
+    fs::write(root.path().join(BOLT_DB), &data[..5000]).unwrap();
+    let text = read_podman(root.path()).unwrap_err().to_string();
+    assert!(text.contains("libpod/bolt_state.db"), "{text}");
+
+    let root = graphroot(&[]);
+    fs::create_dir_all(root.path().join("vfs-containers")).unwrap();
+    fs::write(root.path().join("vfs-containers/containers.json"), b"[{").unwrap();
+    let text = read_podman(root.path()).unwrap_err().to_string();
+    assert!(text.contains("vfs-containers/containers.json"), "{text}");
+}
+
+#[test]
+fn config_json_variants() {
+    // Go writes nil maps as null; a missing rootfsImageName falls back.
+    let meta = meta_from_config(
+        br#"{"name":"a","RawImageName":"img","rootfsImageName":"","labels":null,"spec":{"annotations":null}}"#,
+    )
+    .unwrap();
+    let want = RuntimeMeta {
+        name: "a".into(),
+        image: "img".into(),
+        ..RuntimeMeta::default()
+    };
+    assert_eq!(meta, want);
+    assert_eq!(meta_from_config(br#"{"name":"b"}"#).unwrap().image, "");
+    assert!(
+        meta_from_config(br#"{"labels":{}}"#).is_err(),
+        "name is required"
+    );
+    assert!(meta_from_config(br#"{"name":"c","labels":{"k":1}}"#).is_err());
+}
+
+/// Removes the container when the test ends, passed or not.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+fn podman(args: &[&str]) -> String {
+    let out = Command::new("podman")
+        .args(args)
+        .output()
+        .expect("podman runs");
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn live_podman_container_is_read_from_the_database() {
+    crate::testing::require_root("reading the live Podman database (podman create)");
+    let name = format!("wst-{}", std::process::id());
+    let id = podman(&[
+        "create",
+        "--name",
+        &name,
+        "--label",
+        "app=wst",
+        "--label",
+        "porin.test=live",
+        "localhost/bb:latest",
+        "sleep",
+        "1",
+    ]);
+    let _guard = Container(name.clone());
+    let graphroot = podman(&["info", "--format", "{{.Store.GraphRoot}}"]);
+
+    let all = read_podman(Path::new(&graphroot)).unwrap();
+    let meta = all
+        .get(&id)
+        .unwrap_or_else(|| panic!("{id} not in {all:#?}"));
+    assert_eq!(meta.name, name);
+    assert_eq!(meta.image, "localhost/bb:latest");
+    assert_eq!(
+        meta.labels,
+        labels(&[("app", "wst"), ("porin.test", "live")])
+    );
+}
