@@ -20,6 +20,7 @@ pub struct Cli {
 pub enum Command {
     Run(RunArgs),
     CheckConfig(CheckConfigArgs),
+    Endpoints(EndpointsArgs),
     Version(VersionArgs),
 }
 
@@ -45,3 +46,35 @@ pub struct CheckConfigArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "version")]
 pub struct VersionArgs {}
+
+/// List the containers on this node (one-shot scan; no daemon needed).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "endpoints")]
+pub struct EndpointsArgs {
+    /// configuration file for the discovery settings (default: /etc/porin/porin.yaml
+    /// if it exists, else the built-in defaults)
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// output format: table (default) or json
+    #[argh(option, short = 'o', default = "OutputFormat::Table")]
+    pub output: OutputFormat,
+}
+
+/// How listings are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+impl argh::FromArgValue for OutputFormat {
+    fn from_arg_value(value: &str) -> Result<Self, String> {
+        match value {
+            "table" => Ok(OutputFormat::Table),
+            "json" => Ok(OutputFormat::Json),
+            other => Err(format!(
+                "unknown output format `{other}`; expected table or json"
+            )),
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! can drive the same code.
 
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod discovery;
 pub mod ebpf;

@@ -14,8 +14,8 @@ pub enum Event {
     Added(Endpoint),
     /// Something about a known endpoint changed (labels, addresses, veth...).
     Updated {
-        old: Endpoint,
-        new: Endpoint,
+        old: Box<Endpoint>,
+        new: Box<Endpoint>,
     },
     Removed(Endpoint),
 }
@@ -63,8 +63,8 @@ impl Inventory {
             let new_ep = next.remove(&key).expect("key present in next");
             if new_ep != old_ep {
                 events.push(Event::Updated {
-                    old: old_ep,
-                    new: new_ep.clone(),
+                    old: Box::new(old_ep),
+                    new: Box::new(new_ep.clone()),
                 });
             }
             self.endpoints.insert(key, new_ep);
@@ -129,7 +129,7 @@ mod tests {
             matches!(&events[0], Event::Removed(e) if e.name == "db"),
             "removals first"
         );
-        assert!(matches!(&events[1], Event::Updated { new, .. } if *new == a2));
+        assert!(matches!(&events[1], Event::Updated { new, .. } if **new == a2));
         assert_eq!(inv.len(), 1);
         assert_eq!(inv.get(&a2.key), Some(&a2));
     }

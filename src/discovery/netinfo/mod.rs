@@ -27,7 +27,7 @@ use netlink::{AddrRecord, LinkRecord, IFF_LOOPBACK};
 use socket::NlSocket;
 
 /// How a process is connected.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NetInfo {
     /// The process shares the host's network namespace (`podman run --network host`).
     pub host_network: bool,

@@ -1,0 +1,24 @@
+//! The subcommands, one module each; `main.rs` only dispatches.
+
+pub mod endpoints;
+pub mod run;
+
+use std::path::Path;
+
+use crate::{cli::DEFAULT_CONFIG, config};
+
+/// Exit status for an invalid configuration.
+pub const EXIT_CONFIG: u8 = 1;
+/// Exit status for a failure to start or run.
+pub const EXIT_RUNTIME: u8 = 2;
+
+/// The configuration for commands that can run without one: the file given,
+/// else the default file if it exists, else the built-in defaults.
+pub fn config_or_defaults(path: Option<&Path>) -> Result<config::Config, config::ConfigErrors> {
+    match path {
+        Some(p) => config::load(p),
+        None if Path::new(DEFAULT_CONFIG).exists() => config::load(Path::new(DEFAULT_CONFIG)),
+        // The schema's own defaults, through the same decoder as any file.
+        None => config::parse("version: 1\n", "<built-in defaults>"),
+    }
+}

@@ -1,0 +1,271 @@
+//! One discovery pass: cgroups, then runtime metadata, then network.
+//!
+//! The scanner is what `porin endpoints` runs once and what the watch loop
+//! runs on every wake-up. Metadata and network information are cached per
+//! container and re-read only for containers that are new, not ready yet,
+//! or whose init process changed, and on a full refresh (the periodic
+//! resync), so a scan of a busy node stays cheap.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+};
+
+use log::debug;
+
+use super::{
+    cgroup::{CgroupError, CgroupFs, ContainerCgroup},
+    containerd::{self, ContainerdInstance},
+    endpoint::{short_id, Endpoint, EndpointKey},
+    netinfo::{self, NetInfo},
+    podman, Runtime, RuntimeMeta,
+};
+use crate::config;
+
+/// Why a scan could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("scanning the cgroup hierarchy {dir}: {source}")]
+    Walk {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A container found in the cgroups that is not ready to be reported yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// What is known so far.
+    pub endpoint: Endpoint,
+    /// Why it is not ready, for logs and `porin endpoints`.
+    pub reason: String,
+}
+
+/// The result of one pass.
+#[derive(Debug, Default)]
+pub struct ScanOutcome {
+    pub ready: Vec<Endpoint>,
+    pub pending: Vec<Pending>,
+    /// Directories to watch for new containers.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// What is cached per container between scans.
+#[derive(Clone, Debug)]
+struct Cached {
+    meta: RuntimeMeta,
+    /// The process the network information was read from.
+    pid: u32,
+    net: NetInfo,
+}
+
+/// Scans the node for containers. See the module notes.
+pub struct Scanner {
+    cgroups: CgroupFs,
+    runtimes: Vec<Runtime>,
+    podman_graphroots: Vec<PathBuf>,
+    containerd: Vec<ContainerdInstance>,
+    cache: HashMap<EndpointKey, Cached>,
+}
+
+impl Scanner {
+    /// A scanner for the node as `cfg` describes it (detects the cgroup
+    /// layout under `cfg.cgroup_root`).
+    pub fn new(cfg: &config::Discovery) -> Result<Self, ScanError> {
+        Ok(Self::with_cgroups(CgroupFs::detect(&cfg.cgroup_root)?, cfg))
+    }
+
+    /// A scanner over an explicit hierarchy (tests use fixture trees).
+    pub fn with_cgroups(cgroups: CgroupFs, cfg: &config::Discovery) -> Self {
+        Scanner {
+            cgroups,
+            runtimes: cfg.runtimes.iter().copied().map(runtime_of).collect(),
+            podman_graphroots: cfg.podman_graphroots.clone(),
+            containerd: cfg.containerd.clone(),
+            cache: HashMap::new(),
+        }
+    }
+
+    pub fn cgroups(&self) -> &CgroupFs {
+        &self.cgroups
+    }
+
+    /// One pass. With `refresh`, cached metadata and network information
+    /// are re-read for every container (the periodic resync).
+    pub fn scan(&mut self, refresh: bool) -> Result<ScanOutcome, ScanError> {
+        let containerd_on = self.runtimes.contains(&Runtime::Containerd);
+        let instances = &self.containerd;
+        let confirm = |ns: &str, id: &str| {
+            containerd_on && instances.iter().any(|i| containerd::task_exists(i, ns, id))
+        };
+        let scan = self
+            .cgroups
+            .scan_with(&confirm)
+            .map_err(|source| ScanError::Walk {
+                dir: self.cgroups.dir().to_path_buf(),
+                source,
+            })?;
+
+        let mut podman_meta: Option<Result<HashMap<String, RuntimeMeta>, String>> = None;
+        let mut outcome = ScanOutcome {
+            dirs: scan.dirs,
+            ..Default::default()
+        };
+        let mut seen = HashSet::new();
+        for cg in scan.containers {
+            let key = key_of(&cg);
+            seen.insert(key.clone());
+            let pid = cg.pids.first().copied();
+            let cached = self
+                .cache
+                .get(&key)
+                .filter(|c| !refresh && Some(c.pid) == pid)
+                .cloned();
+            let result = match cached {
+                Some(c) => Ok(c),
+                None => self.read(&key, pid, &mut podman_meta),
+            };
+            match result {
+                Ok(c) => {
+                    let ep = endpoint(key.clone(), &cg, &c);
+                    self.cache.insert(key, c);
+                    if ep.network_ready() {
+                        outcome.ready.push(ep);
+                    } else {
+                        self.cache.remove(&ep.key);
+                        outcome.pending.push(Pending {
+                            reason: "network not configured yet (no address)".into(),
+                            endpoint: ep,
+                        });
+                    }
+                }
+                Err(reason) => {
+                    self.cache.remove(&key);
+                    let bare = Cached {
+                        meta: fallback_meta(&key),
+                        pid: pid.unwrap_or(0),
+                        net: NetInfo::default(),
+                    };
+                    outcome.pending.push(Pending {
+                        endpoint: endpoint(key, &cg, &bare),
+                        reason,
+                    });
+                }
+            }
+        }
+        self.cache.retain(|k, _| seen.contains(k));
+        Ok(outcome)
+    }
+
+    /// Reads metadata and network information of one container.
+    fn read(
+        &self,
+        key: &EndpointKey,
+        pid: Option<u32>,
+        podman_meta: &mut Option<Result<HashMap<String, RuntimeMeta>, String>>,
+    ) -> Result<Cached, String> {
+        let pid = pid.ok_or_else(|| "no process in its cgroup yet".to_string())?;
+        let meta = if self.runtimes.contains(&key.runtime) {
+            self.meta(key, podman_meta)?
+        } else {
+            debug!(
+                "{key}: runtime {} not enabled in the config: no metadata",
+                key.runtime
+            );
+            fallback_meta(key)
+        };
+        let net = netinfo::net_info(pid).map_err(|e| e.to_string())?;
+        Ok(Cached { meta, pid, net })
+    }
+
+    fn meta(
+        &self,
+        key: &EndpointKey,
+        podman_meta: &mut Option<Result<HashMap<String, RuntimeMeta>, String>>,
+    ) -> Result<RuntimeMeta, String> {
+        match key.runtime {
+            Runtime::Podman => {
+                // One read of Podman's database per scan, however many
+                // containers need it.
+                let all = podman_meta.get_or_insert_with(|| self.read_podman());
+                match all {
+                    Ok(map) => map.get(&key.id).cloned().ok_or_else(|| {
+                        format!(
+                            "Podman's state does not list container {} yet",
+                            short_id(&key.id)
+                        )
+                    }),
+                    Err(e) => Err(e.clone()),
+                }
+            }
+            Runtime::Containerd => {
+                let mut last = String::from("no containerd instance configured");
+                for instance in &self.containerd {
+                    if !containerd::task_exists(instance, &key.namespace, &key.id) {
+                        continue;
+                    }
+                    match containerd::read_containerd(instance, &key.namespace, &key.id) {
+                        Ok(meta) => return Ok(meta),
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                Err(last)
+            }
+            // Docker's state is not read (yet): the container is reported
+            // with its id as name and no labels, so groups select it only by
+            // runtime, and it counts as unmanaged otherwise.
+            Runtime::Docker => Ok(fallback_meta(key)),
+        }
+    }
+
+    fn read_podman(&self) -> Result<HashMap<String, RuntimeMeta>, String> {
+        let mut all = HashMap::new();
+        for root in &self.podman_graphroots {
+            all.extend(podman::read_podman(root).map_err(|e| e.to_string())?);
+        }
+        Ok(all)
+    }
+}
+
+fn runtime_of(r: config::Runtime) -> Runtime {
+    match r {
+        config::Runtime::Podman => Runtime::Podman,
+        config::Runtime::Containerd => Runtime::Containerd,
+        config::Runtime::Docker => Runtime::Docker,
+    }
+}
+
+fn key_of(cg: &ContainerCgroup) -> EndpointKey {
+    EndpointKey {
+        runtime: cg.m.runtime,
+        namespace: cg.m.namespace.clone().unwrap_or_default(),
+        id: cg.m.id.clone(),
+    }
+}
+
+/// Metadata for a container whose runtime state is not read: its short id
+/// as name, nothing else.
+fn fallback_meta(key: &EndpointKey) -> RuntimeMeta {
+    RuntimeMeta {
+        name: short_id(&key.id).to_string(),
+        ..Default::default()
+    }
+}
+
+fn endpoint(key: EndpointKey, cg: &ContainerCgroup, c: &Cached) -> Endpoint {
+    Endpoint {
+        key,
+        name: c.meta.name.clone(),
+        image: c.meta.image.clone(),
+        labels: c.meta.labels.clone(),
+        annotations: c.meta.annotations.clone(),
+        cgroup: cg.path.clone(),
+        pids: cg.pids.clone(),
+        netns_inode: c.net.netns_inode,
+        host_network: c.net.host_network,
+        interfaces: c.net.interfaces.clone(),
+    }
+}
