@@ -7,5 +7,6 @@
 //! implemented only with the `user` feature (the userspace build).
 #![no_std]
 
+pub mod datapath;
 pub mod packet;
 pub mod probe;

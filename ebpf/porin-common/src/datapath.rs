@@ -1,0 +1,238 @@
+//! The identity-policy datapath's shared vocabulary: identities, map keys and
+//! values, verdicts and drop reasons. Layout version 1 (map names end `_V1`;
+//! a changed layout gets a new name, a retired field is renamed `_retired`
+//! rather than reused).
+//!
+//! # Maps (kernel names ≤ 15 characters)
+//! | map | type | key → value | written by |
+//! | --- | --- | --- | --- |
+//! | `PORIN_ENDP_V1` | hash | host veth ifindex `u32` → [`EndpointInfo`] | manager |
+//! | `PORIN_IP4_V1` | hash | IPv4 `[u8; 4]` → identity `u32` | manager (endpoint and host addresses) |
+//! | `PORIN_IP6_V1` | hash | IPv6 `[u8; 16]` → identity `u32` | manager |
+//! | `PORIN_NET4_V1` | LPM trie | prefix + IPv4 → identity | manager (named networks) |
+//! | `PORIN_NET6_V1` | LPM trie | prefix + IPv6 → identity | manager |
+//! | `PORIN_POL_V1` | hash | [`PolicyKey`] → [`PolicyValue`] | manager, per generation |
+//! | `PORIN_CFG_V1` | array\[1\] | 0 → [`DatapathConfig`] (active generation) | manager |
+//! | `PORIN_CT_V1` | LRU hash | [`CtKey`] → [`CtValue`] | programs |
+//! | `PORIN_DROPS_V1` | per-CPU array | [`DropReason`] → [`Counter`] | programs |
+//! | `PORIN_FWD_V1` | per-CPU array | [`Direction`] → [`Counter`] | programs |
+//!
+//! # Atomic policy updates
+//! Policy entries carry a generation (0 or 1). The programs read the active
+//! generation from `PORIN_CFG_V1` once per packet and only look up entries of
+//! that generation. The manager writes a complete new policy under the other
+//! generation, flips `PORIN_CFG_V1` (one 4-byte write), then deletes the old
+//! generation's entries: no packet ever sees a half-written policy.
+//!
+//! # Peer identity
+//! The peer's address is looked up in the exact maps (endpoints and host
+//! addresses) first, then in the network LPM tries; an address in none of
+//! them is [`identity::WORLD`].
+
+/// Identities: numeric names for who is talking. See [`identity`].
+pub type Identity = u32;
+
+/// Reserved identities and the ranges of derived ones.
+///
+/// | value | name | meaning |
+/// | --- | --- | --- |
+/// | 0 | `ANY` | wildcard peer in policy keys; never an endpoint's identity |
+/// | 1 | `HOST` | the node itself (its addresses, including bridge gateways) |
+/// | 2 | `WORLD` | any address that is not an endpoint, the host, or in a named network |
+/// | 3 | `UNMANAGED` | a container no group selects |
+/// | 0x0100_0000..=0x01FF_FFFF | groups | derived from the group name |
+/// | 0x0200_0000..=0x02FF_FFFF | networks | derived from the network name |
+pub mod identity {
+    use super::Identity;
+
+    pub const ANY: Identity = 0;
+    pub const HOST: Identity = 1;
+    pub const WORLD: Identity = 2;
+    pub const UNMANAGED: Identity = 3;
+    /// First value of the derived ranges; everything below is reserved.
+    pub const GROUP_BASE: Identity = 0x0100_0000;
+    pub const NETWORK_BASE: Identity = 0x0200_0000;
+    /// Derived identities use the low 24 bits.
+    pub const DERIVED_MASK: Identity = 0x00FF_FFFF;
+}
+
+/// Traffic direction as seen from the endpoint the program is attached for.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// Leaving the container (`from_container`, host veth TC ingress).
+    Egress = 0,
+    /// Entering the container (`to_container`, host veth TC egress).
+    Ingress = 1,
+}
+
+/// Number of [`Direction`] values (size of `PORIN_FWD_V1`).
+pub const DIRECTIONS: u32 = 2;
+
+/// Enforcement mode of an endpoint, [`EndpointInfo::mode`].
+pub mod mode {
+    /// Denied packets are dropped.
+    pub const ENFORCE: u8 = 0;
+    /// Denied packets are counted (as if dropped) and passed.
+    pub const AUDIT: u8 = 1;
+}
+
+/// IP protocol numbers the policy knows. Port 0 in a policy key means "any
+/// port"; ICMP entries always use port 0.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// `PORIN_ENDP_V1` value: what the programs need to know about the endpoint
+/// whose host veth they run on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointInfo {
+    pub identity: Identity,
+    /// [`mode::ENFORCE`] or [`mode::AUDIT`].
+    pub mode: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `PORIN_POL_V1` key. Lookup order per packet (first hit wins):
+/// `(peer, port)`, `(peer, 0)`, `(ANY, port)`, `(ANY, 0)`, all with the
+/// packet's exact protocol, direction, subject and the active generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct PolicyKey {
+    /// The endpoint's identity (whose policy this is).
+    pub subject: Identity,
+    /// The other side's identity, or [`identity::ANY`].
+    pub peer: Identity,
+    /// Destination port in host byte order, 0 = any.
+    pub port: u16,
+    /// IP protocol number ([`proto`]).
+    pub protocol: u8,
+    /// [`Direction`] as u8.
+    pub direction: u8,
+    /// 0 or 1; see the module notes.
+    pub generation: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `PORIN_POL_V1` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyValue {
+    /// [`action::ALLOW`] or [`action::DENY`].
+    pub action: u8,
+    pub _pad: [u8; 3],
+    /// Index of the rule that produced the entry, for flow events and
+    /// `porin policy` (0 = a ground rule).
+    pub rule: u32,
+}
+
+pub mod action {
+    pub const DENY: u8 = 0;
+    pub const ALLOW: u8 = 1;
+}
+
+/// `PORIN_CFG_V1` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    /// Active policy generation (0 or 1).
+    pub generation: u32,
+}
+
+/// `PORIN_CT_V1` key: a connection as first seen at one endpoint. IPv4
+/// addresses are stored in the first 4 bytes, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Host byte order; 0 for ICMP (echo id is not tracked).
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 2],
+    /// Host veth ifindex of the endpoint that saw and allowed the first
+    /// packet: each endpoint keeps its own view, so A allowing A→B never
+    /// lets the packet past B's ingress policy.
+    pub ifindex: u32,
+}
+
+/// `PORIN_CT_V1` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns` of the last packet (LRU evicts idle entries).
+    pub last_seen_ns: u64,
+    /// [`Direction`] of the first packet as u8.
+    pub direction: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Packet and byte counters (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Why a packet was dropped (or, in audit mode, would have been). Index
+/// into `PORIN_DROPS_V1`. Values are never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// No policy entry allows the flow.
+    PolicyDenied = 0,
+    /// A header is shorter than its fixed part or than its length field says.
+    Malformed = 1,
+    /// IPv4 header with options (IHL > 5).
+    Ipv4Options = 2,
+    /// IPv4 fragment (MF set or non-zero offset): L4 ports cannot be checked.
+    Fragment = 3,
+    /// IPv6 extension header (hop-by-hop, routing, fragment, destination
+    /// options, ...) before the transport header.
+    Ipv6ExtHeader = 4,
+    /// The host veth has no endpoint entry (being set up or torn down).
+    UnknownEndpoint = 5,
+    /// EtherType other than IPv4, IPv6 and ARP.
+    UnsupportedL3 = 6,
+    /// An internal error (map or helper failure): never let through.
+    Internal = 7,
+}
+
+/// Number of drop reasons (size of `PORIN_DROPS_V1`).
+pub const DROP_REASONS: u32 = 8;
+
+/// TC verdicts (`TC_ACT_*`) the programs return.
+pub mod tc_action {
+    pub const OK: i32 = 0;
+    pub const SHOT: i32 = 2;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are #[repr(C)] plain data without implicit padding (each
+    // has explicit `_pad` fields up to its alignment), valid for any bytes.
+    unsafe impl aya::Pod for super::EndpointInfo {}
+    unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::PolicyValue {}
+    unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::Counter {}
+}
+
+// Layout checks: the kernel and userspace must agree byte for byte.
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 4);
+const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
