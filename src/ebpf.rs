@@ -1,7 +1,7 @@
 //! The eBPF object built by `build.rs` and embedded in the binary, and loading
 //! it into the kernel with errors that keep the verifier's log.
 
-use aya::{programs::ProgramError, Ebpf, EbpfError};
+use aya::{programs::ProgramError, Ebpf, EbpfError, EbpfLoader};
 
 /// The programs' object file, as built for this binary's architecture.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/porin"));
@@ -43,7 +43,13 @@ pub fn object() -> Result<&'static [u8], LoadError> {
 /// one by one by their users (see [`load_program`]) so each error names its
 /// program.
 pub fn open() -> Result<Ebpf, LoadError> {
-    Ebpf::load(object()?).map_err(LoadError::Object)
+    // The programs use no CO-RE relocations, so the kernel's BTF (several
+    // MiB, parsed into far more heap) is not needed: skipping it keeps the
+    // daemon small and the load fast.
+    EbpfLoader::new()
+        .btf(None)
+        .load(object()?)
+        .map_err(LoadError::Object)
 }
 
 /// Loads program `name` of type `P` (e.g. `aya::programs::Xdp`) from `ebpf`
