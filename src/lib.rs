@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod datapath;
 pub mod discovery;
 pub mod ebpf;
 pub mod kernel;

@@ -303,3 +303,14 @@ fn verified_host_peer(
 
 #[cfg(test)]
 mod tests;
+
+/// Every address of the calling thread's network namespace (the host's, for
+/// the daemon): loopback, uplinks and container bridge gateways. The policy
+/// gives them the reserved `host` identity.
+pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut sock = NlSocket::open()?;
+    let mut addrs: Vec<IpAddr> = sock.addrs()?.into_iter().map(|a| a.addr).collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    Ok(addrs)
+}

@@ -1,0 +1,463 @@
+//! The policy datapath manager: loads `from_container` / `to_container`,
+//! keeps the identity-policy maps equal to a [`MapContents`], and attaches
+//! the programs to endpoints' host veths as discovery reports them.
+//!
+//! # Update order (why there is no half-written policy)
+//! [`Datapath::apply`] goes from the current contents to the new ones in
+//! this order:
+//! 1. addresses and networks that are new get their identity (nothing that
+//!    existed changes meaning);
+//! 2. the complete new policy is written under the inactive generation, the
+//!    active generation in `PORIN_CFG_V1` is flipped with one write, and the
+//!    old generation's entries are deleted: every packet is judged by the
+//!    old or the new policy, never by a mix;
+//! 3. addresses, networks and endpoints whose identity or mode changed are
+//!    updated, then entries that are gone are deleted;
+//! 4. programs are attached to new endpoints (whose entries exist by now)
+//!    and detached from endpoints that went away.
+//!
+//! Established connections keep passing throughout (conntrack). Known
+//! limit: when a reload moves an existing address to another identity, that
+//! one entry is rewritten after the flip (step 3), so for the microseconds
+//! in between a new flow from that address is judged with its old identity
+//! under the new policy. Versioning the identity maps like the policy closes
+//! this (lifecycle work).
+
+pub mod contents;
+
+use std::collections::{BTreeMap, HashMap};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError},
+    programs::{tc, SchedClassifier, TcAttachType},
+    Ebpf,
+};
+use log::{debug, info, warn};
+use porin_common::datapath::{DatapathConfig, EndpointInfo, Identity, PolicyKey, PolicyValue};
+
+use self::contents::delta;
+pub use self::contents::MapContents;
+use crate::{
+    ebpf::{self, LoadError},
+    kernel::TcAttach,
+};
+
+/// Program names in the eBPF object.
+pub const FROM_CONTAINER: &str = "from_container";
+pub const TO_CONTAINER: &str = "to_container";
+
+/// Errors of the datapath manager; each names the map or interface.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("map `{map}`: {op}: {source}")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("attaching `{program}` to {ifname} (ifindex {ifindex}): {source}")]
+    Attach {
+        program: &'static str,
+        ifname: String,
+        ifindex: u32,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// How an endpoint's veth is known to the manager.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Veth {
+    pub ifindex: u32,
+    pub name: String,
+}
+
+/// The loaded programs, their maps, and what is applied.
+pub struct Datapath {
+    bpf: Ebpf,
+    tc: TcAttach,
+    generation: u32,
+    applied: MapContents,
+    /// ifindex → (name, from_container link, to_container link).
+    attached: HashMap<u32, Attached>,
+}
+
+struct Attached {
+    name: String,
+    from: aya::programs::tc::SchedClassifierLinkId,
+    to: aya::programs::tc::SchedClassifierLinkId,
+}
+
+/// What one [`Datapath::apply`] did, for logs and benchmarks.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub policy_entries: usize,
+    pub generation: u32,
+    pub attached: Vec<String>,
+    pub detached: Vec<String>,
+    /// Veths that could not be attached (e.g. gone already): their
+    /// endpoints stay unenforced until the next apply retries them.
+    pub attach_failures: Vec<String>,
+}
+
+macro_rules! map_mut {
+    ($bpf:expr, $name:expr, $ty:ty) => {{
+        let map = $bpf
+            .map_mut($name)
+            .ok_or(LoadError::MissingMap { name: $name })?;
+        <$ty>::try_from(map).map_err(|source| DatapathError::Map {
+            map: $name,
+            op: "open",
+            source,
+        })?
+    }};
+}
+
+impl Datapath {
+    /// Loads the programs and initialises the active generation (0, with an
+    /// empty policy: everything is denied until the first apply, and nothing
+    /// is attached yet).
+    pub fn load(tc: TcAttach) -> Result<Self, DatapathError> {
+        let mut bpf = ebpf::open()?;
+        ebpf::load_program::<SchedClassifier>(&mut bpf, FROM_CONTAINER)?;
+        ebpf::load_program::<SchedClassifier>(&mut bpf, TO_CONTAINER)?;
+        let mut dp = Datapath {
+            bpf,
+            tc,
+            generation: 0,
+            applied: MapContents::default(),
+            attached: HashMap::new(),
+        };
+        dp.set_generation(0)?;
+        Ok(dp)
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.bpf
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    pub fn applied(&self) -> &MapContents {
+        &self.applied
+    }
+
+    /// Makes the maps equal `new` and the attachments equal `veths` (see the
+    /// module notes for the order).
+    pub fn apply(
+        &mut self,
+        new: &MapContents,
+        veths: &[Veth],
+    ) -> Result<ApplyReport, DatapathError> {
+        let old = std::mem::take(&mut self.applied);
+        // Restore what is applied if any step fails midway, so the next
+        // apply computes its delta from the truth as far as it is known.
+        let result = self.apply_steps(&old, new, veths);
+        self.applied = match &result {
+            Ok(_) => new.clone(),
+            Err(_) => old,
+        };
+        result
+    }
+
+    fn apply_steps(
+        &mut self,
+        old: &MapContents,
+        new: &MapContents,
+        veths: &[Veth],
+    ) -> Result<ApplyReport, DatapathError> {
+        let ip4 = delta(&old.ip4, &new.ip4);
+        let ip6 = delta(&old.ip6, &new.ip6);
+        let net4 = delta(&old.net4, &new.net4);
+        let net6 = delta(&old.net6, &new.net6);
+        let endpoints = delta(&old.endpoints, &new.endpoints);
+
+        // 1. New addresses and networks.
+        {
+            let mut m =
+                map_mut!(self.bpf, "PORIN_IP4_V1", BpfHashMap<&mut MapData, [u8; 4], Identity>);
+            for (k, v) in ip4.upsert.iter().filter(|(k, _)| !old.ip4.contains_key(k)) {
+                m.insert(k, v, 0)
+                    .map_err(map_err("PORIN_IP4_V1", "insert"))?;
+            }
+        }
+        {
+            let mut m =
+                map_mut!(self.bpf, "PORIN_IP6_V1", BpfHashMap<&mut MapData, [u8; 16], Identity>);
+            for (k, v) in ip6.upsert.iter().filter(|(k, _)| !old.ip6.contains_key(k)) {
+                m.insert(k, v, 0)
+                    .map_err(map_err("PORIN_IP6_V1", "insert"))?;
+            }
+        }
+        write_lpm::<4>(
+            &mut self.bpf,
+            "PORIN_NET4_V1",
+            net4.upsert
+                .iter()
+                .filter(|(k, _)| !old.net4.contains_key(k)),
+        )?;
+        write_lpm::<16>(
+            &mut self.bpf,
+            "PORIN_NET6_V1",
+            net6.upsert
+                .iter()
+                .filter(|(k, _)| !old.net6.contains_key(k)),
+        )?;
+
+        // 2. Policy: new generation, flip, delete the old one.
+        let next = 1 - self.generation;
+        if old.policy != new.policy {
+            {
+                let mut m = map_mut!(self.bpf, "PORIN_POL_V1", BpfHashMap<&mut MapData, PolicyKey, PolicyValue>);
+                for (k, v) in &new.policy {
+                    let key = PolicyKey {
+                        generation: next as u8,
+                        ..*k
+                    };
+                    m.insert(key, v, 0)
+                        .map_err(map_err("PORIN_POL_V1", "insert"))?;
+                }
+            }
+            self.set_generation(next)?;
+            let mut m = map_mut!(self.bpf, "PORIN_POL_V1", BpfHashMap<&mut MapData, PolicyKey, PolicyValue>);
+            let prev = 1 - next;
+            for k in old.policy.keys() {
+                let key = PolicyKey {
+                    generation: prev as u8,
+                    ..*k
+                };
+                // A missing entry is fine (never written, e.g. after a failed apply).
+                if let Err(e) = m.remove(&key) {
+                    debug!("removing old policy entry {key:?}: {e}");
+                }
+            }
+        }
+
+        // 3. Changed and removed addresses, networks and endpoints.
+        {
+            let mut m =
+                map_mut!(self.bpf, "PORIN_IP4_V1", BpfHashMap<&mut MapData, [u8; 4], Identity>);
+            for (k, v) in ip4.upsert.iter().filter(|(k, _)| old.ip4.contains_key(k)) {
+                m.insert(k, v, 0)
+                    .map_err(map_err("PORIN_IP4_V1", "update"))?;
+            }
+            for k in &ip4.remove {
+                let _ = m.remove(k);
+            }
+        }
+        {
+            let mut m =
+                map_mut!(self.bpf, "PORIN_IP6_V1", BpfHashMap<&mut MapData, [u8; 16], Identity>);
+            for (k, v) in ip6.upsert.iter().filter(|(k, _)| old.ip6.contains_key(k)) {
+                m.insert(k, v, 0)
+                    .map_err(map_err("PORIN_IP6_V1", "update"))?;
+            }
+            for k in &ip6.remove {
+                let _ = m.remove(k);
+            }
+        }
+        write_lpm::<4>(
+            &mut self.bpf,
+            "PORIN_NET4_V1",
+            net4.upsert.iter().filter(|(k, _)| old.net4.contains_key(k)),
+        )?;
+        write_lpm::<16>(
+            &mut self.bpf,
+            "PORIN_NET6_V1",
+            net6.upsert.iter().filter(|(k, _)| old.net6.contains_key(k)),
+        )?;
+        remove_lpm::<4>(&mut self.bpf, "PORIN_NET4_V1", &net4.remove)?;
+        remove_lpm::<16>(&mut self.bpf, "PORIN_NET6_V1", &net6.remove)?;
+        {
+            let mut m =
+                map_mut!(self.bpf, "PORIN_ENDP_V1", BpfHashMap<&mut MapData, u32, EndpointInfo>);
+            for (k, v) in &endpoints.upsert {
+                m.insert(k, v, 0)
+                    .map_err(map_err("PORIN_ENDP_V1", "insert"))?;
+            }
+        }
+
+        // 4. Attachments.
+        let mut report = ApplyReport {
+            policy_entries: new.policy.len(),
+            generation: self.generation,
+            ..Default::default()
+        };
+        let wanted: BTreeMap<u32, &Veth> = veths
+            .iter()
+            .filter(|v| new.endpoints.contains_key(&v.ifindex))
+            .map(|v| (v.ifindex, v))
+            .collect();
+        let gone: Vec<u32> = self
+            .attached
+            .keys()
+            .filter(|i| !wanted.contains_key(i))
+            .copied()
+            .collect();
+        for ifindex in gone {
+            if let Some(a) = self.attached.remove(&ifindex) {
+                report.detached.push(a.name.clone());
+                self.detach(a);
+            }
+        }
+        for (ifindex, veth) in wanted {
+            if self.attached.contains_key(&ifindex) {
+                continue;
+            }
+            match self.attach(veth) {
+                Ok(a) => {
+                    report.attached.push(veth.name.clone());
+                    self.attached.insert(ifindex, a);
+                }
+                Err(e) => {
+                    warn!("{e}");
+                    report.attach_failures.push(veth.name.clone());
+                }
+            }
+        }
+        // Endpoint entries go last: until here a removed endpoint's veth
+        // still had its program, which needs the entry (no entry = drop).
+        {
+            let mut m =
+                map_mut!(self.bpf, "PORIN_ENDP_V1", BpfHashMap<&mut MapData, u32, EndpointInfo>);
+            for k in &endpoints.remove {
+                let _ = m.remove(k);
+            }
+        }
+        Ok(report)
+    }
+
+    fn set_generation(&mut self, generation: u32) -> Result<(), DatapathError> {
+        let mut cfg = map_mut!(self.bpf, "PORIN_CFG_V1", Array<&mut MapData, DatapathConfig>);
+        cfg.set(0, DatapathConfig { generation }, 0)
+            .map_err(map_err("PORIN_CFG_V1", "set"))?;
+        self.generation = generation;
+        Ok(())
+    }
+
+    fn attach(&mut self, veth: &Veth) -> Result<Attached, DatapathError> {
+        if self.tc == TcAttach::ClsactNetlink {
+            // EEXIST (already there) is fine; other errors show at attach.
+            let _ = tc::qdisc_add_clsact(&veth.name);
+        }
+        let attach = |bpf: &mut Ebpf, program: &'static str, at: TcAttachType| {
+            let prog: &mut SchedClassifier = bpf
+                .program_mut(program)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(LoadError::MissingProgram { name: program })?;
+            prog.attach(&veth.name, at)
+                .map_err(|source| DatapathError::Attach {
+                    program,
+                    ifname: veth.name.clone(),
+                    ifindex: veth.ifindex,
+                    source,
+                })
+        };
+        // The interface name must still mean the veth discovery saw.
+        let now = ifindex_of(&veth.name);
+        if now != Some(veth.ifindex) {
+            return Err(DatapathError::Attach {
+                program: FROM_CONTAINER,
+                ifname: veth.name.clone(),
+                ifindex: veth.ifindex,
+                source: aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                    call: "if_nametoindex",
+                    io_error: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("the name now has ifindex {now:?}"),
+                    ),
+                }),
+            });
+        }
+        let from = attach(&mut self.bpf, FROM_CONTAINER, TcAttachType::Ingress)?;
+        let to = match attach(&mut self.bpf, TO_CONTAINER, TcAttachType::Egress) {
+            Ok(to) => to,
+            Err(e) => {
+                if let Some(p) = self.classifier(FROM_CONTAINER) {
+                    let _ = p.detach(from);
+                }
+                return Err(e);
+            }
+        };
+        info!(
+            "attached from_container/to_container to {} (ifindex {})",
+            veth.name, veth.ifindex
+        );
+        Ok(Attached {
+            name: veth.name.clone(),
+            from,
+            to,
+        })
+    }
+
+    fn detach(&mut self, a: Attached) {
+        // A veth that went away with its container took the attachment with
+        // it; detaching then fails harmlessly.
+        if let Some(p) = self.classifier(FROM_CONTAINER) {
+            let _ = p.detach(a.from);
+        }
+        if let Some(p) = self.classifier(TO_CONTAINER) {
+            let _ = p.detach(a.to);
+        }
+        debug!("detached from {}", a.name);
+    }
+
+    fn classifier(&mut self, name: &str) -> Option<&mut SchedClassifier> {
+        self.bpf.program_mut(name).and_then(|p| p.try_into().ok())
+    }
+
+    /// Names of the veths programs are attached to.
+    pub fn attached(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.attached.values().map(|a| a.name.as_str()).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, op, source }
+}
+
+fn write_lpm<'a, const N: usize>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    entries: impl Iterator<Item = &'a ((u8, [u8; N]), Identity)>,
+) -> Result<(), DatapathError>
+where
+    [u8; N]: aya::Pod,
+{
+    let mut m = map_mut!(bpf, name, LpmTrie<&mut MapData, [u8; N], Identity>);
+    for ((plen, addr), id) in entries {
+        m.insert(&Key::new(u32::from(*plen), *addr), id, 0)
+            .map_err(map_err(name, "insert"))?;
+    }
+    Ok(())
+}
+
+fn remove_lpm<const N: usize>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    keys: &[(u8, [u8; N])],
+) -> Result<(), DatapathError>
+where
+    [u8; N]: aya::Pod,
+{
+    let mut m = map_mut!(bpf, name, LpmTrie<&mut MapData, [u8; N], Identity>);
+    for (plen, addr) in keys {
+        let _ = m.remove(&Key::new(u32::from(*plen), *addr));
+    }
+    Ok(())
+}
+
+/// `if_nametoindex`, None when there is no such interface.
+pub fn ifindex_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
