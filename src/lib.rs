@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod ebpf;
 pub mod kernel;
 pub mod logging;
+pub mod policy;
 pub mod selftest;
 pub mod signals;
 pub mod testing;
