@@ -1,5 +1,6 @@
 //! The policy datapath manager: loads `from_container` / `to_container`,
-//! keeps the identity-policy maps equal to a [`MapContents`], and attaches
+//! keeps the identity-policy maps equal to a compiled policy
+//! ([`Compiled`]), and attaches
 //! the programs to endpoints' host veths as discovery reports them.
 //!
 //! # Update order (why there is no half-written policy)
@@ -23,8 +24,6 @@
 //! under the new policy. Versioning the identity maps like the policy closes
 //! this (lifecycle work).
 
-pub mod contents;
-
 use std::collections::{BTreeMap, HashMap};
 
 use aya::{
@@ -35,11 +34,10 @@ use aya::{
 use log::{debug, info, warn};
 use porin_common::datapath::{DatapathConfig, EndpointInfo, Identity, PolicyKey, PolicyValue};
 
-use self::contents::delta;
-pub use self::contents::MapContents;
 use crate::{
     ebpf::{self, LoadError},
     kernel::TcAttach,
+    policy::{diff, Compiled, Prefix},
 };
 
 /// Program names in the eBPF object.
@@ -80,7 +78,7 @@ pub struct Datapath {
     bpf: Ebpf,
     tc: TcAttach,
     generation: u32,
-    applied: MapContents,
+    applied: Compiled,
     /// ifindex → (name, from_container link, to_container link).
     attached: HashMap<u32, Attached>,
 }
@@ -128,7 +126,7 @@ impl Datapath {
             bpf,
             tc,
             generation: 0,
-            applied: MapContents::default(),
+            applied: Compiled::default(),
             attached: HashMap::new(),
         };
         dp.set_generation(0)?;
@@ -143,17 +141,13 @@ impl Datapath {
         self.generation
     }
 
-    pub fn applied(&self) -> &MapContents {
+    pub fn applied(&self) -> &Compiled {
         &self.applied
     }
 
     /// Makes the maps equal `new` and the attachments equal `veths` (see the
     /// module notes for the order).
-    pub fn apply(
-        &mut self,
-        new: &MapContents,
-        veths: &[Veth],
-    ) -> Result<ApplyReport, DatapathError> {
+    pub fn apply(&mut self, new: &Compiled, veths: &[Veth]) -> Result<ApplyReport, DatapathError> {
         let old = std::mem::take(&mut self.applied);
         // Restore what is applied if any step fails midway, so the next
         // apply computes its delta from the truth as far as it is known.
@@ -167,21 +161,17 @@ impl Datapath {
 
     fn apply_steps(
         &mut self,
-        old: &MapContents,
-        new: &MapContents,
+        old: &Compiled,
+        new: &Compiled,
         veths: &[Veth],
     ) -> Result<ApplyReport, DatapathError> {
-        let ip4 = delta(&old.ip4, &new.ip4);
-        let ip6 = delta(&old.ip6, &new.ip6);
-        let net4 = delta(&old.net4, &new.net4);
-        let net6 = delta(&old.net6, &new.net6);
-        let endpoints = delta(&old.endpoints, &new.endpoints);
+        let d = diff(old, new);
 
         // 1. New addresses and networks.
         {
             let mut m =
                 map_mut!(self.bpf, "PORIN_IP4_V1", BpfHashMap<&mut MapData, [u8; 4], Identity>);
-            for (k, v) in ip4.upsert.iter().filter(|(k, _)| !old.ip4.contains_key(k)) {
+            for (k, v) in &d.ip4.add {
                 m.insert(k, v, 0)
                     .map_err(map_err("PORIN_IP4_V1", "insert"))?;
             }
@@ -189,29 +179,17 @@ impl Datapath {
         {
             let mut m =
                 map_mut!(self.bpf, "PORIN_IP6_V1", BpfHashMap<&mut MapData, [u8; 16], Identity>);
-            for (k, v) in ip6.upsert.iter().filter(|(k, _)| !old.ip6.contains_key(k)) {
+            for (k, v) in &d.ip6.add {
                 m.insert(k, v, 0)
                     .map_err(map_err("PORIN_IP6_V1", "insert"))?;
             }
         }
-        write_lpm::<4>(
-            &mut self.bpf,
-            "PORIN_NET4_V1",
-            net4.upsert
-                .iter()
-                .filter(|(k, _)| !old.net4.contains_key(k)),
-        )?;
-        write_lpm::<16>(
-            &mut self.bpf,
-            "PORIN_NET6_V1",
-            net6.upsert
-                .iter()
-                .filter(|(k, _)| !old.net6.contains_key(k)),
-        )?;
+        write_lpm(&mut self.bpf, "PORIN_NET4_V1", &d.net4.add)?;
+        write_lpm(&mut self.bpf, "PORIN_NET6_V1", &d.net6.add)?;
 
         // 2. Policy: new generation, flip, delete the old one.
-        let next = 1 - self.generation;
-        if old.policy != new.policy {
+        if !d.policy.is_empty() {
+            let next = 1 - self.generation;
             {
                 let mut m = map_mut!(self.bpf, "PORIN_POL_V1", BpfHashMap<&mut MapData, PolicyKey, PolicyValue>);
                 for (k, v) in &new.policy {
@@ -225,13 +203,13 @@ impl Datapath {
             }
             self.set_generation(next)?;
             let mut m = map_mut!(self.bpf, "PORIN_POL_V1", BpfHashMap<&mut MapData, PolicyKey, PolicyValue>);
-            let prev = 1 - next;
+            let prev = (1 - next) as u8;
             for k in old.policy.keys() {
                 let key = PolicyKey {
-                    generation: prev as u8,
+                    generation: prev,
                     ..*k
                 };
-                // A missing entry is fine (never written, e.g. after a failed apply).
+                // Missing is fine: never written (e.g. after a failed apply).
                 if let Err(e) = m.remove(&key) {
                     debug!("removing old policy entry {key:?}: {e}");
                 }
@@ -242,41 +220,33 @@ impl Datapath {
         {
             let mut m =
                 map_mut!(self.bpf, "PORIN_IP4_V1", BpfHashMap<&mut MapData, [u8; 4], Identity>);
-            for (k, v) in ip4.upsert.iter().filter(|(k, _)| old.ip4.contains_key(k)) {
+            for (k, v) in &d.ip4.update {
                 m.insert(k, v, 0)
                     .map_err(map_err("PORIN_IP4_V1", "update"))?;
             }
-            for k in &ip4.remove {
+            for k in &d.ip4.remove {
                 let _ = m.remove(k);
             }
         }
         {
             let mut m =
                 map_mut!(self.bpf, "PORIN_IP6_V1", BpfHashMap<&mut MapData, [u8; 16], Identity>);
-            for (k, v) in ip6.upsert.iter().filter(|(k, _)| old.ip6.contains_key(k)) {
+            for (k, v) in &d.ip6.update {
                 m.insert(k, v, 0)
                     .map_err(map_err("PORIN_IP6_V1", "update"))?;
             }
-            for k in &ip6.remove {
+            for k in &d.ip6.remove {
                 let _ = m.remove(k);
             }
         }
-        write_lpm::<4>(
-            &mut self.bpf,
-            "PORIN_NET4_V1",
-            net4.upsert.iter().filter(|(k, _)| old.net4.contains_key(k)),
-        )?;
-        write_lpm::<16>(
-            &mut self.bpf,
-            "PORIN_NET6_V1",
-            net6.upsert.iter().filter(|(k, _)| old.net6.contains_key(k)),
-        )?;
-        remove_lpm::<4>(&mut self.bpf, "PORIN_NET4_V1", &net4.remove)?;
-        remove_lpm::<16>(&mut self.bpf, "PORIN_NET6_V1", &net6.remove)?;
+        write_lpm(&mut self.bpf, "PORIN_NET4_V1", &d.net4.update)?;
+        write_lpm(&mut self.bpf, "PORIN_NET6_V1", &d.net6.update)?;
+        remove_lpm(&mut self.bpf, "PORIN_NET4_V1", &d.net4.remove)?;
+        remove_lpm(&mut self.bpf, "PORIN_NET6_V1", &d.net6.remove)?;
         {
             let mut m =
                 map_mut!(self.bpf, "PORIN_ENDP_V1", BpfHashMap<&mut MapData, u32, EndpointInfo>);
-            for (k, v) in &endpoints.upsert {
+            for (k, v) in d.endpoints.add.iter().chain(&d.endpoints.update) {
                 m.insert(k, v, 0)
                     .map_err(map_err("PORIN_ENDP_V1", "insert"))?;
             }
@@ -325,7 +295,7 @@ impl Datapath {
         {
             let mut m =
                 map_mut!(self.bpf, "PORIN_ENDP_V1", BpfHashMap<&mut MapData, u32, EndpointInfo>);
-            for k in &endpoints.remove {
+            for k in &d.endpoints.remove {
                 let _ = m.remove(k);
             }
         }
@@ -423,17 +393,17 @@ fn map_err(map: &'static str, op: &'static str) -> impl Fn(MapError) -> Datapath
     move |source| DatapathError::Map { map, op, source }
 }
 
-fn write_lpm<'a, const N: usize>(
+fn write_lpm<const N: usize>(
     bpf: &mut Ebpf,
     name: &'static str,
-    entries: impl Iterator<Item = &'a ((u8, [u8; N]), Identity)>,
+    entries: &[(Prefix<N>, Identity)],
 ) -> Result<(), DatapathError>
 where
     [u8; N]: aya::Pod,
 {
     let mut m = map_mut!(bpf, name, LpmTrie<&mut MapData, [u8; N], Identity>);
-    for ((plen, addr), id) in entries {
-        m.insert(&Key::new(u32::from(*plen), *addr), id, 0)
+    for (p, id) in entries {
+        m.insert(&Key::new(u32::from(p.len), p.addr), id, 0)
             .map_err(map_err(name, "insert"))?;
     }
     Ok(())
@@ -442,14 +412,14 @@ where
 fn remove_lpm<const N: usize>(
     bpf: &mut Ebpf,
     name: &'static str,
-    keys: &[(u8, [u8; N])],
+    keys: &[Prefix<N>],
 ) -> Result<(), DatapathError>
 where
     [u8; N]: aya::Pod,
 {
     let mut m = map_mut!(bpf, name, LpmTrie<&mut MapData, [u8; N], Identity>);
-    for (plen, addr) in keys {
-        let _ = m.remove(&Key::new(u32::from(*plen), *addr));
+    for p in keys {
+        let _ = m.remove(&Key::new(u32::from(p.len), p.addr));
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod netns;
 pub mod packets;
 pub mod podman;
 pub mod prog_run;
+pub mod world;
 
 /// Panics with a loud message unless the process runs as root.
 ///

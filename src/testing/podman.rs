@@ -135,6 +135,25 @@ impl PodmanContainer {
             .to_owned()
     }
 
+    /// `wget` of `url` from inside the container with a `timeout_s` second
+    /// timeout: true when the body arrived. A denied connection times out
+    /// (dropped packets), so keep the timeout short in tests that expect it.
+    pub fn http_get(&self, url: &str, timeout_s: u32) -> bool {
+        podman(&[
+            "exec",
+            &self.name,
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "-T",
+            &timeout_s.to_string(),
+            url,
+        ])
+        .status
+        .success()
+    }
+
     /// Removes the container now (`podman rm -f`).
     pub fn remove(mut self) {
         podman_ok(&["rm", "-f", "-t", "0", &self.name]);

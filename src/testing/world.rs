@@ -1,0 +1,132 @@
+//! A stand-in for "the internet" in end-to-end tests: a network namespace
+//! plugged into Podman's bridge (`podman0`) with an address of Podman's
+//! network that no container has, running a busybox HTTP server. To Porin it
+//! is a peer that is neither an endpoint nor the host: `world`.
+//!
+//! Only Podman's own bridge network (10.88.0.0/16) and the test's namespace
+//! are used; nothing is routed anywhere else.
+
+use std::{
+    net::Ipv4Addr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::netns::Netns;
+
+/// Podman's default bridge.
+pub const PODMAN_BRIDGE: &str = "podman0";
+
+/// A namespace on Podman's bridge serving HTTP on `port`.
+pub struct WorldHost {
+    pub netns: Netns,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    veth: String,
+    server: Child,
+}
+
+impl WorldHost {
+    /// `host_octet` picks the address `10.88.250.<host_octet>`, far above
+    /// what Podman's IPAM hands out in tests; unique per test.
+    pub fn start(tag: &str, host_octet: u8, port: u16) -> Self {
+        assert!(
+            tag.len() <= 10,
+            "tag {tag:?} too long for an interface name"
+        );
+        let netns = Netns::create(&format!("world-{tag}"));
+        let veth = format!("pw-{tag}");
+        let _ = Command::new("ip").args(["link", "del", &veth]).output();
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ]);
+        run(&["ip", "link", "set", &veth, "master", PODMAN_BRIDGE, "up"]);
+        let ip = Ipv4Addr::new(10, 88, 250, host_octet);
+        netns.exec_ok(&["ip", "addr", "add", &format!("{ip}/16"), "dev", "eth0"]);
+        netns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+        let www = std::env::temp_dir().join(format!("porin-t-world-{tag}"));
+        std::fs::create_dir_all(&www).expect("www dir");
+        std::fs::write(www.join("index.html"), "hello from the world\n").expect("index");
+        let server = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns.name(),
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+            ])
+            .arg(port.to_string())
+            .arg("-h")
+            .arg(&www)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start busybox httpd in the world namespace");
+        let host = WorldHost {
+            netns,
+            ip,
+            port,
+            veth,
+            server,
+        };
+        host.wait_listening();
+        host
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let out = self.netns.exec(&[
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "-T",
+                "1",
+                &format!("http://127.0.0.1:{}/", self.port),
+            ]);
+            if out.status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("httpd in {} did not start", self.netns.name());
+    }
+}
+
+impl Drop for WorldHost {
+    fn drop(&mut self) {
+        // SAFETY: killing the server this guard started, by PID.
+        unsafe { libc::kill(self.server.id() as i32, libc::SIGKILL) };
+        let _ = self.server.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+    }
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run command");
+    assert!(
+        out.status.success(),
+        "`{}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
