@@ -9,6 +9,7 @@ pub mod config;
 pub mod datapath;
 pub mod discovery;
 pub mod ebpf;
+pub mod enforce;
 pub mod kernel;
 pub mod logging;
 pub mod policy;

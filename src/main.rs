@@ -8,7 +8,7 @@ use porin::{
     config,
     discovery::scanner::Scanner,
     kernel::KernelFeatures,
-    VERSION,
+    policy, VERSION,
 };
 
 fn main() -> ExitCode {
@@ -28,6 +28,18 @@ fn main() -> ExitCode {
 fn check_config(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(cfg) => {
+            // What only the compiler can tell: identity collisions, and a
+            // policy larger than the datapath's maps.
+            if let Err(e) = policy::compile(&cfg, &[], &[]) {
+                match e {
+                    policy::CompileError::Collision(mut c) => {
+                        c.file = path.display().to_string();
+                        eprintln!("{c}");
+                    }
+                    other => eprintln!("{}: {other}", path.display()),
+                }
+                return ExitCode::from(EXIT_CONFIG);
+            }
             println!("{}: OK ({})", path.display(), cfg.summary());
             ExitCode::SUCCESS
         }

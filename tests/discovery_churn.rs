@@ -5,88 +5,23 @@
 
 use std::{
     collections::HashSet,
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    thread,
     time::{Duration, Instant},
 };
 
 use porin::testing::{
+    daemon::Daemon,
     podman::{podman, PodmanContainer, Spec, NAME_PREFIX},
     require_root,
 };
 
 const CONTAINERS: usize = 50;
 
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_porin"))
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start porin run");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let d = Daemon { child, lines };
-        d.wait_for(|l| l.contains("ready;"), Duration::from_secs(20));
-        d
-    }
-
-    fn wait_for(&self, pred: impl Fn(&str) -> bool, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(l) if pred(&l) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("porin run did not log the expected line within {within:?}"),
-            }
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling the daemon this test started, by PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn fifty_containers_come_and_go_without_leftovers_or_misses() {
     require_root("discovery churn test");
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/porin.yaml");
-    let daemon = Daemon::start(&config);
+    let daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_porin")), &config);
     let name = |i: usize| format!("{NAME_PREFIX}churn-{i}");
     let mut added = HashSet::new();
     let mut removed = HashSet::new();

@@ -1,19 +1,22 @@
 //! `porin run`: the daemon.
 //!
-//! Today it validates the config, probes the kernel, self-tests the
-//! datapath programs, and runs live discovery, logging a status line as
-//! endpoints come and go. Enforcement attaches here with its issue.
+//! It validates the config, probes the kernel, self-tests the datapath
+//! programs, loads the policy programs, and runs two threads: live discovery
+//! and the enforcement loop, which compiles the policy for the endpoints
+//! discovery reports and applies it (logging a status line as endpoints
+//! come and go). SIGHUP reloads the configuration: an invalid file changes
+//! nothing.
 
 use std::{path::Path, process::ExitCode, sync::mpsc, thread};
 
-use log::{error, info, warn};
+use log::{error, info};
 
 use super::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::{
     config,
-    discovery::{
-        endpoint::Endpoint, inventory::Event, live::LiveDiscovery, scanner::Scanner, watch::Watcher,
-    },
+    datapath::Datapath,
+    discovery::{live::LiveDiscovery, scanner::Scanner, watch::Watcher},
+    enforce::{Enforcer, Input},
     kernel::KernelFeatures,
     logging, selftest,
     signals::{Signal, SignalSet},
@@ -43,7 +46,8 @@ pub fn run(path: &Path) -> ExitCode {
         path.display(),
         cfg.summary()
     );
-    for line in KernelFeatures::probe().to_string().lines() {
+    let features = KernelFeatures::probe();
+    for line in features.to_string().lines() {
         info!("{line}");
     }
     if let Err(e) = selftest::run() {
@@ -51,7 +55,13 @@ pub fn run(path: &Path) -> ExitCode {
         return ExitCode::from(EXIT_RUNTIME);
     }
     info!("datapath self-test passed: the kernel accepted and ran porin's programs");
-    warn!("policy enforcement is not implemented yet in this build: no traffic is filtered");
+    let datapath = match Datapath::load(features.attach_strategy().tc) {
+        Ok(d) => d,
+        Err(e) => {
+            error!("loading the policy programs failed, not starting: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
 
     let scanner = match Scanner::new(&cfg.discovery) {
         Ok(s) => s,
@@ -72,16 +82,18 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::channel::<Input>();
     let resync = cfg.discovery.resync_interval;
+    let discovery_tx = tx.clone();
     let discovery = thread::Builder::new()
         .name("discovery".into())
-        .spawn(move || LiveDiscovery::new(scanner).run(watcher, resync, tx))
+        .spawn(move || LiveDiscovery::new(scanner).run(watcher, resync, discovery_tx))
         .expect("spawn discovery thread");
-    let reporter = thread::Builder::new()
-        .name("endpoint-log".into())
-        .spawn(move || log_events(rx))
-        .expect("spawn reporter thread");
+    let enforcer = Enforcer::new(cfg, path.display().to_string(), datapath);
+    let enforcement = thread::Builder::new()
+        .name("enforce".into())
+        .spawn(move || enforcer.run(rx))
+        .expect("spawn enforcement thread");
 
     info!(
         "ready; SIGHUP re-validates {}, SIGTERM or SIGINT stops",
@@ -94,7 +106,14 @@ pub fn run(path: &Path) -> ExitCode {
                 break ExitCode::SUCCESS;
             }
             Ok(Signal::Reload) => match config::load(path) {
-                Ok(new) => info!("reload: {} is valid ({})", path.display(), new.summary()),
+                Ok(new) => {
+                    info!(
+                        "reload: {} is valid ({}); applying",
+                        path.display(),
+                        new.summary()
+                    );
+                    let _ = tx.send(Input::Reload(Box::new(new)));
+                }
                 Err(errors) => error!(
                     "reload: {} is invalid, keeping the running config:\n{errors}",
                     path.display()
@@ -108,49 +127,8 @@ pub fn run(path: &Path) -> ExitCode {
     };
     stopper.stop();
     let _ = discovery.join();
-    let _ = reporter.join();
+    // The discovery thread's sender is gone; dropping ours ends the loop.
+    drop(tx);
+    let _ = enforcement.join();
     status
-}
-
-/// One line per endpoint change, plus the running count.
-fn log_events(rx: mpsc::Receiver<Event>) {
-    let mut count: usize = 0;
-    for ev in rx {
-        match &ev {
-            Event::Added(e) => {
-                count += 1;
-                info!("endpoint +{} [{count} endpoints]", describe(e));
-            }
-            Event::Updated { new, .. } => info!("endpoint ~{} [{count} endpoints]", describe(new)),
-            Event::Removed(e) => {
-                count = count.saturating_sub(1);
-                info!("endpoint -{} [{count} endpoints]", describe(e));
-            }
-        }
-    }
-}
-
-fn describe(e: &Endpoint) -> String {
-    let addrs: Vec<String> = e
-        .addresses()
-        .map(|a| a.to_string())
-        .filter(|a| !a.starts_with("fe80:"))
-        .collect();
-    let veth: Vec<&str> = e.host_veths().map(|p| p.name.as_str()).collect();
-    format!(
-        "{} {} ({}) {} {}",
-        e.key,
-        e.name,
-        if e.image.is_empty() { "-" } else { &e.image },
-        if e.host_network {
-            "host-network".to_string()
-        } else {
-            addrs.join(",")
-        },
-        if veth.is_empty() {
-            String::new()
-        } else {
-            format!("via {}", veth.join(","))
-        },
-    )
 }

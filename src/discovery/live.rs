@@ -104,7 +104,12 @@ impl LiveDiscovery {
 
     /// Runs until the watcher's stopper fires (or the receiver of `events`
     /// is dropped), sending every event.
-    pub fn run(mut self, mut watcher: Watcher, resync: Duration, events: Sender<Event>) {
+    pub fn run<T: From<Event>>(
+        mut self,
+        mut watcher: Watcher,
+        resync: Duration,
+        events: Sender<T>,
+    ) {
         let mut next_resync = Instant::now();
         loop {
             let now = Instant::now();
@@ -116,7 +121,7 @@ impl LiveDiscovery {
                 Ok((evs, info)) => {
                     watcher.set_dirs(&info.dirs);
                     for ev in evs {
-                        if events.send(ev).is_err() {
+                        if events.send(ev.into()).is_err() {
                             return;
                         }
                     }

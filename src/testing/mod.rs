@@ -7,6 +7,7 @@
 //! never reported as a pass.
 
 pub mod containerd;
+pub mod daemon;
 pub mod netns;
 pub mod packets;
 pub mod podman;

@@ -1,0 +1,200 @@
+//! The enforcement loop: turns discovery events and configuration reloads
+//! into compiled policy applied to the datapath.
+//!
+//! Inputs arrive on one channel; after each one, everything already queued
+//! is taken too and the policy is compiled and applied once, so a burst of
+//! container starts costs one apply. A compile or apply failure keeps the
+//! previously applied policy in force (the datapath never drops to "allow"
+//! on an error) and is logged; the next input retries.
+
+use std::{collections::BTreeMap, sync::mpsc::Receiver, time::Instant};
+
+use log::{error, info, warn};
+
+use crate::{
+    config::Config,
+    datapath::{ApplyReport, Datapath, DatapathError, Veth},
+    discovery::{
+        endpoint::{Endpoint, EndpointKey},
+        inventory::Event,
+        netinfo::host_addresses,
+    },
+    policy::{self, CompileError},
+};
+
+/// What the enforcement loop reacts to.
+pub enum Input {
+    Discovery(Event),
+    /// A validated new configuration (SIGHUP).
+    Reload(Box<Config>),
+}
+
+impl From<Event> for Input {
+    fn from(e: Event) -> Self {
+        Input::Discovery(e)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error("compiling the policy: {0}")]
+    Compile(#[from] CompileError),
+    #[error("applying the policy: {0}")]
+    Apply(#[from] DatapathError),
+    #[error("reading the host's addresses: {0}")]
+    HostAddresses(#[source] std::io::Error),
+}
+
+/// The enforcement state: configuration, known endpoints, the datapath.
+pub struct Enforcer {
+    cfg: Config,
+    file: String,
+    datapath: Datapath,
+    endpoints: BTreeMap<EndpointKey, Endpoint>,
+}
+
+impl Enforcer {
+    pub fn new(cfg: Config, file: String, datapath: Datapath) -> Self {
+        Enforcer {
+            cfg,
+            file,
+            datapath,
+            endpoints: BTreeMap::new(),
+        }
+    }
+
+    pub fn datapath(&self) -> &Datapath {
+        &self.datapath
+    }
+
+    /// Takes one input into account (no apply yet), with a log line per
+    /// endpoint change.
+    pub fn take(&mut self, input: Input) {
+        match input {
+            Input::Discovery(Event::Added(e)) => {
+                self.endpoints.insert(e.key.clone(), e.clone());
+                info!(
+                    "endpoint +{} [{} endpoints]",
+                    describe(&e),
+                    self.endpoints.len()
+                );
+            }
+            Input::Discovery(Event::Updated { new, .. }) => {
+                info!(
+                    "endpoint ~{} [{} endpoints]",
+                    describe(&new),
+                    self.endpoints.len()
+                );
+                self.endpoints.insert(new.key.clone(), *new);
+            }
+            Input::Discovery(Event::Removed(e)) => {
+                self.endpoints.remove(&e.key);
+                info!(
+                    "endpoint -{} [{} endpoints]",
+                    describe(&e),
+                    self.endpoints.len()
+                );
+            }
+            Input::Reload(cfg) => self.cfg = *cfg,
+        }
+    }
+
+    /// Compiles the policy for the current configuration and endpoints and
+    /// applies it.
+    pub fn sync(&mut self) -> Result<ApplyReport, EnforceError> {
+        let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
+        let host = host_addresses().map_err(EnforceError::HostAddresses)?;
+        let compiled = policy::compile(&self.cfg, &endpoints, &host).map_err(|e| match e {
+            CompileError::Collision(mut c) => {
+                c.file = self.file.clone();
+                CompileError::Collision(c)
+            }
+            other => other,
+        })?;
+        for w in &compiled.warnings {
+            warn!("policy: {w}");
+        }
+        let veths: Vec<Veth> = endpoints
+            .iter()
+            .flat_map(|e| e.host_veths())
+            .map(|p| Veth {
+                ifindex: p.ifindex,
+                name: p.name.clone(),
+            })
+            .collect();
+        Ok(self.datapath.apply(&compiled, &veths)?)
+    }
+
+    /// Runs until the sending side hangs up.
+    pub fn run(mut self, rx: Receiver<Input>) {
+        while let Ok(first) = rx.recv() {
+            let reload = matches!(first, Input::Reload(_));
+            let started = Instant::now();
+            self.take(first);
+            while let Ok(more) = rx.try_recv() {
+                self.take(more);
+            }
+            match self.sync() {
+                Ok(report) => {
+                    let applied = self.datapath.applied();
+                    let audit = applied
+                        .endpoints
+                        .values()
+                        .filter(|e| e.mode == porin_common::datapath::mode::AUDIT)
+                        .count();
+                    info!(
+                        "policy generation {}: {} endpoints enforced ({audit} in audit mode), {} not enforceable, {} policy entries{}{}{}",
+                        report.generation,
+                        applied.endpoints.len(),
+                        applied.unenforced.len(),
+                        report.policy_entries,
+                        list(" attached", &report.attached),
+                        list(" detached", &report.detached),
+                        list(" FAILED to attach", &report.attach_failures),
+                    );
+                    if reload {
+                        info!(
+                            "reload enforced in {:.1} ms",
+                            started.elapsed().as_secs_f64() * 1e3
+                        );
+                    }
+                }
+                Err(e) => error!("{e}; the previously applied policy stays in force"),
+            }
+        }
+    }
+}
+
+fn list(what: &str, names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(";{what} {}", names.join(","))
+    }
+}
+
+/// `runtime:id name (image) addresses via veth`, for the endpoint log lines.
+fn describe(e: &Endpoint) -> String {
+    let addrs: Vec<String> = e
+        .addresses()
+        .filter(|a| policy::has_identity(*a))
+        .map(|a| a.to_string())
+        .collect();
+    let veth: Vec<&str> = e.host_veths().map(|p| p.name.as_str()).collect();
+    format!(
+        "{} {} ({}) {}{}",
+        e.key,
+        e.name,
+        if e.image.is_empty() { "-" } else { &e.image },
+        if e.host_network {
+            "host-network".to_string()
+        } else {
+            addrs.join(",")
+        },
+        if veth.is_empty() {
+            String::new()
+        } else {
+            format!(" via {}", veth.join(","))
+        },
+    )
+}
