@@ -57,8 +57,33 @@ pub fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
 
 /// An ICMP/ICMPv6 echo request.
 pub fn icmp_echo(v6: bool) -> Vec<u8> {
-    let kind = if v6 { 128 } else { 8 };
-    let mut s = vec![kind, 0, 0, 0, 0, 1, 0, 1];
+    icmp_message(v6, if v6 { 128 } else { 8 }, &[0, 1, 0, 1])
+}
+
+/// An ICMP/ICMPv6 echo reply.
+pub fn icmp_echo_reply(v6: bool) -> Vec<u8> {
+    icmp_message(v6, if v6 { 129 } else { 0 }, &[0, 1, 0, 1])
+}
+
+/// An ICMPv6 neighbour solicitation for `target` (type 135). The ICMPv6
+/// checksum covers a pseudo-header and is left 0: the datapath does not
+/// verify it.
+pub fn icmpv6_neighbour_solicitation(target: Ipv6Addr) -> Vec<u8> {
+    let mut rest = vec![0; 4];
+    rest.extend_from_slice(&target.octets());
+    icmp_message(true, 135, &rest)
+}
+
+/// An ICMPv6 router solicitation (type 133).
+pub fn icmpv6_router_solicitation() -> Vec<u8> {
+    icmp_message(true, 133, &[0; 4])
+}
+
+/// An ICMP message of `kind`, code 0, with `rest` after the checksum field
+/// (ICMPv4 checksum filled in).
+fn icmp_message(v6: bool, kind: u8, rest: &[u8]) -> Vec<u8> {
+    let mut s = vec![kind, 0, 0, 0];
+    s.extend_from_slice(rest);
     if !v6 {
         let sum = checksum(&s);
         s[2..4].copy_from_slice(&sum.to_be_bytes());
@@ -66,17 +91,42 @@ pub fn icmp_echo(v6: bool) -> Vec<u8> {
     s
 }
 
-/// An IPv4 header (no options, valid checksum) followed by `l4`.
+/// IPv4 DF flag (in the flags/fragment-offset field).
+pub const IPV4_DF: u16 = 0x4000;
+/// IPv4 more-fragments flag.
+pub const IPV4_MF: u16 = 0x2000;
+
+/// An IPv4 header (no options, DF, valid checksum) followed by `l4`.
 pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
-    let total = (20 + l4.len()) as u16;
-    let mut h = vec![0x45, 0];
+    ipv4_with(src, dst, proto, l4, &[], IPV4_DF)
+}
+
+/// An IPv4 header with `options` (padded with end-of-list bytes to a
+/// multiple of 4) and the flags/fragment-offset field `frag` (offset in
+/// 8-byte units in the low 13 bits), valid checksum, followed by `l4`.
+pub fn ipv4_with(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    l4: &[u8],
+    options: &[u8],
+    frag: u16,
+) -> Vec<u8> {
+    let mut opts = options.to_vec();
+    opts.resize(options.len().div_ceil(4) * 4, 0);
+    let hlen = 20 + opts.len();
+    assert!(hlen <= 60, "IPv4 options longer than 40 bytes");
+    let total = (hlen + l4.len()) as u16;
+    let mut h = vec![0x40 | (hlen / 4) as u8, 0];
     h.extend_from_slice(&total.to_be_bytes());
-    h.extend_from_slice(&[0, 1, 0x40, 0]); // id 1, DF
+    h.extend_from_slice(&[0, 1]); // id 1
+    h.extend_from_slice(&frag.to_be_bytes());
     h.push(64);
     h.push(proto);
     h.extend_from_slice(&[0, 0]);
     h.extend_from_slice(&src.octets());
     h.extend_from_slice(&dst.octets());
+    h.extend_from_slice(&opts);
     let sum = checksum(&h);
     h[10..12].copy_from_slice(&sum.to_be_bytes());
     h.extend_from_slice(l4);
@@ -107,6 +157,35 @@ pub fn frame_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, l4: &[u8]) -> Vec
     let mut f = eth(ethertype::IPV6);
     f.extend_from_slice(&ipv6(src, dst, next_header, l4));
     f
+}
+
+/// A whole Ethernet + IPv4 frame with options and/or fragment fields (see
+/// [`ipv4_with`]).
+pub fn frame_v4_with(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    l4: &[u8],
+    options: &[u8],
+    frag: u16,
+) -> Vec<u8> {
+    let mut f = eth(ethertype::IPV4);
+    f.extend_from_slice(&ipv4_with(src, dst, proto, l4, options, frag));
+    f
+}
+
+/// A whole Ethernet + IPv6 frame whose header is followed by one 8-byte
+/// extension header of type `ext` (hop-by-hop, routing, destination options
+/// or fragment: all have next-header and length first), then `l4` of
+/// protocol `proto`.
+pub fn frame_v6_ext(src: Ipv6Addr, dst: Ipv6Addr, ext: u8, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut payload = vec![proto, 0, 0, 0, 0, 0, 0, 0];
+    if ext == 0 || ext == 60 {
+        // Options: one PadN of 4 bytes filling the header.
+        payload[2..4].copy_from_slice(&[1, 4]);
+    }
+    payload.extend_from_slice(l4);
+    frame_v6(src, dst, ext, &payload)
 }
 
 /// An ARP request (who-has `target` tell `sender`).
@@ -166,5 +245,32 @@ mod tests {
     #[test]
     fn icmp_echo_checksum_verifies() {
         assert_eq!(checksum(&icmp_echo(false)), 0);
+        assert_eq!(checksum(&icmp_echo_reply(false)), 0);
+        assert_eq!(icmp_echo_reply(true)[0], 129);
+        assert_eq!(icmpv6_neighbour_solicitation(Ipv6Addr::LOCALHOST).len(), 24);
+    }
+
+    #[test]
+    fn ipv4_options_and_fragment_fields() {
+        let h = ipv4_with(A, B, PROTO_UDP, &udp(1, 2, b""), &[0x94, 4, 0], IPV4_MF | 3);
+        assert_eq!(h[0], 0x46, "one 4-byte option word");
+        assert_eq!(checksum(&h[..24]), 0);
+        assert_eq!(u16::from_be_bytes([h[6], h[7]]), 0x2003);
+        assert_eq!(u16::from_be_bytes([h[2], h[3]]) as usize, h.len());
+    }
+
+    #[test]
+    fn ipv6_extension_header_chains_to_the_transport() {
+        let f = frame_v6_ext(
+            Ipv6Addr::LOCALHOST,
+            Ipv6Addr::LOCALHOST,
+            0,
+            PROTO_UDP,
+            &udp(1, 2, b""),
+        );
+        assert_eq!(f.len(), 14 + 40 + 8 + 8);
+        assert_eq!(f[20], 0, "IPv6 next header: hop-by-hop");
+        assert_eq!(f[54], PROTO_UDP, "extension's next header");
+        assert_eq!(u16::from_be_bytes([f[18], f[19]]), 16);
     }
 }

@@ -15,6 +15,39 @@ where
     run(prog, packet, 1).return_value
 }
 
+/// Runs skb program `prog` once on `packet` as if it arrived on interface
+/// `ifindex` (which must exist in the calling thread's network namespace)
+/// and returns its verdict. Without this, `BPF_PROG_TEST_RUN` gives skb
+/// programs the namespace's loopback (ifindex 1).
+pub fn verdict_on_ifindex<P>(prog: &P, packet: &[u8], ifindex: u32) -> u32
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let ctx = skb_ctx(ifindex);
+    let opts = TestRunOptions {
+        data_in: Some(packet),
+        ctx_in: Some(&ctx),
+        ..Default::default()
+    };
+    prog.test_run(opts)
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on ifindex {ifindex} failed: {e}"))
+        .return_value
+}
+
+/// Offset of `ifindex` in the UAPI `struct __sk_buff` (after len, pkt_type,
+/// mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto,
+/// priority, ingress_ifindex: ten `__u32`s). The layout is kernel ABI.
+const SKB_IFINDEX_OFFSET: usize = 40;
+
+/// A `__sk_buff` prefix up to and including `ifindex`, all else zero (the
+/// kernel requires the fields it does not take from userspace to be zero and
+/// treats a shorter context as zero-extended).
+fn skb_ctx(ifindex: u32) -> [u8; SKB_IFINDEX_OFFSET + 4] {
+    let mut ctx = [0u8; SKB_IFINDEX_OFFSET + 4];
+    ctx[SKB_IFINDEX_OFFSET..].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
 /// Runs `prog` `repeat` times on `packet` and returns the kernel's average
 /// time per run with the verdict. Used by benchmarks (large `repeat`).
 pub fn timed<P>(prog: &P, packet: &[u8], repeat: u32) -> (u32, Duration)

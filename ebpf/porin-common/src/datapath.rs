@@ -12,7 +12,7 @@
 //! | `PORIN_NET4_V1` | LPM trie | prefix + IPv4 → identity | manager (named networks) |
 //! | `PORIN_NET6_V1` | LPM trie | prefix + IPv6 → identity | manager |
 //! | `PORIN_POL_V1` | hash | [`PolicyKey`] → [`PolicyValue`] | manager, per generation |
-//! | `PORIN_CFG_V1` | array\[1\] | 0 → [`DatapathConfig`] (active generation) | manager |
+//! | `PORIN_CFG_V1` | array\[1\] | 0 → [`DatapathConfig`] (active generation, ready) | manager |
 //! | `PORIN_CT_V1` | LRU hash | [`CtKey`] → [`CtValue`] | programs |
 //! | `PORIN_DROPS_V1` | per-CPU array | [`DropReason`] → [`Counter`] | programs |
 //! | `PORIN_FWD_V1` | per-CPU array | [`Direction`] → [`Counter`] | programs |
@@ -23,6 +23,15 @@
 //! that generation. The manager writes a complete new policy under the other
 //! generation, flips `PORIN_CFG_V1` (one 4-byte write), then deletes the old
 //! generation's entries: no packet ever sees a half-written policy.
+//!
+//! # Conntrack
+//! `PORIN_CT_V1` is checked before policy: a packet whose tuple matches an
+//! entry made at the same endpoint in the same direction, or whose reversed
+//! tuple matches one made in the other direction (a reply), passes. Entries
+//! are keyed by the host veth's ifindex, so the manager deletes an endpoint's
+//! entries when it removes the endpoint (ifindexes are reused). Entries do not
+//! record the policy generation: a policy change does not cut established
+//! flows; the manager deletes CT entries when it must.
 //!
 //! # Peer identity
 //! The peer's address is looked up in the exact maps (endpoints and host
@@ -54,6 +63,21 @@ pub mod identity {
     pub const NETWORK_BASE: Identity = 0x0200_0000;
     /// Derived identities use the low 24 bits.
     pub const DERIVED_MASK: Identity = 0x00FF_FFFF;
+}
+
+/// `max_entries` of each map. Userspace reads them to refuse (rather than
+/// half-apply) a configuration that does not fit.
+pub mod max_entries {
+    /// `PORIN_ENDP_V1`: endpoints (host veths) on one node.
+    pub const ENDPOINTS: u32 = 4096;
+    /// `PORIN_IP4_V1` and `PORIN_IP6_V1` each.
+    pub const ADDRESSES: u32 = 16384;
+    /// `PORIN_NET4_V1` and `PORIN_NET6_V1` each.
+    pub const NETWORKS: u32 = 4096;
+    /// `PORIN_POL_V1`, both generations together.
+    pub const POLICY: u32 = 65536;
+    /// `PORIN_CT_V1` (LRU: the least recently used entry makes room).
+    pub const CONNTRACK: u32 = 65536;
 }
 
 /// Traffic direction as seen from the endpoint the program is attached for.
@@ -136,12 +160,25 @@ pub mod action {
 }
 
 /// `PORIN_CFG_V1` value.
+///
+/// An array map's entry always exists (zeroed until written), so "no
+/// configuration yet" cannot be told by a failed lookup: `ready` tells it.
+/// A zeroed entry, or a generation other than 0 or 1, makes the programs drop
+/// with [`DropReason::Internal`] instead of enforcing an empty generation 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DatapathConfig {
     /// Active policy generation (0 or 1).
     pub generation: u32,
+    /// [`CONFIG_READY`] once the manager has written the first complete
+    /// policy generation; never cleared afterwards (a generation flip writes
+    /// the same value again), so flipping stays one aligned 4-byte change.
+    pub ready: u32,
 }
+
+/// [`DatapathConfig::ready`] value of a written configuration. Not 1, so a
+/// stray small integer is not mistaken for it.
+pub const CONFIG_READY: u32 = 0x504F_5231; // "POR1"
 
 /// `PORIN_CT_V1` key: a connection as first seen at one endpoint. IPv4
 /// addresses are stored in the first 4 bytes, the rest zero.
@@ -232,7 +269,7 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 4);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);

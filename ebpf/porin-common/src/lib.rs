@@ -8,5 +8,7 @@
 #![no_std]
 
 pub mod datapath;
+pub mod decide;
 pub mod packet;
+pub mod parse;
 pub mod probe;

@@ -8,7 +8,14 @@
 #![no_main]
 
 mod access;
+mod baseline;
+mod conntrack;
+mod counters;
+mod identity;
+mod parse;
+mod policy;
 mod probe;
+mod tc;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,0 +1,506 @@
+//! Header parsing for the TC programs, as a pure function over the first
+//! [`HDR_BUF`] bytes of a frame, so the host tests the same decisions the
+//! kernel makes.
+//!
+//! Every offset read here is a constant: IPv4 headers with options and IPv6
+//! extension headers are refused before the transport header is read, so the
+//! transport header always starts at [`L4_OFF_V4`] or [`L4_OFF_V6`]. That
+//! keeps the eBPF side free of variable-offset stack reads (which 5.10's
+//! verifier rejects) and loops.
+//!
+//! # Decisions
+//! | frame | result |
+//! | --- | --- |
+//! | shorter than Ethernet | `Malformed` |
+//! | ARP | [`Parsed::Pass`] (the kernel's ARP code validates it) |
+//! | EtherType not IPv4/IPv6/ARP (VLAN included) | `UnsupportedL3` |
+//! | IPv4: < 20 bytes, version ≠ 4, IHL < 5, IHL beyond the frame, total length < IHL or beyond the frame | `Malformed` |
+//! | IPv4: IHL > 5 | `Ipv4Options` |
+//! | IPv4: MF set or fragment offset ≠ 0 | `Fragment` |
+//! | IPv6: < 40 bytes, version ≠ 6, payload length beyond the frame | `Malformed` |
+//! | IPv6: next header is an extension header ([`is_ipv6_ext_header`]) | `Ipv6ExtHeader` |
+//! | TCP: < 20 bytes, data offset < 5 or beyond the IP payload | `Malformed` |
+//! | UDP: < 8 bytes | `Malformed` |
+//! | ICMP (in IPv4) / ICMPv6 (in IPv6): < 8 bytes | `Malformed` |
+//! | ICMPv6 types 133-137 (RS, RA, NS, NA, redirect) | [`Parsed::Pass`] |
+//! | any other IP protocol (GRE, SCTP, ICMP in IPv6, ...) | a [`Flow`] with ports 0 |
+//!
+//! Lengths are taken from the IP header (not the frame), so Ethernet padding
+//! after a short packet is never read as transport bytes.
+
+use crate::{
+    datapath::{proto, DropReason},
+    packet::{ethertype, ETH_HLEN, IPV4_MIN_HLEN, IPV6_HLEN},
+};
+
+/// Bytes of the frame the parser looks at: Ethernet + IPv6 + the TCP header
+/// up to its data-offset byte (14 + 40 + 13 = 67), rounded up to 8.
+pub const HDR_BUF: usize = 72;
+/// Transport header offset in an IPv4 frame (options are refused).
+pub const L4_OFF_V4: usize = ETH_HLEN + IPV4_MIN_HLEN;
+/// Transport header offset in an IPv6 frame (extension headers are refused).
+pub const L4_OFF_V6: usize = ETH_HLEN + IPV6_HLEN;
+
+const TCP_MIN_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+/// Type, code, checksum and the 4-byte rest-of-header every ICMP message has.
+const ICMP_MIN_LEN: usize = 8;
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+/// Router solicitation .. redirect: what IPv6 needs to reach its neighbours.
+const ICMPV6_ND_FIRST: u8 = 133;
+const ICMPV6_ND_LAST: u8 = 137;
+
+// The deepest read (TCP data offset in IPv6) must lie inside the buffer.
+const _: () = assert!(L4_OFF_V6 + 12 < HDR_BUF);
+
+/// What the programs do with a frame after parsing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Link-level housekeeping (ARP, neighbour discovery): passes without
+    /// conntrack or policy.
+    Pass,
+    /// An IP packet to check against conntrack and policy.
+    Flow(Flow),
+}
+
+/// The parts of an IP packet conntrack and policy look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Addresses as in [`crate::datapath::CtKey`]: IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Host byte order; 0 for ICMP and protocols without ports.
+    pub sport: u16,
+    pub dport: u16,
+    /// Whether the packet may be a reply to a connection seen the other way.
+    /// ICMP messages other than echo reply are not: with ports 0, a peer's
+    /// echo request would otherwise match the endpoint's own ping as a reply.
+    pub may_be_reply: bool,
+}
+
+/// Parses the frame whose first `min(frame_len, HDR_BUF)` bytes are in
+/// `hdr` (the rest of `hdr` is ignored). `frame_len` is the whole frame's
+/// length (`skb->len`).
+#[inline(always)]
+pub fn parse_frame(hdr: &[u8; HDR_BUF], frame_len: usize) -> Result<Parsed, DropReason> {
+    if frame_len < ETH_HLEN {
+        return Err(DropReason::Malformed);
+    }
+    let l3_len = frame_len - ETH_HLEN;
+    match u16::from_be_bytes([hdr[12], hdr[13]]) {
+        ethertype::ARP => Ok(Parsed::Pass),
+        ethertype::IPV4 => parse_ipv4(hdr, l3_len),
+        ethertype::IPV6 => parse_ipv6(hdr, l3_len),
+        _ => Err(DropReason::UnsupportedL3),
+    }
+}
+
+/// Whether IPv6 next-header value `nh` is an extension header (or one of the
+/// values reserved for them) rather than a transport protocol.
+#[inline(always)]
+pub fn is_ipv6_ext_header(nh: u8) -> bool {
+    matches!(
+        nh,
+        0       // hop-by-hop options
+        | 43    // routing
+        | 44    // fragment
+        | 50    // ESP
+        | 51    // AH
+        | 60    // destination options
+        | 135   // mobility
+        | 139   // HIP
+        | 140   // shim6
+        | 253   // experimental
+        | 254 // experimental
+    )
+}
+
+#[inline(always)]
+fn parse_ipv4(hdr: &[u8; HDR_BUF], l3_len: usize) -> Result<Parsed, DropReason> {
+    const IP: usize = ETH_HLEN;
+    if l3_len < IPV4_MIN_HLEN || hdr[IP] >> 4 != 4 {
+        return Err(DropReason::Malformed);
+    }
+    let ihl = usize::from(hdr[IP] & 0x0f) * 4;
+    if ihl < IPV4_MIN_HLEN || ihl > l3_len {
+        return Err(DropReason::Malformed);
+    }
+    if ihl > IPV4_MIN_HLEN {
+        return Err(DropReason::Ipv4Options);
+    }
+    let total = usize::from(u16::from_be_bytes([hdr[IP + 2], hdr[IP + 3]]));
+    if total < ihl || total > l3_len {
+        return Err(DropReason::Malformed);
+    }
+    // Flags and offset: bit 0x2000 is MF, the low 13 bits the offset.
+    let frag = u16::from_be_bytes([hdr[IP + 6], hdr[IP + 7]]);
+    if frag & 0x3fff != 0 {
+        return Err(DropReason::Fragment);
+    }
+    let mut flow = Flow {
+        family: 4,
+        protocol: hdr[IP + 9],
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        may_be_reply: true,
+    };
+    flow.saddr[..4].copy_from_slice(&hdr[IP + 12..IP + 16]);
+    flow.daddr[..4].copy_from_slice(&hdr[IP + 16..IP + 20]);
+    parse_l4(hdr, L4_OFF_V4, total - ihl, flow)
+}
+
+#[inline(always)]
+fn parse_ipv6(hdr: &[u8; HDR_BUF], l3_len: usize) -> Result<Parsed, DropReason> {
+    const IP: usize = ETH_HLEN;
+    if l3_len < IPV6_HLEN || hdr[IP] >> 4 != 6 {
+        return Err(DropReason::Malformed);
+    }
+    let payload = usize::from(u16::from_be_bytes([hdr[IP + 4], hdr[IP + 5]]));
+    if payload > l3_len - IPV6_HLEN {
+        return Err(DropReason::Malformed);
+    }
+    let next_header = hdr[IP + 6];
+    if is_ipv6_ext_header(next_header) {
+        return Err(DropReason::Ipv6ExtHeader);
+    }
+    let mut flow = Flow {
+        family: 6,
+        protocol: next_header,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        may_be_reply: true,
+    };
+    flow.saddr.copy_from_slice(&hdr[IP + 8..IP + 24]);
+    flow.daddr.copy_from_slice(&hdr[IP + 24..IP + 40]);
+    parse_l4(hdr, L4_OFF_V6, payload, flow)
+}
+
+/// Reads the transport header at the constant offset `off`; `l4_len` is the
+/// IP payload length, already checked to lie inside the frame.
+#[inline(always)]
+fn parse_l4(
+    hdr: &[u8; HDR_BUF],
+    off: usize,
+    l4_len: usize,
+    mut flow: Flow,
+) -> Result<Parsed, DropReason> {
+    let icmp = if flow.family == 4 {
+        proto::ICMP
+    } else {
+        proto::ICMPV6
+    };
+    match flow.protocol {
+        proto::TCP => {
+            let data_off = usize::from(hdr[off + 12] >> 4) * 4;
+            if l4_len < TCP_MIN_HLEN || data_off < TCP_MIN_HLEN || data_off > l4_len {
+                return Err(DropReason::Malformed);
+            }
+            flow.sport = u16::from_be_bytes([hdr[off], hdr[off + 1]]);
+            flow.dport = u16::from_be_bytes([hdr[off + 2], hdr[off + 3]]);
+        }
+        proto::UDP => {
+            if l4_len < UDP_HLEN {
+                return Err(DropReason::Malformed);
+            }
+            flow.sport = u16::from_be_bytes([hdr[off], hdr[off + 1]]);
+            flow.dport = u16::from_be_bytes([hdr[off + 2], hdr[off + 3]]);
+        }
+        p if p == icmp => {
+            if l4_len < ICMP_MIN_LEN {
+                return Err(DropReason::Malformed);
+            }
+            let kind = hdr[off];
+            if flow.family == 6 && (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&kind) {
+                return Ok(Parsed::Pass);
+            }
+            let echo_reply = if flow.family == 4 {
+                ICMP_ECHO_REPLY
+            } else {
+                ICMPV6_ECHO_REPLY
+            };
+            flow.may_be_reply = kind == echo_reply;
+        }
+        // Other protocols: no ports to read; policy sees port 0, so only an
+        // any-port entry for the protocol could allow them (the policy
+        // compiler emits none, so they are denied).
+        _ => {}
+    }
+    Ok(Parsed::Flow(flow))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SRC4: [u8; 4] = [10, 0, 0, 1];
+    const DST4: [u8; 4] = [10, 0, 0, 2];
+
+    /// A frame's header buffer and length, as the eBPF side would copy it.
+    fn buf(frame: &[u8]) -> ([u8; HDR_BUF], usize) {
+        let mut b = [0u8; HDR_BUF];
+        let n = frame.len().min(HDR_BUF);
+        b[..n].copy_from_slice(&frame[..n]);
+        (b, frame.len())
+    }
+
+    fn parse(frame: &[u8]) -> Result<Parsed, DropReason> {
+        let (b, n) = buf(frame);
+        parse_frame(&b, n)
+    }
+
+    fn eth(et: u16) -> [u8; 14] {
+        let mut e = [0u8; 14];
+        e[12..].copy_from_slice(&et.to_be_bytes());
+        e
+    }
+
+    fn v4(proto: u8, l4: &[u8]) -> [u8; 128] {
+        let mut f = [0u8; 128];
+        f[..14].copy_from_slice(&eth(ethertype::IPV4));
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        f[20] = 0x40; // DF
+        f[23] = proto;
+        f[26..30].copy_from_slice(&SRC4);
+        f[30..34].copy_from_slice(&DST4);
+        f[34..34 + l4.len()].copy_from_slice(l4);
+        f
+    }
+
+    fn v4_len(l4: usize) -> usize {
+        34 + l4
+    }
+
+    fn v6(nh: u8, l4: &[u8]) -> [u8; 128] {
+        let mut f = [0u8; 128];
+        f[..14].copy_from_slice(&eth(ethertype::IPV6));
+        f[14] = 0x60;
+        f[18..20].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+        f[20] = nh;
+        f[22] = 0xfd;
+        f[37] = 1;
+        f[38] = 0xfd;
+        f[53] = 2;
+        f[54..54 + l4.len()].copy_from_slice(l4);
+        f
+    }
+
+    fn tcp(sport: u16, dport: u16) -> [u8; 20] {
+        let mut t = [0u8; 20];
+        t[..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[12] = 5 << 4;
+        t
+    }
+
+    fn udp(sport: u16, dport: u16) -> [u8; 8] {
+        let mut u = [0u8; 8];
+        u[..2].copy_from_slice(&sport.to_be_bytes());
+        u[2..4].copy_from_slice(&dport.to_be_bytes());
+        u[4..6].copy_from_slice(&8u16.to_be_bytes());
+        u
+    }
+
+    fn flow(r: Result<Parsed, DropReason>) -> Flow {
+        match r {
+            Ok(Parsed::Flow(f)) => f,
+            other => panic!("expected a flow, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ipv4_tcp_gives_addresses_and_ports() {
+        let f = v4(proto::TCP, &tcp(40000, 443));
+        let fl = flow(parse(&f[..v4_len(20)]));
+        assert_eq!(fl.family, 4);
+        assert_eq!(fl.protocol, proto::TCP);
+        assert_eq!(&fl.saddr[..4], &SRC4);
+        assert_eq!(&fl.saddr[4..], &[0; 12]);
+        assert_eq!(&fl.daddr[..4], &DST4);
+        assert_eq!((fl.sport, fl.dport), (40000, 443));
+        assert!(fl.may_be_reply);
+    }
+
+    #[test]
+    fn ethernet_padding_is_not_read_as_payload() {
+        // A 20-byte IPv4 header claiming 8 bytes of UDP in a frame padded to
+        // 60 bytes parses with the IP header's length.
+        let f = v4(proto::UDP, &udp(1, 53));
+        assert!(matches!(parse(&f[..60]), Ok(Parsed::Flow(_))));
+        // But total length beyond the frame is a truncated packet.
+        assert_eq!(parse(&f[..v4_len(7)]), Err(DropReason::Malformed));
+    }
+
+    #[test]
+    fn ipv6_udp_gives_addresses_and_ports() {
+        let f = v6(proto::UDP, &udp(5353, 53));
+        let fl = flow(parse(&f[..54 + 8]));
+        assert_eq!(fl.family, 6);
+        assert_eq!((fl.saddr[0], fl.saddr[15]), (0xfd, 1));
+        assert_eq!((fl.daddr[0], fl.daddr[15]), (0xfd, 2));
+        assert_eq!((fl.sport, fl.dport), (5353, 53));
+    }
+
+    #[test]
+    fn ipv6_tcp_data_offset_is_read_inside_the_buffer() {
+        let mut t = tcp(1, 80);
+        let f = v6(proto::TCP, &t);
+        assert!(matches!(parse(&f[..74]), Ok(Parsed::Flow(_))));
+        t[12] = 4 << 4;
+        let f = v6(proto::TCP, &t);
+        assert_eq!(parse(&f[..74]), Err(DropReason::Malformed));
+    }
+
+    #[test]
+    fn arp_passes_and_other_ethertypes_are_unsupported() {
+        assert_eq!(parse(&eth(ethertype::ARP)), Ok(Parsed::Pass));
+        assert_eq!(parse(&eth(ethertype::VLAN)), Err(DropReason::UnsupportedL3));
+        assert_eq!(parse(&eth(0x88cc)), Err(DropReason::UnsupportedL3));
+    }
+
+    #[test]
+    fn truncated_headers_are_malformed() {
+        let t4 = v4(proto::TCP, &tcp(1, 80));
+        let u4 = v4(proto::UDP, &udp(1, 53));
+        let i4 = v4(proto::ICMP, &[8, 0, 0, 0, 0, 1, 0, 1]);
+        let u6 = v6(proto::UDP, &udp(1, 53));
+        let cases: [(&str, &[u8]); 7] = [
+            ("ethernet", &t4[..13]),
+            ("IPv4", &t4[..33]),
+            ("IPv6", &u6[..53]),
+            // The IP header's length is cut with the frame.
+            (
+                "TCP",
+                &{
+                    let mut f = v4(proto::TCP, &tcp(1, 80)[..19]);
+                    f[34 + 12] = 5 << 4;
+                    f
+                }[..v4_len(19)],
+            ),
+            ("UDP", &v4(proto::UDP, &udp(1, 53)[..7])[..v4_len(7)]),
+            ("ICMP", &v4(proto::ICMP, &[8, 0, 0, 0])[..v4_len(4)]),
+            ("IPv6 UDP", &v6(proto::UDP, &udp(1, 2)[..4])[..58]),
+        ];
+        for (name, f) in cases {
+            assert_eq!(parse(f), Err(DropReason::Malformed), "{name}");
+        }
+        // The untruncated versions parse.
+        for f in [&t4[..v4_len(20)], &u4[..v4_len(8)], &i4[..v4_len(8)]] {
+            assert!(matches!(parse(f), Ok(Parsed::Flow(_))));
+        }
+    }
+
+    #[test]
+    fn bad_ipv4_headers() {
+        let base = v4(proto::UDP, &udp(1, 53));
+        let n = v4_len(8);
+        let with = |i: usize, b: u8| {
+            let mut f = base;
+            f[i] = b;
+            f
+        };
+        assert_eq!(parse(&with(14, 0x44)[..n]), Err(DropReason::Malformed)); // IHL 4
+        assert_eq!(parse(&with(14, 0x40)[..n]), Err(DropReason::Malformed)); // IHL 0
+        assert_eq!(parse(&with(14, 0x65)[..n]), Err(DropReason::Malformed)); // version 6
+        assert_eq!(parse(&with(14, 0x46)[..n]), Err(DropReason::Ipv4Options));
+        // Options longer than the frame: malformed, not merely options.
+        assert_eq!(parse(&with(14, 0x4f)[..n]), Err(DropReason::Malformed));
+        // Total length shorter than the header.
+        let mut f = base;
+        f[16..18].copy_from_slice(&19u16.to_be_bytes());
+        assert_eq!(parse(&f[..n]), Err(DropReason::Malformed));
+    }
+
+    #[test]
+    fn ipv4_fragments() {
+        let base = v4(proto::UDP, &udp(1, 53));
+        let n = v4_len(8);
+        for (flags_off, want) in [
+            (0x4000u16, None),                    // DF only
+            (0x2000, Some(DropReason::Fragment)), // MF, first fragment
+            (0x0001, Some(DropReason::Fragment)), // last fragment, offset 8
+            (0x3fff, Some(DropReason::Fragment)),
+            (0x1000, Some(DropReason::Fragment)),
+        ] {
+            let mut f = base;
+            f[20..22].copy_from_slice(&flags_off.to_be_bytes());
+            match want {
+                None => assert!(matches!(parse(&f[..n]), Ok(Parsed::Flow(_)))),
+                Some(r) => assert_eq!(parse(&f[..n]), Err(r), "{flags_off:#06x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_ipv6_headers() {
+        let base = v6(proto::UDP, &udp(1, 53));
+        let mut f = base;
+        f[14] = 0x40;
+        assert_eq!(parse(&f[..62]), Err(DropReason::Malformed));
+        let mut f = base;
+        f[18..20].copy_from_slice(&9u16.to_be_bytes()); // payload beyond frame
+        assert_eq!(parse(&f[..62]), Err(DropReason::Malformed));
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_refused() {
+        for nh in [0u8, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254] {
+            assert!(is_ipv6_ext_header(nh), "{nh}");
+            let f = v6(nh, &[proto::UDP, 0, 0, 0, 0, 0, 0, 0]);
+            assert_eq!(parse(&f[..62]), Err(DropReason::Ipv6ExtHeader), "{nh}");
+        }
+        for nh in [proto::TCP, proto::UDP, proto::ICMPV6, 47, 59, 132] {
+            assert!(!is_ipv6_ext_header(nh), "{nh}");
+        }
+    }
+
+    #[test]
+    fn neighbour_discovery_passes_other_icmpv6_is_a_flow() {
+        for kind in 133u8..=137 {
+            let f = v6(proto::ICMPV6, &[kind, 0, 0, 0, 0, 0, 0, 0]);
+            assert_eq!(parse(&f[..62]), Ok(Parsed::Pass), "type {kind}");
+        }
+        for (kind, reply) in [(128u8, false), (129, true), (1, false), (138, false)] {
+            let f = v6(proto::ICMPV6, &[kind, 0, 0, 0, 0, 0, 0, 0]);
+            let fl = flow(parse(&f[..62]));
+            assert_eq!((fl.sport, fl.dport), (0, 0));
+            assert_eq!(fl.may_be_reply, reply, "type {kind}");
+        }
+    }
+
+    #[test]
+    fn icmp_echo_reply_may_be_a_reply_other_icmp_not() {
+        for (kind, reply) in [(0u8, true), (8, false), (3, false), (11, false)] {
+            let f = v4(proto::ICMP, &[kind, 0, 0, 0, 0, 1, 0, 1]);
+            let fl = flow(parse(&f[..v4_len(8)]));
+            assert_eq!(fl.protocol, proto::ICMP);
+            assert_eq!(fl.may_be_reply, reply, "type {kind}");
+        }
+        // ND type numbers mean nothing in ICMPv4.
+        let f = v4(proto::ICMP, &[135, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(matches!(parse(&f[..v4_len(8)]), Ok(Parsed::Flow(_))));
+    }
+
+    #[test]
+    fn other_protocols_are_flows_with_port_zero() {
+        for p in [47u8, 132] {
+            let f = v4(p, &[0xff; 12]);
+            let fl = flow(parse(&f[..v4_len(12)]));
+            assert_eq!((fl.protocol, fl.sport, fl.dport), (p, 0, 0));
+        }
+        // ICMPv6's number inside IPv4 is just another protocol.
+        let f = v4(proto::ICMPV6, &[135, 0, 0, 0]);
+        let fl = flow(parse(&f[..v4_len(4)]));
+        assert_eq!(fl.protocol, proto::ICMPV6);
+    }
+}

@@ -1,0 +1,58 @@
+//! Connection tracking: remembers allowed flows per endpoint so their later
+//! packets and replies skip policy.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
+use porin_common::{
+    datapath::{max_entries, CtKey, CtValue, Direction, DropReason},
+    decide::{ct_hit_admits, ct_key, ct_reply_key},
+    parse::Flow,
+};
+
+/// LRU: a full table evicts the least recently used flow instead of failing
+/// inserts, so a flood of new flows cannot make allowed traffic drop.
+#[map]
+static PORIN_CT_V1: LruHashMap<CtKey, CtValue> =
+    LruHashMap::with_max_entries(max_entries::CONNTRACK, 0);
+
+/// Whether `flow` belongs to a connection endpoint `ifindex` already
+/// allowed: its own tuple seen in this direction, or (if it may be a reply)
+/// its reversed tuple seen in the other. A hit refreshes `last_seen_ns`.
+#[inline(always)]
+pub fn established(flow: &Flow, dir: Direction, ifindex: u32) -> bool {
+    if hit(&ct_key(flow, ifindex), dir, false) {
+        return true;
+    }
+    flow.may_be_reply && hit(&ct_reply_key(flow, ifindex), dir, true)
+}
+
+#[inline(always)]
+fn hit(key: &CtKey, dir: Direction, reply: bool) -> bool {
+    let Some(entry) = PORIN_CT_V1.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: a pointer to the map value, valid for this program run; the
+    // 8-byte timestamp store is atomic, racing writers only store a time.
+    unsafe {
+        if !ct_hit_admits((*entry).direction, dir, reply) {
+            return false;
+        }
+        (*entry).last_seen_ns = bpf_ktime_get_ns();
+    }
+    true
+}
+
+/// Records `flow` as allowed at endpoint `ifindex` in direction `dir`.
+/// Failing to record it is an error: in enforce mode the packet drops
+/// rather than pass with no state behind it.
+#[inline(always)]
+pub fn create(flow: &Flow, dir: Direction, ifindex: u32) -> Result<(), DropReason> {
+    let value = CtValue {
+        // SAFETY: no preconditions.
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        direction: dir as u8,
+        _pad: [0; 7],
+    };
+    PORIN_CT_V1
+        .insert(&ct_key(flow, ifindex), &value, 0)
+        .map_err(|_| DropReason::Internal)
+}

@@ -1,0 +1,63 @@
+//! Who is who: the endpoint a host veth belongs to, and the identity of the
+//! address on the other side of a packet.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, HashMap, LpmTrie},
+};
+use porin_common::datapath::{identity, max_entries, EndpointInfo, Identity};
+
+/// Host veth ifindex → the endpoint behind it.
+#[map]
+static PORIN_ENDP_V1: HashMap<u32, EndpointInfo> =
+    HashMap::with_max_entries(max_entries::ENDPOINTS, 0);
+
+/// Exact addresses (endpoints, the host's own addresses) → identity.
+#[map]
+static PORIN_IP4_V1: HashMap<[u8; 4], Identity> =
+    HashMap::with_max_entries(max_entries::ADDRESSES, 0);
+#[map]
+static PORIN_IP6_V1: HashMap<[u8; 16], Identity> =
+    HashMap::with_max_entries(max_entries::ADDRESSES, 0);
+
+/// Named networks (CIDRs) → identity; the longest prefix wins.
+#[map]
+static PORIN_NET4_V1: LpmTrie<[u8; 4], Identity> =
+    LpmTrie::with_max_entries(max_entries::NETWORKS, 0);
+#[map]
+static PORIN_NET6_V1: LpmTrie<[u8; 16], Identity> =
+    LpmTrie::with_max_entries(max_entries::NETWORKS, 0);
+
+/// The endpoint whose host veth has `ifindex` (copied: the manager may
+/// rewrite the entry while the packet is in flight).
+#[inline(always)]
+pub fn endpoint(ifindex: u32) -> Option<EndpointInfo> {
+    // SAFETY: the value is copied out at once; hash map values stay valid
+    // for the duration of the program (RCU).
+    unsafe { PORIN_ENDP_V1.get(&ifindex).copied() }
+}
+
+/// The identity of `addr` (IPv4 in its first 4 bytes when `family` is 4):
+/// exact address first, then the longest matching network, else world.
+#[inline(always)]
+pub fn of_address(addr: &[u8; 16], family: u8) -> Identity {
+    if family == 4 {
+        let a = [addr[0], addr[1], addr[2], addr[3]];
+        // SAFETY: copied out at once (see `endpoint`).
+        if let Some(id) = unsafe { PORIN_IP4_V1.get(&a) } {
+            return *id;
+        }
+        if let Some(id) = PORIN_NET4_V1.get(&Key::new(32, a)) {
+            return *id;
+        }
+    } else {
+        // SAFETY: copied out at once (see `endpoint`).
+        if let Some(id) = unsafe { PORIN_IP6_V1.get(addr) } {
+            return *id;
+        }
+        if let Some(id) = PORIN_NET6_V1.get(&Key::new(128, *addr)) {
+            return *id;
+        }
+    }
+    identity::WORLD
+}

@@ -1,0 +1,56 @@
+//! The identity policy: the active generation and the per-packet lookup.
+//! A fixed number of hash lookups per packet (at most four), whatever the
+//! number of rules.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap},
+};
+use porin_common::{
+    datapath::{
+        action, max_entries, DatapathConfig, Direction, DropReason, Identity, PolicyKey,
+        PolicyValue,
+    },
+    decide,
+    parse::Flow,
+};
+
+#[map]
+static PORIN_POL_V1: HashMap<PolicyKey, PolicyValue> =
+    HashMap::with_max_entries(max_entries::POLICY, 0);
+
+/// One entry: the active generation (see datapath.rs, atomic updates).
+#[map]
+static PORIN_CFG_V1: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+
+/// The generation to look policy up in; `Internal` without a usable config.
+#[inline(always)]
+pub fn active_generation() -> Result<u8, DropReason> {
+    match PORIN_CFG_V1.get(0) {
+        Some(cfg) => decide::active_generation(cfg),
+        None => Err(DropReason::Internal),
+    }
+}
+
+/// Whether `subject`'s policy allows `flow` to or from `peer`: the first
+/// entry found in the documented order decides; no entry denies.
+#[inline(always)]
+pub fn allows(
+    subject: Identity,
+    peer: Identity,
+    flow: &Flow,
+    dir: Direction,
+    generation: u8,
+) -> bool {
+    let (keys, n) = decide::policy_keys(subject, peer, flow, dir, generation);
+    for (i, key) in keys.iter().enumerate() {
+        if i >= n {
+            break;
+        }
+        // SAFETY: the value is read at once, under RCU.
+        if let Some(v) = unsafe { PORIN_POL_V1.get(key) } {
+            return v.action == action::ALLOW;
+        }
+    }
+    false
+}
