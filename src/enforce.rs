@@ -24,14 +24,14 @@ use crate::{
 
 /// What the enforcement loop reacts to.
 pub enum Input {
-    Discovery(Event),
+    Discovery(Box<Event>),
     /// A validated new configuration (SIGHUP).
     Reload(Box<Config>),
 }
 
 impl From<Event> for Input {
     fn from(e: Event) -> Self {
-        Input::Discovery(e)
+        Input::Discovery(Box::new(e))
     }
 }
 
@@ -40,7 +40,7 @@ pub enum EnforceError {
     #[error("compiling the policy: {0}")]
     Compile(#[from] CompileError),
     #[error("applying the policy: {0}")]
-    Apply(#[from] DatapathError),
+    Apply(#[from] Box<DatapathError>),
     #[error("reading the host's addresses: {0}")]
     HostAddresses(#[source] std::io::Error),
 }
@@ -70,33 +70,32 @@ impl Enforcer {
     /// Takes one input into account (no apply yet), with a log line per
     /// endpoint change.
     pub fn take(&mut self, input: Input) {
-        match input {
-            Input::Discovery(Event::Added(e)) => {
+        let event = match input {
+            Input::Reload(cfg) => {
+                self.cfg = *cfg;
+                return;
+            }
+            Input::Discovery(event) => *event,
+        };
+        let (sign, ep) = match event {
+            Event::Added(e) => {
                 self.endpoints.insert(e.key.clone(), e.clone());
-                info!(
-                    "endpoint +{} [{} endpoints]",
-                    describe(&e),
-                    self.endpoints.len()
-                );
+                ('+', e)
             }
-            Input::Discovery(Event::Updated { new, .. }) => {
-                info!(
-                    "endpoint ~{} [{} endpoints]",
-                    describe(&new),
-                    self.endpoints.len()
-                );
-                self.endpoints.insert(new.key.clone(), *new);
+            Event::Updated { new, .. } => {
+                self.endpoints.insert(new.key.clone(), (*new).clone());
+                ('~', *new)
             }
-            Input::Discovery(Event::Removed(e)) => {
+            Event::Removed(e) => {
                 self.endpoints.remove(&e.key);
-                info!(
-                    "endpoint -{} [{} endpoints]",
-                    describe(&e),
-                    self.endpoints.len()
-                );
+                ('-', e)
             }
-            Input::Reload(cfg) => self.cfg = *cfg,
-        }
+        };
+        info!(
+            "endpoint {sign}{} [{} endpoints]",
+            describe(&ep),
+            self.endpoints.len()
+        );
     }
 
     /// Compiles the policy for the current configuration and endpoints and
@@ -122,7 +121,9 @@ impl Enforcer {
                 name: p.name.clone(),
             })
             .collect();
-        Ok(self.datapath.apply(&compiled, &veths)?)
+        self.datapath
+            .apply(&compiled, &veths)
+            .map_err(|e| EnforceError::Apply(Box::new(e)))
     }
 
     /// Runs until the sending side hangs up.

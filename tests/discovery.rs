@@ -117,7 +117,7 @@ fn podman_containers_are_discovered_with_labels_ip_and_veth() {
         let ep = find(&eps, &c.name);
         assert_eq!(ep.key.runtime, Runtime::Podman);
         assert_eq!(ep.key.id, c.id);
-        assert_eq!(ep.image, "localhost/porin-bb:latest");
+        assert_eq!(ep.image, porin::testing::podman::IMAGE);
         assert_eq!(ep.labels, labels(l));
         assert!(!ep.host_network);
         assert!(
@@ -180,7 +180,7 @@ fn containerd_containers_are_discovered_with_labels_ip_and_veth() {
         assert_eq!(ep.key.runtime, Runtime::Containerd);
         assert_eq!(ep.key.namespace, NAMESPACE);
         assert_eq!(ep.key.id, *id);
-        assert_eq!(ep.image, "localhost/porin-bb:latest");
+        assert_eq!(ep.image, porin::testing::podman::IMAGE);
         for (k, v) in l.iter() {
             assert_eq!(
                 ep.labels.get(*k).map(String::as_str),

@@ -32,7 +32,9 @@ use aya::{
     Ebpf,
 };
 use log::{debug, info, warn};
-use porin_common::datapath::{DatapathConfig, EndpointInfo, Identity, PolicyKey, PolicyValue};
+use porin_common::datapath::{
+    CtKey, CtValue, DatapathConfig, EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
+};
 
 use crate::{
     ebpf::{self, LoadError},
@@ -299,13 +301,40 @@ impl Datapath {
                 let _ = m.remove(k);
             }
         }
+        // Its connections go with it: ifindexes are reused, and a new veth
+        // with an old one's number must not inherit its established flows.
+        if !d.endpoints.remove.is_empty() {
+            self.forget_connections(&d.endpoints.remove)?;
+        }
         Ok(report)
+    }
+
+    /// Deletes the conntrack entries made at the given host veths.
+    fn forget_connections(&mut self, ifindexes: &[u32]) -> Result<(), DatapathError> {
+        let mut ct = map_mut!(self.bpf, "PORIN_CT_V1", BpfHashMap<&mut MapData, CtKey, CtValue>);
+        let stale: Vec<CtKey> = ct
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| ifindexes.contains(&k.ifindex))
+            .collect();
+        for k in &stale {
+            let _ = ct.remove(k);
+        }
+        debug!("forgot {} connections of removed endpoints", stale.len());
+        Ok(())
     }
 
     fn set_generation(&mut self, generation: u32) -> Result<(), DatapathError> {
         let mut cfg = map_mut!(self.bpf, "PORIN_CFG_V1", Array<&mut MapData, DatapathConfig>);
-        cfg.set(0, DatapathConfig { generation }, 0)
-            .map_err(map_err("PORIN_CFG_V1", "set"))?;
+        cfg.set(
+            0,
+            DatapathConfig {
+                generation,
+                ready: CONFIG_READY,
+            },
+            0,
+        )
+        .map_err(map_err("PORIN_CFG_V1", "set"))?;
         self.generation = generation;
         Ok(())
     }

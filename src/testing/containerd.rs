@@ -105,7 +105,7 @@ impl Containerd {
     }
 
     /// Imports the busybox test image (built by Podman) as
-    /// `localhost/porin-bb:latest`.
+    /// `localhost/porin-bb:2`.
     pub fn import_image(&self) {
         podman::ensure_image();
         let archive = self.dir.join("bb-oci.tar");

@@ -1,6 +1,6 @@
 //! Real Podman containers for tests, removed on drop.
 //!
-//! Containers run the project's busybox image (`localhost/porin-bb:latest`,
+//! Containers run the project's busybox image (`localhost/porin-bb:2`,
 //! built locally from Debian's busybox-static: no registry is needed). Names
 //! are `porin-t-<tag>`; a leftover of an aborted run with the same name is
 //! removed before the container is started again.
@@ -13,7 +13,7 @@ use std::{
 };
 
 /// The image every test container runs.
-pub const IMAGE: &str = "localhost/porin-bb:latest";
+pub const IMAGE: &str = "localhost/porin-bb:2";
 /// Prefix of every container the harness starts.
 pub const NAME_PREFIX: &str = "porin-t-";
 
@@ -37,6 +37,7 @@ pub fn ensure_image() {
         std::fs::copy(busybox, dir.join("bin/busybox")).expect("copy busybox");
         for applet in [
             "sh", "httpd", "nc", "wget", "sleep", "cat", "ls", "ip", "ping", "echo", "printf",
+            "timeout",
         ] {
             std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))
                 .expect("applet symlink");
@@ -135,20 +136,14 @@ impl PodmanContainer {
             .to_owned()
     }
 
-    /// `wget` of `url` from inside the container with a `timeout_s` second
-    /// timeout: true when the body arrived. A denied connection times out
-    /// (dropped packets), so keep the timeout short in tests that expect it.
+    /// `wget` of `url` from inside the container, given `timeout_s` seconds:
+    /// true when the body arrived. A denied connection times out (dropped
+    /// packets), so keep the timeout short in tests that expect it. (The
+    /// `timeout` applet, not `wget -T`: busybox 1.35's `wget -T` crashes.)
     pub fn http_get(&self, url: &str, timeout_s: u32) -> bool {
+        let t = timeout_s.to_string();
         podman(&[
-            "exec",
-            &self.name,
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            "-T",
-            &timeout_s.to_string(),
-            url,
+            "exec", &self.name, "timeout", &t, "wget", "-q", "-O", "-", url,
         ])
         .status
         .success()

@@ -34,6 +34,14 @@ impl WorldHost {
             tag.len() <= 10,
             "tag {tag:?} too long for an interface name"
         );
+        // Without the bridge, 10.88.250.x would follow the default route off
+        // the machine: refuse rather than send traffic anywhere else.
+        assert!(
+            std::path::Path::new("/sys/class/net")
+                .join(PODMAN_BRIDGE)
+                .exists(),
+            "{PODMAN_BRIDGE} does not exist: start a Podman container first"
+        );
         let netns = Netns::create(&format!("world-{tag}"));
         let veth = format!("pw-{tag}");
         let _ = Command::new("ip").args(["link", "del", &veth]).output();
@@ -87,23 +95,20 @@ impl WorldHost {
 
     fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
+        let url = format!("http://127.0.0.1:{}/", self.port);
+        let mut last = String::new();
         while Instant::now() < deadline {
+            // The `timeout` applet, not `wget -T`: busybox 1.35's crashes.
             let out = self.netns.exec(&[
-                "busybox",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                "-T",
-                "1",
-                &format!("http://127.0.0.1:{}/", self.port),
+                "busybox", "timeout", "1", "busybox", "wget", "-q", "-O", "-", &url,
             ]);
             if out.status.success() {
                 return;
             }
+            last = format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr));
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("httpd in {} did not start", self.netns.name());
+        panic!("httpd in {} did not start: {last}", self.netns.name());
     }
 }
 
