@@ -21,8 +21,8 @@ pub fn headers(ctx: &TcContext) -> Result<Parsed, DropReason> {
     if (frame_len as usize) < ETH_HLEN {
         return Err(DropReason::Malformed);
     }
-    // Zeroed so bytes past a short frame are initialised stack for the
-    // verifier; the parser never reads them (it checks lengths first).
+    // Zeroed so the whole buffer is initialised memory even when the frame
+    // is shorter than it; the parser never reads past the frame's length.
     let mut slot = MaybeUninit::uninit();
     let hdr = HeaderBuf::init_zeroed(&mut slot);
     let n = if frame_len > HDR_BUF as u32 {
