@@ -252,14 +252,17 @@ impl Dp {
     }
 }
 
+/// A TCP SYN (a connection's first packet).
 fn tcp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    packets::frame_v4(
-        src,
-        dst,
-        PROTO_TCP,
-        &packets::tcp(sport, dport, packets::TCP_SYN, b""),
-    )
+    tcp4_flags(src, sport, dst, dport, packets::TCP_SYN)
 }
+
+/// A TCP segment with `flags` (e.g. an ACK of an established connection).
+fn tcp4_flags(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    packets::frame_v4(src, dst, PROTO_TCP, &packets::tcp(sport, dport, flags, b""))
+}
+
+const SYN_ACK: u8 = packets::TCP_SYN | packets::TCP_ACK;
 
 fn udp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     packets::frame_v4(src, dst, PROTO_UDP, &packets::udp(sport, dport, b"q"))
@@ -425,7 +428,7 @@ fn reply_passes_by_conntrack_without_a_policy_entry() {
     require_root("reply_passes_by_conntrack_without_a_policy_entry");
     let mut dp = Dp::with_endpoint(mode::ENFORCE);
     dp.rule(EGRESS, DB, PROTO_TCP, 5432, action::ALLOW);
-    let reply = tcp4(B, 5432, A, 40000);
+    let reply = tcp4_flags(B, 5432, A, 40000, SYN_ACK);
     // No CT yet: the "reply" is an unsolicited ingress packet.
     dp.expect(INGRESS, &reply, SHOT, "reply before the connection exists");
     dp.expect(
@@ -437,6 +440,8 @@ fn reply_passes_by_conntrack_without_a_policy_entry() {
     let key = ct_key4(PROTO_TCP, A, 40000, B, 5432, EP);
     let created = dp.ct(&key).expect("CT entry").last_seen_ns;
     dp.expect(INGRESS, &reply, OK, "the reply, by conntrack");
+    let ack = tcp4_flags(B, 5432, A, 40000, packets::TCP_ACK);
+    dp.expect(INGRESS, &ack, OK, "a later ACK from B, by conntrack");
     dp.expect(
         EGRESS,
         &tcp4(A, 40000, B, 5432),
@@ -448,18 +453,22 @@ fn reply_passes_by_conntrack_without_a_policy_entry() {
         "a hit refreshes last_seen_ns"
     );
     // Other ports of the same peers are other flows.
+    let other_port = tcp4_flags(B, 5432, A, 40001, SYN_ACK);
+    dp.expect(INGRESS, &other_port, SHOT, "reply to another port");
+    let from_other = tcp4_flags(B, 5433, A, 40000, SYN_ACK);
+    dp.expect(INGRESS, &from_other, SHOT, "from another port");
+    // A SYN on the reversed tuple opens a connection from B: no reply.
     dp.expect(
         INGRESS,
-        &tcp4(B, 5432, A, 40001),
+        &tcp4(B, 5432, A, 40000),
         SHOT,
-        "reply to another port",
+        "B's SYN on the reversed tuple",
     );
-    dp.expect(INGRESS, &tcp4(B, 5433, A, 40000), SHOT, "from another port");
     dp.expect_drops(
-        &[(DropReason::PolicyDenied, 3)],
-        "the three unrelated packets",
+        &[(DropReason::PolicyDenied, 4)],
+        "the four unrelated packets",
     );
-    assert_eq!(dp.forwarded(INGRESS).packets, 1);
+    assert_eq!(dp.forwarded(INGRESS).packets, 2);
     assert_eq!(dp.forwarded(EGRESS).packets, 2);
 }
 
@@ -474,7 +483,7 @@ fn conntrack_hits_only_count_in_their_direction() {
     // replies only pass in the other direction.
     dp.expect(
         EGRESS,
-        &tcp4(B, 5432, A, 40000),
+        &tcp4_flags(B, 5432, A, 40000, SYN_ACK),
         SHOT,
         "forged reply sent by A",
     );

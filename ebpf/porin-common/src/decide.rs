@@ -19,7 +19,7 @@
 
 use crate::{
     datapath::{
-        identity, mode, tc_action, CtKey, DatapathConfig, Direction, DropReason, Identity,
+        identity, mode, tc_action, CtKey, CtValue, DatapathConfig, Direction, DropReason, Identity,
         PolicyKey, CONFIG_READY,
     },
     parse::Flow,
@@ -92,7 +92,7 @@ pub fn ct_key(flow: &Flow, ifindex: u32) -> CtKey {
         dport: flow.dport,
         protocol: flow.protocol,
         family: flow.family,
-        _pad: [0; 2],
+        _pad: [0, 0],
         ifindex,
     }
 }
@@ -108,9 +108,23 @@ pub fn ct_reply_key(flow: &Flow, ifindex: u32) -> CtKey {
         dport: flow.sport,
         protocol: flow.protocol,
         family: flow.family,
-        _pad: [0; 2],
+        _pad: [0, 0],
         ifindex,
     }
+}
+
+/// The conntrack value for a connection first seen now, in `dir`.
+///
+/// Built from two words: a struct literal's seven zero pad bytes became a
+/// call to bpf-linker's byte-loop `memset` (see `parse::HeaderBuf`).
+#[inline(always)]
+pub fn ct_value(now_ns: u64, dir: Direction) -> CtValue {
+    // Native byte order: the direction byte lands at offset 8 in memory, the
+    // seven pad bytes after it are zero, on either endianness.
+    let words: [u64; 2] = [now_ns, u64::from_ne_bytes([dir as u8, 0, 0, 0, 0, 0, 0, 0])];
+    // SAFETY: `CtValue` is `repr(C)`, 16 bytes without implicit padding,
+    // valid for any bytes (u64, u8, [u8; 7]).
+    unsafe { core::mem::transmute::<[u64; 2], CtValue>(words) }
 }
 
 /// Whether a conntrack hit admits the packet: a hit on the packet's own
@@ -123,38 +137,39 @@ pub fn ct_hit_admits(entry_direction: u8, dir: Direction, reply: bool) -> bool {
     (entry_direction == dir as u8) != reply
 }
 
-/// Policy keys to look up, in order (first hit wins), and how many of them
-/// are distinct: `(peer, port)`, `(peer, 0)`, `(ANY, port)`, `(ANY, 0)`.
-/// With port 0 (ICMP, portless protocols) only the two any-port keys remain.
+/// The policy key for `flow` with everything but the peer and port set;
+/// [`policy_lookups`] gives the (peer, port) pairs to try in it.
 #[inline(always)]
-pub fn policy_keys(
-    subject: Identity,
-    peer: Identity,
-    flow: &Flow,
-    dir: Direction,
-    generation: u8,
-) -> ([PolicyKey; 4], usize) {
-    let key = |peer: Identity, port: u16| PolicyKey {
+pub fn policy_key(subject: Identity, flow: &Flow, dir: Direction, generation: u8) -> PolicyKey {
+    PolicyKey {
         subject,
-        peer,
-        port,
+        peer: identity::ANY,
+        port: 0,
         protocol: flow.protocol,
         direction: dir as u8,
         generation,
-        _pad: [0; 3],
-    };
+        // Literal, not `[0; 3]`: see `parse::HeaderBuf` on memset.
+        _pad: [0, 0, 0],
+    }
+}
+
+/// The (peer, port) pairs to look up, in order (first hit wins), and how
+/// many of them are distinct: `(peer, port)`, `(peer, 0)`, `(ANY, port)`,
+/// `(ANY, 0)`. With port 0 (ICMP, portless protocols) only `(peer, 0)` and
+/// `(ANY, 0)` remain.
+#[inline(always)]
+pub fn policy_lookups(peer: Identity, flow: &Flow) -> ([(Identity, u16); 4], usize) {
     let port = policy_port(flow);
     if port == 0 {
-        let k0 = key(peer, 0);
-        let k1 = key(identity::ANY, 0);
-        ([k0, k1, k0, k1], 2)
+        let pairs = [(peer, 0), (identity::ANY, 0)];
+        ([pairs[0], pairs[1], pairs[0], pairs[1]], 2)
     } else {
         (
             [
-                key(peer, port),
-                key(peer, 0),
-                key(identity::ANY, port),
-                key(identity::ANY, 0),
+                (peer, port),
+                (peer, 0),
+                (identity::ANY, port),
+                (identity::ANY, 0),
             ],
             4,
         )
@@ -303,6 +318,20 @@ mod tests {
     }
 
     #[test]
+    fn ct_value_matches_the_struct_literal() {
+        for dir in [Direction::Egress, Direction::Ingress] {
+            assert_eq!(
+                ct_value(0x0123_4567_89ab_cdef, dir),
+                CtValue {
+                    last_seen_ns: 0x0123_4567_89ab_cdef,
+                    direction: dir as u8,
+                    _pad: [0; 7],
+                }
+            );
+        }
+    }
+
+    #[test]
     fn ct_hits_admit_only_in_their_direction() {
         let eg = Direction::Egress as u8;
         let ing = Direction::Ingress as u8;
@@ -316,34 +345,30 @@ mod tests {
     }
 
     #[test]
-    fn policy_keys_in_documented_order() {
+    fn policy_lookups_in_documented_order() {
         let f = flow(proto::TCP, 40000, 443);
-        let (keys, n) = policy_keys(0x0100_0001, 0x0100_0002, &f, Direction::Egress, 1);
+        let (pairs, n) = policy_lookups(0x0100_0002, &f);
         assert_eq!(n, 4);
-        let pp: [(u32, u16); 4] = keys.map(|k| (k.peer, k.port));
-        assert_eq!(pp, [(0x0100_0002, 443), (0x0100_0002, 0), (0, 443), (0, 0)]);
-        for k in keys {
-            assert_eq!(k.subject, 0x0100_0001);
-            assert_eq!(k.protocol, proto::TCP);
-            assert_eq!(k.direction, Direction::Egress as u8);
-            assert_eq!(k.generation, 1);
-            assert_eq!(k._pad, [0; 3]);
-        }
+        assert_eq!(
+            pairs,
+            [(0x0100_0002, 443), (0x0100_0002, 0), (0, 443), (0, 0)]
+        );
+        let k = policy_key(0x0100_0001, &f, Direction::Egress, 1);
+        assert_eq!(k.subject, 0x0100_0001);
+        assert_eq!(k.protocol, proto::TCP);
+        assert_eq!(k.direction, Direction::Egress as u8);
+        assert_eq!(k.generation, 1);
+        assert_eq!(k._pad, [0; 3]);
     }
 
     #[test]
-    fn portless_protocols_use_only_any_port_keys() {
+    fn portless_protocols_use_only_any_port_lookups() {
         for p in [proto::ICMP, proto::ICMPV6, 47] {
-            let f = flow(p, 0, 0);
-            let (keys, n) = policy_keys(5, 6, &f, Direction::Ingress, 0);
+            let (pairs, n) = policy_lookups(6, &flow(p, 0, 0));
             assert_eq!(n, 2);
-            assert_eq!((keys[0].peer, keys[0].port), (6, 0));
-            assert_eq!((keys[1].peer, keys[1].port), (identity::ANY, 0));
+            assert_eq!(&pairs[..2], &[(6, 0), (identity::ANY, 0)]);
         }
         // UDP to port 0 is just a port-0 lookup too.
-        assert_eq!(
-            policy_keys(5, 6, &flow(proto::UDP, 9, 0), Direction::Egress, 0).1,
-            2
-        );
+        assert_eq!(policy_lookups(6, &flow(proto::UDP, 9, 0)).1, 2);
     }
 }

@@ -20,6 +20,7 @@
 //! | IPv6: < 40 bytes, version ≠ 6, payload length beyond the frame | `Malformed` |
 //! | IPv6: next header is an extension header ([`is_ipv6_ext_header`]) | `Ipv6ExtHeader` |
 //! | TCP: < 20 bytes, data offset < 5 or beyond the IP payload | `Malformed` |
+//! | TCP SYN without ACK | a [`Flow`] that is never a reply |
 //! | UDP: < 8 bytes | `Malformed` |
 //! | ICMP (in IPv4) / ICMPv6 (in IPv6): < 8 bytes | `Malformed` |
 //! | ICMPv6 types 133-137 (RS, RA, NS, NA, redirect) | [`Parsed::Pass`] |
@@ -34,7 +35,7 @@ use crate::{
 };
 
 /// Bytes of the frame the parser looks at: Ethernet + IPv6 + the TCP header
-/// up to its data-offset byte (14 + 40 + 13 = 67), rounded up to 8.
+/// up to its flags byte (14 + 40 + 14 = 68), rounded up to 8.
 pub const HDR_BUF: usize = 72;
 /// Transport header offset in an IPv4 frame (options are refused).
 pub const L4_OFF_V4: usize = ETH_HLEN + IPV4_MIN_HLEN;
@@ -42,6 +43,8 @@ pub const L4_OFF_V4: usize = ETH_HLEN + IPV4_MIN_HLEN;
 pub const L4_OFF_V6: usize = ETH_HLEN + IPV6_HLEN;
 
 const TCP_MIN_HLEN: usize = 20;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const UDP_HLEN: usize = 8;
 /// Type, code, checksum and the 4-byte rest-of-header every ICMP message has.
 const ICMP_MIN_LEN: usize = 8;
@@ -52,8 +55,62 @@ const ICMPV6_ECHO_REPLY: u8 = 129;
 const ICMPV6_ND_FIRST: u8 = 133;
 const ICMPV6_ND_LAST: u8 = 137;
 
-// The deepest read (TCP data offset in IPv6) must lie inside the buffer.
-const _: () = assert!(L4_OFF_V6 + 12 < HDR_BUF);
+// The deepest read (TCP flags in IPv6) must lie inside the buffer.
+const _: () = assert!(L4_OFF_V6 + 13 < HDR_BUF);
+
+/// The stack buffer the eBPF side copies the headers into, as nine words.
+///
+/// Why words and volatile stores: bpf-linker links `memset` in as an
+/// ordinary BPF function (a byte loop), and LLVM turned every zeroed array
+/// (`[0u8; 72]`, aligned or not, or nine zero words as a literal) into a call
+/// of it: 72 loop iterations per packet. Volatile stores cannot be merged
+/// into a `memset`, so zeroing stays nine 8-byte stores.
+#[repr(C)]
+pub struct HeaderBuf {
+    words: [u64; HDR_BUF / 8],
+}
+
+const _: () = assert!(HDR_BUF.is_multiple_of(8));
+
+impl HeaderBuf {
+    /// Zeroes `slot` in place and returns it initialised. In place, because
+    /// returning the buffer by value added a copy that LLVM again turned
+    /// into a `memset` call.
+    #[inline(always)]
+    pub fn init_zeroed(slot: &mut core::mem::MaybeUninit<HeaderBuf>) -> &mut HeaderBuf {
+        let words = slot.as_mut_ptr().cast::<u64>();
+        // SAFETY: the nine writes cover the whole buffer, in bounds and
+        // aligned, before it is assumed initialised.
+        unsafe {
+            words.write_volatile(0);
+            words.add(1).write_volatile(0);
+            words.add(2).write_volatile(0);
+            words.add(3).write_volatile(0);
+            words.add(4).write_volatile(0);
+            words.add(5).write_volatile(0);
+            words.add(6).write_volatile(0);
+            words.add(7).write_volatile(0);
+            words.add(8).write_volatile(0);
+            slot.assume_init_mut()
+        }
+    }
+
+    /// The buffer's bytes.
+    #[inline(always)]
+    pub fn bytes(&self) -> &[u8; HDR_BUF] {
+        // SAFETY: same size; `u8` has no alignment or validity requirements
+        // that `u64`'s initialised bytes do not meet.
+        unsafe { &*(self as *const HeaderBuf).cast::<[u8; HDR_BUF]>() }
+    }
+
+    /// Where the eBPF side writes the copied bytes.
+    #[inline(always)]
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.words.as_mut_ptr().cast()
+    }
+}
+
+const _: () = assert!(HDR_BUF / 8 == 9, "HeaderBuf::init_zeroed writes nine words");
 
 /// What the programs do with a frame after parsing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,21 +123,27 @@ pub enum Parsed {
 }
 
 /// The parts of an IP packet conntrack and policy look at.
+///
+/// Aligned, addresses first, so zeroing and copying the addresses compiles
+/// to word stores and loads rather than byte loops (see [`HeaderBuf`]).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
-    /// 4 or 6.
-    pub family: u8,
-    /// IP protocol number.
-    pub protocol: u8,
     /// Addresses as in [`crate::datapath::CtKey`]: IPv4 in the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     /// Host byte order; 0 for ICMP and protocols without ports.
     pub sport: u16,
     pub dport: u16,
-    /// Whether the packet may be a reply to a connection seen the other way.
-    /// ICMP messages other than echo reply are not: with ports 0, a peer's
-    /// echo request would otherwise match the endpoint's own ping as a reply.
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Whether the packet may be a reply to a connection seen the other way
+    /// (only then is the reversed tuple looked up). ICMP messages other than
+    /// echo reply are not: with ports 0, a peer's echo request would
+    /// otherwise match the endpoint's own ping as a reply. A TCP SYN without
+    /// ACK is not either (and skips a lookup on every connection attempt).
     pub may_be_reply: bool,
 }
 
@@ -143,17 +206,15 @@ fn parse_ipv4(hdr: &[u8; HDR_BUF], l3_len: usize) -> Result<Parsed, DropReason> 
     if frag & 0x3fff != 0 {
         return Err(DropReason::Fragment);
     }
-    let mut flow = Flow {
-        family: 4,
-        protocol: hdr[IP + 9],
-        saddr: [0; 16],
-        daddr: [0; 16],
+    let flow = Flow {
+        saddr: v4_addr([hdr[IP + 12], hdr[IP + 13], hdr[IP + 14], hdr[IP + 15]]),
+        daddr: v4_addr([hdr[IP + 16], hdr[IP + 17], hdr[IP + 18], hdr[IP + 19]]),
         sport: 0,
         dport: 0,
+        family: 4,
+        protocol: hdr[IP + 9],
         may_be_reply: true,
     };
-    flow.saddr[..4].copy_from_slice(&hdr[IP + 12..IP + 16]);
-    flow.daddr[..4].copy_from_slice(&hdr[IP + 16..IP + 20]);
     parse_l4(hdr, L4_OFF_V4, total - ihl, flow)
 }
 
@@ -172,17 +233,27 @@ fn parse_ipv6(hdr: &[u8; HDR_BUF], l3_len: usize) -> Result<Parsed, DropReason> 
         return Err(DropReason::Ipv6ExtHeader);
     }
     let mut flow = Flow {
-        family: 6,
-        protocol: next_header,
         saddr: [0; 16],
         daddr: [0; 16],
         sport: 0,
         dport: 0,
+        family: 6,
+        protocol: next_header,
         may_be_reply: true,
     };
+    // Overwritten whole, so the compiler drops the zeroing above.
     flow.saddr.copy_from_slice(&hdr[IP + 8..IP + 24]);
     flow.daddr.copy_from_slice(&hdr[IP + 24..IP + 40]);
     parse_l4(hdr, L4_OFF_V6, payload, flow)
+}
+
+/// An IPv4 address in the 16-byte form of [`Flow`] and the CT key, built
+/// from words (see [`HeaderBuf`] on why not a zeroed byte array).
+#[inline(always)]
+fn v4_addr(a: [u8; 4]) -> [u8; 16] {
+    let words: [u32; 4] = [u32::from_ne_bytes(a), 0, 0, 0];
+    // SAFETY: same size, every bit pattern is a valid byte array.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 /// Reads the transport header at the constant offset `off`; `l4_len` is the
@@ -207,6 +278,10 @@ fn parse_l4(
             }
             flow.sport = u16::from_be_bytes([hdr[off], hdr[off + 1]]);
             flow.dport = u16::from_be_bytes([hdr[off + 2], hdr[off + 3]]);
+            // A SYN without ACK opens a connection; it never answers one.
+            // (Simultaneous open, where it would, goes through policy.)
+            let flags = hdr[off + 13];
+            flow.may_be_reply = !(flags & TCP_SYN != 0 && flags & TCP_ACK == 0);
         }
         proto::UDP => {
             if l4_len < UDP_HLEN {
@@ -319,6 +394,16 @@ mod tests {
     }
 
     #[test]
+    fn header_buf_is_zeroed_and_bytes_see_writes() {
+        let mut slot = core::mem::MaybeUninit::uninit();
+        let b = HeaderBuf::init_zeroed(&mut slot);
+        assert_eq!(b.bytes(), &[0u8; HDR_BUF]);
+        // SAFETY: in bounds.
+        unsafe { b.as_mut_ptr().add(HDR_BUF - 1).write(7) };
+        assert_eq!(b.bytes()[HDR_BUF - 1], 7);
+    }
+
+    #[test]
     fn ipv4_tcp_gives_addresses_and_ports() {
         let f = v4(proto::TCP, &tcp(40000, 443));
         let fl = flow(parse(&f[..v4_len(20)]));
@@ -329,6 +414,32 @@ mod tests {
         assert_eq!(&fl.daddr[..4], &DST4);
         assert_eq!((fl.sport, fl.dport), (40000, 443));
         assert!(fl.may_be_reply);
+    }
+
+    #[test]
+    fn only_a_syn_without_ack_is_never_a_reply() {
+        for (flags, reply) in [
+            (0x02u8, false),
+            (0x12, true),
+            (0x10, true),
+            (0x11, true),
+            (0, true),
+        ] {
+            let mut t = tcp(1, 80);
+            t[13] = flags;
+            let f4 = v4(proto::TCP, &t);
+            assert_eq!(
+                flow(parse(&f4[..v4_len(20)])).may_be_reply,
+                reply,
+                "{flags:#04x}"
+            );
+            let f6 = v6(proto::TCP, &t);
+            assert_eq!(
+                flow(parse(&f6[..74])).may_be_reply,
+                reply,
+                "v6 {flags:#04x}"
+            );
+        }
     }
 
     #[test]

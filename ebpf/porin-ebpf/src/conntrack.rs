@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
 use porin_common::{
     datapath::{max_entries, CtKey, CtValue, Direction, DropReason},
-    decide::{ct_hit_admits, ct_key, ct_reply_key},
+    decide::{ct_hit_admits, ct_key, ct_reply_key, ct_value},
     parse::Flow,
 };
 
@@ -46,12 +46,8 @@ fn hit(key: &CtKey, dir: Direction, reply: bool) -> bool {
 /// rather than pass with no state behind it.
 #[inline(always)]
 pub fn create(flow: &Flow, dir: Direction, ifindex: u32) -> Result<(), DropReason> {
-    let value = CtValue {
-        // SAFETY: no preconditions.
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
-        direction: dir as u8,
-        _pad: [0; 7],
-    };
+    // SAFETY: no preconditions.
+    let value = ct_value(unsafe { bpf_ktime_get_ns() }, dir);
     PORIN_CT_V1
         .insert(&ct_key(flow, ifindex), &value, 0)
         .map_err(|_| DropReason::Internal)

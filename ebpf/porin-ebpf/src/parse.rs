@@ -1,10 +1,12 @@
 //! Getting the headers out of the skb for `porin_common::parse`.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
 use porin_common::{
     datapath::DropReason,
     packet::ETH_HLEN,
-    parse::{parse_frame, Parsed, HDR_BUF},
+    parse::{parse_frame, HeaderBuf, Parsed, HDR_BUF},
 };
 
 /// Copies the first `min(len, HDR_BUF)` bytes of the frame to the stack and
@@ -19,9 +21,10 @@ pub fn headers(ctx: &TcContext) -> Result<Parsed, DropReason> {
     if (frame_len as usize) < ETH_HLEN {
         return Err(DropReason::Malformed);
     }
-    // Zeroed so bytes past a short frame are initialised stack for the
-    // verifier; the parser never reads them (it checks lengths first).
-    let mut hdr = [0u8; HDR_BUF];
+    // Zeroed so the whole buffer is initialised memory even when the frame
+    // is shorter than it; the parser never reads past the frame's length.
+    let mut slot = MaybeUninit::uninit();
+    let hdr = HeaderBuf::init_zeroed(&mut slot);
     let n = if frame_len > HDR_BUF as u32 {
         HDR_BUF as u32
     } else {
@@ -38,5 +41,5 @@ pub fn headers(ctx: &TcContext) -> Result<Parsed, DropReason> {
         // Cannot happen for n <= skb->len; not the packet's fault if it does.
         return Err(DropReason::Internal);
     }
-    parse_frame(&hdr, frame_len as usize)
+    parse_frame(hdr.bytes(), frame_len as usize)
 }

@@ -42,13 +42,17 @@ pub fn allows(
     dir: Direction,
     generation: u8,
 ) -> bool {
-    let (keys, n) = decide::policy_keys(subject, peer, flow, dir, generation);
-    for (i, key) in keys.iter().enumerate() {
+    // One key on the stack, its peer and port rewritten per lookup.
+    let mut key = decide::policy_key(subject, flow, dir, generation);
+    let (lookups, n) = decide::policy_lookups(peer, flow);
+    for (i, (peer, port)) in lookups.iter().enumerate() {
         if i >= n {
             break;
         }
+        key.peer = *peer;
+        key.port = *port;
         // SAFETY: the value is read at once, under RCU.
-        if let Some(v) = unsafe { PORIN_POL_V1.get(key) } {
+        if let Some(v) = unsafe { PORIN_POL_V1.get(&key) } {
             return v.action == action::ALLOW;
         }
     }

@@ -1,0 +1,253 @@
+//! Per-packet cost of `from_container` / `to_container` through
+//! `BPF_PROG_TEST_RUN`: `cargo bench --bench datapath_tc` (as root).
+//!
+//! For 10, 1,000 and 10,000 policy entries (one that allows the measured
+//! flow, the rest for other subjects and ports) it measures, in ns per
+//! packet as the kernel times it:
+//! - `noop_tc`, the baseline (a classifier that only returns OK);
+//! - allowed, CT hit: a policy-allowed UDP flow after its first packet made
+//!   the CT entry (forward tuple: one CT lookup), and its reply on
+//!   `to_container` (reversed tuple: two CT lookups);
+//! - allowed, no CT hit: the first packet of a flow (CT misses, identity,
+//!   policy, CT insert). `BPF_PROG_TEST_RUN` repeats one packet, which after
+//!   the first run is a CT hit, so this path is timed one run per flow over
+//!   many distinct flows (repeat = 1) and compared with `noop_tc` timed the
+//!   same way; the median is printed;
+//! - denied: no entry matches (two CT misses, identity, four policy
+//!   lookups, drop counter), enforce mode.
+//!
+//! Overhead = path - noop (same timing method); ratio = overhead at 10,000
+//! entries / overhead at 10. Targets: overhead < 50 ns, ratio <= 1.1.
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    maps::{Array, HashMap},
+    programs::SchedClassifier,
+    Ebpf,
+};
+use porin::{
+    ebpf,
+    testing::{packets, prog_run, require_root},
+};
+use porin_common::datapath::{
+    action, identity, mode, tc_action, CtKey, CtValue, DatapathConfig, Direction, EndpointInfo,
+    Identity, PolicyKey, PolicyValue, CONFIG_READY,
+};
+
+const REPEAT: u32 = 5_000_000;
+/// Distinct flows timed one run each for the no-CT-hit path.
+const FIRST_PACKETS: u16 = 20_000;
+const SIZES: [usize; 3] = [10, 1_000, 10_000];
+
+const WEB: Identity = identity::GROUP_BASE + 1;
+const DB: Identity = identity::GROUP_BASE + 2;
+const CACHE: Identity = identity::GROUP_BASE + 3;
+const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const C: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+const OK: u32 = tc_action::OK as u32;
+const SHOT: u32 = tc_action::SHOT as u32;
+
+/// ns per packet for each path at one policy size.
+struct Row {
+    entries: usize,
+    noop: f64,
+    ct_hit: f64,
+    ct_hit_reply: f64,
+    noop_single: f64,
+    first_packet: f64,
+    denied: f64,
+}
+
+fn main() {
+    require_root("the datapath_tc benchmark");
+    let rows: Vec<Row> = SIZES.iter().map(|&n| measure(n)).collect();
+
+    println!(
+        "\ndatapath_tc: ns/packet via BPF_PROG_TEST_RUN (repeat {REPEAT}; first packet: \
+         median of {FIRST_PACKETS} single runs)"
+    );
+    println!(
+        "{:>8} | {:>6} | {:>16} | {:>16} | {:>16} | {:>16}",
+        "entries", "noop", "allowed CT hit", "reply CT hit", "allowed no CT", "denied"
+    );
+    for r in &rows {
+        let cell = |v: f64, base: f64| format!("{v:6.1} (+{:5.1})", v - base);
+        println!(
+            "{:>8} | {:>6.1} | {:>16} | {:>16} | {:>16} | {:>16}",
+            r.entries,
+            r.noop,
+            cell(r.ct_hit, r.noop),
+            cell(r.ct_hit_reply, r.noop),
+            cell(r.first_packet, r.noop_single),
+            cell(r.denied, r.noop),
+        );
+    }
+    let (small, large) = (&rows[0], &rows[rows.len() - 1]);
+    let ratio = |f: fn(&Row) -> f64| f(large) / f(small);
+    println!(
+        "overhead ratio {}/{} entries: allowed CT hit {:.2}, reply CT hit {:.2}, \
+         allowed no CT {:.2}, denied {:.2}",
+        large.entries,
+        small.entries,
+        ratio(|r| r.ct_hit - r.noop),
+        ratio(|r| r.ct_hit_reply - r.noop),
+        ratio(|r| r.first_packet - r.noop_single),
+        ratio(|r| r.denied - r.noop),
+    );
+    println!("(\"allowed no CT\" overhead is over noop_tc timed the same way, one run each)");
+}
+
+/// Loads a fresh object, fills the maps for `entries` policy entries and
+/// times every path.
+fn measure(entries: usize) -> Row {
+    let mut bpf = ebpf::open().expect("open eBPF object");
+    for name in ["noop_tc", "from_container", "to_container"] {
+        ebpf::load_program::<SchedClassifier>(&mut bpf, name)
+            .unwrap_or_else(|e| panic!("load {name}: {e:?}"));
+    }
+    setup(&mut bpf, entries);
+    let prog = |name: &str| -> &SchedClassifier {
+        bpf.program(name)
+            .expect("program")
+            .try_into()
+            .expect("classifier")
+    };
+    let (noop, from, to) = (
+        prog("noop_tc"),
+        prog("from_container"),
+        prog("to_container"),
+    );
+
+    let allowed = udp(A, 40000, B, 53);
+    let reply = udp(B, 53, A, 40000);
+    let denied = udp(A, 40000, C, 53);
+
+    let noop_ns = timed(noop, &allowed, OK);
+    // The first run makes the CT entry; every later one hits it.
+    let ct_hit = timed(from, &allowed, OK);
+    let ct_hit_reply = timed(to, &reply, OK);
+    let denied_ns = timed(from, &denied, SHOT);
+
+    // First packets: distinct source ports, one run each.
+    let mut firsts = Vec::with_capacity(usize::from(FIRST_PACKETS));
+    let mut noops = Vec::with_capacity(usize::from(FIRST_PACKETS));
+    for i in 0..FIRST_PACKETS {
+        let frame = udp(A, 1024 + i, B, 53);
+        noops.push(single(noop, &frame, OK));
+        firsts.push(single(from, &frame, OK));
+    }
+    assert_eq!(
+        ct_entries(&bpf),
+        usize::from(FIRST_PACKETS) + 1,
+        "every first packet made a CT entry"
+    );
+    Row {
+        entries,
+        noop: noop_ns,
+        ct_hit,
+        ct_hit_reply,
+        noop_single: median(noops),
+        first_packet: median(firsts),
+        denied: denied_ns,
+    }
+}
+
+fn timed(prog: &SchedClassifier, frame: &[u8], want: u32) -> f64 {
+    let (verdict, d) = prog_run::timed(prog, frame, REPEAT);
+    assert_eq!(verdict, want, "verdict of the measured path");
+    d.as_nanos() as f64
+}
+
+fn single(prog: &SchedClassifier, frame: &[u8], want: u32) -> f64 {
+    let (verdict, d) = prog_run::timed(prog, frame, 1);
+    assert_eq!(verdict, want, "verdict of the measured path");
+    d.as_nanos() as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    packets::frame_v4(
+        src,
+        dst,
+        packets::PROTO_UDP,
+        &packets::udp(sport, dport, b"bench"),
+    )
+}
+
+/// Endpoint 1 (the test-run loopback) = WEB, enforce; A, B, C known;
+/// generation 0 active; `entries` policy entries of which one allows
+/// WEB → DB udp/53 and the rest belong to other subjects and ports.
+fn setup(bpf: &mut Ebpf, entries: usize) {
+    let mut endp: HashMap<_, u32, EndpointInfo> =
+        HashMap::try_from(bpf.map_mut("PORIN_ENDP_V1").expect("endp")).expect("hash");
+    endp.insert(
+        1,
+        EndpointInfo {
+            identity: WEB,
+            mode: mode::ENFORCE,
+            _pad: [0; 3],
+        },
+        0,
+    )
+    .expect("endpoint");
+    let mut ip4: HashMap<_, [u8; 4], Identity> =
+        HashMap::try_from(bpf.map_mut("PORIN_IP4_V1").expect("ip4")).expect("hash");
+    for (addr, id) in [(A, WEB), (B, DB), (C, CACHE)] {
+        ip4.insert(addr.octets(), id, 0).expect("ip4");
+    }
+    let mut cfg: Array<_, DatapathConfig> =
+        Array::try_from(bpf.map_mut("PORIN_CFG_V1").expect("cfg")).expect("array");
+    cfg.set(
+        0,
+        DatapathConfig {
+            generation: 0,
+            ready: CONFIG_READY,
+        },
+        0,
+    )
+    .expect("config");
+
+    let mut pol: HashMap<_, PolicyKey, PolicyValue> =
+        HashMap::try_from(bpf.map_mut("PORIN_POL_V1").expect("pol")).expect("hash");
+    let key = |subject, peer, port, protocol| PolicyKey {
+        subject,
+        peer,
+        port,
+        protocol,
+        direction: Direction::Egress as u8,
+        generation: 0,
+        _pad: [0; 3],
+    };
+    let allow = PolicyValue {
+        action: action::ALLOW,
+        _pad: [0; 3],
+        rule: 1,
+    };
+    pol.insert(key(WEB, DB, 53, packets::PROTO_UDP), allow, 0)
+        .expect("policy");
+    for i in 1..entries {
+        // Other subjects (100 groups) talking to other peers on other ports.
+        let i = i as u32;
+        let subject = identity::GROUP_BASE + 100 + i % 100;
+        let peer = identity::GROUP_BASE + 1000 + i / 100;
+        pol.insert(
+            key(subject, peer, 1000 + (i % 5000) as u16, packets::PROTO_TCP),
+            allow,
+            0,
+        )
+        .expect("filler policy entry");
+    }
+    assert_eq!(pol.keys().count(), entries, "policy entries");
+}
+
+fn ct_entries(bpf: &Ebpf) -> usize {
+    let ct: HashMap<_, CtKey, CtValue> =
+        HashMap::try_from(bpf.map("PORIN_CT_V1").expect("ct")).expect("LRU hash");
+    ct.keys().count()
+}
