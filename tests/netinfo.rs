@@ -13,7 +13,10 @@ use std::{
 
 use porin::{
     discovery::netinfo::{net_info, HostPeer, IpPrefix, Operation},
-    testing::{netns::Netns, require_root},
+    testing::{
+        netns::{ip_ok, Netns},
+        require_root,
+    },
 };
 
 /// A process sleeping inside a namespace, killed (by its pid) on drop.
@@ -68,16 +71,6 @@ fn ns_inode(path: &str) -> u64 {
     std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0)
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "`ip {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn parse_mac(text: &str) -> [u8; 6] {
     let bytes: Vec<u8> = text
         .trim()
@@ -103,7 +96,7 @@ fn a_container_on_a_host_veth_is_reported_with_its_peer() {
     let _ = Command::new("ip").args(["link", "del", &host_if]).output();
     // The container end is created directly inside the namespace, so an
     // "eth0" of the host never collides with it.
-    ip(&[
+    ip_ok(&[
         "link",
         "add",
         &host_if,
@@ -116,7 +109,7 @@ fn a_container_on_a_host_veth_is_reported_with_its_peer() {
         ns.name(),
     ]);
     let _veth = HostVeth(host_if.clone());
-    ip(&["link", "set", &host_if, "up"]);
+    ip_ok(&["link", "set", &host_if, "up"]);
     ns.exec_ok(&["ip", "addr", "add", "10.232.7.2/24", "dev", "eth0"]);
     ns.exec_ok(&[
         "ip",
@@ -219,7 +212,7 @@ fn a_veth_to_another_container_has_no_host_peer() {
     let a = Netns::create("ni-third-a");
     let b = Netns::create("ni-third-b");
     // No addresses needed: only the link's peer matters here.
-    ip(&[
+    ip_ok(&[
         "link",
         "add",
         "eth0",

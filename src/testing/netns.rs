@@ -183,7 +183,9 @@ fn ip(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run `ip {}`: {e}", args.join(" ")))
 }
 
-fn ip_ok(args: &[&str]) {
+/// Runs `ip ARGS` in the caller's namespace; panics with its stderr unless
+/// it succeeds.
+pub fn ip_ok(args: &[&str]) {
     let out = ip(args);
     assert!(
         out.status.success(),

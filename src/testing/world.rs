@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::netns::Netns;
+use super::netns::{ip_ok, Netns};
 
 /// Podman's default bridge.
 pub const PODMAN_BRIDGE: &str = "podman0";
@@ -45,8 +45,7 @@ impl WorldHost {
         let netns = Netns::create(&format!("world-{tag}"));
         let veth = format!("pw-{tag}");
         let _ = Command::new("ip").args(["link", "del", &veth]).output();
-        run(&[
-            "ip",
+        ip_ok(&[
             "link",
             "add",
             &veth,
@@ -58,7 +57,7 @@ impl WorldHost {
             "netns",
             netns.name(),
         ]);
-        run(&["ip", "link", "set", &veth, "master", PODMAN_BRIDGE, "up"]);
+        ip_ok(&["link", "set", &veth, "master", PODMAN_BRIDGE, "up"]);
         let ip = Ipv4Addr::new(10, 88, 250, host_octet);
         netns.exec_ok(&["ip", "addr", "add", &format!("{ip}/16"), "dev", "eth0"]);
         netns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
@@ -121,17 +120,4 @@ impl Drop for WorldHost {
             .args(["link", "del", &self.veth])
             .output();
     }
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run command");
-    assert!(
-        out.status.success(),
-        "`{}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
