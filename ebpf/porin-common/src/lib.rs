@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod datapath;
+pub mod flow;
 pub mod decide;
 pub mod packet;
 pub mod parse;
