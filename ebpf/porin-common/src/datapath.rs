@@ -201,15 +201,34 @@ pub struct CtKey {
 }
 
 /// `PORIN_CT_V1` value.
+///
+/// # `last_seen_ns` is sampled, not exact
+/// `bpf_ktime_get_ns` costs about 30 ns per call on the VMs we measure (a
+/// paravirtual clock), as much as the conntrack lookup itself, and nothing
+/// needs an exact time: eviction is the LRU map's own (a lookup marks the
+/// entry used), and the time is only shown. So a hit does not read the
+/// clock; it bumps [`CtValue::hits`] and refreshes `last_seen_ns` only on
+/// the first hit after creation and then every [`CT_REFRESH_EVERY`]th. An
+/// entry's `last_seen_ns` is therefore the time of its first packet, its
+/// first hit, or a hit at most `CT_REFRESH_EVERY` packets before its last.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns` of the last packet (LRU evicts idle entries).
+    /// `bpf_ktime_get_ns` at creation, refreshed as described above.
     pub last_seen_ns: u64,
     /// [`Direction`] of the first packet as u8.
     pub direction: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Hits since creation (wrapping; unsynchronised, so concurrent hits on
+    /// several CPUs may count once): drives the sampling of `last_seen_ns`.
+    pub hits: u32,
 }
+
+/// A conntrack hit refreshes [`CtValue::last_seen_ns`] when the entry's hit
+/// count before it is a multiple of this (a power of two).
+pub const CT_REFRESH_EVERY: u32 = 64;
+
+const _: () = assert!(CT_REFRESH_EVERY.is_power_of_two());
 
 /// Packet and byte counters (per CPU).
 #[repr(C)]

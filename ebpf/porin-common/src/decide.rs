@@ -20,7 +20,7 @@
 use crate::{
     datapath::{
         identity, mode, tc_action, CtKey, CtValue, DatapathConfig, Direction, DropReason, Identity,
-        PolicyKey, CONFIG_READY,
+        PolicyKey, CONFIG_READY, CT_REFRESH_EVERY,
     },
     parse::Flow,
 };
@@ -115,16 +115,23 @@ pub fn ct_reply_key(flow: &Flow, ifindex: u32) -> CtKey {
 
 /// The conntrack value for a connection first seen now, in `dir`.
 ///
-/// Built from two words: a struct literal's seven zero pad bytes became a
-/// call to bpf-linker's byte-loop `memset` (see `parse::HeaderBuf`).
+/// Built from two words: a struct literal's zero pad bytes became a call to
+/// bpf-linker's byte-loop `memset` (see `parse::HeaderBuf`).
 #[inline(always)]
 pub fn ct_value(now_ns: u64, dir: Direction) -> CtValue {
-    // Native byte order: the direction byte lands at offset 8 in memory, the
-    // seven pad bytes after it are zero, on either endianness.
+    // Native byte order: the direction byte lands at offset 8 in memory; the
+    // pad bytes and `hits` (offsets 9..16) are zero, on either endianness.
     let words: [u64; 2] = [now_ns, u64::from_ne_bytes([dir as u8, 0, 0, 0, 0, 0, 0, 0])];
     // SAFETY: `CtValue` is `repr(C)`, 16 bytes without implicit padding,
-    // valid for any bytes (u64, u8, [u8; 7]).
+    // valid for any bytes (u64, u8, [u8; 3], u32).
     unsafe { core::mem::transmute::<[u64; 2], CtValue>(words) }
+}
+
+/// Whether a conntrack hit on an entry that had `hits_before` hits should
+/// refresh its `last_seen_ns` (see [`CtValue`]).
+#[inline(always)]
+pub fn ct_refresh_due(hits_before: u32) -> bool {
+    hits_before & (CT_REFRESH_EVERY - 1) == 0
 }
 
 /// Whether a conntrack hit admits the packet: a hit on the packet's own
@@ -325,9 +332,26 @@ mod tests {
                 CtValue {
                     last_seen_ns: 0x0123_4567_89ab_cdef,
                     direction: dir as u8,
-                    _pad: [0; 7],
+                    _pad: [0; 3],
+                    hits: 0,
                 }
             );
+        }
+    }
+
+    #[test]
+    fn last_seen_is_refreshed_on_the_first_hit_then_every_nth() {
+        let due: [u32; 4] = [
+            0,
+            CT_REFRESH_EVERY,
+            2 * CT_REFRESH_EVERY,
+            0u32.wrapping_sub(CT_REFRESH_EVERY),
+        ];
+        for h in due {
+            assert!(ct_refresh_due(h), "{h}");
+        }
+        for h in [1, 2, CT_REFRESH_EVERY - 1, CT_REFRESH_EVERY + 1, u32::MAX] {
+            assert!(!ct_refresh_due(h), "{h}");
         }
     }
 

@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
 use porin_common::{
     datapath::{max_entries, CtKey, CtValue, Direction, DropReason},
-    decide::{ct_hit_admits, ct_key, ct_reply_key, ct_value},
+    decide::{ct_hit_admits, ct_key, ct_refresh_due, ct_reply_key, ct_value},
     parse::Flow,
 };
 
@@ -16,7 +16,8 @@ static PORIN_CT_V1: LruHashMap<CtKey, CtValue> =
 
 /// Whether `flow` belongs to a connection endpoint `ifindex` already
 /// allowed: its own tuple seen in this direction, or (if it may be a reply)
-/// its reversed tuple seen in the other. A hit refreshes `last_seen_ns`.
+/// its reversed tuple seen in the other. A hit counts itself in the entry and
+/// reads the clock only when a refresh is due (see `CtValue`).
 #[inline(always)]
 pub fn established(flow: &Flow, dir: Direction, ifindex: u32) -> bool {
     if hit(&ct_key(flow, ifindex), dir, false) {
@@ -31,12 +32,17 @@ fn hit(key: &CtKey, dir: Direction, reply: bool) -> bool {
         return false;
     };
     // SAFETY: a pointer to the map value, valid for this program run; the
-    // 8-byte timestamp store is atomic, racing writers only store a time.
+    // aligned 4- and 8-byte stores are atomic, so racing CPUs at worst lose
+    // a hit count or store a time a little older.
     unsafe {
         if !ct_hit_admits((*entry).direction, dir, reply) {
             return false;
         }
-        (*entry).last_seen_ns = bpf_ktime_get_ns();
+        let hits = (*entry).hits;
+        (*entry).hits = hits.wrapping_add(1);
+        if ct_refresh_due(hits) {
+            (*entry).last_seen_ns = bpf_ktime_get_ns();
+        }
     }
     true
 }
