@@ -157,9 +157,9 @@ pub struct Flow {
 /// the verifier needs, and it must come before the reads it covers.
 pub trait Frame {
     /// The whole frame's length (`skb->len`).
-    fn len(&self) -> usize;
+    fn frame_len(&self) -> usize;
     /// Whether bytes `[0, end)` can be read. The parser only asks for ends
-    /// it has already checked against [`Frame::len`], and the programs read
+    /// it has already checked against [`Frame::frame_len`], and the programs read
     /// in place only when the linear part covers the first
     /// `min(len, HDR_BUF)` bytes, so this fails only on a broken invariant;
     /// the parser then reports `Malformed` (fail closed).
@@ -195,7 +195,7 @@ pub struct CopiedFrame<'a> {
 
 impl Frame for CopiedFrame<'_> {
     #[inline(always)]
-    fn len(&self) -> usize {
+    fn frame_len(&self) -> usize {
         self.len
     }
 
@@ -224,7 +224,7 @@ pub fn parse_frame(hdr: &[u8; HDR_BUF], frame_len: usize) -> Result<Parsed, Drop
 /// Parses `frame` (see the module docs for the decisions).
 #[inline(always)]
 pub fn parse<F: Frame>(frame: &F) -> Result<Parsed, DropReason> {
-    let frame_len = frame.len();
+    let frame_len = frame.frame_len();
     if frame_len < ETH_HLEN || !frame.has(ETH_HLEN) {
         return Err(DropReason::Malformed);
     }
@@ -498,7 +498,7 @@ mod tests {
     }
 
     impl Frame for InPlace<'_> {
-        fn len(&self) -> usize {
+        fn frame_len(&self) -> usize {
             self.bytes.len()
         }
         fn has(&self, end: usize) -> bool {

@@ -47,7 +47,7 @@ struct PacketFrame {
 
 impl Frame for PacketFrame {
     #[inline(always)]
-    fn len(&self) -> usize {
+    fn frame_len(&self) -> usize {
         self.len
     }
 
