@@ -304,6 +304,10 @@ impl Datapath {
         }
         // Its connections go with it: ifindexes are reused, and a new veth
         // with an old one's number must not inherit its established flows.
+        // The programs check conntrack before the endpoint entry, which is
+        // safe because of this order: detached (above), endpoint entry
+        // deleted, then CT entries; no attached program ever meets a CT
+        // entry whose ifindex has no endpoint entry.
         if !d.endpoints.remove.is_empty() {
             self.forget_connections(&d.endpoints.remove)?;
         }

@@ -5,13 +5,19 @@
 //! # Verdicts (`from_container` / `to_container`)
 //! | case | verdict | counted as |
 //! | --- | --- | --- |
+//! | conntrack hit (same direction, or reply), checked first | `OK` | forwarded |
 //! | no `PORIN_ENDP_V1` entry for the ifindex | `SHOT` (any mode) | drop `UnknownEndpoint` |
 //! | ARP, ICMPv6 133-137 | `OK` | forwarded |
-//! | conntrack hit (same direction, or reply) | `OK` | forwarded |
 //! | policy allows | `OK` (CT entry made) | forwarded |
 //! | policy denies / no entry | enforce: `SHOT`; audit: `OK` | drop `PolicyDenied` (+ forwarded in audit) |
 //! | parse error ([`crate::parse`]) | enforce: `SHOT`; audit: `OK` | drop with its reason (+ forwarded in audit) |
 //! | config not ready / bad generation, CT insert failed | enforce: `SHOT`; audit: `OK` | drop `Internal` (+ forwarded in audit) |
+//!
+//! Conntrack is checked before the endpoint lookup: CT entries are keyed by
+//! the ifindex of the endpoint that allowed them, and the manager detaches
+//! a removed endpoint's programs, deletes its endpoint entry, then its CT
+//! entries; so "no endpoint entry" still drops everything a program sees
+//! (see the eBPF crate's `tc.rs`).
 //!
 //! Audit mode never changes what reaches the container: every would-be drop
 //! is counted and the packet passes. Audited flows get no CT entry (only an
