@@ -3,21 +3,22 @@
 //!
 //! For 10, 1,000 and 10,000 policy entries (one that allows the measured
 //! flow, the rest for other subjects and ports) it measures, in ns per
-//! packet as the kernel times it:
+//! packet as the kernel times it (median of several runs):
 //! - `noop_tc`, the baseline (a classifier that only returns OK);
 //! - allowed, CT hit: a policy-allowed UDP flow after its first packet made
-//!   the CT entry (forward tuple: one CT lookup), and its reply on
-//!   `to_container` (reversed tuple: two CT lookups);
+//!   the CT entry, and its reply on `to_container` (one CT lookup each,
+//!   and no endpoint lookup on a hit);
 //! - allowed, no CT hit: the first packet of a flow (CT misses, identity,
 //!   policy, CT insert). `BPF_PROG_TEST_RUN` repeats one packet, which after
 //!   the first run is a CT hit, so this path is timed one run per flow over
 //!   many distinct flows (repeat = 1) and compared with `noop_tc` timed the
 //!   same way; the median is printed;
-//! - denied: no entry matches (two CT misses, identity, four policy
+//! - denied: no entry matches (a CT miss, endpoint, identity, four policy
 //!   lookups, drop counter), enforce mode.
 //!
 //! Overhead = path - noop (same timing method); ratio = overhead at 10,000
-//! entries / overhead at 10. Targets: overhead < 50 ns, ratio <= 1.1.
+//! entries / overhead at 10. Targets: overhead < 50 ns, ratio <= 1.1; the
+//! last lines say per path whether they are met (worst size).
 
 use std::net::Ipv4Addr;
 
@@ -35,7 +36,10 @@ use porin_common::datapath::{
     Identity, PolicyKey, PolicyValue, CONFIG_READY,
 };
 
-const REPEAT: u32 = 5_000_000;
+const REPEAT: u32 = 2_000_000;
+/// Runs of `REPEAT` per repeated path; the median is kept, so one disturbed
+/// run (the VM's neighbours, an interrupt storm) does not decide a verdict.
+const SAMPLES: usize = 7;
 /// Distinct flows timed one run each for the no-CT-hit path.
 const FIRST_PACKETS: u16 = 20_000;
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
@@ -65,8 +69,8 @@ fn main() {
     let rows: Vec<Row> = SIZES.iter().map(|&n| measure(n)).collect();
 
     println!(
-        "\ndatapath_tc: ns/packet via BPF_PROG_TEST_RUN (repeat {REPEAT}; first packet: \
-         median of {FIRST_PACKETS} single runs)"
+        "\ndatapath_tc: ns/packet via BPF_PROG_TEST_RUN (median of {SAMPLES} runs of repeat \
+         {REPEAT}; first packet: median of {FIRST_PACKETS} single runs)"
     );
     println!(
         "{:>8} | {:>6} | {:>16} | {:>16} | {:>16} | {:>16}",
@@ -184,9 +188,14 @@ fn measure(entries: usize) -> Row {
 }
 
 fn timed(prog: &SchedClassifier, frame: &[u8], want: u32) -> f64 {
-    let (verdict, d) = prog_run::timed(prog, frame, REPEAT);
-    assert_eq!(verdict, want, "verdict of the measured path");
-    d.as_nanos() as f64
+    let runs = (0..SAMPLES)
+        .map(|_| {
+            let (verdict, d) = prog_run::timed(prog, frame, REPEAT);
+            assert_eq!(verdict, want, "verdict of the measured path");
+            d.as_nanos() as f64
+        })
+        .collect();
+    median(runs)
 }
 
 fn single(prog: &SchedClassifier, frame: &[u8], want: u32) -> f64 {
