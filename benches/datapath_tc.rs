@@ -3,21 +3,22 @@
 //!
 //! For 10, 1,000 and 10,000 policy entries (one that allows the measured
 //! flow, the rest for other subjects and ports) it measures, in ns per
-//! packet as the kernel times it:
+//! packet as the kernel times it (median of several runs):
 //! - `noop_tc`, the baseline (a classifier that only returns OK);
 //! - allowed, CT hit: a policy-allowed UDP flow after its first packet made
-//!   the CT entry (forward tuple: one CT lookup), and its reply on
-//!   `to_container` (reversed tuple: two CT lookups);
+//!   the CT entry, and its reply on `to_container` (one CT lookup each,
+//!   and no endpoint lookup on a hit);
 //! - allowed, no CT hit: the first packet of a flow (CT misses, identity,
 //!   policy, CT insert). `BPF_PROG_TEST_RUN` repeats one packet, which after
 //!   the first run is a CT hit, so this path is timed one run per flow over
 //!   many distinct flows (repeat = 1) and compared with `noop_tc` timed the
 //!   same way; the median is printed;
-//! - denied: no entry matches (two CT misses, identity, four policy
+//! - denied: no entry matches (a CT miss, endpoint, identity, four policy
 //!   lookups, drop counter), enforce mode.
 //!
 //! Overhead = path - noop (same timing method); ratio = overhead at 10,000
-//! entries / overhead at 10. Targets: overhead < 50 ns, ratio <= 1.1.
+//! entries / overhead at 10. Targets: overhead < 50 ns, ratio <= 1.1; the
+//! last lines say per path whether they are met (worst size).
 
 use std::net::Ipv4Addr;
 
@@ -31,11 +32,14 @@ use porin::{
     testing::{packets, prog_run, require_root},
 };
 use porin_common::datapath::{
-    action, identity, mode, tc_action, CtKey, CtValue, DatapathConfig, Direction, EndpointInfo,
+    action, identity, mode, tc_action, Ct4Key, CtValue, DatapathConfig, Direction, EndpointInfo,
     Identity, PolicyKey, PolicyValue, CONFIG_READY,
 };
 
-const REPEAT: u32 = 5_000_000;
+const REPEAT: u32 = 2_000_000;
+/// Runs of `REPEAT` per repeated path; the median is kept, so one disturbed
+/// run (the VM's neighbours, an interrupt storm) does not decide a verdict.
+const SAMPLES: usize = 7;
 /// Distinct flows timed one run each for the no-CT-hit path.
 const FIRST_PACKETS: u16 = 20_000;
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
@@ -65,8 +69,8 @@ fn main() {
     let rows: Vec<Row> = SIZES.iter().map(|&n| measure(n)).collect();
 
     println!(
-        "\ndatapath_tc: ns/packet via BPF_PROG_TEST_RUN (repeat {REPEAT}; first packet: \
-         median of {FIRST_PACKETS} single runs)"
+        "\ndatapath_tc: ns/packet via BPF_PROG_TEST_RUN (median of {SAMPLES} runs of repeat \
+         {REPEAT}; first packet: median of {FIRST_PACKETS} single runs)"
     );
     println!(
         "{:>8} | {:>6} | {:>16} | {:>16} | {:>16} | {:>16}",
@@ -97,6 +101,35 @@ fn main() {
         ratio(|r| r.denied - r.noop),
     );
     println!("(\"allowed no CT\" overhead is over noop_tc timed the same way, one run each)");
+    // The verdict per path: the worst overhead over all sizes against the
+    // 50 ns target, and the 10,000/10 ratio against 1.1.
+    let paths: [(&str, Overhead); 4] = [
+        ("allowed CT hit", |r| r.ct_hit - r.noop),
+        ("reply CT hit", |r| r.ct_hit_reply - r.noop),
+        ("denied", |r| r.denied - r.noop),
+        ("allowed no CT", |r| r.first_packet - r.noop_single),
+    ];
+    for (name, overhead) in paths {
+        let worst = rows.iter().map(overhead).fold(f64::MIN, f64::max);
+        let r = ratio(overhead);
+        println!(
+            "{name:>15}: overhead {worst:.1} ns (target < 50 ns): {}; \
+             ratio {r:.2} (target <= 1.1): {}",
+            met(worst < 50.0),
+            met(r <= 1.1),
+        );
+    }
+}
+
+/// One path's overhead in a row.
+type Overhead = fn(&Row) -> f64;
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "NOT MET"
+    }
 }
 
 /// Loads a fresh object, fills the maps for `entries` policy entries and
@@ -155,9 +188,14 @@ fn measure(entries: usize) -> Row {
 }
 
 fn timed(prog: &SchedClassifier, frame: &[u8], want: u32) -> f64 {
-    let (verdict, d) = prog_run::timed(prog, frame, REPEAT);
-    assert_eq!(verdict, want, "verdict of the measured path");
-    d.as_nanos() as f64
+    let runs = (0..SAMPLES)
+        .map(|_| {
+            let (verdict, d) = prog_run::timed(prog, frame, REPEAT);
+            assert_eq!(verdict, want, "verdict of the measured path");
+            d.as_nanos() as f64
+        })
+        .collect();
+    median(runs)
 }
 
 fn single(prog: &SchedClassifier, frame: &[u8], want: u32) -> f64 {
@@ -247,7 +285,7 @@ fn setup(bpf: &mut Ebpf, entries: usize) {
 }
 
 fn ct_entries(bpf: &Ebpf) -> usize {
-    let ct: HashMap<_, CtKey, CtValue> =
-        HashMap::try_from(bpf.map("PORIN_CT_V1").expect("ct")).expect("LRU hash");
+    let ct: HashMap<_, Ct4Key, CtValue> =
+        HashMap::try_from(bpf.map("PORIN_CT4_V1").expect("ct4")).expect("LRU hash");
     ct.keys().count()
 }

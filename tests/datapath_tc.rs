@@ -28,10 +28,13 @@ use porin::{
 };
 use porin_common::{
     datapath::{
-        action, identity, mode, tc_action, Counter, CtKey, CtValue, DatapathConfig, Direction,
-        DropReason, EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
+        action, identity, mode, tc_action, Counter, Ct4Key, CtKey, CtValue, DatapathConfig,
+        Direction, DropReason, EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
+        CT_REFRESH_EVERY,
     },
+    decide::{ct4_key, ct6_key},
     packet::ethertype,
+    parse::Flow,
 };
 
 const OK: u32 = tc_action::OK as u32;
@@ -232,10 +235,26 @@ impl Dp {
         self.per_cpu_sum("PORIN_FWD_V1", dir as u32)
     }
 
-    fn ct(&self, key: &CtKey) -> Option<CtValue> {
+    /// The IPv4 conntrack entry under `key` (`PORIN_CT4_V1`).
+    fn ct(&self, key: &Ct4Key) -> Option<CtValue> {
+        let map: HashMap<_, Ct4Key, CtValue> =
+            HashMap::try_from(self.bpf.map("PORIN_CT4_V1").expect("ct4")).expect("LRU hash");
+        map.get(key, 0).ok()
+    }
+
+    /// The IPv6 conntrack entry under `key` (`PORIN_CT_V1`).
+    fn ct6(&self, key: &CtKey) -> Option<CtValue> {
         let map: HashMap<_, CtKey, CtValue> =
             HashMap::try_from(self.bpf.map("PORIN_CT_V1").expect("ct")).expect("LRU hash");
         map.get(key, 0).ok()
+    }
+
+    /// Entries in `PORIN_CT4_V1` and in `PORIN_CT_V1`.
+    fn ct_counts(&self) -> (usize, usize) {
+        (
+            count::<Ct4Key>(&self.bpf, "PORIN_CT4_V1"),
+            count::<CtKey>(&self.bpf, "PORIN_CT_V1"),
+        )
     }
 
     /// Asserts the verdict of the program for `dir` on `frame`.
@@ -283,17 +302,38 @@ fn v4_addr(a: Ipv4Addr) -> [u8; 16] {
     out
 }
 
-fn ct_key4(proto: u8, s: Ipv4Addr, sport: u16, d: Ipv4Addr, dport: u16, ifindex: u32) -> CtKey {
-    CtKey {
-        saddr: v4_addr(s),
-        daddr: v4_addr(d),
+fn flow(family: u8, proto: u8, saddr: [u8; 16], sport: u16, daddr: [u8; 16], dport: u16) -> Flow {
+    Flow {
+        saddr,
+        daddr,
         sport,
         dport,
+        family,
         protocol: proto,
-        family: 4,
-        _pad: [0; 2],
-        ifindex,
+        may_be_reply: true,
     }
+}
+
+/// The `PORIN_CT4_V1` key of the connection whose first packet went
+/// `s:sport → d:dport` (the shared canonical-key function's).
+fn ct_key4(proto: u8, s: Ipv4Addr, sport: u16, d: Ipv4Addr, dport: u16, ifindex: u32) -> Ct4Key {
+    ct4_key(
+        &flow(4, proto, v4_addr(s), sport, v4_addr(d), dport),
+        ifindex,
+    )
+    .key
+}
+
+/// The `PORIN_CT_V1` key, like [`ct_key4`].
+fn ct_key6(proto: u8, s: Ipv6Addr, sport: u16, d: Ipv6Addr, dport: u16, ifindex: u32) -> CtKey {
+    let f = flow(6, proto, s.octets(), sport, d.octets(), dport);
+    ct6_key(&f, ifindex).key
+}
+
+fn count<K: aya::Pod>(bpf: &Ebpf, name: &str) -> usize {
+    let map: HashMap<_, K, CtValue> =
+        HashMap::try_from(bpf.map(name).expect(name)).expect("LRU hash");
+    map.keys().count()
 }
 
 #[test]
@@ -1083,4 +1123,230 @@ fn drop_counters_count_bytes() {
     dp.expect(EGRESS, &b, SHOT, "denied UDP");
     let c = dp.per_cpu_sum("PORIN_DROPS_V1", DropReason::PolicyDenied as u32);
     assert_eq!((c.packets, c.bytes), (2, (a.len() + b.len()) as u64));
+}
+
+#[test]
+fn ipv6_connections_are_tracked_in_their_own_map() {
+    require_root("ipv6_connections_are_tracked_in_their_own_map");
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    dp.ip6(A6, WEB);
+    dp.ip6(B6, DB);
+    dp.rule(EGRESS, DB, PROTO_TCP, 5432, action::ALLOW);
+    let reply = packets::frame_v6(B6, A6, PROTO_TCP, &packets::tcp(5432, 40000, SYN_ACK, b""));
+    dp.expect(INGRESS, &reply, SHOT, "IPv6 reply before the connection");
+    dp.expect(EGRESS, &tcp6(A6, 40000, B6, 5432), OK, "IPv6 A → B:5432");
+    let ct = dp
+        .ct6(&ct_key6(PROTO_TCP, A6, 40000, B6, 5432, EP))
+        .expect("an IPv6 CT entry");
+    assert_eq!(ct.direction, EGRESS as u8);
+    assert_eq!(dp.ct_counts(), (0, 1), "IPv6 goes to PORIN_CT_V1 only");
+    dp.expect(INGRESS, &reply, OK, "the IPv6 reply, by conntrack");
+    // The same ports over IPv4 are another connection.
+    dp.expect(
+        INGRESS,
+        &tcp4_flags(B, 5432, A, 40000, SYN_ACK),
+        SHOT,
+        "an IPv4 packet on the same ports",
+    );
+    dp.expect_drops(
+        &[(DropReason::PolicyDenied, 2)],
+        "the two unrelated packets",
+    );
+}
+
+#[test]
+fn a_reply_uses_the_connections_one_entry() {
+    require_root("a_reply_uses_the_connections_one_entry");
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    // B (10.0.0.2) sorts after A: the connection B → A is stored reversed.
+    dp.rule(INGRESS, DB, PROTO_UDP, 53, action::ALLOW);
+    dp.expect(INGRESS, &udp4(B, 40000, A, 53), OK, "B → A:53");
+    dp.expect(
+        EGRESS,
+        &udp4(A, 53, B, 40000),
+        OK,
+        "A's answer, by conntrack",
+    );
+    dp.expect(
+        INGRESS,
+        &udp4(B, 40000, A, 53),
+        OK,
+        "B's next query, by conntrack",
+    );
+    assert_eq!(dp.ct_counts(), (1, 0), "one entry for both ways");
+    let ct = dp
+        .ct(&ct_key4(PROTO_UDP, B, 40000, A, 53, EP))
+        .expect("the entry");
+    assert_eq!(ct.direction, INGRESS as u8);
+    assert_eq!(ct.hits, 2, "both later packets hit it");
+    // A's answer sent the other way round is no reply to anything.
+    dp.expect(
+        INGRESS,
+        &udp4(A, 53, B, 40000),
+        SHOT,
+        "forged reply on ingress",
+    );
+    dp.expect_drops(&[(DropReason::PolicyDenied, 1)], "the forged reply");
+}
+
+#[test]
+fn a_packet_the_entry_does_not_admit_never_replaces_it() {
+    require_root("a_packet_the_entry_does_not_admit_never_replaces_it");
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    dp.rule(EGRESS, DB, PROTO_TCP, 5432, action::ALLOW);
+    // WEB may reach the container's port 5432 (so the spoofed packet below
+    // passes on policy); nothing lets B's port 5432 in.
+    dp.rule(INGRESS, WEB, PROTO_TCP, 5432, action::ALLOW);
+    dp.expect(EGRESS, &tcp4(A, 40000, B, 5432), OK, "A → B:5432");
+    let key = ct_key4(PROTO_TCP, A, 40000, B, 5432, EP);
+    // The connection's own tuple arriving from outside (spoofed): the entry
+    // does not admit it, policy does; it must not turn the entry around.
+    dp.expect(
+        INGRESS,
+        &tcp4_flags(A, 40000, B, 5432, packets::TCP_ACK),
+        OK,
+        "the forward tuple on ingress, by the ingress policy",
+    );
+    let ct = dp.ct(&key).expect("the entry");
+    assert_eq!(ct.direction, EGRESS as u8, "the entry is still A's egress");
+    assert_eq!(dp.ct_counts(), (1, 0));
+    // So B's real replies still pass, by conntrack: no ingress rule covers
+    // them.
+    dp.expect(
+        INGRESS,
+        &tcp4_flags(B, 5432, A, 40000, SYN_ACK),
+        OK,
+        "B's reply after the spoofed packet",
+    );
+    dp.expect_drops(&[], "nothing denied");
+}
+
+#[test]
+fn last_seen_is_sampled_not_read_on_every_hit() {
+    require_root("last_seen_is_sampled_not_read_on_every_hit");
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    dp.rule(EGRESS, DB, PROTO_UDP, 53, action::ALLOW);
+    let q = udp4(A, 40000, B, 53);
+    let key = ct_key4(PROTO_UDP, A, 40000, B, 53, EP);
+    dp.expect(EGRESS, &q, OK, "first packet");
+    let created = dp.ct(&key).expect("entry");
+    assert_eq!(created.hits, 0);
+    dp.expect(EGRESS, &q, OK, "first hit");
+    let first_hit = dp.ct(&key).expect("entry");
+    assert!(
+        first_hit.last_seen_ns > created.last_seen_ns,
+        "the first hit refreshes"
+    );
+    for _ in 1..CT_REFRESH_EVERY {
+        dp.expect(EGRESS, &q, OK, "a hit");
+    }
+    let before = dp.ct(&key).expect("entry");
+    assert_eq!(before.hits, CT_REFRESH_EVERY);
+    assert_eq!(
+        before.last_seen_ns, first_hit.last_seen_ns,
+        "hits 2..={CT_REFRESH_EVERY} do not read the clock"
+    );
+    dp.expect(EGRESS, &q, OK, "the hit after those");
+    let after = dp.ct(&key).expect("entry");
+    assert!(
+        after.last_seen_ns > before.last_seen_ns,
+        "every Nth hit refreshes"
+    );
+}
+
+/// The manager's side of per-endpoint conntrack: removing an endpoint
+/// deletes its IPv4 and IPv6 entries and keeps other endpoints'.
+#[test]
+fn removing_an_endpoint_forgets_its_connections_in_both_maps() {
+    use porin::{datapath::Datapath, kernel::TcAttach, policy::Compiled};
+    require_root("removing_an_endpoint_forgets_its_connections_in_both_maps");
+    let ns = Netns::create("dptc-forget");
+    ns.exec_ok(&[
+        "ip",
+        "link",
+        "add",
+        "ep-b",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ep-b-peer",
+    ]);
+    let line = ns.exec_ok(&["ip", "-o", "link", "show", "ep-b"]);
+    let ep_b: u32 = line
+        .split(':')
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("ifindex of ep-b in {line:?}"));
+    assert_ne!(ep_b, EP);
+
+    let endpoint = |identity| EndpointInfo {
+        identity,
+        mode: mode::ENFORCE,
+        _pad: [0; 3],
+    };
+    let mut both = Compiled::default();
+    both.endpoints.insert(EP, endpoint(WEB));
+    both.endpoints.insert(ep_b, endpoint(DB));
+    both.ip4.insert(B.octets(), DB);
+    both.ip6.insert(B6.octets(), DB);
+    for subject in [WEB, DB] {
+        for protocol in [PROTO_TCP, PROTO_UDP] {
+            let key = PolicyKey {
+                subject,
+                peer: identity::ANY,
+                port: 0,
+                protocol,
+                direction: EGRESS as u8,
+                generation: 0,
+                _pad: [0; 3],
+            };
+            let allow = PolicyValue {
+                action: action::ALLOW,
+                _pad: [0; 3],
+                rule: 1,
+            };
+            both.policy.insert(key, allow);
+        }
+    }
+    let mut dp = Datapath::load(TcAttach::Tcx).expect("load the datapath");
+    dp.apply(&both, &[]).expect("apply both endpoints");
+
+    let from: &SchedClassifier = dp
+        .ebpf()
+        .program("from_container")
+        .expect("program")
+        .try_into()
+        .expect("classifier");
+    let v4 = udp4(A, 40000, B, 53);
+    let v6 = tcp6(A6, 40000, B6, 80);
+    ns.run_in(|| {
+        for ifindex in [EP, ep_b] {
+            for frame in [&v4, &v6] {
+                assert_eq!(prog_run::verdict_on_ifindex(from, frame, ifindex), OK);
+            }
+        }
+    });
+    let counts = |dp: &Datapath| {
+        (
+            count::<Ct4Key>(dp.ebpf(), "PORIN_CT4_V1"),
+            count::<CtKey>(dp.ebpf(), "PORIN_CT_V1"),
+        )
+    };
+    assert_eq!(counts(&dp), (2, 2), "one entry per endpoint and family");
+
+    let mut only_b = both.clone();
+    only_b.endpoints.remove(&EP);
+    dp.apply(&only_b, &[]).expect("apply without endpoint EP");
+    assert_eq!(counts(&dp), (1, 1), "EP's entries are gone");
+    let ct4: HashMap<_, Ct4Key, CtValue> =
+        HashMap::try_from(dp.ebpf().map("PORIN_CT4_V1").expect("ct4")).expect("hash");
+    let ct6: HashMap<_, CtKey, CtValue> =
+        HashMap::try_from(dp.ebpf().map("PORIN_CT_V1").expect("ct")).expect("hash");
+    assert!(ct4
+        .get(&ct_key4(PROTO_UDP, A, 40000, B, 53, ep_b), 0)
+        .is_ok());
+    assert!(ct6
+        .get(&ct_key6(PROTO_TCP, A6, 40000, B6, 80, ep_b), 0)
+        .is_ok());
 }

@@ -33,7 +33,8 @@ use aya::{
 };
 use log::{debug, info, warn};
 use porin_common::datapath::{
-    CtKey, CtValue, DatapathConfig, EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
+    Ct4Key, CtKey, CtValue, DatapathConfig, EndpointInfo, Identity, PolicyKey, PolicyValue,
+    CONFIG_READY,
 };
 
 use crate::{
@@ -303,24 +304,46 @@ impl Datapath {
         }
         // Its connections go with it: ifindexes are reused, and a new veth
         // with an old one's number must not inherit its established flows.
+        // The programs check conntrack before the endpoint entry, which is
+        // safe because of this order: detached (above), endpoint entry
+        // deleted, then CT entries; no attached program ever meets a CT
+        // entry whose ifindex has no endpoint entry.
         if !d.endpoints.remove.is_empty() {
             self.forget_connections(&d.endpoints.remove)?;
         }
         Ok(report)
     }
 
-    /// Deletes the conntrack entries made at the given host veths.
+    /// Deletes the conntrack entries made at the given host veths, IPv4
+    /// (`PORIN_CT4_V1`) and IPv6 (`PORIN_CT_V1`).
     fn forget_connections(&mut self, ifindexes: &[u32]) -> Result<(), DatapathError> {
-        let mut ct = map_mut!(self.bpf, "PORIN_CT_V1", BpfHashMap<&mut MapData, CtKey, CtValue>);
-        let stale: Vec<CtKey> = ct
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| ifindexes.contains(&k.ifindex))
-            .collect();
-        for k in &stale {
-            let _ = ct.remove(k);
-        }
-        debug!("forgot {} connections of removed endpoints", stale.len());
+        let v4 = {
+            let mut ct =
+                map_mut!(self.bpf, "PORIN_CT4_V1", BpfHashMap<&mut MapData, Ct4Key, CtValue>);
+            let stale: Vec<Ct4Key> = ct
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| ifindexes.contains(&k.ifindex))
+                .collect();
+            for k in &stale {
+                let _ = ct.remove(k);
+            }
+            stale.len()
+        };
+        let v6 = {
+            let mut ct =
+                map_mut!(self.bpf, "PORIN_CT_V1", BpfHashMap<&mut MapData, CtKey, CtValue>);
+            let stale: Vec<CtKey> = ct
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| ifindexes.contains(&k.ifindex))
+                .collect();
+            for k in &stale {
+                let _ = ct.remove(k);
+            }
+            stale.len()
+        };
+        debug!("forgot {v4} IPv4 and {v6} IPv6 connections of removed endpoints");
         Ok(())
     }
 

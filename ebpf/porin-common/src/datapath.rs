@@ -13,7 +13,8 @@
 //! | `PORIN_NET6_V1` | LPM trie | prefix + IPv6 → identity | manager |
 //! | `PORIN_POL_V1` | hash | [`PolicyKey`] → [`PolicyValue`] | manager, per generation |
 //! | `PORIN_CFG_V1` | array\[1\] | 0 → [`DatapathConfig`] (active generation, ready) | manager |
-//! | `PORIN_CT_V1` | LRU hash | [`CtKey`] → [`CtValue`] | programs |
+//! | `PORIN_CT4_V1` | LRU hash | [`Ct4Key`] (IPv4) → [`CtValue`] | programs (the manager deletes a removed endpoint's entries) |
+//! | `PORIN_CT_V1` | LRU hash | [`CtKey`] (IPv6) → [`CtValue`] | programs (likewise) |
 //! | `PORIN_DROPS_V1` | per-CPU array | [`DropReason`] → [`Counter`] | programs |
 //! | `PORIN_FWD_V1` | per-CPU array | [`Direction`] → [`Counter`] | programs |
 //!
@@ -25,13 +26,27 @@
 //! generation's entries: no packet ever sees a half-written policy.
 //!
 //! # Conntrack
-//! `PORIN_CT_V1` is checked before policy: a packet whose tuple matches an
-//! entry made at the same endpoint in the same direction, or whose reversed
-//! tuple matches one made in the other direction (a reply), passes. Entries
-//! are keyed by the host veth's ifindex, so the manager deletes an endpoint's
-//! entries when it removes the endpoint (ifindexes are reused). Entries do not
-//! record the policy generation: a policy change does not cut established
-//! flows; the manager deletes CT entries when it must.
+//! `PORIN_CT4_V1` (IPv4, 20-byte key) and `PORIN_CT_V1` (IPv6, 44-byte
+//! key) are checked before policy: a packet whose tuple matches an entry
+//! made at the same endpoint in the same direction, or whose reversed tuple
+//! matches one made in the other direction (a reply), passes.
+//!
+//! One lookup per packet: a connection is stored once, under its tuple in
+//! canonical order (the (address, port) end that sorts first, addresses
+//! compared as big-endian numbers, is the key's source), and the entry's
+//! [`CtValue::origin`] says whether the first packet went from the key's
+//! source or its destination. A packet computes the same key whichever way
+//! it goes, and is a reply exactly when it goes the other way than the
+//! first packet ([`crate::decide::ct_admits`]). Inserts do not overwrite:
+//! a packet that matches an entry without being admitted by it (e.g. the
+//! reversed tuple in the same direction) goes through policy, and if policy
+//! allows it, it passes without replacing the entry, so no packet can turn
+//! an established connection's entry around.
+//!
+//! Entries are keyed by the host veth's ifindex, so the manager deletes an
+//! endpoint's entries when it removes the endpoint (ifindexes are reused).
+//! Entries do not record the policy generation: a policy change does not
+//! cut established flows; the manager deletes CT entries when it must.
 //!
 //! # Peer identity
 //! The peer's address is looked up in the exact maps (endpoints and host
@@ -76,8 +91,10 @@ pub mod max_entries {
     pub const NETWORKS: u32 = 4096;
     /// `PORIN_POL_V1`, both generations together.
     pub const POLICY: u32 = 65536;
-    /// `PORIN_CT_V1` (LRU: the least recently used entry makes room).
+    /// `PORIN_CT4_V1` (LRU: the least recently used entry makes room).
     pub const CONNTRACK: u32 = 65536;
+    /// `PORIN_CT_V1`, IPv6 connections (LRU too).
+    pub const CONNTRACK6: u32 = 16384;
 }
 
 /// Traffic direction as seen from the endpoint the program is attached for.
@@ -180,36 +197,84 @@ pub struct DatapathConfig {
 /// stray small integer is not mistaken for it.
 pub const CONFIG_READY: u32 = 0x504F_5231; // "POR1"
 
-/// `PORIN_CT_V1` key: a connection as first seen at one endpoint. IPv4
-/// addresses are stored in the first 4 bytes, the rest zero.
+/// `PORIN_CT4_V1` key: an IPv4 connection at one endpoint, its tuple in
+/// canonical order (see the module notes; [`crate::decide::ct4_key`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct CtKey {
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
+pub struct Ct4Key {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
     /// Host byte order; 0 for ICMP (echo id is not tracked).
     pub sport: u16,
     pub dport: u16,
     pub protocol: u8,
-    /// 4 or 6.
-    pub family: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
     /// Host veth ifindex of the endpoint that saw and allowed the first
     /// packet: each endpoint keeps its own view, so A allowing A→B never
     /// lets the packet past B's ingress policy.
     pub ifindex: u32,
 }
 
-/// `PORIN_CT_V1` value.
+/// `PORIN_CT_V1` key: an IPv6 connection at one endpoint, its tuple in
+/// canonical order (see the module notes; [`crate::decide::ct6_key`]).
+/// (Layout from when it held IPv4 too: `family` is always 6 now.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Host byte order; 0 for ICMPv6 (echo id is not tracked).
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u8,
+    /// 6.
+    pub family: u8,
+    pub _pad: [u8; 2],
+    /// As in [`Ct4Key::ifindex`].
+    pub ifindex: u32,
+}
+
+/// `PORIN_CT4_V1` and `PORIN_CT_V1` value.
+///
+/// # `last_seen_ns` is sampled, not exact
+/// `bpf_ktime_get_ns` costs about 30 ns per call on the VMs we measure (a
+/// paravirtual clock), as much as the conntrack lookup itself, and nothing
+/// needs an exact time: eviction is the LRU map's own (a lookup marks the
+/// entry used), and the time is only shown. So a hit does not read the
+/// clock; it bumps [`CtValue::hits`] and refreshes `last_seen_ns` only on
+/// the first hit after creation and then every [`CT_REFRESH_EVERY`]th. An
+/// entry's `last_seen_ns` is therefore the time of its first packet, its
+/// first hit, or a hit at most `CT_REFRESH_EVERY` packets before its last.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns` of the last packet (LRU evicts idle entries).
+    /// `bpf_ktime_get_ns` at creation, refreshed as described above.
     pub last_seen_ns: u64,
     /// [`Direction`] of the first packet as u8.
     pub direction: u8,
-    pub _pad: [u8; 7],
+    /// [`ct_origin::KEY_SOURCE`] or [`ct_origin::KEY_DESTINATION`]: which
+    /// end of the key sent the first packet.
+    pub origin: u8,
+    pub _pad: [u8; 2],
+    /// Hits since creation (wrapping; unsynchronised, so concurrent hits on
+    /// several CPUs may count once): drives the sampling of `last_seen_ns`.
+    pub hits: u32,
 }
+
+/// Which end of a canonical conntrack key sent a packet
+/// ([`CtValue::origin`]).
+pub mod ct_origin {
+    /// From the key's `saddr`/`sport` to its `daddr`/`dport`.
+    pub const KEY_SOURCE: u8 = 0;
+    /// From the key's `daddr`/`dport` (the tuple was reversed for the key).
+    pub const KEY_DESTINATION: u8 = 1;
+}
+
+/// A conntrack hit refreshes [`CtValue::last_seen_ns`] when the entry's hit
+/// count before it is a multiple of this (a power of two).
+pub const CT_REFRESH_EVERY: u32 = 64;
+
+const _: () = assert!(CT_REFRESH_EVERY.is_power_of_two());
 
 /// Packet and byte counters (per CPU).
 #[repr(C)]
@@ -260,6 +325,7 @@ mod pod {
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::Ct4Key {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::Counter {}
@@ -270,6 +336,7 @@ const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
 const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<Ct4Key>() == 20);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);

@@ -5,13 +5,19 @@
 //! # Verdicts (`from_container` / `to_container`)
 //! | case | verdict | counted as |
 //! | --- | --- | --- |
+//! | conntrack hit (same direction, or reply), checked first | `OK` | forwarded |
 //! | no `PORIN_ENDP_V1` entry for the ifindex | `SHOT` (any mode) | drop `UnknownEndpoint` |
 //! | ARP, ICMPv6 133-137 | `OK` | forwarded |
-//! | conntrack hit (same direction, or reply) | `OK` | forwarded |
 //! | policy allows | `OK` (CT entry made) | forwarded |
 //! | policy denies / no entry | enforce: `SHOT`; audit: `OK` | drop `PolicyDenied` (+ forwarded in audit) |
 //! | parse error ([`crate::parse`]) | enforce: `SHOT`; audit: `OK` | drop with its reason (+ forwarded in audit) |
 //! | config not ready / bad generation, CT insert failed | enforce: `SHOT`; audit: `OK` | drop `Internal` (+ forwarded in audit) |
+//!
+//! Conntrack is checked before the endpoint lookup: CT entries are keyed by
+//! the ifindex of the endpoint that allowed them, and the manager detaches
+//! a removed endpoint's programs, deletes its endpoint entry, then its CT
+//! entries; so "no endpoint entry" still drops everything a program sees
+//! (see the eBPF crate's `tc.rs`).
 //!
 //! Audit mode never changes what reaches the container: every would-be drop
 //! is counted and the packet passes. Audited flows get no CT entry (only an
@@ -19,8 +25,8 @@
 
 use crate::{
     datapath::{
-        identity, mode, tc_action, CtKey, CtValue, DatapathConfig, Direction, DropReason, Identity,
-        PolicyKey, CONFIG_READY,
+        ct_origin, identity, mode, tc_action, Ct4Key, CtKey, CtValue, DatapathConfig, Direction,
+        DropReason, Identity, PolicyKey, CONFIG_READY, CT_REFRESH_EVERY,
     },
     parse::Flow,
 };
@@ -82,54 +88,137 @@ pub fn peer_addr(flow: &Flow, dir: Direction) -> &[u8; 16] {
     }
 }
 
-/// The conntrack key of the packet's own tuple at endpoint `ifindex`.
+/// A packet's conntrack lookup: the canonical key of its connection, which
+/// end of the key the packet comes from, and whether both ends are the same
+/// (address and port: then the packet goes both ways at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtLookup<K> {
+    pub key: K,
+    /// [`ct_origin`] value of this packet.
+    pub origin: u8,
+    pub symmetric: bool,
+}
+
+/// The IPv4 conntrack lookup for `flow` at endpoint `ifindex` (see the
+/// datapath module notes on canonical order).
 #[inline(always)]
-pub fn ct_key(flow: &Flow, ifindex: u32) -> CtKey {
-    CtKey {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        protocol: flow.protocol,
-        family: flow.family,
-        _pad: [0, 0],
-        ifindex,
+pub fn ct4_key(flow: &Flow, ifindex: u32) -> CtLookup<Ct4Key> {
+    let s4 = [flow.saddr[0], flow.saddr[1], flow.saddr[2], flow.saddr[3]];
+    let d4 = [flow.daddr[0], flow.daddr[1], flow.daddr[2], flow.daddr[3]];
+    let src = (u32::from_be_bytes(s4), flow.sport);
+    let dst = (u32::from_be_bytes(d4), flow.dport);
+    let swapped = src > dst;
+    let ((saddr, sport), (daddr, dport)) = if swapped {
+        ((d4, flow.dport), (s4, flow.sport))
+    } else {
+        ((s4, flow.sport), (d4, flow.dport))
+    };
+    CtLookup {
+        key: Ct4Key {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            protocol: flow.protocol,
+            // Literal, not `[0; 3]`: see `parse::HeaderBuf` on memset.
+            _pad: [0, 0, 0],
+            ifindex,
+        },
+        origin: origin(swapped),
+        symmetric: src == dst,
     }
 }
 
-/// The key the connection this packet replies to would have been stored
-/// under: addresses and ports swapped.
+/// The IPv6 conntrack lookup for `flow` at endpoint `ifindex`, like
+/// [`ct4_key`].
 #[inline(always)]
-pub fn ct_reply_key(flow: &Flow, ifindex: u32) -> CtKey {
-    CtKey {
-        saddr: flow.daddr,
-        daddr: flow.saddr,
-        sport: flow.dport,
-        dport: flow.sport,
-        protocol: flow.protocol,
-        family: flow.family,
-        _pad: [0, 0],
-        ifindex,
+pub fn ct6_key(flow: &Flow, ifindex: u32) -> CtLookup<CtKey> {
+    let halves = |a: &[u8; 16]| {
+        let hi = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
+        let lo = [a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]];
+        (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
+    };
+    let src = (halves(&flow.saddr), flow.sport);
+    let dst = (halves(&flow.daddr), flow.dport);
+    let swapped = src > dst;
+    let ((saddr, sport), (daddr, dport)) = if swapped {
+        ((&flow.daddr, flow.dport), (&flow.saddr, flow.sport))
+    } else {
+        ((&flow.saddr, flow.sport), (&flow.daddr, flow.dport))
+    };
+    CtLookup {
+        key: CtKey {
+            saddr: *saddr,
+            daddr: *daddr,
+            sport,
+            dport,
+            protocol: flow.protocol,
+            family: 6,
+            _pad: [0, 0],
+            ifindex,
+        },
+        origin: origin(swapped),
+        symmetric: src == dst,
     }
 }
 
-/// The conntrack value for a connection first seen now, in `dir`.
+#[inline(always)]
+fn origin(swapped: bool) -> u8 {
+    if swapped {
+        ct_origin::KEY_DESTINATION
+    } else {
+        ct_origin::KEY_SOURCE
+    }
+}
+
+/// Whether the conntrack `entry` found under a packet's key admits the
+/// packet, which goes in `dir` from the key's end `origin`
+/// ([`CtLookup`]): the first packet's way in its direction, or the other
+/// way in the other direction (a reply) when the packet may be a reply
+/// ([`Flow::may_be_reply`]). A symmetric tuple goes both ways, so either
+/// counts.
+#[inline(always)]
+pub fn ct_admits(
+    entry: &CtValue,
+    dir: Direction,
+    lookup_origin: u8,
+    symmetric: bool,
+    may_be_reply: bool,
+) -> bool {
+    let reply = lookup_origin != entry.origin;
+    (ct_hit_admits(entry.direction, dir, reply) && (!reply || may_be_reply))
+        || (symmetric && may_be_reply && ct_hit_admits(entry.direction, dir, !reply))
+}
+
+/// The conntrack value for a connection first seen now, in `dir`, from
+/// the key's end `origin`.
 ///
-/// Built from two words: a struct literal's seven zero pad bytes became a
-/// call to bpf-linker's byte-loop `memset` (see `parse::HeaderBuf`).
+/// Built from two words: a struct literal's zero pad bytes became a call to
+/// bpf-linker's byte-loop `memset` (see `parse::HeaderBuf`).
 #[inline(always)]
-pub fn ct_value(now_ns: u64, dir: Direction) -> CtValue {
-    // Native byte order: the direction byte lands at offset 8 in memory, the
-    // seven pad bytes after it are zero, on either endianness.
-    let words: [u64; 2] = [now_ns, u64::from_ne_bytes([dir as u8, 0, 0, 0, 0, 0, 0, 0])];
+pub fn ct_value(now_ns: u64, dir: Direction, origin: u8) -> CtValue {
+    // Native byte order: direction and origin land at offsets 8 and 9 in
+    // memory; the pad bytes and `hits` (offsets 10..16) are zero, on either
+    // endianness.
+    let words: [u64; 2] = [
+        now_ns,
+        u64::from_ne_bytes([dir as u8, origin, 0, 0, 0, 0, 0, 0]),
+    ];
     // SAFETY: `CtValue` is `repr(C)`, 16 bytes without implicit padding,
-    // valid for any bytes (u64, u8, [u8; 7]).
+    // valid for any bytes (u64, u8, u8, [u8; 2], u32).
     unsafe { core::mem::transmute::<[u64; 2], CtValue>(words) }
 }
 
-/// Whether a conntrack hit admits the packet: a hit on the packet's own
-/// tuple only in the direction the connection was first seen, a hit on the
-/// reversed tuple only in the other one. Without this, a container could send
+/// Whether a conntrack hit on an entry that had `hits_before` hits should
+/// refresh its `last_seen_ns` (see [`CtValue`]).
+#[inline(always)]
+pub fn ct_refresh_due(hits_before: u32) -> bool {
+    hits_before & (CT_REFRESH_EVERY - 1) == 0
+}
+
+/// Whether a conntrack hit admits the packet, given whether it goes the
+/// reversed way (`reply`): the first packet's way only in the direction the
+/// connection was first seen, the reversed way only in the other one. Without this, a container could send
 /// packets forged to look like replies to its own connections (source and
 /// destination swapped) and have them pass as established.
 #[inline(always)]
@@ -189,6 +278,8 @@ pub fn policy_port(flow: &Flow) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use crate::datapath::proto;
 
@@ -298,15 +389,130 @@ mod tests {
         assert_eq!(peer_addr(&f, Direction::Ingress), &f.saddr);
     }
 
+    /// The conntrack keys before canonical order: the packet's own tuple,
+    /// and the reversed tuple a reply is looked up under. The model that
+    /// [`ct_keys_match_the_two_lookup_model`] checks the one lookup against.
+    fn old_key(f: &Flow, ifindex: u32, reversed: bool) -> ([u8; 16], [u8; 16], u16, u16, u8, u32) {
+        if reversed {
+            (f.daddr, f.saddr, f.dport, f.sport, f.protocol, ifindex)
+        } else {
+            (f.saddr, f.daddr, f.sport, f.dport, f.protocol, ifindex)
+        }
+    }
+
+    fn lookup(f: &Flow, ifindex: u32) -> (std::vec::Vec<u8>, u8, bool) {
+        if f.family == 4 {
+            let l = ct4_key(f, ifindex);
+            let k = l.key;
+            let mut b = std::vec::Vec::new();
+            b.extend_from_slice(&k.saddr);
+            b.extend_from_slice(&k.daddr);
+            b.extend_from_slice(&k.sport.to_ne_bytes());
+            b.extend_from_slice(&k.dport.to_ne_bytes());
+            b.extend_from_slice(&[k.protocol]);
+            b.extend_from_slice(&k.ifindex.to_ne_bytes());
+            (b, l.origin, l.symmetric)
+        } else {
+            let l = ct6_key(f, ifindex);
+            let k = l.key;
+            let mut b = std::vec::Vec::new();
+            b.extend_from_slice(&k.saddr);
+            b.extend_from_slice(&k.daddr);
+            b.extend_from_slice(&k.sport.to_ne_bytes());
+            b.extend_from_slice(&k.dport.to_ne_bytes());
+            b.extend_from_slice(&[k.protocol, k.family]);
+            b.extend_from_slice(&k.ifindex.to_ne_bytes());
+            (b, l.origin, l.symmetric)
+        }
+    }
+
+    fn flows(family: u8) -> std::vec::Vec<Flow> {
+        // Addresses that differ in the first, a middle and the last byte,
+        // so the order is checked byte by byte and across the v6 halves.
+        let addrs: [[u8; 16]; 3] = if family == 4 {
+            let a = |b: [u8; 4]| {
+                let mut x = [0; 16];
+                x[..4].copy_from_slice(&b);
+                x
+            };
+            [a([10, 0, 0, 1]), a([10, 0, 0, 2]), a([9, 0, 0, 3])]
+        } else {
+            let mut a = [0xfd; 16];
+            let mut b = a;
+            b[15] = 0;
+            let mut c = a;
+            c[7] = 0xfe;
+            a[0] = 0xfc;
+            [a, b, c]
+        };
+        let mut v = std::vec::Vec::new();
+        for saddr in addrs {
+            for daddr in addrs {
+                for sport in [1u16, 0x100, 2] {
+                    for dport in [1u16, 0x100, 2] {
+                        for protocol in [proto::TCP, proto::UDP] {
+                            v.push(Flow {
+                                saddr,
+                                daddr,
+                                sport,
+                                dport,
+                                family,
+                                protocol,
+                                may_be_reply: true,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// For one entry made by a first packet and any later packet, the one
+    /// canonical lookup admits exactly what the two lookups (own tuple,
+    /// reversed tuple) admitted.
     #[test]
-    fn reply_key_is_the_reversed_forward_key() {
+    fn ct_keys_match_the_two_lookup_model() {
+        let dirs = [Direction::Egress, Direction::Ingress];
+        for family in [4, 6] {
+            let all = flows(family);
+            let mut admitted = 0;
+            for first in &all {
+                for &d0 in &dirs {
+                    let (k0, o0, _) = lookup(first, 7);
+                    let entry = ct_value(1, d0, o0);
+                    let stored = old_key(first, 7, false);
+                    for f in &all {
+                        for &dir in &dirs {
+                            for may_be_reply in [false, true] {
+                                for ifindex in [7, 8] {
+                                    let f = Flow { may_be_reply, ..*f };
+                                    let old = (old_key(&f, ifindex, false) == stored
+                                        && ct_hit_admits(d0 as u8, dir, false))
+                                        || (may_be_reply
+                                            && old_key(&f, ifindex, true) == stored
+                                            && ct_hit_admits(d0 as u8, dir, true));
+                                    let (k, o, sym) = lookup(&f, ifindex);
+                                    let new =
+                                        k == k0 && ct_admits(&entry, dir, o, sym, may_be_reply);
+                                    assert_eq!(
+                                        new, old,
+                                        "first {first:?} {d0:?}, then {f:?} {dir:?} at {ifindex}"
+                                    );
+                                    admitted += usize::from(new);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(admitted > 500, "the model admits some ({admitted})");
+        }
+    }
+
+    #[test]
+    fn a_reply_has_the_same_key_from_the_other_end() {
         let f = flow(proto::TCP, 40000, 80);
-        let k = ct_key(&f, 7);
-        let r = ct_reply_key(&f, 7);
-        assert_eq!((k.sport, k.dport, k.ifindex), (40000, 80, 7));
-        assert_eq!((r.saddr, r.daddr), (k.daddr, k.saddr));
-        assert_eq!((r.sport, r.dport), (80, 40000));
-        // The reply's own reply key is the original forward key.
         let reply = Flow {
             saddr: f.daddr,
             daddr: f.saddr,
@@ -314,20 +520,47 @@ mod tests {
             dport: 40000,
             ..f
         };
-        assert_eq!(ct_reply_key(&reply, 7), k);
+        let (a, b) = (ct4_key(&f, 7), ct4_key(&reply, 7));
+        assert_eq!(a.key, b.key);
+        assert_ne!(a.origin, b.origin);
+        // 10.0.0.1 sorts before 10.0.0.2: the first packet's tuple is the key.
+        assert_eq!(a.origin, ct_origin::KEY_SOURCE);
+        assert_eq!((a.key.sport, a.key.dport, a.key.ifindex), (40000, 80, 7));
+        assert_eq!(a.key._pad, [0; 3]);
+        assert!(!a.symmetric);
     }
 
     #[test]
     fn ct_value_matches_the_struct_literal() {
         for dir in [Direction::Egress, Direction::Ingress] {
-            assert_eq!(
-                ct_value(0x0123_4567_89ab_cdef, dir),
-                CtValue {
-                    last_seen_ns: 0x0123_4567_89ab_cdef,
-                    direction: dir as u8,
-                    _pad: [0; 7],
-                }
-            );
+            for origin in [ct_origin::KEY_SOURCE, ct_origin::KEY_DESTINATION] {
+                assert_eq!(
+                    ct_value(0x0123_4567_89ab_cdef, dir, origin),
+                    CtValue {
+                        last_seen_ns: 0x0123_4567_89ab_cdef,
+                        direction: dir as u8,
+                        origin,
+                        _pad: [0; 2],
+                        hits: 0,
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn last_seen_is_refreshed_on_the_first_hit_then_every_nth() {
+        let due: [u32; 4] = [
+            0,
+            CT_REFRESH_EVERY,
+            2 * CT_REFRESH_EVERY,
+            0u32.wrapping_sub(CT_REFRESH_EVERY),
+        ];
+        for h in due {
+            assert!(ct_refresh_due(h), "{h}");
+        }
+        for h in [1, 2, CT_REFRESH_EVERY - 1, CT_REFRESH_EVERY + 1, u32::MAX] {
+            assert!(!ct_refresh_due(h), "{h}");
         }
     }
 

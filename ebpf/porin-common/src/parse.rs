@@ -1,6 +1,7 @@
-//! Header parsing for the TC programs, as a pure function over the first
-//! [`HDR_BUF`] bytes of a frame, so the host tests the same decisions the
-//! kernel makes.
+//! Header parsing for the TC programs, as a pure function over a [`Frame`]
+//! (the packet itself when its headers are in the skb's linear part, else a
+//! copy of its first [`HDR_BUF`] bytes), so the host tests the same
+//! decisions the kernel makes.
 //!
 //! Every offset read here is a constant: IPv4 headers with options and IPv6
 //! extension headers are refused before the transport header is read, so the
@@ -147,19 +148,91 @@ pub struct Flow {
     pub may_be_reply: bool,
 }
 
+/// Read access to the start of a frame, for [`parse`].
+///
+/// Two implementations: [`CopiedFrame`] (the first bytes copied to a
+/// buffer) and, in the eBPF crate, the packet's linear data read in place.
+/// The parser calls [`Frame::has`] before reading any byte below the given
+/// end: for direct packet access that comparison against `data_end` is what
+/// the verifier needs, and it must come before the reads it covers.
+pub trait Frame {
+    /// The whole frame's length (`skb->len`).
+    fn frame_len(&self) -> usize;
+    /// Whether bytes `[0, end)` can be read. The parser only asks for ends
+    /// it has already checked against [`Frame::frame_len`], and the programs read
+    /// in place only when the linear part covers the first
+    /// `min(len, HDR_BUF)` bytes, so this fails only on a broken invariant;
+    /// the parser then reports `Malformed` (fail closed).
+    fn has(&self, end: usize) -> bool;
+    /// The byte at `off`, below an end [`Frame::has`] accepted.
+    fn byte(&self, off: usize) -> u8;
+
+    /// Big-endian `u16` at `off` (below an accepted end, like `off + 1`).
+    #[inline(always)]
+    fn be16(&self, off: usize) -> u16 {
+        u16::from_be_bytes([self.byte(off), self.byte(off + 1)])
+    }
+
+    /// The four bytes at `off` as stored (an IPv4 address).
+    #[inline(always)]
+    fn bytes4(&self, off: usize) -> [u8; 4] {
+        [
+            self.byte(off),
+            self.byte(off + 1),
+            self.byte(off + 2),
+            self.byte(off + 3),
+        ]
+    }
+}
+
+/// A frame's first `min(len, HDR_BUF)` bytes copied into a buffer (the rest
+/// of the buffer is ignored).
+pub struct CopiedFrame<'a> {
+    pub hdr: &'a [u8; HDR_BUF],
+    /// The whole frame's length.
+    pub len: usize,
+}
+
+impl Frame for CopiedFrame<'_> {
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    fn has(&self, end: usize) -> bool {
+        end <= HDR_BUF && end <= self.len
+    }
+
+    #[inline(always)]
+    fn byte(&self, off: usize) -> u8 {
+        self.hdr[off]
+    }
+}
+
 /// Parses the frame whose first `min(frame_len, HDR_BUF)` bytes are in
 /// `hdr` (the rest of `hdr` is ignored). `frame_len` is the whole frame's
 /// length (`skb->len`).
 #[inline(always)]
 pub fn parse_frame(hdr: &[u8; HDR_BUF], frame_len: usize) -> Result<Parsed, DropReason> {
-    if frame_len < ETH_HLEN {
+    parse(&CopiedFrame {
+        hdr,
+        len: frame_len,
+    })
+}
+
+/// Parses `frame` (see the module docs for the decisions).
+#[inline(always)]
+pub fn parse<F: Frame>(frame: &F) -> Result<Parsed, DropReason> {
+    let frame_len = frame.frame_len();
+    if frame_len < ETH_HLEN || !frame.has(ETH_HLEN) {
         return Err(DropReason::Malformed);
     }
     let l3_len = frame_len - ETH_HLEN;
-    match u16::from_be_bytes([hdr[12], hdr[13]]) {
+    match frame.be16(12) {
         ethertype::ARP => Ok(Parsed::Pass),
-        ethertype::IPV4 => parse_ipv4(hdr, l3_len),
-        ethertype::IPV6 => parse_ipv6(hdr, l3_len),
+        ethertype::IPV4 => parse_ipv4(frame, l3_len),
+        ethertype::IPV6 => parse_ipv6(frame, l3_len),
         _ => Err(DropReason::UnsupportedL3),
     }
 }
@@ -185,66 +258,82 @@ pub fn is_ipv6_ext_header(nh: u8) -> bool {
 }
 
 #[inline(always)]
-fn parse_ipv4(hdr: &[u8; HDR_BUF], l3_len: usize) -> Result<Parsed, DropReason> {
+fn parse_ipv4<F: Frame>(f: &F, l3_len: usize) -> Result<Parsed, DropReason> {
     const IP: usize = ETH_HLEN;
-    if l3_len < IPV4_MIN_HLEN || hdr[IP] >> 4 != 4 {
+    if l3_len < IPV4_MIN_HLEN || !f.has(IP + IPV4_MIN_HLEN) {
         return Err(DropReason::Malformed);
     }
-    let ihl = usize::from(hdr[IP] & 0x0f) * 4;
+    let version_ihl = f.byte(IP);
+    if version_ihl >> 4 != 4 {
+        return Err(DropReason::Malformed);
+    }
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
     if ihl < IPV4_MIN_HLEN || ihl > l3_len {
         return Err(DropReason::Malformed);
     }
     if ihl > IPV4_MIN_HLEN {
         return Err(DropReason::Ipv4Options);
     }
-    let total = usize::from(u16::from_be_bytes([hdr[IP + 2], hdr[IP + 3]]));
+    let total = usize::from(f.be16(IP + 2));
     if total < ihl || total > l3_len {
         return Err(DropReason::Malformed);
     }
     // Flags and offset: bit 0x2000 is MF, the low 13 bits the offset.
-    let frag = u16::from_be_bytes([hdr[IP + 6], hdr[IP + 7]]);
-    if frag & 0x3fff != 0 {
+    if f.be16(IP + 6) & 0x3fff != 0 {
         return Err(DropReason::Fragment);
     }
     let flow = Flow {
-        saddr: v4_addr([hdr[IP + 12], hdr[IP + 13], hdr[IP + 14], hdr[IP + 15]]),
-        daddr: v4_addr([hdr[IP + 16], hdr[IP + 17], hdr[IP + 18], hdr[IP + 19]]),
+        saddr: v4_addr(f.bytes4(IP + 12)),
+        daddr: v4_addr(f.bytes4(IP + 16)),
         sport: 0,
         dport: 0,
         family: 4,
-        protocol: hdr[IP + 9],
+        protocol: f.byte(IP + 9),
         may_be_reply: true,
     };
-    parse_l4(hdr, L4_OFF_V4, total - ihl, flow)
+    parse_l4(f, L4_OFF_V4, total - ihl, flow)
 }
 
 #[inline(always)]
-fn parse_ipv6(hdr: &[u8; HDR_BUF], l3_len: usize) -> Result<Parsed, DropReason> {
+fn parse_ipv6<F: Frame>(f: &F, l3_len: usize) -> Result<Parsed, DropReason> {
     const IP: usize = ETH_HLEN;
-    if l3_len < IPV6_HLEN || hdr[IP] >> 4 != 6 {
+    if l3_len < IPV6_HLEN || !f.has(IP + IPV6_HLEN) {
         return Err(DropReason::Malformed);
     }
-    let payload = usize::from(u16::from_be_bytes([hdr[IP + 4], hdr[IP + 5]]));
+    if f.byte(IP) >> 4 != 6 {
+        return Err(DropReason::Malformed);
+    }
+    let payload = usize::from(f.be16(IP + 4));
     if payload > l3_len - IPV6_HLEN {
         return Err(DropReason::Malformed);
     }
-    let next_header = hdr[IP + 6];
+    let next_header = f.byte(IP + 6);
     if is_ipv6_ext_header(next_header) {
         return Err(DropReason::Ipv6ExtHeader);
     }
-    let mut flow = Flow {
-        saddr: [0; 16],
-        daddr: [0; 16],
+    let flow = Flow {
+        saddr: v6_addr(f, IP + 8),
+        daddr: v6_addr(f, IP + 24),
         sport: 0,
         dport: 0,
         family: 6,
         protocol: next_header,
         may_be_reply: true,
     };
-    // Overwritten whole, so the compiler drops the zeroing above.
-    flow.saddr.copy_from_slice(&hdr[IP + 8..IP + 24]);
-    flow.daddr.copy_from_slice(&hdr[IP + 24..IP + 40]);
-    parse_l4(hdr, L4_OFF_V6, payload, flow)
+    parse_l4(f, L4_OFF_V6, payload, flow)
+}
+
+/// The IPv6 address at `off`, built from words (see [`HeaderBuf`]).
+#[inline(always)]
+fn v6_addr<F: Frame>(f: &F, off: usize) -> [u8; 16] {
+    let words: [u32; 4] = [
+        u32::from_ne_bytes(f.bytes4(off)),
+        u32::from_ne_bytes(f.bytes4(off + 4)),
+        u32::from_ne_bytes(f.bytes4(off + 8)),
+        u32::from_ne_bytes(f.bytes4(off + 12)),
+    ];
+    // SAFETY: same size, every bit pattern is a valid byte array.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 /// An IPv4 address in the 16-byte form of [`Flow`] and the CT key, built
@@ -257,10 +346,11 @@ fn v4_addr(a: [u8; 4]) -> [u8; 16] {
 }
 
 /// Reads the transport header at the constant offset `off`; `l4_len` is the
-/// IP payload length, already checked to lie inside the frame.
+/// IP payload length, already checked to lie inside the frame. Each branch
+/// checks the length before it reads.
 #[inline(always)]
-fn parse_l4(
-    hdr: &[u8; HDR_BUF],
+fn parse_l4<F: Frame>(
+    f: &F,
     off: usize,
     l4_len: usize,
     mut flow: Flow,
@@ -272,29 +362,33 @@ fn parse_l4(
     };
     match flow.protocol {
         proto::TCP => {
-            let data_off = usize::from(hdr[off + 12] >> 4) * 4;
-            if l4_len < TCP_MIN_HLEN || data_off < TCP_MIN_HLEN || data_off > l4_len {
+            // Up to the flags byte.
+            if l4_len < TCP_MIN_HLEN || !f.has(off + 14) {
                 return Err(DropReason::Malformed);
             }
-            flow.sport = u16::from_be_bytes([hdr[off], hdr[off + 1]]);
-            flow.dport = u16::from_be_bytes([hdr[off + 2], hdr[off + 3]]);
+            let data_off = usize::from(f.byte(off + 12) >> 4) * 4;
+            if data_off < TCP_MIN_HLEN || data_off > l4_len {
+                return Err(DropReason::Malformed);
+            }
+            flow.sport = f.be16(off);
+            flow.dport = f.be16(off + 2);
             // A SYN without ACK opens a connection; it never answers one.
             // (Simultaneous open, where it would, goes through policy.)
-            let flags = hdr[off + 13];
+            let flags = f.byte(off + 13);
             flow.may_be_reply = !(flags & TCP_SYN != 0 && flags & TCP_ACK == 0);
         }
         proto::UDP => {
-            if l4_len < UDP_HLEN {
+            if l4_len < UDP_HLEN || !f.has(off + 4) {
                 return Err(DropReason::Malformed);
             }
-            flow.sport = u16::from_be_bytes([hdr[off], hdr[off + 1]]);
-            flow.dport = u16::from_be_bytes([hdr[off + 2], hdr[off + 3]]);
+            flow.sport = f.be16(off);
+            flow.dport = f.be16(off + 2);
         }
         p if p == icmp => {
-            if l4_len < ICMP_MIN_LEN {
+            if l4_len < ICMP_MIN_LEN || !f.has(off + 1) {
                 return Err(DropReason::Malformed);
             }
-            let kind = hdr[off];
+            let kind = f.byte(off);
             if flow.family == 6 && (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&kind) {
                 return Ok(Parsed::Pass);
             }
@@ -315,6 +409,8 @@ fn parse_l4(
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
 
     const SRC4: [u8; 4] = [10, 0, 0, 1];
@@ -391,6 +487,74 @@ mod tests {
             Ok(Parsed::Flow(f)) => f,
             other => panic!("expected a flow, got {other:?}"),
         }
+    }
+
+    /// The frame as the programs read it in place: exactly its bytes, and
+    /// a read panics unless `has` accepted an end beyond it first (what
+    /// the verifier enforces in the kernel).
+    struct InPlace<'a> {
+        bytes: &'a [u8],
+        accepted: core::cell::Cell<usize>,
+    }
+
+    impl Frame for InPlace<'_> {
+        fn frame_len(&self) -> usize {
+            self.bytes.len()
+        }
+        fn has(&self, end: usize) -> bool {
+            let ok = end <= self.bytes.len();
+            if ok && end > self.accepted.get() {
+                self.accepted.set(end);
+            }
+            ok
+        }
+        fn byte(&self, off: usize) -> u8 {
+            assert!(off < self.accepted.get(), "read at {off} before has()");
+            self.bytes[off]
+        }
+    }
+
+    #[test]
+    fn reading_in_place_decides_like_the_copy() {
+        let mut frames: std::vec::Vec<std::vec::Vec<u8>> = std::vec::Vec::new();
+        let mut add = |f: &[u8]| {
+            // Every prefix from the Ethernet header on, so each length check
+            // is crossed.
+            for n in ETH_HLEN..=f.len() {
+                frames.push(f[..n].to_vec());
+            }
+        };
+        let mut syn = tcp(40000, 443);
+        syn[13] = TCP_SYN;
+        add(&v4(proto::TCP, &syn)[..v4_len(20)]);
+        add(&v4(proto::UDP, &udp(1, 53))[..v4_len(8)]);
+        add(&v4(proto::ICMP, &[8, 0, 0, 0, 0, 1, 0, 1])[..v4_len(8)]);
+        add(&v4(47, &[0xff; 12])[..v4_len(12)]);
+        add(&v6(proto::TCP, &syn)[..74]);
+        add(&v6(proto::UDP, &udp(5353, 53))[..62]);
+        add(&v6(proto::ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0])[..62]);
+        add(&v6(proto::ICMPV6, &[129, 0, 0, 0, 0, 0, 0, 0])[..62]);
+        add(&v6(44, &[proto::UDP, 0, 0, 0, 0, 0, 0, 0])[..62]);
+        add(&eth(ethertype::ARP));
+        add(&eth(ethertype::VLAN));
+        let mut opts = v4(proto::UDP, &udp(1, 53));
+        opts[14] = 0x46;
+        add(&opts[..v4_len(8)]);
+        let mut frag = v4(proto::UDP, &udp(1, 53));
+        frag[20] = 0x20;
+        add(&frag[..v4_len(8)]);
+        // A 100-byte frame: the copy sees only its first HDR_BUF bytes.
+        add(&v4(proto::UDP, &udp(1, 53))[..100]);
+        let mut flows = 0;
+        for f in &frames {
+            let in_place = super::parse(&InPlace {
+                bytes: f,
+                accepted: core::cell::Cell::new(0),
+            });
+            assert_eq!(in_place, parse(f), "{} bytes: {f:02x?}", f.len());
+            flows += usize::from(matches!(in_place, Ok(Parsed::Flow(_))));
+        }
+        assert!(flows > 20, "the corpus reaches the flows ({flows})");
     }
 
     #[test]
