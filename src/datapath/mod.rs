@@ -8,21 +8,24 @@
 //! this order:
 //! 1. addresses and networks that are new get their identity (nothing that
 //!    existed changes meaning);
-//! 2. the complete new policy is written under the inactive generation, the
+//! 2. addresses, networks and endpoints whose identity changes are parked on
+//!    the reserved identity `UPDATING`, which no policy entry names: while
+//!    parked, they match only wildcard entries (which would have matched
+//!    their old and their new identity alike), so no flow can pass that
+//!    either the old or the new policy denies;
+//! 3. the complete new policy is written under the inactive generation, the
 //!    active generation in `PORIN_CFG_V1` is flipped with one write, and the
 //!    old generation's entries are deleted: every packet is judged by the
 //!    old or the new policy, never by a mix;
-//! 3. addresses, networks and endpoints whose identity or mode changed are
-//!    updated, then entries that are gone are deleted;
-//! 4. programs are attached to new endpoints (whose entries exist by now)
-//!    and detached from endpoints that went away.
+//! 4. parked entries get their new identity, entries that are gone are
+//!    deleted;
+//! 5. programs are attached to new endpoints (whose entries exist by now)
+//!    and detached from endpoints that went away, then those endpoints'
+//!    entries and connections are deleted.
 //!
-//! Established connections keep passing throughout (conntrack). Known
-//! limit: when a reload moves an existing address to another identity, that
-//! one entry is rewritten after the flip (step 3), so for the microseconds
-//! in between a new flow from that address is judged with its old identity
-//! under the new policy. Versioning the identity maps like the policy closes
-//! this (lifecycle work).
+//! Established connections keep passing throughout (conntrack). A new
+//! connection of a parked address or endpoint may be refused for the
+//! moment it is parked (fail closed); the client's retransmission succeeds.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -33,14 +36,14 @@ use aya::{
 };
 use log::{debug, info, warn};
 use porin_common::datapath::{
-    Ct4Key, CtKey, CtValue, DatapathConfig, EndpointInfo, Identity, PolicyKey, PolicyValue,
-    CONFIG_READY,
+    identity::UPDATING, Ct4Key, CtKey, CtValue, DatapathConfig, EndpointInfo, Identity, PolicyKey,
+    PolicyValue, CONFIG_READY,
 };
 
 use crate::{
     ebpf::{self, LoadError},
     kernel::TcAttach,
-    policy::{diff, Compiled, Prefix},
+    policy::{diff, Compiled, Diff, Prefix},
 };
 
 /// Program names in the eBPF object.
@@ -190,7 +193,10 @@ impl Datapath {
         write_lpm(&mut self.bpf, "PORIN_NET4_V1", &d.net4.add)?;
         write_lpm(&mut self.bpf, "PORIN_NET6_V1", &d.net6.add)?;
 
-        // 2. Policy: new generation, flip, delete the old one.
+        // 2. Park what changes identity (see the module notes).
+        self.park(old, &d)?;
+
+        // 3. Policy: new generation, flip, delete the old one.
         if !d.policy.is_empty() {
             let next = 1 - self.generation;
             {
@@ -219,7 +225,7 @@ impl Datapath {
             }
         }
 
-        // 3. Changed and removed addresses, networks and endpoints.
+        // 4. Changed and removed addresses, networks and endpoints.
         {
             let mut m =
                 map_mut!(self.bpf, "PORIN_IP4_V1", BpfHashMap<&mut MapData, [u8; 4], Identity>);
@@ -255,7 +261,7 @@ impl Datapath {
             }
         }
 
-        // 4. Attachments.
+        // 5. Attachments.
         let mut report = ApplyReport {
             policy_entries: new.policy.len(),
             generation: self.generation,
@@ -312,6 +318,45 @@ impl Datapath {
             self.forget_connections(&d.endpoints.remove)?;
         }
         Ok(report)
+    }
+
+    /// Moves every address, network and endpoint whose identity changes in
+    /// `d` to `identity::UPDATING` (mode unchanged).
+    fn park(&mut self, old: &Compiled, d: &Diff) -> Result<(), DatapathError> {
+        {
+            let mut m =
+                map_mut!(self.bpf, "PORIN_IP4_V1", BpfHashMap<&mut MapData, [u8; 4], Identity>);
+            for (k, _) in &d.ip4.update {
+                m.insert(k, UPDATING, 0)
+                    .map_err(map_err("PORIN_IP4_V1", "park"))?;
+            }
+        }
+        {
+            let mut m =
+                map_mut!(self.bpf, "PORIN_IP6_V1", BpfHashMap<&mut MapData, [u8; 16], Identity>);
+            for (k, _) in &d.ip6.update {
+                m.insert(k, UPDATING, 0)
+                    .map_err(map_err("PORIN_IP6_V1", "park"))?;
+            }
+        }
+        let parked4: Vec<_> = d.net4.update.iter().map(|(p, _)| (*p, UPDATING)).collect();
+        let parked6: Vec<_> = d.net6.update.iter().map(|(p, _)| (*p, UPDATING)).collect();
+        write_lpm(&mut self.bpf, "PORIN_NET4_V1", &parked4)?;
+        write_lpm(&mut self.bpf, "PORIN_NET6_V1", &parked6)?;
+        let mut m =
+            map_mut!(self.bpf, "PORIN_ENDP_V1", BpfHashMap<&mut MapData, u32, EndpointInfo>);
+        for (k, new) in &d.endpoints.update {
+            let before = old.endpoints.get(k).copied().unwrap_or(*new);
+            if before.identity != new.identity {
+                let parked = EndpointInfo {
+                    identity: UPDATING,
+                    ..before
+                };
+                m.insert(k, parked, 0)
+                    .map_err(map_err("PORIN_ENDP_V1", "park"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the conntrack entries made at the given host veths, IPv4

@@ -965,3 +965,21 @@ groups:
     e.file = "porin.yaml".into();
     assert!(e.to_string().starts_with("porin.yaml:4:5: "), "{e}");
 }
+
+/// The manager parks addresses on `UPDATING` across a generation flip; that
+/// is only safe because no compiled entry ever names it.
+#[test]
+fn no_policy_entry_names_the_updating_identity() {
+    for yaml in [
+        include_str!("../../configs/iot-gateway.yaml"),
+        include_str!("../../configs/porin.yaml"),
+        "version: 1\nenforcement: {unknown_workloads: allow}\ngroups:\n  - {name: a, select: {labels: {x: a}}}\n  - {name: b, select: {labels: {x: b}}}\nground_rules: {cross_group: allow, internet_egress: allow, host_ingress: allow, host_egress: allow}\n",
+    ] {
+        let c = ok(&cfg(yaml), &[]);
+        assert!(!c.policy.is_empty(), "the check must see entries: {yaml}");
+        for k in c.policy.keys() {
+            assert_ne!(k.subject, reserved::UPDATING, "{k:?}");
+            assert_ne!(k.peer, reserved::UPDATING, "{k:?}");
+        }
+    }
+}

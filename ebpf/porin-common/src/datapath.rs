@@ -64,6 +64,7 @@ pub type Identity = u32;
 /// | 1 | `HOST` | the node itself (its addresses, including bridge gateways) |
 /// | 2 | `WORLD` | any address that is not an endpoint, the host, or in a named network |
 /// | 3 | `UNMANAGED` | a container no group selects |
+/// | 4 | `UPDATING` | an address or endpoint whose identity is being changed; no policy entry ever names it, so only wildcard (`ANY`) entries apply while it is set |
 /// | 0x0100_0000..=0x01FF_FFFF | groups | derived from the group name |
 /// | 0x0200_0000..=0x02FF_FFFF | networks | derived from the network name |
 pub mod identity {
@@ -73,6 +74,9 @@ pub mod identity {
     pub const HOST: Identity = 1;
     pub const WORLD: Identity = 2;
     pub const UNMANAGED: Identity = 3;
+    /// Held by an address or endpoint while a reload moves it to another
+    /// identity, across the policy generation flip (see the manager).
+    pub const UPDATING: Identity = 4;
     /// First value of the derived ranges; everything below is reserved.
     pub const GROUP_BASE: Identity = 0x0100_0000;
     pub const NETWORK_BASE: Identity = 0x0200_0000;

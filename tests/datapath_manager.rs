@@ -1,0 +1,135 @@
+//! The datapath manager against the kernel: what `Datapath::apply` leaves
+//! in the maps across policy changes, identity changes and no-op applies.
+//! Needs root.
+
+use std::net::Ipv4Addr;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use porin::{datapath::Datapath, kernel::TcAttach, policy::Compiled, testing::require_root};
+use porin_common::datapath::{
+    action, identity, mode, DatapathConfig, Direction, EndpointInfo, Identity, PolicyKey,
+    PolicyValue,
+};
+
+const G1: Identity = identity::GROUP_BASE + 1;
+const G2: Identity = identity::GROUP_BASE + 2;
+const G3: Identity = identity::GROUP_BASE + 3;
+const EP: u32 = 7_000_001; // an ifindex no interface has: no program is attached
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 231, 250, 9);
+
+fn compiled(endpoint: Identity, peer: Identity, ports: &[u16]) -> Compiled {
+    let mut c = Compiled::default();
+    c.endpoints.insert(
+        EP,
+        EndpointInfo {
+            identity: endpoint,
+            mode: mode::ENFORCE,
+            _pad: [0; 3],
+        },
+    );
+    c.ip4.insert(PEER.octets(), peer);
+    for &port in ports {
+        c.policy.insert(
+            PolicyKey {
+                subject: endpoint,
+                peer,
+                port,
+                protocol: 6,
+                direction: Direction::Egress as u8,
+                generation: 0,
+                _pad: [0; 3],
+            },
+            PolicyValue {
+                action: action::ALLOW,
+                _pad: [0; 3],
+                rule: 1,
+            },
+        );
+    }
+    c
+}
+
+struct View<'a>(&'a Datapath);
+
+impl View<'_> {
+    fn generation(&self) -> u32 {
+        let cfg: Array<&MapData, DatapathConfig> =
+            Array::try_from(self.0.ebpf().map("PORIN_CFG_V1").unwrap()).unwrap();
+        cfg.get(&0, 0).unwrap().generation
+    }
+
+    fn peer_identity(&self) -> Identity {
+        let m: BpfHashMap<&MapData, [u8; 4], Identity> =
+            BpfHashMap::try_from(self.0.ebpf().map("PORIN_IP4_V1").unwrap()).unwrap();
+        m.get(&PEER.octets(), 0).unwrap()
+    }
+
+    fn endpoint_identity(&self) -> Identity {
+        let m: BpfHashMap<&MapData, u32, EndpointInfo> =
+            BpfHashMap::try_from(self.0.ebpf().map("PORIN_ENDP_V1").unwrap()).unwrap();
+        m.get(&EP, 0).unwrap().identity
+    }
+
+    /// Policy keys in the map, with their generation.
+    fn policy(&self) -> Vec<PolicyKey> {
+        let m: BpfHashMap<&MapData, PolicyKey, PolicyValue> =
+            BpfHashMap::try_from(self.0.ebpf().map("PORIN_POL_V1").unwrap()).unwrap();
+        let mut keys: Vec<PolicyKey> = m.keys().map(Result::unwrap).collect();
+        keys.sort();
+        keys
+    }
+}
+
+#[test]
+fn apply_switches_generations_and_moves_identities_completely() {
+    require_root("datapath manager test");
+    let mut dp = Datapath::load(TcAttach::Tcx).expect("load the datapath");
+
+    let a = compiled(G1, G2, &[80, 443]);
+    let report = dp.apply(&a, &[]).expect("apply A");
+    assert_eq!(
+        report.generation, 1,
+        "the first policy goes to the inactive generation"
+    );
+    let v = View(&dp);
+    assert_eq!(v.generation(), 1);
+    assert_eq!((v.endpoint_identity(), v.peer_identity()), (G1, G2));
+    let keys = v.policy();
+    assert_eq!(keys.len(), 2);
+    assert!(keys
+        .iter()
+        .all(|k| k.generation == 1 && k.subject == G1 && k.peer == G2));
+
+    // The endpoint and the peer change identity, and the policy changes.
+    let b = compiled(G3, G1, &[8080]);
+    dp.apply(&b, &[]).expect("apply B");
+    let v = View(&dp);
+    assert_eq!(v.generation(), 0);
+    assert_eq!(
+        (v.endpoint_identity(), v.peer_identity()),
+        (G3, G1),
+        "nothing is left parked on UPDATING"
+    );
+    let keys = v.policy();
+    assert_eq!(
+        keys.len(),
+        1,
+        "the old generation's entries are gone: {keys:?}"
+    );
+    assert_eq!(
+        (keys[0].generation, keys[0].subject, keys[0].port),
+        (0, G3, 8080)
+    );
+
+    // The same input again changes nothing, not even the generation.
+    dp.apply(&b, &[]).expect("apply B again");
+    assert_eq!(View(&dp).generation(), 0);
+    assert_eq!(View(&dp).policy().len(), 1);
+
+    // Removing the endpoint removes its entry.
+    dp.apply(&Compiled::default(), &[]).expect("apply empty");
+    let m: BpfHashMap<&MapData, u32, EndpointInfo> =
+        BpfHashMap::try_from(dp.ebpf().map("PORIN_ENDP_V1").unwrap()).unwrap();
+    assert!(m.get(&EP, 0).is_err(), "endpoint entry deleted");
+    assert!(View(&dp).policy().is_empty());
+}
