@@ -74,4 +74,4 @@ pub struct FlowEvent {
 unsafe impl aya::Pod for FlowEvent {}
 
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 144);
-const _: () = assert!(core::mem::size_of::<FlowEvent>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<FlowEvent>().is_multiple_of(8));

@@ -8,8 +8,8 @@
 #![no_std]
 
 pub mod datapath;
-pub mod flow;
 pub mod decide;
+pub mod flow;
 pub mod packet;
 pub mod parse;
 pub mod probe;
