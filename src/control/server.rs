@@ -252,11 +252,13 @@ async fn read_request(s: &mut UnixStream) -> Result<Request, FrameError> {
     proto::decode_request(&payload)
 }
 
-fn truncated(e: io::Error) -> io::Error {
+/// The client hung up inside a frame: a malformed request, not an I/O
+/// failure of the daemon's.
+fn truncated(e: io::Error) -> FrameError {
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        io::Error::new(io::ErrorKind::UnexpectedEof, "the frame ended early")
+        FrameError::Truncated(e)
     } else {
-        e
+        FrameError::Io(e)
     }
 }
 
