@@ -4,15 +4,17 @@
 //! oversized and stalled frames answered with errors while the daemon keeps
 //! serving, and a Prometheus scrape. Needs root.
 
+mod common;
+
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    io::Write,
     os::unix::{fs::PermissionsExt, net::UnixStream, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
+use common::{free_port, metric, scrape};
 use porin::{
     control::proto::{self, ErrorCode, Request, Response, MAX_RESPONSE},
     testing::{
@@ -27,14 +29,6 @@ fn porin(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run porin")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Setup {
@@ -276,26 +270,4 @@ fn status_policy_and_flows_answer_and_bad_clients_are_refused() {
     assert!(daemon.stop(), "porin run exits 0");
     assert!(!socket.exists(), "the socket file is removed on stop");
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// `GET /metrics` on 127.0.0.1:port.
-pub fn scrape(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    assert!(body.starts_with("HTTP/1.0 200 OK\r\n"), "{body}");
-    assert!(body.contains("Content-Type: text/plain; version=0.0.4"));
-    body.split_once("\r\n\r\n").unwrap().1.to_string()
-}
-
-/// The value of the unlabelled series `name`.
-pub fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name}"))
-        .parse()
-        .unwrap()
 }
