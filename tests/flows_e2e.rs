@@ -49,6 +49,9 @@ struct World {
     sensor: PodmanContainer,
 }
 
+/// One daemon at a time: two would both attach to every container's veth.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn start(tag: &str) -> World {
     let web = PodmanContainer::run(
         &format!("{tag}-web"),
@@ -83,8 +86,22 @@ fn start(tag: &str) -> World {
     )
     .unwrap();
     let mut daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_porin")), &config);
+    // Other containers may be running on the machine: wait until ours are
+    // both enforced (their veths attached).
+    let mut attached = 0;
+    while attached < 2 {
+        let l = daemon.wait_for(
+            |l| {
+                l.contains("endpoint +")
+                    && (l.contains(web.name.as_str()) || l.contains(sensor.name.as_str()))
+            },
+            Duration::from_secs(20),
+        );
+        let _ = l;
+        attached += 1;
+    }
     daemon.wait_for(
-        |l| l.contains("2 endpoints enforced") && !l.contains("FAILED"),
+        |l| l.contains("policy generation") && !l.contains("FAILED"),
         Duration::from_secs(20),
     );
     World {
@@ -119,6 +136,7 @@ const DENIED_B: &str = "porin_dropped_bytes_total{reason=\"POLICY_DENIED\"}";
 #[test]
 fn the_drop_counters_match_the_packets_sent() {
     require_root("flows end-to-end test");
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let w = start("fe-count");
     let web_ip = w.web.ipv4().expect("web address");
     let before = scrape(w.port);
@@ -160,6 +178,7 @@ fn the_drop_counters_match_the_packets_sent() {
 #[ignore = "needs the events::emit call sites in tc.rs (added at the merge)"]
 fn a_denied_connection_shows_in_porin_flows_within_a_second() {
     require_root("flows end-to-end test");
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let w = start("fe-flow");
     let web_ip = w.web.ipv4().expect("web address");
     let sensor_ip = w.sensor.ipv4().expect("sensor address");
@@ -238,6 +257,7 @@ fn a_denied_connection_shows_in_porin_flows_within_a_second() {
 #[ignore = "needs the events::emit call sites in tc.rs (added at the merge)"]
 fn a_flood_loses_records_visibly_and_the_daemon_memory_stays_flat() {
     require_root("flows end-to-end test");
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let w = start("fe-flood");
     let web_ip = w.web.ipv4().expect("web address");
     // host -> web is denied (host_ingress: deny): every datagram is a drop
@@ -259,6 +279,10 @@ fn a_flood_loses_records_visibly_and_the_daemon_memory_stays_flat() {
     let lost = metric(&m2, "porin_flow_events_lost_total{cause=\"rate_limit\"}");
     let read = metric(&m2, "porin_flow_events_read_total");
     let dropped = metric(&m2, DENIED_P);
+    eprintln!(
+        "flood: {dropped} packets dropped, {read} records read, {lost} lost to the rate limit; \
+         daemon RSS {rss_1} KiB then {rss_2} KiB"
+    );
     assert!(dropped >= 250_000.0, "the flood was dropped: {dropped}");
     assert!(
         lost > 100_000.0,

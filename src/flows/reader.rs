@@ -102,31 +102,32 @@ pub async fn run(ring: RingBuf<MapData>, mut sink: Sink) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         ring.readable().await?;
-        loop {
-            batch.clear();
-            // SAFETY: `get_mut` only forbids swapping the I/O source out;
-            // reading records does not.
-            let rb = unsafe { ring.get_mut() };
-            while batch.len() < BATCH {
-                let Some(item) = rb.next() else { break };
-                match decode(&item) {
-                    Some(e) => batch.push(e),
-                    None => {
-                        Counters::add(&sink.shared.counters.flow_events_malformed, 1);
-                        warn!(
-                            "flow event of {} bytes ignored (layout v1 is 144)",
-                            item.len()
-                        );
-                    }
-                }
-            }
-            let full = batch.len() == BATCH;
-            sink.take(&batch);
-            if !full {
-                break;
-            }
+        // SAFETY: `get_mut` only forbids swapping the I/O source out;
+        // reading records does not.
+        while drain(unsafe { ring.get_mut() }, &mut sink, &mut batch) == BATCH {
             // More may be waiting: let the control socket and metrics run.
             smol::future::yield_now().await;
         }
     }
+}
+
+/// Takes up to [`BATCH`] records from the ring into the sink; returns how
+/// many it took (public for the benchmark).
+pub fn drain(ring: &mut RingBuf<MapData>, sink: &mut Sink, batch: &mut Vec<FlowEvent>) -> usize {
+    batch.clear();
+    while batch.len() < BATCH {
+        let Some(item) = ring.next() else { break };
+        match decode(&item) {
+            Some(e) => batch.push(e),
+            None => {
+                Counters::add(&sink.shared.counters.flow_events_malformed, 1);
+                warn!(
+                    "flow event of {} bytes ignored (layout v1 is 144)",
+                    item.len()
+                );
+            }
+        }
+    }
+    sink.take(batch);
+    batch.len()
 }
