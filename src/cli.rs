@@ -22,6 +22,69 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     Endpoints(EndpointsArgs),
     Version(VersionArgs),
+    Status(StatusArgs),
+    Policy(PolicyArgs),
+    Flows(FlowsArgs),
+}
+
+#[derive(FromArgs, Debug, Clone)]
+#[argh(subcommand, name = "status")]
+/// Show the running daemon's state: endpoints, identities, attached
+/// programs, map fill, kernel features, policy generation, uptime.
+pub struct StatusArgs {
+    /// configuration file naming the control socket (default:
+    /// /etc/porin/porin.yaml if it exists, else /run/porin/porin.sock)
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// control socket (overrides the config's `control.socket`)
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
+    /// output format: table (default) or json
+    #[argh(option, short = 'o', default = "OutputFormat::Table")]
+    pub output: OutputFormat,
+}
+
+/// Show the compiled policy the daemon enforces, per endpoint.
+#[derive(FromArgs, Debug, Clone)]
+#[argh(subcommand, name = "policy")]
+pub struct PolicyArgs {
+    /// configuration file naming the control socket
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// control socket (overrides the config's `control.socket`)
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
+    /// output format: table (default) or json
+    #[argh(option, short = 'o', default = "OutputFormat::Table")]
+    pub output: OutputFormat,
+}
+
+/// Show recent flows (new connections, drops) from the daemon's history.
+#[derive(FromArgs, Debug, Clone)]
+#[argh(subcommand, name = "flows")]
+pub struct FlowsArgs {
+    /// configuration file naming the control socket
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// control socket (overrides the config's `control.socket`)
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
+    /// keep printing new flows as they come
+    #[argh(switch, short = 'f')]
+    pub follow: bool,
+    /// how many of the latest flows to print (default 20)
+    #[argh(option, short = 'n', default = "20")]
+    pub last: u32,
+    /// only flows with this verdict: FORWARDED, DROPPED or AUDIT (repeatable)
+    #[argh(option)]
+    pub verdict: Vec<String>,
+    /// only flows with this identity on either side: a group or network
+    /// name, world, host, or a number (repeatable)
+    #[argh(option)]
+    pub identity: Vec<String>,
+    /// output format: table (default) or json (one JSON object per line)
+    #[argh(option, short = 'o', default = "OutputFormat::Table")]
+    pub output: OutputFormat,
 }
 
 /// Run the gateway daemon.

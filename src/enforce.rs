@@ -7,7 +7,11 @@
 //! previously applied policy in force (the datapath never drops to "allow"
 //! on an error) and is logged; the next input retries.
 
-use std::{collections::BTreeMap, sync::mpsc::Receiver, time::Instant};
+use std::{
+    collections::BTreeMap,
+    sync::{mpsc::Receiver, Arc},
+    time::Instant,
+};
 
 use log::{error, info, warn};
 
@@ -20,6 +24,7 @@ use crate::{
         netinfo::host_addresses,
     },
     policy::{self, CompileError},
+    state::{self, Counters, Shared},
 };
 
 /// What the enforcement loop reacts to.
@@ -51,6 +56,11 @@ pub struct Enforcer {
     file: String,
     datapath: Datapath,
     endpoints: BTreeMap<EndpointKey, Endpoint>,
+    /// Where `porin status`, `porin flows` and metrics read the applied
+    /// state; updated after every apply.
+    shared: Option<Arc<Shared>>,
+    /// Successful applies so far (the generation `porin status` shows).
+    applies: u64,
 }
 
 impl Enforcer {
@@ -60,6 +70,34 @@ impl Enforcer {
             file,
             datapath,
             endpoints: BTreeMap::new(),
+            shared: None,
+            applies: 0,
+        }
+    }
+
+    /// Publishes the applied state to `shared` after every apply.
+    pub fn with_shared(mut self, shared: Arc<Shared>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    fn count(&self, pick: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64, n: u64) {
+        if let Some(s) = &self.shared {
+            Counters::add(pick(&s.counters), n);
+        }
+    }
+
+    /// Hands the applied state to the control socket and metrics.
+    fn publish(&mut self, report: &ApplyReport) {
+        self.applies += 1;
+        if let Some(s) = &self.shared {
+            s.publish(state::snapshot(
+                self.applies,
+                &self.endpoints,
+                self.datapath.applied(),
+                report,
+                &self.datapath.attached(),
+            ));
         }
     }
 
@@ -77,6 +115,7 @@ impl Enforcer {
             }
             Input::Discovery(event) => *event,
         };
+        self.count(|c| &c.discovery_events, 1);
         let (sign, ep) = match event {
             Event::Added(e) => {
                 self.endpoints.insert(e.key.clone(), e.clone());
@@ -137,6 +176,8 @@ impl Enforcer {
             }
             match self.sync() {
                 Ok(report) => {
+                    self.count(|c| &c.attach_failures, report.attach_failures.len() as u64);
+                    self.publish(&report);
                     let applied = self.datapath.applied();
                     let audit = applied
                         .endpoints
@@ -160,7 +201,10 @@ impl Enforcer {
                         );
                     }
                 }
-                Err(e) => error!("{e}; the previously applied policy stays in force"),
+                Err(e) => {
+                    self.count(|c| &c.applies_failed, 1);
+                    error!("{e}; the previously applied policy stays in force");
+                }
             }
         }
     }

@@ -6,15 +6,19 @@
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod discovery;
 pub mod ebpf;
 pub mod enforce;
+pub mod flows;
 pub mod kernel;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod selftest;
 pub mod signals;
+pub mod state;
 pub mod testing;
 
 /// Porin's version, as printed by `porin version`.

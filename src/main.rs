@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => check_config(&args.file),
         Command::Endpoints(args) => list_endpoints(&args),
         Command::Run(args) => cmd::run::run(&args.config),
+        Command::Status(args) => cmd::status::status(&args),
+        Command::Policy(args) => cmd::status::policy(&args),
+        Command::Flows(args) => cmd::flows::flows(&args),
     }
 }
 

@@ -1,7 +1,10 @@
 //! The subcommands, one module each; `main.rs` only dispatches.
 
 pub mod endpoints;
+pub mod flows;
+pub mod io;
 pub mod run;
+pub mod status;
 
 use std::path::Path;
 

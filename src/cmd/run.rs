@@ -5,9 +5,15 @@
 //! and the enforcement loop, which compiles the policy for the endpoints
 //! discovery reports and applies it (logging a status line as endpoints
 //! come and go). SIGHUP reloads the configuration: an invalid file changes
-//! nothing.
+//! nothing. A third thread ([`super::io`]) serves the control socket and
+//! metrics and reads the flow events.
 
-use std::{path::Path, process::ExitCode, sync::mpsc, thread};
+use std::{
+    path::Path,
+    process::ExitCode,
+    sync::{mpsc, Arc},
+    thread,
+};
 
 use log::{error, info};
 
@@ -17,11 +23,15 @@ use crate::{
     datapath::Datapath,
     discovery::{live::LiveDiscovery, scanner::Scanner, watch::Watcher},
     enforce::{Enforcer, Input},
+    flows::maps::{CounterMaps, EventMaps},
     kernel::KernelFeatures,
     logging, selftest,
     signals::{Signal, SignalSet},
+    state::Shared,
     VERSION,
 };
+
+use super::io::{self, IoSetup};
 
 pub fn run(path: &Path) -> ExitCode {
     // Block the stop/reload signals before any thread exists, so every
@@ -89,7 +99,29 @@ pub fn run(path: &Path) -> ExitCode {
         .name("discovery".into())
         .spawn(move || LiveDiscovery::new(scanner).run(watcher, resync, discovery_tx))
         .expect("spawn discovery thread");
-    let enforcer = Enforcer::new(cfg, path.display().to_string(), datapath);
+    let shared = Arc::new(Shared::new(
+        path.display().to_string(),
+        feature_lines(&features),
+        cfg.flows.history as usize,
+    ));
+    let events = EventMaps::open(datapath.ebpf())
+        .inspect_err(|e| error!("flow events unavailable: {e}"))
+        .ok();
+    let counters = CounterMaps::open(datapath.ebpf())
+        .inspect_err(|e| error!("counter maps unavailable for metrics: {e}"))
+        .ok();
+    let io = io::start(IoSetup {
+        shared: shared.clone(),
+        socket: cfg.control.socket.clone(),
+        socket_mode: cfg.control.mode,
+        metrics: cfg.metrics.as_ref().map(|m| m.listen),
+        flow_log: cfg.flows.log.clone(),
+        rate_limit: cfg.flows.rate_limit,
+        events,
+        counters,
+    });
+    let enforcer =
+        Enforcer::new(cfg, path.display().to_string(), datapath).with_shared(shared.clone());
     let enforcement = thread::Builder::new()
         .name("enforce".into())
         .spawn(move || enforcer.run(rx))
@@ -107,6 +139,10 @@ pub fn run(path: &Path) -> ExitCode {
             }
             Ok(Signal::Reload) => match config::load(path) {
                 Ok(new) => {
+                    // The I/O side keeps the settings it started with.
+                    info!(
+                        "reload: changes to flows, metrics and control take effect at the next start"
+                    );
                     info!(
                         "reload: {} is valid ({}); applying",
                         path.display(),
@@ -130,5 +166,15 @@ pub fn run(path: &Path) -> ExitCode {
     // The discovery thread's sender is gone; dropping ours ends the loop.
     drop(tx);
     let _ = enforcement.join();
+    io.stop();
     status
+}
+
+/// `porin version`'s feature lines as (name, value), for `porin status`.
+fn feature_lines(f: &KernelFeatures) -> Vec<(String, String)> {
+    f.to_string()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }

@@ -11,6 +11,7 @@ mod access;
 mod baseline;
 mod conntrack;
 mod counters;
+mod events;
 mod identity;
 mod parse;
 mod policy;

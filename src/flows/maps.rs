@@ -1,0 +1,148 @@
+//! Handles of their own on the datapath's maps, for the flow reader and the
+//! metrics endpoint, which run on the I/O thread while the enforcement loop
+//! owns the `Ebpf` object. Each handle is a new file descriptor for the same
+//! kernel map (looked up by the map's id), so no lock is shared with the
+//! enforcement loop.
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    Ebpf,
+};
+use porin_common::datapath::{Counter, CtKey, CtValue};
+
+/// Mirrors `EventConfig` in `ebpf/porin-ebpf/src/events.rs`:
+/// `[cost_ns, burst_ns]`.
+pub type EventConfig = [u64; 2];
+
+/// Indexes of `PORIN_LOST_V1` (as `events::lost` in the eBPF crate).
+pub const LOST_RATE_LIMITED: u32 = 0;
+pub const LOST_RING_FULL: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map `{0}` is missing from the eBPF object")]
+    Missing(&'static str),
+    #[error("map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// A new handle on map `name` of `bpf`.
+pub fn own(bpf: &Ebpf, name: &'static str) -> Result<Map, MapsError> {
+    let data = match bpf.map(name).ok_or(MapsError::Missing(name))? {
+        Map::Array(d)
+        | Map::PerCpuArray(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::RingBuf(d) => d,
+        _ => return Err(MapsError::Missing(name)),
+    };
+    let err = |source| MapsError::Map { map: name, source };
+    let id = data.info().map_err(err)?.id();
+    Map::from_map_data(MapData::from_id(id).map_err(err)?).map_err(err)
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(
+    bpf: &Ebpf,
+    name: &'static str,
+) -> Result<T, MapsError> {
+    T::try_from(own(bpf, name)?).map_err(|source| MapsError::Map { map: name, source })
+}
+
+/// The flow-event maps.
+pub struct EventMaps {
+    pub ring: RingBuf<MapData>,
+    pub config: Array<MapData, EventConfig>,
+    pub lost: PerCpuArray<MapData, u64>,
+}
+
+impl EventMaps {
+    pub fn open(bpf: &Ebpf) -> Result<Self, MapsError> {
+        Ok(EventMaps {
+            ring: typed(bpf, "PORIN_EVENTS_V1")?,
+            config: typed(bpf, "PORIN_EVCFG_V1")?,
+            lost: typed(bpf, "PORIN_LOST_V1")?,
+        })
+    }
+
+    /// Splits into the ring (for the reader) and the rest.
+    pub fn split(self) -> (RingBuf<MapData>, EventControl) {
+        (
+            self.ring,
+            EventControl {
+                config: self.config,
+                lost: self.lost,
+            },
+        )
+    }
+}
+
+/// Rate configuration and the lost-record counters.
+pub struct EventControl {
+    pub config: Array<MapData, EventConfig>,
+    pub lost: PerCpuArray<MapData, u64>,
+}
+
+impl EventControl {
+    /// Lets the datapath emit `per_second` events in total: each of the
+    /// node's CPUs gets an equal share, with a burst of one second's share.
+    pub fn set_rate(&mut self, per_second: u32) -> Result<(), MapsError> {
+        let cpus = aya::util::nr_cpus().map(|n| n.max(1)).unwrap_or(1) as u64;
+        self.set_cpu_rate((u64::from(per_second) / cpus).max(1), 1_000_000_000)
+    }
+
+    /// Each CPU may emit `per_cpu` events a second and save up `burst_ns`
+    /// of credit.
+    pub fn set_cpu_rate(&mut self, per_cpu: u64, burst_ns: u64) -> Result<(), MapsError> {
+        let cost = 1_000_000_000 / per_cpu.max(1);
+        self.config
+            .set(0, [cost.max(1), burst_ns.max(cost)], 0)
+            .map_err(|source| MapsError::Map {
+                map: "PORIN_EVCFG_V1",
+                source,
+            })
+    }
+
+    /// Lost records (rate limited, ring full), summed over the CPUs.
+    pub fn lost(&self) -> [u64; 2] {
+        let sum = |i| self.lost.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        [sum(LOST_RATE_LIMITED), sum(LOST_RING_FULL)]
+    }
+}
+
+/// The counter maps and conntrack, read at scrape time.
+pub struct CounterMaps {
+    pub drops: PerCpuArray<MapData, Counter>,
+    pub fwd: PerCpuArray<MapData, Counter>,
+    pub ct: HashMap<MapData, CtKey, CtValue>,
+}
+
+impl CounterMaps {
+    pub fn open(bpf: &Ebpf) -> Result<Self, MapsError> {
+        Ok(CounterMaps {
+            drops: typed(bpf, "PORIN_DROPS_V1")?,
+            fwd: typed(bpf, "PORIN_FWD_V1")?,
+            ct: typed(bpf, "PORIN_CT_V1")?,
+        })
+    }
+
+    /// `map[index]` summed over the CPUs.
+    pub fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Counter {
+        map.get(&index, 0)
+            .map(|v| {
+                v.iter().fold(Counter::default(), |a, c| Counter {
+                    packets: a.packets + c.packets,
+                    bytes: a.bytes + c.bytes,
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// Conntrack entries (walks the keys: at most `max_entries` syscalls).
+    pub fn ct_entries(&self) -> u64 {
+        self.ct.keys().filter(Result::is_ok).count() as u64
+    }
+}
