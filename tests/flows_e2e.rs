@@ -175,7 +175,6 @@ fn the_drop_counters_match_the_packets_sent() {
 }
 
 #[test]
-#[ignore = "needs the events::emit call sites in tc.rs (added at the merge)"]
 fn a_denied_connection_shows_in_porin_flows_within_a_second() {
     require_root("flows end-to-end test");
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -254,7 +253,6 @@ fn a_denied_connection_shows_in_porin_flows_within_a_second() {
 }
 
 #[test]
-#[ignore = "needs the events::emit call sites in tc.rs (added at the merge)"]
 fn a_flood_loses_records_visibly_and_the_daemon_memory_stays_flat() {
     require_root("flows end-to-end test");
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

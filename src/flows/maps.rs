@@ -10,13 +10,8 @@ use aya::{
 };
 use porin_common::datapath::{Counter, CtKey, CtValue};
 
-/// Mirrors `EventConfig` in `ebpf/porin-ebpf/src/events.rs`:
-/// `[cost_ns, burst_ns]`.
-pub type EventConfig = [u64; 2];
-
-/// Indexes of `PORIN_LOST_V1` (as `events::lost` in the eBPF crate).
-pub const LOST_RATE_LIMITED: u32 = 0;
-pub const LOST_RING_FULL: u32 = 1;
+use porin_common::flow::lost;
+pub use porin_common::flow::EventConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -99,7 +94,14 @@ impl EventControl {
     pub fn set_cpu_rate(&mut self, per_cpu: u64, burst_ns: u64) -> Result<(), MapsError> {
         let cost = 1_000_000_000 / per_cpu.max(1);
         self.config
-            .set(0, [cost.max(1), burst_ns.max(cost)], 0)
+            .set(
+                0,
+                EventConfig {
+                    cost_ns: cost.max(1),
+                    burst_ns: burst_ns.max(cost),
+                },
+                0,
+            )
             .map_err(|source| MapsError::Map {
                 map: "PORIN_EVCFG_V1",
                 source,
@@ -109,7 +111,7 @@ impl EventControl {
     /// Lost records (rate limited, ring full), summed over the CPUs.
     pub fn lost(&self) -> [u64; 2] {
         let sum = |i| self.lost.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        [sum(LOST_RATE_LIMITED), sum(LOST_RING_FULL)]
+        [sum(lost::RATE_LIMITED), sum(lost::RING_FULL)]
     }
 }
 

@@ -24,6 +24,26 @@ pub mod verdict {
     pub const AUDIT: u8 = 3;
 }
 
+/// `PORIN_EVCFG_V1` value: the per-CPU event rate limit, written by the
+/// daemon. Userspace computes both fields so the programs do no division.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventConfig {
+    /// Credit one event costs, in ns; 0 = events off.
+    pub cost_ns: u64,
+    /// Most credit a CPU may save up (the burst), in ns.
+    pub burst_ns: u64,
+}
+
+/// Indexes of `PORIN_LOST_V1`: why a record was not emitted.
+pub mod lost {
+    /// The CPU's rate limit was exhausted.
+    pub const RATE_LIMITED: u32 = 0;
+    /// The ring buffer was full (the daemon is not keeping up).
+    pub const RING_FULL: u32 = 1;
+    pub const CAUSES: u32 = 2;
+}
+
 /// Bytes of the HTTP path kept in an event.
 pub const HTTP_PATH_BYTES: usize = 64;
 
@@ -70,7 +90,11 @@ pub struct FlowEvent {
 }
 
 #[cfg(feature = "user")]
-// SAFETY: #[repr(C)] plain data with explicit padding, valid for any bytes.
-unsafe impl aya::Pod for FlowEvent {}
+mod pod {
+    // SAFETY: #[repr(C)] plain data without implicit padding, valid for any
+    // bytes.
+    unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::EventConfig {}
+}
 
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 144);

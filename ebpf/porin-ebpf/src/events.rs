@@ -37,23 +37,12 @@ use aya_ebpf::{
 use porin_common::{
     datapath::{tc_action, Direction},
     decide::Verdict,
-    flow::{verdict, FlowEvent},
+    flow::{lost, verdict, EventConfig, FlowEvent},
     parse::Flow,
 };
 
 /// Bytes of the ring buffer: about 1800 records between two reads.
 pub const RING_BYTES: u32 = 256 * 1024;
-
-/// `PORIN_EVCFG_V1` value, written by the daemon (`src/flows/maps.rs`
-/// mirrors this layout).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct EventConfig {
-    /// Credit one event costs, in ns; 0 = events off.
-    pub cost_ns: u64,
-    /// Most credit a CPU may save up (the burst), in ns.
-    pub burst_ns: u64,
-}
 
 /// `PORIN_EVRATE_V1` value: one CPU's token bucket.
 #[repr(C)]
@@ -61,15 +50,6 @@ pub struct EventConfig {
 pub struct RateState {
     pub credit_ns: u64,
     pub last_ns: u64,
-}
-
-/// Indexes of `PORIN_LOST_V1`.
-pub mod lost {
-    /// The CPU's rate limit was exhausted.
-    pub const RATE_LIMITED: u32 = 0;
-    /// The ring buffer was full (the daemon is not keeping up).
-    pub const RING_FULL: u32 = 1;
-    pub const CAUSES: u32 = 2;
 }
 
 #[map]

@@ -1,23 +1,36 @@
 //! The TC entry points on a container's host-side veth. Both run the same
 //! steps, from the point of view of the container:
 //!
-//! 1. endpoint of the veth (`PORIN_ENDP_V1[skb->ifindex]`), none → drop;
-//! 2. parse (ARP and IPv6 neighbour discovery pass here);
-//! 3. conntrack: a flow this endpoint already allowed, or a reply to one,
-//!    passes;
+//! 1. parse;
+//! 2. conntrack: a flow this endpoint (this ifindex) already allowed, or a
+//!    reply to one, passes: one hash lookup on the hot path;
+//! 3. endpoint of the veth (`PORIN_ENDP_V1[skb->ifindex]`), none → drop;
+//!    ARP and IPv6 neighbour discovery pass here, parse errors are judged
+//!    with the endpoint's mode;
 //! 4. peer identity and policy in the active generation; allowed → CT entry.
 //!
+//! Conntrack before the endpoint: a CT entry's key holds the ifindex of an
+//! endpoint whose policy allowed the flow, and the manager detaches the
+//! programs from a removed endpoint's veth before it deletes the endpoint
+//! entry and then that endpoint's CT entries (`forget_connections`), so an
+//! attached program never meets a CT entry at an ifindex without an
+//! endpoint. Skipping the endpoint lookup on a hit saves a hash lookup
+//! (about 30 ns here), the largest single cost left on the hot path.
+//!
 //! `porin_common::decide::verdict` turns the result into the verdict (its
-//! docs have the whole table) and every outcome is counted.
+//! docs have the whole table) and every outcome is counted. A new allowed
+//! flow and every drop also emit a flow event (`events::emit`, rate limited,
+//! losses counted).
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use porin_common::{
     datapath::{Direction, DropReason, EndpointInfo},
     decide::{self, peer_addr},
-    parse::Parsed,
+    flow,
+    parse::{Flow, Parsed},
 };
 
-use crate::{conntrack, counters, identity, parse, policy};
+use crate::{conntrack, counters, events, identity, parse, policy};
 
 /// Attached at TC **ingress** of a container's host-side veth: packets
 /// leaving the container (policy direction egress, peer = destination).
@@ -38,34 +51,81 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     // Both hooks sit on the host veth, so both see its ifindex.
     // SAFETY: the context pointer the kernel passed in.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let parsed = parse::headers(ctx);
+    if let Ok(Parsed::Flow(flow)) = &parsed {
+        if conntrack::established(flow, dir, ifindex) {
+            let verdict = decide::verdict(Ok(()), None);
+            counters::record(&verdict, dir, ctx.len());
+            return verdict.action;
+        }
+    }
     let endpoint = identity::endpoint(ifindex);
+    let mut seen = Seen {
+        flow: None,
+        peer: 0,
+        new_flow: false,
+    };
     let result = match &endpoint {
-        Some(ep) => try_handle(ctx, dir, ifindex, ep),
+        Some(ep) => try_handle(parsed, dir, ifindex, ep, &mut seen),
         None => Err(DropReason::UnknownEndpoint),
     };
     let verdict = decide::verdict(result, endpoint.map(|ep| ep.mode));
     counters::record(&verdict, dir, ctx.len());
+    // Flow events: a new allowed connection, or a drop (audited or not).
+    // Conntrack hits returned above and emit nothing: one event per flow.
+    if verdict.drop.is_some() || seen.new_flow {
+        let kind = if verdict.drop.is_some() {
+            flow::kind::DROP
+        } else {
+            flow::kind::NEW_FLOW
+        };
+        events::emit(
+            kind,
+            events::flow_verdict(&verdict),
+            verdict.drop.map_or(0, |r| r as u8),
+            dir,
+            seen.flow.as_ref(),
+            ifindex,
+            endpoint.map_or(0, |e| e.identity),
+            seen.peer,
+            ctx.len(),
+            0,
+            0,
+        );
+    }
     verdict.action
 }
 
+/// What the policy step learnt about a packet, for its flow event.
+struct Seen {
+    flow: Option<Flow>,
+    /// The peer's identity, 0 when the packet never got that far.
+    peer: u32,
+    /// A conntrack entry was made: the first packet of an allowed flow.
+    new_flow: bool,
+}
+
+/// Everything after a conntrack miss, for a known endpoint.
 #[inline(always)]
 fn try_handle(
-    ctx: &TcContext,
+    parsed: Result<Parsed, DropReason>,
     dir: Direction,
     ifindex: u32,
     endpoint: &EndpointInfo,
+    seen: &mut Seen,
 ) -> Result<(), DropReason> {
-    let flow = match parse::headers(ctx)? {
+    let flow = match parsed? {
         Parsed::Pass => return Ok(()),
         Parsed::Flow(flow) => flow,
     };
-    if conntrack::established(&flow, dir, ifindex) {
-        return Ok(());
-    }
+    seen.flow = Some(flow);
     let generation = policy::active_generation()?;
     let peer = identity::of_address(peer_addr(&flow, dir), flow.family);
+    seen.peer = peer;
     if !policy::allows(endpoint.identity, peer, &flow, dir, generation) {
         return Err(DropReason::PolicyDenied);
     }
-    conntrack::create(&flow, dir, ifindex)
+    conntrack::create(&flow, dir, ifindex)?;
+    seen.new_flow = true;
+    Ok(())
 }
