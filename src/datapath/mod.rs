@@ -174,22 +174,18 @@ impl Datapath {
         let d = diff(old, new);
 
         // 1. New addresses and networks.
-        {
-            let mut m =
-                map_mut!(self.bpf, "PORIN_IP4_V1", BpfHashMap<&mut MapData, [u8; 4], Identity>);
-            for (k, v) in &d.ip4.add {
-                m.insert(k, v, 0)
-                    .map_err(map_err("PORIN_IP4_V1", "insert"))?;
-            }
-        }
-        {
-            let mut m =
-                map_mut!(self.bpf, "PORIN_IP6_V1", BpfHashMap<&mut MapData, [u8; 16], Identity>);
-            for (k, v) in &d.ip6.add {
-                m.insert(k, v, 0)
-                    .map_err(map_err("PORIN_IP6_V1", "insert"))?;
-            }
-        }
+        write_hash(
+            &mut self.bpf,
+            "PORIN_IP4_V1",
+            "insert",
+            d.ip4.add.iter().copied(),
+        )?;
+        write_hash(
+            &mut self.bpf,
+            "PORIN_IP6_V1",
+            "insert",
+            d.ip6.add.iter().copied(),
+        )?;
         write_lpm(&mut self.bpf, "PORIN_NET4_V1", &d.net4.add)?;
         write_lpm(&mut self.bpf, "PORIN_NET6_V1", &d.net6.add)?;
 
@@ -226,40 +222,26 @@ impl Datapath {
         }
 
         // 4. Changed and removed addresses, networks and endpoints.
-        {
-            let mut m =
-                map_mut!(self.bpf, "PORIN_IP4_V1", BpfHashMap<&mut MapData, [u8; 4], Identity>);
-            for (k, v) in &d.ip4.update {
-                m.insert(k, v, 0)
-                    .map_err(map_err("PORIN_IP4_V1", "update"))?;
-            }
-            for k in &d.ip4.remove {
-                let _ = m.remove(k);
-            }
-        }
-        {
-            let mut m =
-                map_mut!(self.bpf, "PORIN_IP6_V1", BpfHashMap<&mut MapData, [u8; 16], Identity>);
-            for (k, v) in &d.ip6.update {
-                m.insert(k, v, 0)
-                    .map_err(map_err("PORIN_IP6_V1", "update"))?;
-            }
-            for k in &d.ip6.remove {
-                let _ = m.remove(k);
-            }
-        }
+        write_hash(
+            &mut self.bpf,
+            "PORIN_IP4_V1",
+            "update",
+            d.ip4.update.iter().copied(),
+        )?;
+        write_hash(
+            &mut self.bpf,
+            "PORIN_IP6_V1",
+            "update",
+            d.ip6.update.iter().copied(),
+        )?;
+        remove_hash::<[u8; 4], Identity>(&mut self.bpf, "PORIN_IP4_V1", &d.ip4.remove)?;
+        remove_hash::<[u8; 16], Identity>(&mut self.bpf, "PORIN_IP6_V1", &d.ip6.remove)?;
         write_lpm(&mut self.bpf, "PORIN_NET4_V1", &d.net4.update)?;
         write_lpm(&mut self.bpf, "PORIN_NET6_V1", &d.net6.update)?;
         remove_lpm(&mut self.bpf, "PORIN_NET4_V1", &d.net4.remove)?;
         remove_lpm(&mut self.bpf, "PORIN_NET6_V1", &d.net6.remove)?;
-        {
-            let mut m =
-                map_mut!(self.bpf, "PORIN_ENDP_V1", BpfHashMap<&mut MapData, u32, EndpointInfo>);
-            for (k, v) in d.endpoints.add.iter().chain(&d.endpoints.update) {
-                m.insert(k, v, 0)
-                    .map_err(map_err("PORIN_ENDP_V1", "insert"))?;
-            }
-        }
+        let endpoints = d.endpoints.add.iter().chain(&d.endpoints.update).copied();
+        write_hash(&mut self.bpf, "PORIN_ENDP_V1", "insert", endpoints)?;
 
         // 5. Attachments.
         let mut report = ApplyReport {
@@ -323,40 +305,36 @@ impl Datapath {
     /// Moves every address, network and endpoint whose identity changes in
     /// `d` to `identity::UPDATING` (mode unchanged).
     fn park(&mut self, old: &Compiled, d: &Diff) -> Result<(), DatapathError> {
-        {
-            let mut m =
-                map_mut!(self.bpf, "PORIN_IP4_V1", BpfHashMap<&mut MapData, [u8; 4], Identity>);
-            for (k, _) in &d.ip4.update {
-                m.insert(k, UPDATING, 0)
-                    .map_err(map_err("PORIN_IP4_V1", "park"))?;
-            }
+        fn parked<K: Copy>(&(k, _): &(K, Identity)) -> (K, Identity) {
+            (k, UPDATING)
         }
-        {
-            let mut m =
-                map_mut!(self.bpf, "PORIN_IP6_V1", BpfHashMap<&mut MapData, [u8; 16], Identity>);
-            for (k, _) in &d.ip6.update {
-                m.insert(k, UPDATING, 0)
-                    .map_err(map_err("PORIN_IP6_V1", "park"))?;
-            }
-        }
-        let parked4: Vec<_> = d.net4.update.iter().map(|(p, _)| (*p, UPDATING)).collect();
-        let parked6: Vec<_> = d.net6.update.iter().map(|(p, _)| (*p, UPDATING)).collect();
+        write_hash(
+            &mut self.bpf,
+            "PORIN_IP4_V1",
+            "park",
+            d.ip4.update.iter().map(parked),
+        )?;
+        write_hash(
+            &mut self.bpf,
+            "PORIN_IP6_V1",
+            "park",
+            d.ip6.update.iter().map(parked),
+        )?;
+        let parked4: Vec<_> = d.net4.update.iter().map(parked).collect();
+        let parked6: Vec<_> = d.net6.update.iter().map(parked).collect();
         write_lpm(&mut self.bpf, "PORIN_NET4_V1", &parked4)?;
         write_lpm(&mut self.bpf, "PORIN_NET6_V1", &parked6)?;
-        let mut m =
-            map_mut!(self.bpf, "PORIN_ENDP_V1", BpfHashMap<&mut MapData, u32, EndpointInfo>);
-        for (k, new) in &d.endpoints.update {
+        let endpoints = d.endpoints.update.iter().filter_map(|(k, new)| {
             let before = old.endpoints.get(k).copied().unwrap_or(*new);
-            if before.identity != new.identity {
-                let parked = EndpointInfo {
+            (before.identity != new.identity).then_some((
+                *k,
+                EndpointInfo {
                     identity: UPDATING,
                     ..before
-                };
-                m.insert(k, parked, 0)
-                    .map_err(map_err("PORIN_ENDP_V1", "park"))?;
-            }
-        }
-        Ok(())
+                },
+            ))
+        });
+        write_hash(&mut self.bpf, "PORIN_ENDP_V1", "park", endpoints)
     }
 
     /// Deletes the conntrack entries made at the given host veths, IPv4
@@ -488,6 +466,33 @@ impl Datapath {
 
 fn map_err(map: &'static str, op: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { map, op, source }
+}
+
+/// Inserts or overwrites `entries` in hash map `name`.
+fn write_hash<K: aya::Pod, V: aya::Pod>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    op: &'static str,
+    entries: impl IntoIterator<Item = (K, V)>,
+) -> Result<(), DatapathError> {
+    let mut m = map_mut!(bpf, name, BpfHashMap<&mut MapData, K, V>);
+    for (k, v) in entries {
+        m.insert(k, v, 0).map_err(map_err(name, op))?;
+    }
+    Ok(())
+}
+
+/// Deletes `keys` from hash map `name`; a key that is already gone is fine.
+fn remove_hash<K: aya::Pod, V: aya::Pod>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    keys: &[K],
+) -> Result<(), DatapathError> {
+    let mut m = map_mut!(bpf, name, BpfHashMap<&mut MapData, K, V>);
+    for k in keys {
+        let _ = m.remove(k);
+    }
+    Ok(())
 }
 
 fn write_lpm<const N: usize>(
