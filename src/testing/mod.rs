@@ -12,6 +12,7 @@ pub mod netns;
 pub mod packets;
 pub mod podman;
 pub mod prog_run;
+pub mod rawnet;
 pub mod world;
 
 /// Panics with a loud message unless the process runs as root.

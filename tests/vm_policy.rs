@@ -1,0 +1,330 @@
+//! Policy between two network namespaces with real TCP traffic, through the
+//! datapath manager (`Datapath::apply`), in a form that runs on any kernel of
+//! the VM matrix (`test-vm/`) as well as on the build machine: namespaces,
+//! veth and addresses are made with system calls and rtnetlink
+//! ([`porin::testing::rawnet`]), servers and clients are std sockets opened
+//! inside the namespaces, so no iproute2, ping or wget is needed.
+//!
+//! The layout: namespace `ctr` (the container, `eth0`) and namespace `node`
+//! (where Porin runs; the veth's host end `hveth`), joined by the veth. The
+//! node's address plays a server of group SERVER; the container is an
+//! endpoint of group WEB on `hveth`.
+//!
+//! It also checks which attach mechanism the kernel got: TCX links on 6.6+,
+//! clsact + cls_bpf through netlink before (no TCX link exists then), and
+//! XDP through a `bpf_link` (5.9+) for `probe_frames` on the container side.
+//!
+//! Needs root (CI runs as root; the VMs' init is root).
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use aya::{
+    maps::PerCpuArray,
+    programs::{links::LinkType, loaded_links, Xdp, XdpMode},
+    Ebpf,
+};
+use porin::{
+    datapath::{Datapath, Veth, FROM_CONTAINER, TO_CONTAINER},
+    ebpf,
+    kernel::{KernelFeatures, Support, TcAttach},
+    policy::Compiled,
+    testing::{rawnet::RawPair, require_root},
+};
+use porin_common::{
+    datapath::{action, identity, mode, Counter, Direction, DropReason, EndpointInfo, Identity},
+    datapath::{PolicyKey, PolicyValue},
+    probe::FrameClass,
+};
+
+const WEB: Identity = identity::GROUP_BASE + 11;
+const SERVER: Identity = identity::GROUP_BASE + 12;
+const TCP: u8 = 6;
+/// Served in `node`: allowed by the first policy.
+const ALLOWED: u16 = 8080;
+/// Served in `node`: never allowed.
+const DENIED: u16 = 9090;
+/// Served in `ctr`: allowed (ingress) by the second policy only.
+const INGRESS_PORT: u16 = 7070;
+/// Long enough for a handshake in a TCG VM; a dropped SYN times out.
+const ALLOWED_TIMEOUT: Duration = Duration::from_secs(5);
+const DENIED_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// A TCP server that answers "ok" to every connection, stopped on drop.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// `listener` was bound inside its namespace; the socket stays there.
+    fn start(listener: TcpListener) -> Self {
+        listener.set_nonblocking(true).expect("non-blocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.write_all(b"ok");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Server {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects to `ip:port` and reads the answer: Ok("ok") when the exchange
+/// went through, the error otherwise (a dropped SYN gives `TimedOut`).
+fn exchange(ip: Ipv4Addr, port: u16, timeout: Duration) -> std::io::Result<String> {
+    let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+fn endpoint(mode: u8) -> EndpointInfo {
+    EndpointInfo {
+        identity: WEB,
+        mode,
+        _pad: [0; 3],
+    }
+}
+
+fn allow(dir: Direction, port: u16) -> (PolicyKey, PolicyValue) {
+    (
+        PolicyKey {
+            subject: WEB,
+            peer: SERVER,
+            port,
+            protocol: TCP,
+            direction: dir as u8,
+            generation: 0,
+            _pad: [0; 3],
+        },
+        PolicyValue {
+            action: action::ALLOW,
+            _pad: [0; 3],
+            rule: 1,
+        },
+    )
+}
+
+fn drops(bpf: &Ebpf, reason: DropReason) -> u64 {
+    let arr: PerCpuArray<_, Counter> =
+        PerCpuArray::try_from(bpf.map("PORIN_DROPS_V1").expect("drops map")).expect("array");
+    arr.get(&(reason as u32), 0)
+        .expect("read counter")
+        .iter()
+        .map(|c| c.packets)
+        .sum()
+}
+
+fn frames(bpf: &Ebpf, class: FrameClass) -> u64 {
+    let arr: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(bpf.map("PORIN_PROBE_V1").expect("probe map")).expect("array");
+    arr.get(&(class as u32), 0)
+        .expect("read counter")
+        .iter()
+        .sum()
+}
+
+fn program_id(bpf: &Ebpf, name: &str) -> u32 {
+    bpf.program(name)
+        .unwrap_or_else(|| panic!("{name} in the object"))
+        .info()
+        .unwrap_or_else(|e| panic!("info of {name}: {e}"))
+        .id()
+}
+
+/// Types of the kernel's links that belong to program `id`.
+fn links_of(id: u32) -> Vec<LinkType> {
+    loaded_links()
+        .filter_map(Result::ok)
+        .filter(|l| l.program_id() == id)
+        .filter_map(|l| l.link_type().ok())
+        .collect()
+}
+
+#[test]
+fn policy_is_enforced_between_two_namespaces_with_the_kernels_attach_mode() {
+    require_root("policy_is_enforced_between_two_namespaces_with_the_kernels_attach_mode");
+    let features = KernelFeatures::probe();
+    let strategy = features.attach_strategy();
+    println!("{features}");
+
+    let net = RawPair::new("eth0", "hveth", 1);
+    let (ctr, node) = (&net.a, &net.b);
+    let (ctr_ip, node_ip) = (net.ip_a, net.ip_b);
+    let _allowed =
+        Server::start(node.run_in(|| {
+            TcpListener::bind((node_ip, ALLOWED)).expect("bind the allowed port in node")
+        }));
+    let _denied =
+        Server::start(node.run_in(|| {
+            TcpListener::bind((node_ip, DENIED)).expect("bind the denied port in node")
+        }));
+    let _ingress = Server::start(ctr.run_in(|| {
+        TcpListener::bind((ctr_ip, INGRESS_PORT)).expect("bind the ingress port in ctr")
+    }));
+    let from_ctr = |port, timeout| ctr.run_in(|| exchange(node_ip, port, timeout));
+    let from_node = |port, timeout| node.run_in(|| exchange(ctr_ip, port, timeout));
+
+    // Without Porin everything answers: later failures are Porin's doing.
+    for port in [ALLOWED, DENIED] {
+        assert_eq!(
+            from_ctr(port, ALLOWED_TIMEOUT).expect("baseline ctr → node"),
+            "ok"
+        );
+    }
+    assert_eq!(
+        from_node(INGRESS_PORT, ALLOWED_TIMEOUT).expect("baseline node → ctr"),
+        "ok"
+    );
+
+    // XDP on the container's end through the kernel's preferred mechanism.
+    let mut probe = ebpf::open().expect("open eBPF object");
+    ebpf::load_program::<Xdp>(&mut probe, "probe_frames").expect("load probe_frames");
+    {
+        let prog: &mut Xdp = probe
+            .program_mut("probe_frames")
+            .expect("probe_frames")
+            .try_into()
+            .expect("XDP");
+        ctr.run_in(|| prog.attach(net.if_a, XdpMode::Skb))
+            .expect("attach probe_frames to eth0");
+    }
+    let probe_links = links_of(program_id(&probe, "probe_frames"));
+    if features.xdp_link == Support::Yes {
+        assert_eq!(
+            probe_links,
+            [LinkType::Xdp],
+            "XDP attached through a bpf_link"
+        );
+    } else {
+        assert!(probe_links.is_empty(), "XDP attached through netlink");
+    }
+
+    // Policy 1: WEB may reach SERVER:8080; nothing else.
+    let veths = [Veth {
+        ifindex: net.index_b,
+        name: net.if_b.to_owned(),
+    }];
+    let mut policy = Compiled::default();
+    policy
+        .endpoints
+        .insert(net.index_b, endpoint(mode::ENFORCE));
+    policy.ip4.insert(ctr_ip.octets(), WEB);
+    policy.ip4.insert(node_ip.octets(), SERVER);
+    policy.policy.extend([allow(Direction::Egress, ALLOWED)]);
+    let mut dp = Datapath::load(strategy.tc).expect("load the datapath");
+    let report = node.run_in(|| dp.apply(&policy, &veths).expect("apply policy 1"));
+    assert_eq!(report.attached, ["hveth"], "{report:?}");
+    assert!(report.attach_failures.is_empty(), "{report:?}");
+
+    let tc_links: Vec<LinkType> = [FROM_CONTAINER, TO_CONTAINER]
+        .into_iter()
+        .flat_map(|p| links_of(program_id(dp.ebpf(), p)))
+        .collect();
+    match strategy.tc {
+        TcAttach::Tcx => assert_eq!(tc_links, [LinkType::Tcx, LinkType::Tcx], "TCX links"),
+        TcAttach::ClsactNetlink => assert!(
+            tc_links.is_empty(),
+            "clsact + cls_bpf through netlink: no bpf_link, found {tc_links:?}"
+        ),
+    }
+
+    assert_eq!(
+        from_ctr(ALLOWED, ALLOWED_TIMEOUT).expect("allowed egress (reply by conntrack)"),
+        "ok"
+    );
+    let denied = from_ctr(DENIED, DENIED_TIMEOUT);
+    assert!(
+        matches!(&denied, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "ctr → node:{DENIED} must be dropped, got {denied:?}"
+    );
+    let denied_in = from_node(INGRESS_PORT, DENIED_TIMEOUT);
+    assert!(
+        matches!(&denied_in, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "node → ctr:{INGRESS_PORT} must be dropped (no ingress rule), got {denied_in:?}"
+    );
+    let denied_count = drops(dp.ebpf(), DropReason::PolicyDenied);
+    assert!(denied_count >= 2, "PolicyDenied drops: {denied_count}");
+    assert!(
+        frames(&probe, FrameClass::Ipv4) >= 2,
+        "probe_frames saw the replies on eth0"
+    );
+
+    // Policy 2, applied while attached: ingress 7070 opens, 8080 closes.
+    policy.policy.clear();
+    policy
+        .policy
+        .extend([allow(Direction::Ingress, INGRESS_PORT)]);
+    node.run_in(|| dp.apply(&policy, &veths).expect("apply policy 2"));
+    assert_eq!(
+        from_node(INGRESS_PORT, ALLOWED_TIMEOUT).expect("ingress allowed by policy 2"),
+        "ok"
+    );
+    let closed = from_ctr(ALLOWED, DENIED_TIMEOUT);
+    assert!(
+        matches!(&closed, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "ctr → node:{ALLOWED} must be dropped after policy 2, got {closed:?}"
+    );
+
+    // Audit mode: the same denial passes and is counted.
+    policy.endpoints.insert(net.index_b, endpoint(mode::AUDIT));
+    node.run_in(|| dp.apply(&policy, &veths).expect("apply audit mode"));
+    let before = drops(dp.ebpf(), DropReason::PolicyDenied);
+    assert_eq!(
+        from_ctr(DENIED, ALLOWED_TIMEOUT).expect("audit mode passes"),
+        "ok"
+    );
+    assert!(drops(dp.ebpf(), DropReason::PolicyDenied) > before);
+
+    // No endpoints: the programs are detached and traffic flows again.
+    let report = node.run_in(|| {
+        dp.apply(&Compiled::default(), &[])
+            .expect("apply the empty policy")
+    });
+    assert_eq!(report.detached, ["hveth"], "{report:?}");
+    assert_eq!(
+        from_ctr(ALLOWED, ALLOWED_TIMEOUT).expect("after detaching"),
+        "ok"
+    );
+    for p in [FROM_CONTAINER, TO_CONTAINER] {
+        assert!(links_of(program_id(dp.ebpf(), p)).is_empty(), "{p} links");
+    }
+}
+
+/// Fails on purpose: `test-vm/run --inject-failure` runs it inside the VM to
+/// prove that a failing test fails the VM and the run.
+#[test]
+#[ignore = "run only by test-vm/run --inject-failure (the harness self-check)"]
+fn injected_failure() {
+    panic!("injected failure (test-vm/run --inject-failure): the harness must report this VM as FAILED");
+}
