@@ -17,7 +17,7 @@ use log::{error, info, warn};
 
 use crate::{
     config::Config,
-    datapath::{ApplyReport, Datapath, DatapathError, Veth},
+    datapath::{uplink, ApplyReport, Datapath, DatapathError, Veth},
     discovery::{
         endpoint::{Endpoint, EndpointKey},
         inventory::Event,
@@ -160,9 +160,16 @@ impl Enforcer {
                 name: p.name.clone(),
             })
             .collect();
-        self.datapath
+        let report = self
+            .datapath
             .apply(&compiled, &veths)
-            .map_err(|e| EnforceError::Apply(Box::new(e)))
+            .map_err(|e| EnforceError::Apply(Box::new(e)))?;
+        // After the policy: the uplink program reads the endpoint and policy
+        // maps just written. Missing interfaces are retried on every sync.
+        self.datapath
+            .apply_uplinks(&uplink::plan(&self.cfg))
+            .map_err(|e| EnforceError::Apply(Box::new(e)))?;
+        Ok(report)
     }
 
     /// Runs until the sending side hangs up.

@@ -1,7 +1,8 @@
 //! The policy datapath manager: loads `from_container` / `to_container`,
 //! keeps the identity-policy maps equal to a compiled policy
 //! ([`Compiled`]), and attaches
-//! the programs to endpoints' host veths as discovery reports them.
+//! the programs to endpoints' host veths as discovery reports them; and
+//! `from_uplink` on the configured uplinks ([`uplink`]).
 //!
 //! # Update order (why there is no half-written policy)
 //! [`Datapath::apply`] goes from the current contents to the new ones in
@@ -27,11 +28,11 @@
 //! connection of a parked address or endpoint may be refused for the
 //! moment it is parked (fail closed); the client's retransmission succeeds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError},
-    programs::{tc, SchedClassifier, TcAttachType},
+    programs::{tc, SchedClassifier, TcAttachType, Xdp},
     Ebpf,
 };
 use log::{debug, info, warn};
@@ -87,6 +88,11 @@ pub struct Datapath {
     applied: Compiled,
     /// ifindex → (name, from_container link, to_container link).
     attached: HashMap<u32, Attached>,
+    /// Uplink interface name → its `from_uplink` attachment.
+    uplinks: BTreeMap<String, uplink::AttachedUplink>,
+    /// Configured uplinks whose interface was missing at the last apply
+    /// (logged once, not at every retry).
+    missing_uplinks: BTreeSet<String>,
 }
 
 struct Attached {
@@ -120,6 +126,9 @@ macro_rules! map_mut {
     }};
 }
 
+// After `map_mut!`, which it uses.
+pub mod uplink;
+
 impl Datapath {
     /// Loads the programs and initialises the active generation (0, with an
     /// empty policy: everything is denied until the first apply, and nothing
@@ -128,12 +137,15 @@ impl Datapath {
         let mut bpf = ebpf::open()?;
         ebpf::load_program::<SchedClassifier>(&mut bpf, FROM_CONTAINER)?;
         ebpf::load_program::<SchedClassifier>(&mut bpf, TO_CONTAINER)?;
+        ebpf::load_program::<Xdp>(&mut bpf, uplink::FROM_UPLINK)?;
         let mut dp = Datapath {
             bpf,
             tc,
             generation: 0,
             applied: Compiled::default(),
             attached: HashMap::new(),
+            uplinks: BTreeMap::new(),
+            missing_uplinks: BTreeSet::new(),
         };
         dp.set_generation(0)?;
         Ok(dp)
@@ -242,6 +254,10 @@ impl Datapath {
         remove_lpm(&mut self.bpf, "PORIN_NET6_V1", &d.net6.remove)?;
         let endpoints = d.endpoints.add.iter().chain(&d.endpoints.update).copied();
         write_hash(&mut self.bpf, "PORIN_ENDP_V1", "insert", endpoints)?;
+        // The uplink's container-address map: new entries once their
+        // endpoint entries exist, gone ones before those are deleted.
+        self.sync_endpoint_addresses(old, new, true)?;
+        self.sync_endpoint_addresses(old, new, false)?;
 
         // 5. Attachments.
         let mut report = ApplyReport {

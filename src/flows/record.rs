@@ -217,6 +217,9 @@ pub fn drop_reason_name(r: u8) -> &'static str {
         5 => "UNKNOWN_ENDPOINT",
         6 => "UNSUPPORTED_L3",
         7 => "INTERNAL",
+        8 => "UPLINK_DENY_LISTED",
+        9 => "UPLINK_NO_POLICY",
+        10 => "UPLINK_FLOOD",
         _ => "UNKNOWN_REASON",
     }
 }

@@ -310,10 +310,19 @@ pub enum DropReason {
     UnsupportedL3 = 6,
     /// An internal error (map or helper failure): never let through.
     Internal = 7,
+    /// `from_uplink`: the source is in a network the uplink's `deny_from`
+    /// lists.
+    UplinkDenyListed = 8,
+    /// `from_uplink`: to a container address whose ingress policy allows
+    /// nothing from the source (and no connection of its conntrack).
+    UplinkNoPolicy = 9,
+    /// `from_uplink`: the source sent more TCP SYNs or UDP packets than the
+    /// uplink's `flood` limit allows.
+    UplinkFlood = 10,
 }
 
 /// Number of drop reasons (size of `PORIN_DROPS_V1`).
-pub const DROP_REASONS: u32 = 8;
+pub const DROP_REASONS: u32 = 11;
 
 /// TC verdicts (`TC_ACT_*`) the programs return.
 pub mod tc_action {

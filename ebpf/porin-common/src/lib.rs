@@ -13,3 +13,4 @@ pub mod flow;
 pub mod packet;
 pub mod parse;
 pub mod probe;
+pub mod uplink;

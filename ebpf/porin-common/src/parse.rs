@@ -237,6 +237,61 @@ pub fn parse<F: Frame>(frame: &F) -> Result<Parsed, DropReason> {
     }
 }
 
+/// What the fixed IP header of a frame says, for checks that must not
+/// depend on the rest of the header being acceptable (the uplink's deny
+/// list applies to fragments and packets with options too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L3 {
+    /// Not IPv4 or IPv6 (ARP, VLAN-tagged, LLDP, ...).
+    NotIp,
+    /// IPv4 or IPv6 EtherType, but the fixed header does not fit.
+    Truncated,
+    /// The addresses and protocol (ports 0, `may_be_reply` true).
+    Ip(Flow),
+}
+
+/// Reads the addresses of an untagged IPv4 or IPv6 frame from the fixed IP
+/// header (no other check: see [`parse`] for the full one).
+#[inline(always)]
+pub fn ip_addresses<F: Frame>(f: &F) -> L3 {
+    const IP: usize = ETH_HLEN;
+    if f.frame_len() < ETH_HLEN || !f.has(ETH_HLEN) {
+        return L3::NotIp;
+    }
+    let len = f.frame_len();
+    match f.be16(12) {
+        ethertype::IPV4 => {
+            if len < IP + IPV4_MIN_HLEN || !f.has(IP + IPV4_MIN_HLEN) {
+                return L3::Truncated;
+            }
+            L3::Ip(Flow {
+                saddr: v4_addr(f.bytes4(IP + 12)),
+                daddr: v4_addr(f.bytes4(IP + 16)),
+                sport: 0,
+                dport: 0,
+                family: 4,
+                protocol: f.byte(IP + 9),
+                may_be_reply: true,
+            })
+        }
+        ethertype::IPV6 => {
+            if len < IP + IPV6_HLEN || !f.has(IP + IPV6_HLEN) {
+                return L3::Truncated;
+            }
+            L3::Ip(Flow {
+                saddr: v6_addr(f, IP + 8),
+                daddr: v6_addr(f, IP + 24),
+                sport: 0,
+                dport: 0,
+                family: 6,
+                protocol: f.byte(IP + 6),
+                may_be_reply: true,
+            })
+        }
+        _ => L3::NotIp,
+    }
+}
+
 /// Whether IPv6 next-header value `nh` is an extension header (or one of the
 /// values reserved for them) rather than a transport protocol.
 #[inline(always)]
@@ -417,6 +472,32 @@ mod tests {
     const DST4: [u8; 4] = [10, 0, 0, 2];
 
     /// A frame's header buffer and length, as the eBPF side would copy it.
+    #[test]
+    fn ip_addresses_reads_only_the_fixed_header() {
+        let mut f = std::vec![0u8; 14 + 20];
+        f[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+        f[14] = 0x46; // options: the full parser refuses, this one reads on
+        f[14 + 9] = proto::UDP;
+        f[26..30].copy_from_slice(&SRC4);
+        f[30..34].copy_from_slice(&DST4);
+        let (hdr, len) = buf(&f);
+        let frame = CopiedFrame { hdr: &hdr, len };
+        match ip_addresses(&frame) {
+            L3::Ip(flow) => {
+                assert_eq!(&flow.saddr[..4], &SRC4);
+                assert_eq!(&flow.daddr[..4], &DST4);
+                assert_eq!((flow.family, flow.protocol), (4, proto::UDP));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (hdr, _) = buf(&f);
+        let short = CopiedFrame { hdr: &hdr, len: 30 };
+        assert_eq!(ip_addresses(&short), L3::Truncated);
+        f[12..14].copy_from_slice(&ethertype::VLAN.to_be_bytes());
+        let (hdr, len) = buf(&f);
+        assert_eq!(ip_addresses(&CopiedFrame { hdr: &hdr, len }), L3::NotIp);
+    }
+
     fn buf(frame: &[u8]) -> ([u8; HDR_BUF], usize) {
         let mut b = [0u8; HDR_BUF];
         let n = frame.len().min(HDR_BUF);

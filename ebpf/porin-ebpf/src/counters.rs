@@ -26,8 +26,15 @@ pub fn record(verdict: &Verdict, dir: Direction, bytes: u32) {
     }
 }
 
+/// Counts one dropped packet of `bytes` under `reason` (the uplink
+/// program, which has no `Verdict` to pass).
 #[inline(always)]
-fn add(map: &PerCpuArray<Counter>, index: u32, bytes: u32) {
+pub fn drop(reason: porin_common::datapath::DropReason, bytes: u32) {
+    add(&PORIN_DROPS_V1, reason as u32, bytes);
+}
+
+#[inline(always)]
+pub fn add(map: &PerCpuArray<Counter>, index: u32, bytes: u32) {
     // The lookup only fails for an index beyond the array, which the enums'
     // sizes rule out; a counter is not worth a verdict change either way.
     if let Some(c) = map.get_ptr_mut(index) {

@@ -17,6 +17,7 @@ mod parse;
 mod policy;
 mod probe;
 mod tc;
+mod uplink;
 
 #[cfg(not(test))]
 #[panic_handler]

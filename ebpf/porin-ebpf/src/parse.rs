@@ -38,11 +38,12 @@ pub fn headers(ctx: &TcContext) -> Result<Parsed, DropReason> {
     copied(ctx, frame_len)
 }
 
-/// The frame read in place: `[start, end)` is the skb's linear data.
-struct PacketFrame {
-    start: usize,
-    end: usize,
-    len: usize,
+/// The frame read in place: `[start, end)` is the skb's linear data (or
+/// the XDP buffer), `len` the whole frame's length.
+pub struct PacketFrame {
+    pub start: usize,
+    pub end: usize,
+    pub len: usize,
 }
 
 impl Frame for PacketFrame {

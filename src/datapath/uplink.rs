@@ -1,0 +1,408 @@
+//! The uplinks: `from_uplink` attached with XDP to each interface the
+//! config lists under `uplinks`, and the maps it reads that are its own
+//! (layout in [`porin_common::uplink`]).
+//!
+//! * [`plan`] turns the config into what each uplink needs: its flood
+//!   limits (as token-bucket costs) and its `deny_from` prefixes;
+//! * [`Datapath::apply_uplinks`] makes the maps and attachments equal the
+//!   plan: on start, on every reload and after every discovery event, so an
+//!   interface that was missing is attached once it appears;
+//! * [`endpoint_addresses`] gives the container address → host veth map
+//!   the manager keeps in step with each policy apply.
+//!
+//! Order, so the program never runs on an interface without its entries:
+//! config and deny entries are written before attaching, and removed after
+//! detaching. New deny prefixes are inserted before stale ones are removed,
+//! so a reload never opens a gap in a deny list that keeps a prefix.
+//! A missing interface is logged (once until it comes back) and skipped.
+//! Links are owned by the loaded object: they are detached when `porin run`
+//! stops.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use aya::{
+    maps::{lpm_trie::Key, HashMap as BpfHashMap, LpmTrie, MapData},
+    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+};
+use log::{error, info, warn};
+use porin_common::{
+    datapath::Identity,
+    uplink::{deny4_key, deny6_key, UplinkConfig},
+};
+
+use super::{ifindex_of, map_err, Datapath, DatapathError};
+use crate::{
+    config::{self, Config},
+    ebpf::LoadError,
+    policy::{identity::network_identity, Compiled, Prefix4, Prefix6},
+};
+
+/// Program name in the eBPF object.
+pub const FROM_UPLINK: &str = "from_uplink";
+
+/// What one uplink should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkPlan {
+    pub interface: String,
+    pub mode: config::XdpMode,
+    pub limits: UplinkConfig,
+    /// `deny_from` networks' prefixes with the network's identity (for
+    /// flow events).
+    pub deny4: BTreeMap<Prefix4, Identity>,
+    pub deny6: BTreeMap<Prefix6, Identity>,
+}
+
+/// The uplinks the config asks for.
+pub fn plan(cfg: &Config) -> Vec<UplinkPlan> {
+    cfg.uplinks
+        .iter()
+        .map(|u| {
+            let (syn_cost_ns, syn_burst_ns, udp_cost_ns, udp_burst_ns) = match &u.flood {
+                Some(f) => {
+                    let (sc, sb) = UplinkConfig::limit(f.syn_per_second, f.burst);
+                    let (uc, ub) = UplinkConfig::limit(f.udp_per_second, f.burst);
+                    (sc, sb, uc, ub)
+                }
+                None => (0, 0, 0, 0),
+            };
+            let mut deny4 = BTreeMap::new();
+            let mut deny6 = BTreeMap::new();
+            for peer in &u.deny_from {
+                let id = network_identity(&peer.name);
+                let Some(net) = cfg.networks.iter().find(|n| n.name == peer.name) else {
+                    continue; // validation guarantees it exists
+                };
+                for cidr in &net.cidrs {
+                    let len = cidr.prefix_len();
+                    match cidr.addr() {
+                        IpAddr::V4(a) => {
+                            deny4
+                                .entry(Prefix4 {
+                                    addr: a.octets(),
+                                    len,
+                                })
+                                .or_insert(id);
+                        }
+                        IpAddr::V6(a) => {
+                            deny6
+                                .entry(Prefix6 {
+                                    addr: a.octets(),
+                                    len,
+                                })
+                                .or_insert(id);
+                        }
+                    }
+                }
+            }
+            UplinkPlan {
+                interface: u.interface.clone(),
+                mode: u.xdp_mode,
+                limits: UplinkConfig {
+                    syn_cost_ns,
+                    syn_burst_ns,
+                    udp_cost_ns,
+                    udp_burst_ns,
+                },
+                deny4,
+                deny6,
+            }
+        })
+        .collect()
+}
+
+/// Container addresses → their host veth, for `PORIN_UPEP4_V1` and
+/// `PORIN_UPEP6_V1`: every enforced endpoint with exactly one host veth.
+/// An endpoint with several veths is left out (its packets pass the uplink
+/// and are judged by TC alone): which veth carries which address is not
+/// known here, and a wrong guess would look up the wrong conntrack and
+/// could drop replies of its established connections.
+pub fn endpoint_addresses(c: &Compiled) -> (BTreeMap<[u8; 4], u32>, BTreeMap<[u8; 16], u32>) {
+    let mut v4 = BTreeMap::new();
+    let mut v6 = BTreeMap::new();
+    for m in &c.members {
+        let [(ifindex, _)] = m.veths.as_slice() else {
+            continue;
+        };
+        for a in &m.addrs {
+            match a {
+                IpAddr::V4(a) => {
+                    v4.insert(a.octets(), *ifindex);
+                }
+                IpAddr::V6(a) => {
+                    v6.insert(a.octets(), *ifindex);
+                }
+            }
+        }
+    }
+    (v4, v6)
+}
+
+/// One attached uplink.
+pub(super) struct AttachedUplink {
+    pub(super) ifindex: u32,
+    link: XdpLinkId,
+    /// "native" or "generic".
+    pub(super) mode: &'static str,
+    plan: UplinkPlan,
+}
+
+/// What [`Datapath::apply_uplinks`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UplinkReport {
+    /// `name (mode)` of the uplinks attached by this call.
+    pub attached: Vec<String>,
+    pub detached: Vec<String>,
+    /// Configured uplinks whose interface does not exist or refused XDP.
+    pub failed: Vec<String>,
+}
+
+impl Datapath {
+    /// Makes the uplink attachments and maps equal `plans` (see the module
+    /// notes for the order).
+    pub fn apply_uplinks(&mut self, plans: &[UplinkPlan]) -> Result<UplinkReport, DatapathError> {
+        let mut report = UplinkReport::default();
+        let wanted: BTreeMap<&str, &UplinkPlan> =
+            plans.iter().map(|p| (p.interface.as_str(), p)).collect();
+        // Detach what is gone, moved to another ifindex, or changed mode.
+        let stale: Vec<String> = self
+            .uplinks
+            .iter()
+            .filter(|(name, a)| match wanted.get(name.as_str()) {
+                None => true,
+                Some(p) => p.mode != a.plan.mode || ifindex_of(name) != Some(a.ifindex),
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(a) = self.uplinks.remove(&name) {
+                self.detach_uplink(&name, a)?;
+                report.detached.push(name);
+            }
+        }
+        for p in plans {
+            let Some(ifindex) = ifindex_of(&p.interface) else {
+                if self.missing_uplinks.insert(p.interface.clone()) {
+                    error!(
+                        "uplink {}: no such interface; not filtered until it exists \
+                         (retried on every reload and discovery event)",
+                        p.interface
+                    );
+                }
+                report.failed.push(p.interface.clone());
+                continue;
+            };
+            self.missing_uplinks.remove(&p.interface);
+            let old = self.uplinks.get(&p.interface).map(|a| a.plan.clone());
+            self.write_uplink_maps(ifindex, p, old.as_ref())?;
+            if let Some(a) = self.uplinks.get_mut(&p.interface) {
+                a.plan = p.clone();
+                continue;
+            }
+            match self.attach_uplink(ifindex, p) {
+                Ok(a) => {
+                    info!(
+                        "attached from_uplink to {} (ifindex {ifindex}) in {} XDP mode; \
+                         {} deny-listed prefixes",
+                        p.interface,
+                        a.mode,
+                        p.deny4.len() + p.deny6.len()
+                    );
+                    report
+                        .attached
+                        .push(format!("{} ({})", p.interface, a.mode));
+                    self.uplinks.insert(p.interface.clone(), a);
+                }
+                Err(e) => {
+                    error!("uplink {}: {e}; not filtered", p.interface);
+                    self.clear_uplink_maps(ifindex, p)?;
+                    report.failed.push(p.interface.clone());
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Names and XDP modes of the attached uplinks, for status and logs.
+    pub fn uplinks(&self) -> Vec<(String, &'static str)> {
+        self.uplinks
+            .iter()
+            .map(|(n, a)| (n.clone(), a.mode))
+            .collect()
+    }
+
+    fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
+        Ok(self
+            .bpf
+            .program_mut(FROM_UPLINK)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram { name: FROM_UPLINK })?)
+    }
+
+    fn attach_uplink(
+        &mut self,
+        ifindex: u32,
+        p: &UplinkPlan,
+    ) -> Result<AttachedUplink, DatapathError> {
+        let attach_err = |source| DatapathError::Attach {
+            program: FROM_UPLINK,
+            ifname: p.interface.clone(),
+            ifindex,
+            source,
+        };
+        let prog = self.xdp()?;
+        let (link, mode) = match p.mode {
+            config::XdpMode::Native => (
+                prog.attach_to_if_index(ifindex, XdpMode::Driver)
+                    .map_err(attach_err)?,
+                "native",
+            ),
+            config::XdpMode::Generic => (
+                prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                    .map_err(attach_err)?,
+                "generic",
+            ),
+            config::XdpMode::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(link) => (link, "native"),
+                Err(e) => {
+                    warn!(
+                        "uplink {}: native XDP refused ({e}); using generic XDP",
+                        p.interface
+                    );
+                    (
+                        prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                            .map_err(attach_err)?,
+                        "generic",
+                    )
+                }
+            },
+        };
+        Ok(AttachedUplink {
+            ifindex,
+            link,
+            mode,
+            plan: p.clone(),
+        })
+    }
+
+    fn detach_uplink(&mut self, name: &str, a: AttachedUplink) -> Result<(), DatapathError> {
+        // An interface that went away took the attachment with it.
+        if let Err(e) = self.xdp()?.detach(a.link) {
+            warn!("detaching from_uplink from {name}: {e}");
+        }
+        info!("detached from_uplink from {name}");
+        self.clear_uplink_maps(a.ifindex, &a.plan)
+    }
+
+    /// Writes `p`'s config and deny prefixes under `ifindex`, removing the
+    /// prefixes of `old` that `p` no longer has.
+    fn write_uplink_maps(
+        &mut self,
+        ifindex: u32,
+        p: &UplinkPlan,
+        old: Option<&UplinkPlan>,
+    ) -> Result<(), DatapathError> {
+        {
+            let mut m =
+                map_mut!(self.bpf, "PORIN_UPCFG_V1", BpfHashMap<&mut MapData, u32, UplinkConfig>);
+            m.insert(ifindex, p.limits, 0)
+                .map_err(map_err("PORIN_UPCFG_V1", "insert"))?;
+        }
+        {
+            let mut t =
+                map_mut!(self.bpf, "PORIN_UPDNY4_V1", LpmTrie<&mut MapData, [u8; 8], Identity>);
+            for (pre, id) in &p.deny4 {
+                t.insert(&key4(ifindex, pre), id, 0)
+                    .map_err(map_err("PORIN_UPDNY4_V1", "insert"))?;
+            }
+            for pre in old.iter().flat_map(|o| o.deny4.keys()) {
+                if !p.deny4.contains_key(pre) {
+                    let _ = t.remove(&key4(ifindex, pre));
+                }
+            }
+        }
+        let mut t =
+            map_mut!(self.bpf, "PORIN_UPDNY6_V1", LpmTrie<&mut MapData, [u8; 20], Identity>);
+        for (pre, id) in &p.deny6 {
+            t.insert(&key6(ifindex, pre), id, 0)
+                .map_err(map_err("PORIN_UPDNY6_V1", "insert"))?;
+        }
+        for pre in old.iter().flat_map(|o| o.deny6.keys()) {
+            if !p.deny6.contains_key(pre) {
+                let _ = t.remove(&key6(ifindex, pre));
+            }
+        }
+        Ok(())
+    }
+
+    fn clear_uplink_maps(&mut self, ifindex: u32, p: &UplinkPlan) -> Result<(), DatapathError> {
+        {
+            let mut m =
+                map_mut!(self.bpf, "PORIN_UPCFG_V1", BpfHashMap<&mut MapData, u32, UplinkConfig>);
+            let _ = m.remove(&ifindex);
+        }
+        {
+            let mut t =
+                map_mut!(self.bpf, "PORIN_UPDNY4_V1", LpmTrie<&mut MapData, [u8; 8], Identity>);
+            for pre in p.deny4.keys() {
+                let _ = t.remove(&key4(ifindex, pre));
+            }
+        }
+        let mut t =
+            map_mut!(self.bpf, "PORIN_UPDNY6_V1", LpmTrie<&mut MapData, [u8; 20], Identity>);
+        for pre in p.deny6.keys() {
+            let _ = t.remove(&key6(ifindex, pre));
+        }
+        Ok(())
+    }
+
+    /// Brings `PORIN_UPEP4_V1` / `PORIN_UPEP6_V1` from `old`'s endpoint
+    /// addresses to `new`'s: `add` writes new and changed entries, `!add`
+    /// removes the ones that are gone (the manager calls both, around its
+    /// endpoint-entry updates). A missing entry only makes the uplink pass.
+    pub(super) fn sync_endpoint_addresses(
+        &mut self,
+        old: &Compiled,
+        new: &Compiled,
+        add: bool,
+    ) -> Result<(), DatapathError> {
+        let (o4, o6) = endpoint_addresses(old);
+        let (n4, n6) = endpoint_addresses(new);
+        {
+            let mut m =
+                map_mut!(self.bpf, "PORIN_UPEP4_V1", BpfHashMap<&mut MapData, [u8; 4], u32>);
+            sync(&mut m, &o4, &n4, add).map_err(map_err("PORIN_UPEP4_V1", "update"))?;
+        }
+        let mut m = map_mut!(self.bpf, "PORIN_UPEP6_V1", BpfHashMap<&mut MapData, [u8; 16], u32>);
+        sync(&mut m, &o6, &n6, add).map_err(map_err("PORIN_UPEP6_V1", "update"))
+    }
+}
+
+fn sync<K: aya::Pod + Ord>(
+    m: &mut BpfHashMap<&mut MapData, K, u32>,
+    old: &BTreeMap<K, u32>,
+    new: &BTreeMap<K, u32>,
+    add: bool,
+) -> Result<(), aya::maps::MapError> {
+    if add {
+        for (k, v) in new {
+            if old.get(k) != Some(v) {
+                m.insert(k, v, 0)?;
+            }
+        }
+    } else {
+        let gone: BTreeSet<&K> = old.keys().filter(|k| !new.contains_key(k)).collect();
+        for k in gone {
+            let _ = m.remove(k);
+        }
+    }
+    Ok(())
+}
+
+fn key4(ifindex: u32, p: &Prefix4) -> Key<[u8; 8]> {
+    Key::new(32 + u32::from(p.len), deny4_key(ifindex, p.addr))
+}
+
+fn key6(ifindex: u32, p: &Prefix6) -> Key<[u8; 20]> {
+    Key::new(32 + u32::from(p.len), deny6_key(ifindex, &p.addr))
+}
