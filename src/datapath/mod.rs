@@ -356,32 +356,9 @@ impl Datapath {
     /// Deletes the conntrack entries made at the given host veths, IPv4
     /// (`PORIN_CT4_V1`) and IPv6 (`PORIN_CT_V1`).
     fn forget_connections(&mut self, ifindexes: &[u32]) -> Result<(), DatapathError> {
-        let v4 = {
-            let mut ct =
-                map_mut!(self.bpf, "PORIN_CT4_V1", BpfHashMap<&mut MapData, Ct4Key, CtValue>);
-            let stale: Vec<Ct4Key> = ct
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| ifindexes.contains(&k.ifindex))
-                .collect();
-            for k in &stale {
-                let _ = ct.remove(k);
-            }
-            stale.len()
-        };
-        let v6 = {
-            let mut ct =
-                map_mut!(self.bpf, "PORIN_CT_V1", BpfHashMap<&mut MapData, CtKey, CtValue>);
-            let stale: Vec<CtKey> = ct
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| ifindexes.contains(&k.ifindex))
-                .collect();
-            for k in &stale {
-                let _ = ct.remove(k);
-            }
-            stale.len()
-        };
+        let at = |ifindex: u32| ifindexes.contains(&ifindex);
+        let v4 = purge(&mut self.bpf, "PORIN_CT4_V1", |k: &Ct4Key| at(k.ifindex))?;
+        let v6 = purge(&mut self.bpf, "PORIN_CT_V1", |k: &CtKey| at(k.ifindex))?;
         debug!("forgot {v4} IPv4 and {v6} IPv6 connections of removed endpoints");
         Ok(())
     }
@@ -496,6 +473,25 @@ fn write_hash<K: aya::Pod, V: aya::Pod>(
         m.insert(k, v, 0).map_err(map_err(name, op))?;
     }
     Ok(())
+}
+
+/// Deletes every entry of conntrack map `name` whose key `stale` picks;
+/// returns how many.
+fn purge<K: aya::Pod>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    stale: impl Fn(&K) -> bool,
+) -> Result<usize, DatapathError> {
+    let mut ct = map_mut!(bpf, name, BpfHashMap<&mut MapData, K, CtValue>);
+    let keys: Vec<K> = ct
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| stale(k))
+        .collect();
+    for k in &keys {
+        let _ = ct.remove(k);
+    }
+    Ok(keys.len())
 }
 
 /// Deletes `keys` from hash map `name`; a key that is already gone is fine.
