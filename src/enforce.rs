@@ -5,12 +5,17 @@
 //! is taken too and the policy is compiled and applied once, so a burst of
 //! container starts costs one apply. A compile or apply failure keeps the
 //! previously applied policy in force (the datapath never drops to "allow"
-//! on an error) and is logged; the next input retries.
+//! on an error) and is logged; it is retried every second (and on the next
+//! input) until it succeeds, as is a veth that could not be attached. The
+//! first apply happens at start, before any container is known.
 
 use std::{
     collections::BTreeMap,
-    sync::{mpsc::Receiver, Arc},
-    time::Instant,
+    sync::{
+        mpsc::{Receiver, RecvTimeoutError},
+        Arc,
+    },
+    time::{Duration, Instant},
 };
 
 use log::{error, info, warn};
@@ -26,6 +31,9 @@ use crate::{
     policy::{self, CompileError},
     state::{self, Counters, Shared},
 };
+
+/// How soon a failed apply or attach is tried again without a new event.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the enforcement loop reacts to.
 pub enum Input {
@@ -174,44 +182,73 @@ impl Enforcer {
 
     /// Runs until the sending side hangs up.
     pub fn run(mut self, rx: Receiver<Input>) {
-        while let Ok(first) = rx.recv() {
-            let reload = matches!(first, Input::Reload(_));
+        // Apply once right away: uplinks and ground rules need no container,
+        // and a node may have none yet.
+        let mut retry = !self.apply_and_log(false, Instant::now());
+        loop {
+            // After a failed apply or attach, try again on a timer too: on a
+            // quiet node no other event may come to fix it.
+            let first = if retry {
+                match rx.recv_timeout(RETRY_INTERVAL) {
+                    Ok(input) => Some(input),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(input) => Some(input),
+                    Err(_) => return,
+                }
+            };
             let started = Instant::now();
-            self.take(first);
-            while let Ok(more) = rx.try_recv() {
-                self.take(more);
+            let mut reload = false;
+            if let Some(first) = first {
+                reload = matches!(first, Input::Reload(_));
+                self.take(first);
+                while let Ok(more) = rx.try_recv() {
+                    reload |= matches!(more, Input::Reload(_));
+                    self.take(more);
+                }
             }
-            match self.sync() {
-                Ok(report) => {
-                    self.count(|c| &c.attach_failures, report.attach_failures.len() as u64);
-                    self.publish(&report);
-                    let applied = self.datapath.applied();
-                    let audit = applied
-                        .endpoints
-                        .values()
-                        .filter(|e| e.mode == porin_common::datapath::mode::AUDIT)
-                        .count();
+            retry = !self.apply_and_log(reload, started);
+        }
+    }
+
+    /// Compiles and applies, logs the outcome; true when everything was
+    /// applied and attached.
+    fn apply_and_log(&mut self, reload: bool, started: Instant) -> bool {
+        match self.sync() {
+            Ok(report) => {
+                self.count(|c| &c.attach_failures, report.attach_failures.len() as u64);
+                self.publish(&report);
+                let applied = self.datapath.applied();
+                let audit = applied
+                    .endpoints
+                    .values()
+                    .filter(|e| e.mode == porin_common::datapath::mode::AUDIT)
+                    .count();
+                info!(
+                    "policy generation {}: {} endpoints enforced ({audit} in audit mode), {} not enforceable, {} policy entries{}{}{}",
+                    report.generation,
+                    applied.endpoints.len(),
+                    applied.unenforced.len(),
+                    report.policy_entries,
+                    list(" attached", &report.attached),
+                    list(" detached", &report.detached),
+                    list(" FAILED to attach", &report.attach_failures),
+                );
+                if reload {
                     info!(
-                        "policy generation {}: {} endpoints enforced ({audit} in audit mode), {} not enforceable, {} policy entries{}{}{}",
-                        report.generation,
-                        applied.endpoints.len(),
-                        applied.unenforced.len(),
-                        report.policy_entries,
-                        list(" attached", &report.attached),
-                        list(" detached", &report.detached),
-                        list(" FAILED to attach", &report.attach_failures),
+                        "reload enforced in {:.1} ms",
+                        started.elapsed().as_secs_f64() * 1e3
                     );
-                    if reload {
-                        info!(
-                            "reload enforced in {:.1} ms",
-                            started.elapsed().as_secs_f64() * 1e3
-                        );
-                    }
                 }
-                Err(e) => {
-                    self.count(|c| &c.applies_failed, 1);
-                    error!("{e}; the previously applied policy stays in force");
-                }
+                report.attach_failures.is_empty()
+            }
+            Err(e) => {
+                self.count(|c| &c.applies_failed, 1);
+                error!("{e}; the previously applied policy stays in force");
+                false
             }
         }
     }

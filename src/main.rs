@@ -5,10 +5,9 @@ use std::{path::Path, process::ExitCode};
 use porin::{
     cli::{Cli, Command, EndpointsArgs, OutputFormat},
     cmd::{self, endpoints, EXIT_CONFIG, EXIT_RUNTIME},
-    config,
     discovery::scanner::Scanner,
     kernel::KernelFeatures,
-    policy, VERSION,
+    VERSION,
 };
 
 fn main() -> ExitCode {
@@ -29,20 +28,8 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: &Path) -> ExitCode {
-    match config::load(path) {
+    match cmd::load_checked(path) {
         Ok(cfg) => {
-            // What only the compiler can tell: identity collisions, and a
-            // policy larger than the datapath's maps.
-            if let Err(e) = policy::compile(&cfg, &[], &[]) {
-                match e {
-                    policy::CompileError::Collision(mut c) => {
-                        c.file = path.display().to_string();
-                        eprintln!("{c}");
-                    }
-                    other => eprintln!("{}: {other}", path.display()),
-                }
-                return ExitCode::from(EXIT_CONFIG);
-            }
             println!("{}: OK ({})", path.display(), cfg.summary());
             ExitCode::SUCCESS
         }

@@ -14,6 +14,7 @@ use porin_common::datapath::{
 const G1: Identity = identity::GROUP_BASE + 1;
 const G2: Identity = identity::GROUP_BASE + 2;
 const G3: Identity = identity::GROUP_BASE + 3;
+const G9: Identity = identity::GROUP_BASE + 9;
 const EP: u32 = 7_000_001; // an ifindex no interface has: no program is attached
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 231, 250, 9);
 
@@ -100,6 +101,29 @@ fn apply_switches_generations_and_moves_identities_completely() {
         .iter()
         .all(|k| k.generation == 1 && k.subject == G1 && k.peer == G2));
 
+    // What a failed apply may leave behind: an entry in the inactive
+    // generation that no compiled policy lists. It must never become active.
+    {
+        let map = dp.ebpf_mut().map_mut("PORIN_POL_V1").unwrap();
+        let mut m: BpfHashMap<&mut MapData, PolicyKey, PolicyValue> =
+            BpfHashMap::try_from(map).unwrap();
+        let stray = PolicyKey {
+            subject: G9,
+            peer: identity::ANY,
+            port: 0,
+            protocol: 6,
+            direction: Direction::Egress as u8,
+            generation: 0,
+            _pad: [0; 3],
+        };
+        let allow = PolicyValue {
+            action: action::ALLOW,
+            _pad: [0; 3],
+            rule: 9,
+        };
+        m.insert(stray, allow, 0).unwrap();
+    }
+
     // The endpoint and the peer change identity, and the policy changes.
     let b = compiled(G3, G1, &[8080]);
     dp.apply(&b, &[]).expect("apply B");
@@ -114,7 +138,7 @@ fn apply_switches_generations_and_moves_identities_completely() {
     assert_eq!(
         keys.len(),
         1,
-        "the old generation's entries are gone: {keys:?}"
+        "the old generation's entries and the stray one are gone: {keys:?}"
     );
     assert_eq!(
         (keys[0].generation, keys[0].subject, keys[0].port),

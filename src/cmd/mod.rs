@@ -25,3 +25,19 @@ pub fn config_or_defaults(path: Option<&Path>) -> Result<config::Config, config:
         None => config::parse("version: 1\n", "<built-in defaults>"),
     }
 }
+
+/// Loads `path` and checks what only the policy compiler can tell
+/// (identity collisions, a policy larger than the datapath's maps), so a
+/// file that would fail at the first apply is refused up front: by
+/// `check-config`, at start, and on reload. The error is ready to print.
+pub fn load_checked(path: &Path) -> Result<config::Config, String> {
+    let cfg = config::load(path).map_err(|errors| errors.to_string())?;
+    match crate::policy::compile(&cfg, &[], &[]) {
+        Ok(_) => Ok(cfg),
+        Err(crate::policy::CompileError::Collision(mut c)) => {
+            c.file = path.display().to_string();
+            Err(c.to_string())
+        }
+        Err(other) => Err(format!("{}: {other}", path.display())),
+    }
+}

@@ -19,7 +19,6 @@ use log::{error, info};
 
 use super::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::{
-    config,
     datapath::Datapath,
     discovery::{live::LiveDiscovery, scanner::Scanner, watch::Watcher},
     enforce::{Enforcer, Input},
@@ -43,7 +42,7 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    let cfg = match config::load(path) {
+    let cfg = match super::load_checked(path) {
         Ok(cfg) => cfg,
         Err(errors) => {
             eprintln!("{errors}");
@@ -137,7 +136,7 @@ pub fn run(path: &Path) -> ExitCode {
                 info!("signal {sig}: stopping");
                 break ExitCode::SUCCESS;
             }
-            Ok(Signal::Reload) => match config::load(path) {
+            Ok(Signal::Reload) => match super::load_checked(path) {
                 Ok(new) => {
                     // The I/O side keeps the settings it started with.
                     info!(

@@ -155,6 +155,12 @@ impl Datapath {
         &self.bpf
     }
 
+    /// The loaded object, mutable: for tests that seed maps the way a
+    /// failed or foreign writer could have left them.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.bpf
+    }
+
     pub fn generation(&self) -> u32 {
         self.generation
     }
@@ -204,33 +210,24 @@ impl Datapath {
         // 2. Park what changes identity (see the module notes).
         self.park(old, &d)?;
 
-        // 3. Policy: new generation, flip, delete the old one.
+        // 3. Policy: new generation, flip, delete the old one. Both
+        // deletions go by the generation found in the map, not by what is
+        // believed applied: a failed apply may have left entries that no
+        // `Compiled` lists, and they must never become active.
         if !d.policy.is_empty() {
             let next = 1 - self.generation;
-            {
-                let mut m = map_mut!(self.bpf, "PORIN_POL_V1", BpfHashMap<&mut MapData, PolicyKey, PolicyValue>);
-                for (k, v) in &new.policy {
-                    let key = PolicyKey {
-                        generation: next as u8,
-                        ..*k
-                    };
-                    m.insert(key, v, 0)
-                        .map_err(map_err("PORIN_POL_V1", "insert"))?;
-                }
-            }
-            self.set_generation(next)?;
-            let mut m = map_mut!(self.bpf, "PORIN_POL_V1", BpfHashMap<&mut MapData, PolicyKey, PolicyValue>);
-            let prev = (1 - next) as u8;
-            for k in old.policy.keys() {
+            let at = |generation: u32| move |k: &PolicyKey| u32::from(k.generation) == generation;
+            purge::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", at(next))?;
+            let entries = new.policy.iter().map(|(k, v)| {
                 let key = PolicyKey {
-                    generation: prev,
+                    generation: next as u8,
                     ..*k
                 };
-                // Missing is fine: never written (e.g. after a failed apply).
-                if let Err(e) = m.remove(&key) {
-                    debug!("removing old policy entry {key:?}: {e}");
-                }
-            }
+                (key, *v)
+            });
+            write_hash(&mut self.bpf, "PORIN_POL_V1", "insert", entries)?;
+            self.set_generation(next)?;
+            purge::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", at(1 - next))?;
         }
 
         // 4. Changed and removed addresses, networks and endpoints.
@@ -357,8 +354,8 @@ impl Datapath {
     /// (`PORIN_CT4_V1`) and IPv6 (`PORIN_CT_V1`).
     fn forget_connections(&mut self, ifindexes: &[u32]) -> Result<(), DatapathError> {
         let at = |ifindex: u32| ifindexes.contains(&ifindex);
-        let v4 = purge(&mut self.bpf, "PORIN_CT4_V1", |k: &Ct4Key| at(k.ifindex))?;
-        let v6 = purge(&mut self.bpf, "PORIN_CT_V1", |k: &CtKey| at(k.ifindex))?;
+        let v4 = purge::<Ct4Key, CtValue>(&mut self.bpf, "PORIN_CT4_V1", |k| at(k.ifindex))?;
+        let v6 = purge::<CtKey, CtValue>(&mut self.bpf, "PORIN_CT_V1", |k| at(k.ifindex))?;
         debug!("forgot {v4} IPv4 and {v6} IPv6 connections of removed endpoints");
         Ok(())
     }
@@ -475,14 +472,14 @@ fn write_hash<K: aya::Pod, V: aya::Pod>(
     Ok(())
 }
 
-/// Deletes every entry of conntrack map `name` whose key `stale` picks;
-/// returns how many.
-fn purge<K: aya::Pod>(
+/// Deletes every entry of hash map `name` whose key `stale` picks; returns
+/// how many.
+fn purge<K: aya::Pod, V: aya::Pod>(
     bpf: &mut Ebpf,
     name: &'static str,
     stale: impl Fn(&K) -> bool,
 ) -> Result<usize, DatapathError> {
-    let mut ct = map_mut!(bpf, name, BpfHashMap<&mut MapData, K, CtValue>);
+    let mut ct = map_mut!(bpf, name, BpfHashMap<&mut MapData, K, V>);
     let keys: Vec<K> = ct
         .keys()
         .filter_map(Result::ok)
