@@ -76,12 +76,14 @@ impl Dp {
         Dp { bpf }
     }
 
-    /// Loaded, with endpoint [`EP`] = WEB in `mode`, A/B/C/HOST addresses in
-    /// the identity map and generation 0 active.
+    /// Loaded, with endpoint [`EP`] = WEB in `mode`, A/A6/B/C/HOST addresses
+    /// in the identity map (A and A6 are the endpoint's own, as the manager
+    /// writes them) and generation 0 active.
     fn with_endpoint(mode: u8) -> Self {
         let mut dp = Dp::new();
         dp.endpoint(EP, WEB, mode);
         dp.ip4(A, WEB);
+        dp.ip6(A6, WEB);
         dp.ip4(B, DB);
         dp.ip4(C, CACHE);
         dp.ip4(HOST, identity::HOST);
@@ -214,21 +216,11 @@ impl Dp {
 
     /// Every drop reason's packet count, by reason.
     fn all_drops(&self) -> Vec<(DropReason, u64)> {
-        use DropReason::*;
-        [
-            PolicyDenied,
-            Malformed,
-            Ipv4Options,
-            Fragment,
-            Ipv6ExtHeader,
-            UnknownEndpoint,
-            UnsupportedL3,
-            Internal,
-        ]
-        .into_iter()
-        .map(|r| (r, self.drops(r)))
-        .filter(|(_, n)| *n > 0)
-        .collect()
+        DropReason::ALL
+            .into_iter()
+            .map(|r| (r, self.drops(r)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     fn forwarded(&self, dir: Direction) -> Counter {
@@ -534,7 +526,15 @@ fn conntrack_hits_only_count_in_their_direction() {
         SHOT,
         "forward tuple on ingress",
     );
-    dp.expect_drops(&[(DropReason::PolicyDenied, 2)], "two misdirected packets");
+    // The forged reply carries B's address: refused as spoofed before
+    // policy; the forward tuple on ingress is denied by policy.
+    dp.expect_drops(
+        &[
+            (DropReason::PolicyDenied, 1),
+            (DropReason::SpoofedSource, 1),
+        ],
+        "two misdirected packets",
+    );
 }
 
 #[test]
@@ -832,6 +832,7 @@ fn missing_or_bad_config_drops_internal() {
     require_root("missing_or_bad_config_drops_internal");
     let mut dp = Dp::new();
     dp.endpoint(EP, WEB, mode::ENFORCE);
+    dp.ip4(A, WEB);
     dp.ip4(B, DB);
     // Rules of both generations exist, but no config was ever written.
     dp.rule_for(WEB, EGRESS, DB, PROTO_TCP, 5432, action::ALLOW, 0);
@@ -1309,6 +1310,9 @@ fn removing_an_endpoint_forgets_its_connections_in_both_maps() {
     let mut both = Compiled::default();
     both.endpoints.insert(EP, endpoint(WEB));
     both.endpoints.insert(ep_b, endpoint(DB));
+    // Each endpoint's own addresses (it may only send from those).
+    both.ip4.insert(A.octets(), WEB);
+    both.ip6.insert(A6.octets(), WEB);
     both.ip4.insert(B.octets(), DB);
     both.ip6.insert(B6.octets(), DB);
     for subject in [WEB, DB] {
@@ -1339,11 +1343,12 @@ fn removing_an_endpoint_forgets_its_connections_in_both_maps() {
         .expect("program")
         .try_into()
         .expect("classifier");
-    let v4 = udp4(A, 40000, B, 53);
-    let v6 = tcp6(A6, 40000, B6, 80);
+    // EP (A) talks to B, ep_b (B) to A: each from its own addresses.
+    let from_a = [udp4(A, 40000, B, 53), tcp6(A6, 40000, B6, 80)];
+    let from_b = [udp4(B, 40000, A, 53), tcp6(B6, 40000, A6, 80)];
     ns.run_in(|| {
-        for ifindex in [EP, ep_b] {
-            for frame in [&v4, &v6] {
+        for (ifindex, frames) in [(EP, &from_a), (ep_b, &from_b)] {
+            for frame in frames {
                 assert_eq!(prog_run::verdict_on_ifindex(from, frame, ifindex), OK);
             }
         }
@@ -1365,9 +1370,42 @@ fn removing_an_endpoint_forgets_its_connections_in_both_maps() {
     let ct6: HashMap<_, CtKey, CtValue> =
         HashMap::try_from(dp.ebpf().map("PORIN_CT_V1").expect("ct")).expect("hash");
     assert!(ct4
-        .get(&ct_key4(PROTO_UDP, A, 40000, B, 53, ep_b), 0)
+        .get(&ct_key4(PROTO_UDP, B, 40000, A, 53, ep_b), 0)
         .is_ok());
     assert!(ct6
-        .get(&ct_key6(PROTO_TCP, A6, 40000, B6, 80, ep_b), 0)
+        .get(&ct_key6(PROTO_TCP, B6, 40000, A6, 80, ep_b), 0)
         .is_ok());
+}
+
+#[test]
+fn a_container_may_only_send_from_its_own_addresses() {
+    require_root("a_container_may_only_send_from_its_own_addresses");
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    // Even a rule that would let anything out does not let A borrow B's
+    // address (B's peers would judge the packet as B's group).
+    dp.rule(EGRESS, identity::ANY, PROTO_UDP, 0, action::ALLOW);
+    dp.expect(EGRESS, &udp4(A, 40000, C, 53), OK, "from its own address");
+    dp.expect(EGRESS, &udp4(B, 40000, C, 53), SHOT, "from B's address");
+    dp.expect(
+        EGRESS,
+        &udp4(FAR, 40000, C, 53),
+        SHOT,
+        "from an outside address",
+    );
+    dp.expect(
+        EGRESS,
+        &tcp6(B6, 40000, A6, 80),
+        SHOT,
+        "from an IPv6 address not its own",
+    );
+    dp.expect_drops(&[(DropReason::SpoofedSource, 3)], "three spoofed sources");
+    // Audit mode counts it and passes.
+    let dp = Dp::with_endpoint(mode::AUDIT);
+    dp.expect(
+        EGRESS,
+        &udp4(B, 40000, C, 53),
+        OK,
+        "audit: spoofed but passed",
+    );
+    dp.expect_drops(&[(DropReason::SpoofedSource, 1)], "audited spoofing");
 }

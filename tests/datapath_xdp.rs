@@ -521,3 +521,28 @@ fn v4(a: Ipv4Addr) -> [u8; 16] {
     x[..4].copy_from_slice(&a.octets());
     x
 }
+
+#[test]
+fn outside_packets_claiming_a_container_or_the_host_address_are_spoofed() {
+    require_root("XDP uplink test");
+    let mut dp = Dp::new(mode::ENFORCE);
+    dp.allow(identity::WORLD, PROTO_TCP, 80);
+    dp.allow(WEB, PROTO_TCP, 80);
+    // From the uplink with a container's own address as the source: it
+    // would be judged as that container (here, even allowed by a rule
+    // naming its group), so it must not get past the uplink.
+    dp.expect(&syn(WEB_IP, WEB_IP, 80), XDP_DROP, "source = a container");
+    dp.expect(&syn(NODE, WEB_IP, 80), XDP_DROP, "source = the host");
+    dp.expect(
+        &udp(NODE, FAR, 53),
+        XDP_DROP,
+        "host source, not to a container",
+    );
+    // The genuine world source still passes.
+    dp.expect(&syn(FAR, WEB_IP, 80), XDP_PASS, "world -> web:80");
+    dp.expect_counts(
+        &[(DropReason::SpoofedSource, 3)],
+        &[(pass::ALLOWED, 1)],
+        "spoofed sources",
+    );
+}

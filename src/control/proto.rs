@@ -265,8 +265,17 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Vec<u8>, FrameError> 
 
 /// Sends `req` and reads one reply (blocking).
 pub fn call(stream: &mut (impl Read + Write), req: &Request) -> Result<Response, FrameError> {
-    stream.write_all(&encode_request(req))?;
-    next_response(stream)
+    // A daemon that refuses the client (permissions) replies at once and
+    // closes, possibly before the request is written: the write then fails
+    // with EPIPE, but the refusal is waiting to be read and says why.
+    let sent = stream.write_all(&encode_request(req));
+    match next_response(stream) {
+        Ok(reply) => Ok(reply),
+        Err(read) => Err(match sent {
+            Err(write) => write.into(),
+            Ok(()) => read,
+        }),
+    }
 }
 
 /// Reads the next reply (blocking), e.g. while following flows.

@@ -220,6 +220,7 @@ pub fn drop_reason_name(r: u8) -> &'static str {
         8 => "UPLINK_DENY_LISTED",
         9 => "UPLINK_NO_POLICY",
         10 => "UPLINK_FLOOD",
+        11 => "SPOOFED_SOURCE",
         _ => "UNKNOWN_REASON",
     }
 }

@@ -82,6 +82,14 @@ pub mod identity {
     pub const NETWORK_BASE: Identity = 0x0200_0000;
     /// Derived identities use the low 24 bits.
     pub const DERIVED_MASK: Identity = 0x00FF_FFFF;
+
+    /// Whether `id` belongs to something on this node (the host, a group's
+    /// container, an unmanaged container): such an address never
+    /// legitimately arrives from outside.
+    #[inline(always)]
+    pub fn is_local(id: Identity) -> bool {
+        id == HOST || id == UNMANAGED || (GROUP_BASE..NETWORK_BASE).contains(&id)
+    }
 }
 
 /// `max_entries` of each map. Userspace reads them to refuse (rather than
@@ -319,10 +327,33 @@ pub enum DropReason {
     /// `from_uplink`: the source sent more TCP SYNs or UDP packets than the
     /// uplink's `flood` limit allows.
     UplinkFlood = 10,
+    /// A source address its sender may not use: `from_container`, a
+    /// container sending from an address that is not its own (its identity
+    /// would be another's); `from_uplink`, an outside packet claiming the
+    /// address of a container or of the host.
+    SpoofedSource = 11,
 }
 
 /// Number of drop reasons (size of `PORIN_DROPS_V1`).
-pub const DROP_REASONS: u32 = 11;
+pub const DROP_REASONS: u32 = 12;
+
+impl DropReason {
+    /// Every reason, in index order (for counters read by index).
+    pub const ALL: [DropReason; DROP_REASONS as usize] = [
+        DropReason::PolicyDenied,
+        DropReason::Malformed,
+        DropReason::Ipv4Options,
+        DropReason::Fragment,
+        DropReason::Ipv6ExtHeader,
+        DropReason::UnknownEndpoint,
+        DropReason::UnsupportedL3,
+        DropReason::Internal,
+        DropReason::UplinkDenyListed,
+        DropReason::UplinkNoPolicy,
+        DropReason::UplinkFlood,
+        DropReason::SpoofedSource,
+    ];
+}
 
 /// TC verdicts (`TC_ACT_*`) the programs return.
 pub mod tc_action {

@@ -120,6 +120,13 @@ fn try_handle(
     };
     seen.flow = Some(flow);
     let generation = policy::active_generation()?;
+    // A container may only send from its own addresses: the receiving side
+    // judges the sender by the source address's identity.
+    if let Direction::Egress = dir {
+        if identity::of_address(&flow.saddr, flow.family) != endpoint.identity {
+            return Err(DropReason::SpoofedSource);
+        }
+    }
     let peer = identity::of_address(peer_addr(&flow, dir), flow.family);
     seen.peer = peer;
     if !policy::allows(endpoint.identity, peer, &flow, dir, generation) {

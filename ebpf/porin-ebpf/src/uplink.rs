@@ -39,7 +39,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use porin_common::{
-    datapath::{mode, proto, Counter, Direction, DropReason, Identity},
+    datapath::{
+        identity::is_local as identity_is_local, mode, proto, Counter, Direction, DropReason,
+        Identity,
+    },
     flow,
     parse::{ip_addresses, parse, Flow, Parsed, L3},
     uplink::{
@@ -169,6 +172,14 @@ fn try_from_uplink(frame: &PacketFrame, ifindex: u32, seen: &mut Seen) -> Result
         seen.flow = Some(addrs);
         seen.src = network;
         return Err(DropReason::UplinkDenyListed);
+    }
+    // Addresses of this node's containers and of the host never come from
+    // outside: a packet claiming one would borrow that identity.
+    let src = identity::of_address(&addrs.saddr, addrs.family);
+    if identity_is_local(src) {
+        seen.flow = Some(addrs);
+        seen.src = src;
+        return Err(DropReason::SpoofedSource);
     }
     let flow = match parse(frame) {
         Ok(Parsed::Flow(f)) => f,
