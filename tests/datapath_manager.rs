@@ -157,3 +157,60 @@ fn apply_switches_generations_and_moves_identities_completely() {
     assert!(m.get(&EP, 0).is_err(), "endpoint entry deleted");
     assert!(View(&dp).policy().is_empty());
 }
+
+/// An ifindex that now belongs to another veth (a container went and a new
+/// one got its number between two applies) is re-attached, not kept.
+#[test]
+fn a_reused_ifindex_is_detached_and_attached_again() {
+    use porin::{datapath::Veth, testing::netns::ip_ok};
+    require_root("datapath manager test");
+    // A veth pair in the root namespace, no addresses: only attach targets.
+    let (a, b) = ("pt-dm-reuse-a", "pt-dm-reuse-b");
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", a])
+        .output();
+    ip_ok(&["link", "add", a, "type", "veth", "peer", "name", b]);
+    struct Gone(&'static str);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", self.0])
+                .output();
+        }
+    }
+    let _gone = Gone(a);
+    let ifindex = porin::datapath::ifindex_of(a).expect("ifindex of the test veth");
+
+    let mut dp = Datapath::load(TcAttach::Tcx).expect("load the datapath");
+    let mut c = compiled(G1, G2, &[80]);
+    c.endpoints.clear();
+    c.endpoints.insert(
+        ifindex,
+        EndpointInfo {
+            identity: G1,
+            mode: mode::ENFORCE,
+            _pad: [0; 3],
+        },
+    );
+    let first = Veth {
+        ifindex,
+        name: a.to_string(),
+    };
+    let report = dp.apply(&c, std::slice::from_ref(&first)).expect("apply");
+    assert_eq!(report.attached, vec![a.to_string()]);
+
+    // Same ifindex, another name: the old attachment goes, the new name is
+    // attached (here it fails: no such interface, and says so).
+    let second = Veth {
+        ifindex,
+        name: "pt-dm-reuse-x".to_string(),
+    };
+    let report = dp.apply(&c, std::slice::from_ref(&second)).expect("apply");
+    assert_eq!(report.detached, vec![a.to_string()], "{report:?}");
+    assert_eq!(
+        report.attach_failures,
+        vec!["pt-dm-reuse-x".to_string()],
+        "{report:?}"
+    );
+    assert!(dp.attached().is_empty());
+}

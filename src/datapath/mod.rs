@@ -267,17 +267,27 @@ impl Datapath {
             .filter(|v| new.endpoints.contains_key(&v.ifindex))
             .map(|v| (v.ifindex, v))
             .collect();
+        // Gone, or the ifindex now belongs to another veth (a container
+        // went and a new one got its number between two applies): the old
+        // attachment is dead, and the old connections must not carry over.
         let gone: Vec<u32> = self
             .attached
-            .keys()
-            .filter(|i| !wanted.contains_key(i))
-            .copied()
+            .iter()
+            .filter(|(i, a)| wanted.get(i).is_none_or(|v| v.name != a.name))
+            .map(|(i, _)| *i)
             .collect();
+        let mut reused = Vec::new();
         for ifindex in gone {
             if let Some(a) = self.attached.remove(&ifindex) {
                 report.detached.push(a.name.clone());
                 self.detach(a);
+                if wanted.contains_key(&ifindex) {
+                    reused.push(ifindex);
+                }
             }
+        }
+        if !reused.is_empty() {
+            self.forget_connections(&reused)?;
         }
         for (ifindex, veth) in wanted {
             if self.attached.contains_key(&ifindex) {
