@@ -540,27 +540,7 @@ fn conntrack_hits_only_count_in_their_direction() {
 #[test]
 fn conntrack_is_per_endpoint() {
     require_root("conntrack_is_per_endpoint");
-    // A second endpoint needs a second ifindex: a veth in a namespace of the
-    // test's own, which the test runs switch to.
-    let ns = Netns::create("dptc-ct");
-    ns.exec_ok(&[
-        "ip",
-        "link",
-        "add",
-        "ep-b",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "ep-b-peer",
-    ]);
-    let line = ns.exec_ok(&["ip", "-o", "link", "show", "ep-b"]);
-    let ep_b: u32 = line
-        .split(':')
-        .next()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("ifindex of ep-b in {line:?}"));
-    assert_ne!(ep_b, EP);
+    let (ns, ep_b) = second_endpoint("dptc-ct");
 
     let mut dp = Dp::with_endpoint(mode::ENFORCE);
     dp.endpoint(ep_b, DB, mode::ENFORCE);
@@ -1282,25 +1262,7 @@ fn last_seen_is_sampled_not_read_on_every_hit() {
 fn removing_an_endpoint_forgets_its_connections_in_both_maps() {
     use porin::{datapath::Datapath, kernel::TcAttach, policy::Compiled};
     require_root("removing_an_endpoint_forgets_its_connections_in_both_maps");
-    let ns = Netns::create("dptc-forget");
-    ns.exec_ok(&[
-        "ip",
-        "link",
-        "add",
-        "ep-b",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "ep-b-peer",
-    ]);
-    let line = ns.exec_ok(&["ip", "-o", "link", "show", "ep-b"]);
-    let ep_b: u32 = line
-        .split(':')
-        .next()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("ifindex of ep-b in {line:?}"));
-    assert_ne!(ep_b, EP);
+    let (ns, ep_b) = second_endpoint("dptc-forget");
 
     let endpoint = |identity| EndpointInfo {
         identity,
@@ -1408,4 +1370,30 @@ fn a_container_may_only_send_from_its_own_addresses() {
         "audit: spoofed but passed",
     );
     dp.expect_drops(&[(DropReason::SpoofedSource, 1)], "audited spoofing");
+}
+
+/// A second endpoint needs a second ifindex: a veth `ep-b` in a namespace
+/// of the test's own (tag `tag`), which test runs switch to. Returns the
+/// namespace guard and the veth's ifindex there.
+fn second_endpoint(tag: &str) -> (Netns, u32) {
+    let ns = Netns::create(tag);
+    ns.exec_ok(&[
+        "ip",
+        "link",
+        "add",
+        "ep-b",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ep-b-peer",
+    ]);
+    let line = ns.exec_ok(&["ip", "-o", "link", "show", "ep-b"]);
+    let ep_b: u32 = line
+        .split(':')
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("ifindex of ep-b in {line:?}"));
+    assert_ne!(ep_b, EP);
+    (ns, ep_b)
 }
