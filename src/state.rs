@@ -19,7 +19,7 @@ use std::{
 use porin_common::datapath::{mode, Identity};
 
 use crate::{
-    control::proto::{EndpointStatus, MapFill},
+    control::proto::{EndpointStatus, MapFill, ReloadOutcome},
     datapath::ApplyReport,
     discovery::endpoint::{short_id, Endpoint, EndpointKey},
     flows::history::History,
@@ -120,6 +120,8 @@ pub struct Shared {
     pub identity_flows: Mutex<HashMap<Identity, [u64; 3]>>,
     /// Lost flow records per cause, as last read from `PORIN_LOST_V1`.
     pub lost: Mutex<[u64; 2]>,
+    /// The outcome of the last reload (SIGHUP or `porin reload`).
+    last_reload: Mutex<Option<ReloadOutcome>>,
 }
 
 /// Bound on per-identity metric series.
@@ -137,7 +139,16 @@ impl Shared {
             counters: Counters::default(),
             identity_flows: Mutex::new(HashMap::new()),
             lost: Mutex::new([0; 2]),
+            last_reload: Mutex::new(None),
         }
+    }
+
+    pub fn record_reload(&self, o: ReloadOutcome) {
+        *lock(&self.last_reload) = Some(o);
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadOutcome> {
+        lock(&self.last_reload).clone()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

@@ -202,14 +202,27 @@ fn status_policy_and_flows_answer_and_bad_clients_are_refused() {
     assert_eq!(
         error_code(raw(
             &socket,
-            &[8, 0, 0, 0, 1, 250, 250, 250, 250, 250, 250, 250],
+            &[
+                8,
+                0,
+                0,
+                0,
+                proto::VERSION as u8,
+                250,
+                250,
+                250,
+                250,
+                250,
+                250,
+                250
+            ],
             false
         )),
         ErrorCode::Malformed,
         "garbage payload"
     );
     assert_eq!(
-        error_code(raw(&socket, &[100, 0, 0, 0, 1, 0], true)),
+        error_code(raw(&socket, &[100, 0, 0, 0, proto::VERSION as u8, 0], true)),
         ErrorCode::Malformed,
         "payload shorter than its header says"
     );

@@ -22,6 +22,7 @@ use crate::{
         reader::{self, Clock, Sink},
     },
     metrics,
+    reload::Reloader,
     state::Shared,
 };
 
@@ -36,6 +37,8 @@ pub struct IoSetup {
     pub rate_limit: u32,
     pub events: Option<EventMaps>,
     pub counters: Option<CounterMaps>,
+    /// For `porin reload` (None: the socket refuses reloads).
+    pub reloader: Option<Arc<Reloader>>,
 }
 
 /// The running I/O thread; [`IoThread::stop`] ends it.
@@ -123,6 +126,7 @@ fn run(
         shared: setup.shared.clone(),
         events,
         counters: setup.counters,
+        reloader: setup.reloader,
     });
     if let Some(ring) = ring {
         let log = setup.flow_log.as_ref().and_then(|c| {

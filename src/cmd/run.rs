@@ -4,15 +4,17 @@
 //! programs, loads the policy programs, and runs two threads: live discovery
 //! and the enforcement loop, which compiles the policy for the endpoints
 //! discovery reports and applies it (logging a status line as endpoints
-//! come and go). SIGHUP reloads the configuration: an invalid file changes
-//! nothing. A third thread ([`super::io`]) serves the control socket and
-//! metrics and reads the flow events.
+//! come and go). SIGHUP and `porin reload` reload the configuration
+//! ([`crate::reload`]): an invalid file changes nothing. A third thread
+//! ([`super::io`]) serves the control socket and metrics and reads the flow
+//! events.
 
 use std::{
     path::Path,
     process::ExitCode,
     sync::{mpsc, Arc},
     thread,
+    time::Instant,
 };
 
 use log::{error, info};
@@ -24,7 +26,9 @@ use crate::{
     enforce::{Enforcer, Input},
     flows::maps::{CounterMaps, EventMaps},
     kernel::KernelFeatures,
-    logging, selftest,
+    logging,
+    reload::{Reloader, Trigger},
+    selftest,
     signals::{Signal, SignalSet},
     state::Shared,
     VERSION,
@@ -109,6 +113,11 @@ pub fn run(path: &Path) -> ExitCode {
     let counters = CounterMaps::open(datapath.ebpf())
         .inspect_err(|e| error!("counter maps unavailable for metrics: {e}"))
         .ok();
+    let reloader = Arc::new(Reloader::new(
+        path.to_path_buf(),
+        tx.clone(),
+        shared.clone(),
+    ));
     let io = io::start(IoSetup {
         shared: shared.clone(),
         socket: cfg.control.socket.clone(),
@@ -118,6 +127,7 @@ pub fn run(path: &Path) -> ExitCode {
         rate_limit: cfg.flows.rate_limit,
         events,
         counters,
+        reloader: Some(reloader.clone()),
     });
     let enforcer =
         Enforcer::new(cfg, path.display().to_string(), datapath).with_shared(shared.clone());
@@ -136,24 +146,11 @@ pub fn run(path: &Path) -> ExitCode {
                 info!("signal {sig}: stopping");
                 break ExitCode::SUCCESS;
             }
-            Ok(Signal::Reload) => match super::load_checked(path) {
-                Ok(new) => {
-                    // The I/O side keeps the settings it started with.
-                    info!(
-                        "reload: changes to flows, metrics and control take effect at the next start"
-                    );
-                    info!(
-                        "reload: {} is valid ({}); applying",
-                        path.display(),
-                        new.summary()
-                    );
-                    let _ = tx.send(Input::Reload(Box::new(new)));
-                }
-                Err(errors) => error!(
-                    "reload: {} is invalid, keeping the running config:\n{errors}",
-                    path.display()
-                ),
-            },
+            Ok(Signal::Reload) => {
+                // Nobody waits: the enforcement loop logs and records the
+                // outcome, as the reloader does for an invalid file.
+                let _ = reloader.request(Trigger::Signal, Instant::now(), false);
+            }
             Err(e) => {
                 error!("waiting for signals failed: {e}");
                 break ExitCode::from(EXIT_RUNTIME);
@@ -162,10 +159,12 @@ pub fn run(path: &Path) -> ExitCode {
     };
     stopper.stop();
     let _ = discovery.join();
-    // The discovery thread's sender is gone; dropping ours ends the loop.
+    // The discovery thread's sender is gone; dropping ours (and the I/O
+    // thread's, in the reloader) ends the loop.
     drop(tx);
-    let _ = enforcement.join();
     io.stop();
+    drop(reloader);
+    let _ = enforcement.join();
     status
 }
 
