@@ -17,7 +17,7 @@
 
 use std::{
     path::PathBuf,
-    sync::{mpsc, Arc},
+    sync::{mpsc, Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -28,7 +28,7 @@ use crate::{
     config::Config,
     control::proto::{ReloadOutcome, ReloadResult},
     enforce::Input,
-    state::Shared,
+    state::{lock, Shared},
 };
 
 /// How long `porin reload` waits for the enforcement loop to apply a valid
@@ -64,13 +64,25 @@ pub struct ReloadRequest {
 /// Validates the daemon's config file and hands it to the enforcement loop.
 pub struct Reloader {
     path: PathBuf,
-    tx: mpsc::Sender<Input>,
+    /// None once the daemon stops ([`Reloader::close`]).
+    tx: Mutex<Option<mpsc::Sender<Input>>>,
     shared: Arc<Shared>,
 }
 
 impl Reloader {
     pub fn new(path: PathBuf, tx: mpsc::Sender<Input>, shared: Arc<Shared>) -> Self {
-        Reloader { path, tx, shared }
+        Reloader {
+            path,
+            tx: Mutex::new(Some(tx)),
+            shared,
+        }
+    }
+
+    /// Drops the sender to the enforcement loop, so the loop can end while
+    /// copies of the reloader are still referenced (the I/O thread's tasks
+    /// are not guaranteed to be dropped); later requests are refused.
+    pub fn close(&self) {
+        lock(&self.tx).take();
     }
 
     /// Validates the file and, if it is valid, queues it for the
@@ -129,7 +141,11 @@ impl Reloader {
             requested_unix_ns,
             reply,
         };
-        if self.tx.send(Input::Reload(Box::new(req))).is_err() {
+        let sent = match &*lock(&self.tx) {
+            Some(tx) => tx.send(Input::Reload(Box::new(req))).is_ok(),
+            None => false,
+        };
+        if !sent {
             return Err(refused(
                 ReloadResult::Failed,
                 "the daemon is stopping; nothing was applied".into(),

@@ -159,12 +159,12 @@ pub fn run(path: &Path) -> ExitCode {
     };
     stopper.stop();
     let _ = discovery.join();
-    // The discovery thread's sender is gone; dropping ours (and the I/O
-    // thread's, in the reloader) ends the loop.
+    // The discovery thread's sender is gone; dropping ours and the
+    // reloader's ends the loop.
     drop(tx);
-    io.stop();
-    drop(reloader);
+    reloader.close();
     let _ = enforcement.join();
+    io.stop();
     status
 }
 
