@@ -175,12 +175,19 @@ fn daemon_reloads() {
         },
     );
     let mut daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_porin")), &config);
-    for name in [&web.name, &client.name] {
-        daemon.wait_for(
-            |l| l.contains("endpoint +") && l.contains(name.as_str()),
-            Duration::from_secs(30),
-        );
-    }
+    // Both endpoints, in whichever order discovery reports them.
+    let seen = std::cell::RefCell::new(Vec::new());
+    daemon.wait_for(
+        |l| {
+            for n in [&web.name, &client.name] {
+                if l.contains("endpoint +") && l.contains(n.as_str()) {
+                    seen.borrow_mut().push(n.clone());
+                }
+            }
+            seen.borrow().len() >= 2
+        },
+        Duration::from_secs(30),
+    );
     daemon.wait_for(|l| l.contains("policy generation"), Duration::from_secs(30));
     let mut client_ms = Vec::new();
     let mut daemon_ms = Vec::new();
