@@ -264,7 +264,7 @@ impl Enforcer {
         let ok = match &result {
             Ok(report) => {
                 self.count(|c| &c.attach_failures, report.attach_failures.len() as u64);
-                self.publish(&report);
+                self.publish(report);
                 let applied = self.datapath.applied();
                 let audit = applied
                     .endpoints
