@@ -291,11 +291,7 @@ fn status(ctx: &Ctx) -> Response {
     let sh = &ctx.shared;
     let mut maps = snap.maps.clone();
     if let Some(c) = &ctx.counters {
-        maps.push(proto::MapFill {
-            name: "PORIN_CT_V1".into(),
-            entries: c.ct_entries(),
-            capacity: u64::from(porin_common::datapath::max_entries::CONNTRACK),
-        });
+        maps.extend(c.ct_fill());
     }
     let (len, cap) = {
         let h = sh.history();

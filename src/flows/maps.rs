@@ -8,7 +8,9 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     Ebpf,
 };
-use porin_common::datapath::{Counter, CtKey, CtValue};
+use porin_common::datapath::{max_entries, Counter, Ct4Key, CtKey, CtValue};
+
+use crate::control::proto::MapFill;
 
 use porin_common::flow::lost;
 pub use porin_common::flow::EventConfig;
@@ -119,7 +121,10 @@ impl EventControl {
 pub struct CounterMaps {
     pub drops: PerCpuArray<MapData, Counter>,
     pub fwd: PerCpuArray<MapData, Counter>,
-    pub ct: HashMap<MapData, CtKey, CtValue>,
+    /// IPv4 connections.
+    pub ct4: HashMap<MapData, Ct4Key, CtValue>,
+    /// IPv6 connections.
+    pub ct6: HashMap<MapData, CtKey, CtValue>,
 }
 
 impl CounterMaps {
@@ -127,7 +132,8 @@ impl CounterMaps {
         Ok(CounterMaps {
             drops: typed(bpf, "PORIN_DROPS_V1")?,
             fwd: typed(bpf, "PORIN_FWD_V1")?,
-            ct: typed(bpf, "PORIN_CT_V1")?,
+            ct4: typed(bpf, "PORIN_CT4_V1")?,
+            ct6: typed(bpf, "PORIN_CT_V1")?,
         })
     }
 
@@ -143,8 +149,25 @@ impl CounterMaps {
             .unwrap_or_default()
     }
 
-    /// Conntrack entries (walks the keys: at most `max_entries` syscalls).
-    pub fn ct_entries(&self) -> u64 {
-        self.ct.keys().filter(Result::is_ok).count() as u64
+    /// Fill of both conntrack maps (walks their keys: at most
+    /// `max_entries` syscalls each).
+    pub fn ct_fill(&self) -> [MapFill; 2] {
+        let fill = |name: &str, entries: usize, capacity: u32| MapFill {
+            name: name.into(),
+            entries: entries as u64,
+            capacity: u64::from(capacity),
+        };
+        [
+            fill(
+                "PORIN_CT4_V1",
+                self.ct4.keys().filter(Result::is_ok).count(),
+                max_entries::CONNTRACK,
+            ),
+            fill(
+                "PORIN_CT_V1",
+                self.ct6.keys().filter(Result::is_ok).count(),
+                max_entries::CONNTRACK6,
+            ),
+        ]
     }
 }
