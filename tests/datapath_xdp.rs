@@ -453,10 +453,9 @@ fn non_ip_vlan_and_unparsable_frames_pass_to_the_stack() {
     let mut lldp = packets::eth(0x88cc);
     lldp.extend_from_slice(&[0; 32]);
     dp.expect(&lldp, XDP_PASS, "LLDP");
-    let ns = packets::frame_v6(
+    let ns = packets::nd_frame(
         FAR6,
         WEB_IP6,
-        58,
         &packets::icmpv6_neighbour_solicitation(WEB_IP6),
     );
     dp.expect(&ns, XDP_PASS, "neighbour solicitation");

@@ -24,7 +24,9 @@
 //! | TCP SYN without ACK | a [`Flow`] that is never a reply |
 //! | UDP: < 8 bytes | `Malformed` |
 //! | ICMP (in IPv4) / ICMPv6 (in IPv6): < 8 bytes | `Malformed` |
-//! | ICMPv6 types 133-137 (RS, RA, NS, NA, redirect) | [`Parsed::Pass`] |
+//! | ICMPv6 types 133-137 (neighbour discovery) with IPv6 hop limit ≠ 255 | `Malformed` (RFC 4861: off-link, receivers discard it) |
+//! | ICMPv6 133 (RS), 135 (NS), 136 (NA) | [`Parsed::Pass`] |
+//! | ICMPv6 134 (RA), 137 (redirect) | [`Parsed::RouterMessage`] (only a router may send them) |
 //! | any other IP protocol (GRE, SCTP, ICMP in IPv6, ...) | a [`Flow`] with ports 0 |
 //!
 //! Lengths are taken from the IP header (not the frame), so Ethernet padding
@@ -55,6 +57,12 @@ const ICMPV6_ECHO_REPLY: u8 = 129;
 /// Router solicitation .. redirect: what IPv6 needs to reach its neighbours.
 const ICMPV6_ND_FIRST: u8 = 133;
 const ICMPV6_ND_LAST: u8 = 137;
+/// Router advertisement and redirect: messages only a router sends.
+const ICMPV6_RA: u8 = 134;
+const ICMPV6_REDIRECT: u8 = 137;
+/// The hop limit every neighbour discovery message carries (RFC 4861): one
+/// that arrives with less crossed a router and must be discarded.
+const ND_HOP_LIMIT: u8 = 255;
 
 // The deepest read (TCP flags in IPv6) must lie inside the buffer.
 const _: () = assert!(L4_OFF_V6 + 13 < HDR_BUF);
@@ -119,6 +127,11 @@ pub enum Parsed {
     /// Link-level housekeeping (ARP, neighbour discovery): passes without
     /// conntrack or policy.
     Pass,
+    /// An ICMPv6 router advertisement or redirect: housekeeping when it
+    /// comes from the network, but a container sending one claims to be a
+    /// router (rogue RA: it could take over its neighbours' IPv6 routes),
+    /// so the programs decide by direction.
+    RouterMessage,
     /// An IP packet to check against conntrack and policy.
     Flow(Flow),
 }
@@ -445,7 +458,14 @@ fn parse_l4<F: Frame>(
             }
             let kind = f.byte(off);
             if flow.family == 6 && (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&kind) {
-                return Ok(Parsed::Pass);
+                if f.byte(ETH_HLEN + 7) != ND_HOP_LIMIT {
+                    return Err(DropReason::Malformed);
+                }
+                return Ok(if kind == ICMPV6_RA || kind == ICMPV6_REDIRECT {
+                    Parsed::RouterMessage
+                } else {
+                    Parsed::Pass
+                });
             }
             let echo_reply = if flow.family == 4 {
                 ICMP_ECHO_REPLY
@@ -822,9 +842,25 @@ mod tests {
 
     #[test]
     fn neighbour_discovery_passes_other_icmpv6_is_a_flow() {
-        for kind in 133u8..=137 {
-            let f = v6(proto::ICMPV6, &[kind, 0, 0, 0, 0, 0, 0, 0]);
-            assert_eq!(parse(&f[..62]), Ok(Parsed::Pass), "type {kind}");
+        for (kind, want) in [
+            (133u8, Parsed::Pass),
+            (134, Parsed::RouterMessage),
+            (135, Parsed::Pass),
+            (136, Parsed::Pass),
+            (137, Parsed::RouterMessage),
+        ] {
+            let mut f = v6(proto::ICMPV6, &[kind, 0, 0, 0, 0, 0, 0, 0]);
+            f[21] = 255;
+            assert_eq!(parse(&f[..62]), Ok(want), "type {kind}");
+            // Any other hop limit: it crossed a router, not ND.
+            for hops in [0u8, 1, 64, 254] {
+                f[21] = hops;
+                assert_eq!(
+                    parse(&f[..62]),
+                    Err(DropReason::Malformed),
+                    "type {kind}, hop limit {hops}"
+                );
+            }
         }
         for (kind, reply) in [(128u8, false), (129, true), (1, false), (138, false)] {
             let f = v6(proto::ICMPV6, &[kind, 0, 0, 0, 0, 0, 0, 0]);

@@ -116,6 +116,14 @@ fn try_handle(
 ) -> Result<(), DropReason> {
     let flow = match parsed? {
         Parsed::Pass => return Ok(()),
+        // Router advertisements and redirects reach a container from its
+        // network; sent by one, they would reroute its neighbours.
+        Parsed::RouterMessage => {
+            return match dir {
+                Direction::Ingress => Ok(()),
+                Direction::Egress => Err(DropReason::RogueRouter),
+            }
+        }
         Parsed::Flow(flow) => flow,
     };
     seen.flow = Some(flow);

@@ -184,7 +184,7 @@ fn try_from_uplink(frame: &PacketFrame, ifindex: u32, seen: &mut Seen) -> Result
     let flow = match parse(frame) {
         Ok(Parsed::Flow(f)) => f,
         // ICMPv6 neighbour and router discovery.
-        Ok(Parsed::Pass) => return Ok(pass::NOT_IP),
+        Ok(Parsed::Pass | Parsed::RouterMessage) => return Ok(pass::NOT_IP),
         Err(_) => return Ok(pass::UNPARSED),
     };
     seen.flow = Some(flow);
