@@ -30,7 +30,9 @@
 //! | any other IP protocol (GRE, SCTP, ICMP in IPv6, ...) | a [`Flow`] with ports 0 |
 //!
 //! Lengths are taken from the IP header (not the frame), so Ethernet padding
-//! after a short packet is never read as transport bytes.
+//! after a short packet is never read as transport bytes; the exception is
+//! a BIG TCP packet (length field 0, frame over 64 KiB), whose length is the
+//! frame's (see [`big_tcp_len`]).
 
 use crate::{
     datapath::{proto, DropReason},
@@ -342,7 +344,7 @@ fn parse_ipv4<F: Frame>(f: &F, l3_len: usize) -> Result<Parsed, DropReason> {
     if ihl > IPV4_MIN_HLEN {
         return Err(DropReason::Ipv4Options);
     }
-    let total = usize::from(f.be16(IP + 2));
+    let total = big_tcp_len(f.be16(IP + 2), l3_len);
     if total < ihl || total > l3_len {
         return Err(DropReason::Malformed);
     }
@@ -371,7 +373,7 @@ fn parse_ipv6<F: Frame>(f: &F, l3_len: usize) -> Result<Parsed, DropReason> {
     if f.byte(IP) >> 4 != 6 {
         return Err(DropReason::Malformed);
     }
-    let payload = usize::from(f.be16(IP + 4));
+    let payload = big_tcp_len(f.be16(IP + 4), l3_len - IPV6_HLEN);
     if payload > l3_len - IPV6_HLEN {
         return Err(DropReason::Malformed);
     }
@@ -389,6 +391,20 @@ fn parse_ipv6<F: Frame>(f: &F, l3_len: usize) -> Result<Parsed, DropReason> {
         may_be_reply: true,
     };
     parse_l4(f, L4_OFF_V6, payload, flow)
+}
+
+/// The length an IP header's 16-bit length `field` gives, where the frame
+/// holds `avail` bytes from the same starting point. BIG TCP (Linux 5.19
+/// for IPv6, 6.3 for IPv4) builds GSO packets larger than 64 KiB inside
+/// the host and marks them with a length field of 0; only such a packet
+/// can have a zero field and more than 65,535 bytes, so the frame's length
+/// stands in for it. Any other zero field stays zero (and is malformed).
+#[inline(always)]
+fn big_tcp_len(field: u16, avail: usize) -> usize {
+    // Branch-free: a branch here changed how LLVM laid out the TC
+    // programs' stack enough for the verifier to reject them.
+    let big = usize::from(field == 0) & usize::from(avail > 0xffff);
+    usize::from(field) | (avail & big.wrapping_neg())
 }
 
 /// The IPv6 address at `off`, built from words (see [`HeaderBuf`]).
@@ -838,6 +854,28 @@ mod tests {
         for nh in [proto::TCP, proto::UDP, proto::ICMPV6, 47, 59, 132] {
             assert!(!is_ipv6_ext_header(nh), "{nh}");
         }
+    }
+
+    #[test]
+    fn big_tcp_zero_length_fields_take_the_frame_length() {
+        let big = 100_000;
+        let mut hdr = [0u8; HDR_BUF];
+        let f4 = v4(proto::TCP, &tcp(40000, 80));
+        hdr.copy_from_slice(&f4[..HDR_BUF]);
+        hdr[16] = 0;
+        hdr[17] = 0;
+        let fl = flow(parse_frame(&hdr, big));
+        assert_eq!((fl.family, fl.dport), (4, 80));
+        // A zero field in a frame that fits 64 KiB is still malformed.
+        assert_eq!(parse_frame(&hdr, 1000), Err(DropReason::Malformed));
+
+        let f6 = v6(proto::TCP, &tcp(40000, 443));
+        hdr.copy_from_slice(&f6[..HDR_BUF]);
+        hdr[18] = 0;
+        hdr[19] = 0;
+        let fl = flow(parse_frame(&hdr, big));
+        assert_eq!((fl.family, fl.dport), (6, 443));
+        assert_eq!(parse_frame(&hdr, 1000), Err(DropReason::Malformed));
     }
 
     #[test]
