@@ -20,6 +20,7 @@ use std::{
 
 use aya::programs::SchedClassifier;
 use porin::{
+    control::server::Ctx,
     ebpf,
     flows::{
         maps::EventMaps,
@@ -251,4 +252,54 @@ fn the_reader_wakes_on_new_records_and_fills_the_history(transport: EventsTransp
     assert_eq!(h.iter().last().unwrap().seq, 100);
     drop(h);
     drop(reader);
+}
+
+/// Perf only: a full perf buffer's losses, as the kernel reports them,
+/// reach the daemon's `ring_full` cause through the reader's own `drain`
+/// (what `porin status` and the metrics read).
+#[test]
+fn perf_losses_reach_the_ring_full_cause_through_the_reader() {
+    require_root("flow event test (BPF_PROG_TEST_RUN)");
+    stay_on_cpu0();
+    let (bpf, maps) = load(Perf);
+    let (mut source, mut ctl) = maps.split();
+    ctl.set_cpu_rate(1_000_000_000, u64::MAX / 2).unwrap();
+    let shared = Arc::new(Shared::new("test".into(), vec![], 64));
+    let mut sink = Sink {
+        shared: shared.clone(),
+        log: None,
+        clock: Clock::now(),
+    };
+    let mut batch = Vec::new();
+    let mut drain_all = |source: &mut EventSource| {
+        let mut n = 0;
+        loop {
+            let got = reader::drain(source, &mut sink, &mut batch);
+            n += got;
+            if got == 0 {
+                break n;
+            }
+        }
+    };
+    prog_run::timed(prog(&bpf), &frame(), 5000);
+    let mut read = drain_all(&mut source);
+    prog_run::timed(prog(&bpf), &frame(), 1);
+    read += drain_all(&mut source);
+    let ctx = Ctx {
+        shared: shared.clone(),
+        events: Some(ctl),
+        counters: None,
+    };
+    let lost = ctx.lost();
+    assert!(
+        (3000..5000).contains(&lost[1]),
+        "perf's losses are counted as ring full: {lost:?}"
+    );
+    assert_eq!(lost[0], 0);
+    assert_eq!(read as u64 + lost[1], 5001, "read or counted, each record");
+    assert_eq!(
+        shared.history().next_seq() - 1,
+        read as u64,
+        "the records read reached the history"
+    );
 }
