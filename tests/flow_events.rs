@@ -303,3 +303,21 @@ fn perf_losses_reach_the_ring_full_cause_through_the_reader() {
         "the records read reached the history"
     );
 }
+
+/// Both objects' programs pass this kernel's verifier (the daemon loads
+/// only one; the datapath tests load the default one).
+#[test]
+fn every_program_of_both_objects_loads() {
+    require_root("flow event test (program load)");
+    for transport in [RingBuf, Perf] {
+        let mut bpf = ebpf::open_with(transport).expect("open the eBPF object");
+        for name in ["from_container", "to_container", "events_selftest"] {
+            ebpf::load_program::<SchedClassifier>(&mut bpf, name)
+                .unwrap_or_else(|e| panic!("{transport:?}: {name}: {e}"));
+        }
+        for name in ["from_uplink", "probe_frames"] {
+            ebpf::load_program::<aya::programs::Xdp>(&mut bpf, name)
+                .unwrap_or_else(|e| panic!("{transport:?}: {name}: {e}"));
+        }
+    }
+}
