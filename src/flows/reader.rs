@@ -105,9 +105,9 @@ impl Sink {
 
 /// Runs until an fd fails (never, in practice).
 pub async fn run(mut source: EventSource, mut sink: Sink) -> io::Result<()> {
-    // Registered with the reactor by fd only: the source itself stays here
-    // to be read. `Watch` borrows nothing; the fds live as long as `source`,
-    // which outlives `watched` (declared after it, dropped first).
+    // The reactor watches duplicates of the source's fds (the same ring or
+    // perf event, so the same readiness); the source itself stays here to
+    // be read, with no unsafe access through the `Async` wrapper.
     let watched = source
         .fds()
         .into_iter()
