@@ -124,8 +124,8 @@ pub fn flow_verdict(v: &Verdict) -> u8 {
 ///   sees them; the source and destination follow from `dir` (egress: the
 ///   endpoint sends);
 /// * `rule`: `PolicyValue::rule` of the allowing entry, 0 otherwise;
-/// * `tcp_flags`: the TCP flags byte, 0 when not known.
-/// * `ctx`: the program's context (`bpf_perf_event_output` needs it);
+/// * `tcp_flags`: the TCP flags byte, 0 when not known;
+/// * `ctx` (first): the program's context, for `bpf_perf_event_output`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn emit<C: EbpfContext>(
@@ -267,7 +267,8 @@ impl Entry {
         };
         // -ENOSPC (buffer full) is counted by the kernel and reported to the
         // reader in PERF_RECORD_LOST; count only the other failures here.
-        if ret < 0 && ret != -28 {
+        const ENOSPC: i64 = 28;
+        if ret < 0 && ret != -ENOSPC {
             count_lost(lost::RING_FULL);
         }
     }
