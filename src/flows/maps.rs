@@ -5,7 +5,7 @@
 //! enforcement loop.
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf,
 };
 use porin_common::datapath::{max_entries, Counter, Ct4Key, CtKey, CtValue};
@@ -14,6 +14,8 @@ use crate::control::proto::MapFill;
 
 use porin_common::flow::lost;
 pub use porin_common::flow::EventConfig;
+
+use super::source::EventSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -25,6 +27,12 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    #[error("map `{map}`: {source}")]
+    Source {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A new handle on map `name` of `bpf`.
@@ -34,7 +42,8 @@ pub fn own(bpf: &Ebpf, name: &'static str) -> Result<Map, MapsError> {
         | Map::PerCpuArray(d)
         | Map::HashMap(d)
         | Map::LruHashMap(d)
-        | Map::RingBuf(d) => d,
+        | Map::RingBuf(d)
+        | Map::PerfEventArray(d) => d,
         _ => return Err(MapsError::Missing(name)),
     };
     let err = |source| MapsError::Map { map: name, source };
@@ -51,7 +60,8 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
 
 /// The flow-event maps.
 pub struct EventMaps {
-    pub ring: RingBuf<MapData>,
+    /// The ring buffer or the perf buffers, whichever the object has.
+    pub events: EventSource,
     pub config: Array<MapData, EventConfig>,
     pub lost: PerCpuArray<MapData, u64>,
 }
@@ -59,16 +69,21 @@ pub struct EventMaps {
 impl EventMaps {
     pub fn open(bpf: &Ebpf) -> Result<Self, MapsError> {
         Ok(EventMaps {
-            ring: typed(bpf, "PORIN_EVENTS_V1")?,
+            events: EventSource::new(own(bpf, "PORIN_EVENTS_V1")?).map_err(|source| {
+                MapsError::Source {
+                    map: "PORIN_EVENTS_V1",
+                    source,
+                }
+            })?,
             config: typed(bpf, "PORIN_EVCFG_V1")?,
             lost: typed(bpf, "PORIN_LOST_V1")?,
         })
     }
 
-    /// Splits into the ring (for the reader) and the rest.
-    pub fn split(self) -> (RingBuf<MapData>, EventControl) {
+    /// Splits into the event source (for the reader) and the rest.
+    pub fn split(self) -> (EventSource, EventControl) {
         (
-            self.ring,
+            self.events,
             EventControl {
                 config: self.config,
                 lost: self.lost,
@@ -110,7 +125,10 @@ impl EventControl {
             })
     }
 
-    /// Lost records (rate limited, ring full), summed over the CPUs.
+    /// Lost records (rate limited, ring full) the programs counted, summed
+    /// over the CPUs. With perf buffers the kernel reports full buffers to
+    /// the reader instead (`Counters::flow_events_perf_lost`), which
+    /// `control::server::Ctx::lost` adds to the ring-full cause.
     pub fn lost(&self) -> [u64; 2] {
         let sum = |i| self.lost.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
         [sum(lost::RATE_LIMITED), sum(lost::RING_FULL)]

@@ -80,6 +80,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
             flow::kind::NEW_FLOW
         };
         events::emit(
+            ctx,
             kind,
             events::flow_verdict(&verdict),
             verdict.drop.map_or(0, |r| r as u8),

@@ -126,6 +126,7 @@ pub fn from_uplink(ctx: XdpContext) -> u32 {
         _ => 0,
     };
     events::emit(
+        &ctx,
         flow::kind::DROP,
         verdict,
         reason as u8,
