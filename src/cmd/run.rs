@@ -23,9 +23,10 @@ use super::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::{
     datapath::Datapath,
     discovery::{live::LiveDiscovery, scanner::Scanner, watch::Watcher},
+    ebpf,
     enforce::{Enforcer, Input},
     flows::maps::{CounterMaps, EventMaps},
-    kernel::KernelFeatures,
+    kernel::{EventsTransport, KernelFeatures},
     logging,
     reload::{Reloader, Trigger},
     selftest,
@@ -63,6 +64,17 @@ pub fn run(path: &Path) -> ExitCode {
     for line in features.to_string().lines() {
         info!("{line}");
     }
+    // Before the self-test: every object loaded from here on is the one for
+    // this transport.
+    let transport = ebpf::set_transport(features.events_transport(cfg.flows.events_transport));
+    info!(
+        "flow events through a {transport}{}",
+        if cfg.flows.events_transport.is_some() {
+            " (flows.events_transport)"
+        } else {
+            ""
+        }
+    );
     if let Err(e) = selftest::run() {
         error!("datapath self-test failed, not starting: {e}");
         return ExitCode::from(EXIT_RUNTIME);
@@ -104,7 +116,7 @@ pub fn run(path: &Path) -> ExitCode {
         .expect("spawn discovery thread");
     let shared = Arc::new(Shared::new(
         path.display().to_string(),
-        feature_lines(&features),
+        feature_lines(&features, transport),
         cfg.flows.history as usize,
     ));
     let events = EventMaps::open(datapath.ebpf())
@@ -168,11 +180,19 @@ pub fn run(path: &Path) -> ExitCode {
     status
 }
 
-/// `porin version`'s feature lines as (name, value), for `porin status`.
-fn feature_lines(f: &KernelFeatures) -> Vec<(String, String)> {
+/// `porin version`'s feature lines as (name, value), for `porin status`,
+/// with the flow events transport in use (which the config may force).
+fn feature_lines(f: &KernelFeatures, transport: EventsTransport) -> Vec<(String, String)> {
     f.to_string()
         .lines()
         .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .map(|(k, v)| {
+            let v = if k == "flow events" {
+                transport.to_string()
+            } else {
+                v.trim().to_string()
+            };
+            (k.trim().to_string(), v)
+        })
         .collect()
 }
