@@ -242,7 +242,7 @@ fn policy_is_enforced_between_two_namespaces_with_the_kernels_attach_mode() {
     policy.ip4.insert(ctr_ip.octets(), WEB);
     policy.ip4.insert(node_ip.octets(), SERVER);
     policy.policy.extend([allow(Direction::Egress, ALLOWED)]);
-    let mut dp = Datapath::load(strategy.tc).expect("load the datapath");
+    let mut dp = Datapath::load(strategy.tc, None).expect("load the datapath");
     let report = node.run_in(|| dp.apply(&policy, &veths).expect("apply policy 1"));
     assert_eq!(report.attached, ["hveth"], "{report:?}");
     assert!(report.attach_failures.is_empty(), "{report:?}");

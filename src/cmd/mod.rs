@@ -5,6 +5,7 @@ pub mod flows;
 pub mod io;
 pub mod run;
 pub mod status;
+pub mod uninstall;
 
 use std::path::Path;
 
