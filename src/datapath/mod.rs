@@ -102,8 +102,10 @@ pub struct Datapath {
 
 struct Attached {
     name: String,
-    /// aya's links, or None for a persistent netlink filter that aya does
-    /// not own (found by [`pin::TC_PRIORITY`] and [`pin::tc_handle`]).
+    ifindex: u32,
+    /// aya's links, or None for a persistent attachment aya does not own
+    /// (a pinned TCX link, or a netlink filter found by
+    /// [`pin::TC_PRIORITY`] and [`pin::tc_handle`]).
     links: Option<(
         aya::programs::tc::SchedClassifierLinkId,
         aya::programs::tc::SchedClassifierLinkId,
@@ -458,6 +460,7 @@ impl Datapath {
             );
             return Ok(Attached {
                 name: veth.name.clone(),
+                ifindex: veth.ifindex,
                 links: None,
             });
         }
@@ -477,6 +480,7 @@ impl Datapath {
         );
         Ok(Attached {
             name: veth.name.clone(),
+            ifindex: veth.ifindex,
             links: Some((from, to)),
         })
     }
@@ -485,7 +489,7 @@ impl Datapath {
         // A veth that went away with its container took the attachment with
         // it; detaching then fails harmlessly.
         let Some((from, to)) = a.links else {
-            persist::detach_filters(&a.name, self.tc_handle());
+            self.detach_persistent(a.ifindex, &a.name);
             debug!("detached from {}", a.name);
             return;
         };

@@ -33,7 +33,7 @@ use aya::{
         links::{FdLink, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
-        Link, SchedClassifier, TcAttachType, XdpMode,
+        Link, LinkOrder, SchedClassifier, TcAttachType, XdpMode,
     },
     Ebpf,
 };
@@ -68,6 +68,8 @@ pub(super) struct Persist {
     /// stale uplink entries swept after the first).
     applied: bool,
     swept_uplinks: bool,
+    /// Container veths get pinned TCX links (6.6+), else netlink filters.
+    tcx: bool,
 }
 
 /// Decides, prepares the directory and loads the object with pinned maps.
@@ -85,6 +87,7 @@ pub(super) fn open(dir: &Path) -> Result<(Ebpf, Persist), DatapathError> {
             upep: None,
             applied: false,
             swept_uplinks: false,
+            tcx: false,
         },
     ))
 }
@@ -160,36 +163,7 @@ impl Datapath {
     /// After the programs are loaded: adopts (same layout) or starts the
     /// new maps (fresh, replace), and records the layout.
     pub(super) fn start_persistent(&mut self, mut p: Persist) -> Result<(), DatapathError> {
-        match &p.found {
-            Found::Adopt { writer } => {
-                info!(
-                    "bpffs {}: adopting the maps pinned by porin {writer} (same layout)",
-                    p.pins.dir.display()
-                );
-                p.upep = Some(self.adopt()?);
-            }
-            Found::Fresh => {
-                info!(
-                    "bpffs {}: nothing pinned yet; pinning the maps",
-                    p.pins.dir.display()
-                );
-                self.set_generation(0)?;
-            }
-            Found::Replace { retired, layout } => {
-                warn!(
-                    "bpffs {}: maps of {} moved to {}; they are replaced by new ones, each \
-                     attachment switching to the new programs once its entries are written",
-                    p.pins.dir.display(),
-                    match layout {
-                        Some(l) => format!("the older layout {l}"),
-                        None => "an unknown layout".to_string(),
-                    },
-                    retired.display()
-                );
-                self.set_generation(0)?;
-            }
-        }
-        pin::write_meta(&mut self.bpf, crate::VERSION)?;
+        p.tcx = self.tc == crate::kernel::TcAttach::Tcx;
         // Pinned XDP links, taken over when their uplink is applied.
         if let Ok(entries) = fs::read_dir(p.pins.links()) {
             for e in entries.flatten() {
@@ -200,7 +174,36 @@ impl Datapath {
                 }
             }
         }
+        let found = p.found.clone();
+        let dir = p.pins.dir.display().to_string();
+        // Set first: adoption attaches through it.
         self.persist = Some(p);
+        match found {
+            Found::Adopt { writer } => {
+                info!("bpffs {dir}: adopting the maps pinned by porin {writer} (same layout)");
+                let upep = self.adopt()?;
+                if let Some(p) = self.persist.as_mut() {
+                    p.upep = Some(upep);
+                }
+            }
+            Found::Fresh => {
+                info!("bpffs {dir}: nothing pinned yet; pinning the maps");
+                self.set_generation(0)?;
+            }
+            Found::Replace { retired, layout } => {
+                warn!(
+                    "bpffs {dir}: maps of {} moved to {}; they are replaced by new ones, each \
+                     attachment switching to the new programs once its entries are written",
+                    match layout {
+                        Some(l) => format!("the older layout {l}"),
+                        None => "an unknown layout".to_string(),
+                    },
+                    retired.display()
+                );
+                self.set_generation(0)?;
+            }
+        }
+        pin::write_meta(&mut self.bpf, crate::VERSION)?;
         Ok(())
     }
 
@@ -242,11 +245,17 @@ impl Datapath {
                 lost.push(ifindex);
                 continue;
             };
-            match self.replace_filters(&name) {
+            match self.replace_programs(ifindex, &name) {
                 (true, true) => {
                     took.push(name.clone());
-                    self.attached
-                        .insert(ifindex, super::Attached { name, links: None });
+                    self.attached.insert(
+                        ifindex,
+                        super::Attached {
+                            name,
+                            ifindex,
+                            links: None,
+                        },
+                    );
                 }
                 // Neither filter: a veth that took a gone one's number.
                 (false, false) => lost.push(ifindex),
@@ -258,6 +267,9 @@ impl Datapath {
         if !lost.is_empty() {
             // Not attached anywhere: no program reads these connections.
             self.forget_connections(&lost)?;
+            for &ifindex in &lost {
+                self.unpin_tcx(ifindex);
+            }
         }
         info!(
             "adopted policy generation {generation}: {} endpoints, {} policy entries; \
@@ -282,9 +294,14 @@ impl Datapath {
             .ok_or(LoadError::MissingProgram { name })
     }
 
-    /// Replaces the programs of Porin's existing filters on `ifname`
+    /// Replaces the programs of Porin's existing attachments on a veth
     /// atomically; (ingress replaced, egress replaced).
-    fn replace_filters(&mut self, ifname: &str) -> (bool, bool) {
+    fn replace_programs(&mut self, ifindex: u32, ifname: &str) -> (bool, bool) {
+        if self.persist.as_ref().is_some_and(|p| p.tcx) {
+            let from = self.update_tcx(FROM_CONTAINER, true, ifindex).is_ok();
+            let to = self.update_tcx(TO_CONTAINER, false, ifindex).is_ok();
+            return (from, to);
+        }
         let handle = self.tc_handle();
         let mut one = |program: &'static str, at: TcAttachType| -> bool {
             let Ok(prog) = self.classifier_mut(program) else {
@@ -313,6 +330,14 @@ impl Datapath {
     /// Attaches both programs to `veth` as persistent filters: created, or
     /// (when a filter is there already, e.g. of an older layout) replaced.
     pub(super) fn attach_persistent(&mut self, veth: &Veth) -> Result<(), DatapathError> {
+        if self.persist.as_ref().is_some_and(|p| p.tcx) {
+            self.attach_tcx(FROM_CONTAINER, true, veth)?;
+            if let Err(e) = self.attach_tcx(TO_CONTAINER, false, veth) {
+                self.unpin_tcx(veth.ifindex);
+                return Err(e);
+            }
+            return Ok(());
+        }
         let handle = self.tc_handle();
         for (program, at) in [
             (FROM_CONTAINER, TcAttachType::Ingress),
@@ -347,6 +372,105 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+
+    /// Points the pinned TCX link of `ifindex` at `program` (atomic).
+    fn update_tcx(
+        &mut self,
+        program: &'static str,
+        ingress: bool,
+        ifindex: u32,
+    ) -> Result<(), String> {
+        let path = self
+            .persist
+            .as_ref()
+            .expect("persistent")
+            .pins
+            .tcx_link(ingress, ifindex);
+        let link = PinnedLink::from_pin(&path).map_err(|e| e.to_string())?;
+        let link = SchedClassifierLink::try_from(FdLink::from(link)).map_err(|e| e.to_string())?;
+        let prog = self.classifier_mut(program).map_err(|e| e.to_string())?;
+        let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+        // Closing our fd leaves the pinned link attached.
+        drop(prog.take_link(id));
+        Ok(())
+    }
+
+    /// Attaches `program` to `veth` with a TCX link first in the chain and
+    /// pins it; a pinned link of the same veth is updated instead.
+    fn attach_tcx(
+        &mut self,
+        program: &'static str,
+        ingress: bool,
+        veth: &Veth,
+    ) -> Result<(), DatapathError> {
+        let path = self
+            .persist
+            .as_ref()
+            .expect("persistent")
+            .pins
+            .tcx_link(ingress, veth.ifindex);
+        if path.exists() {
+            if self.update_tcx(program, ingress, veth.ifindex).is_ok() {
+                return Ok(());
+            }
+            // A dead link (its veth went away and the number was reused).
+            let _ = fs::remove_file(&path);
+        }
+        let err = |source| DatapathError::Attach {
+            program,
+            ifname: veth.name.clone(),
+            ifindex: veth.ifindex,
+            source,
+        };
+        let at = if ingress {
+            TcAttachType::Ingress
+        } else {
+            TcAttachType::Egress
+        };
+        let prog = self.classifier_mut(program)?;
+        let id = prog
+            .attach_with_options(
+                &veth.name,
+                at,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .map_err(err)?;
+        let link = prog.take_link(id).map_err(err)?;
+        let pinned = FdLink::try_from(link)
+            .map_err(|e| e.to_string())
+            .and_then(|fd| fd.pin(&path).map_err(|e| e.to_string()));
+        pinned.map(drop).map_err(|e| {
+            err(aya::programs::ProgramError::SyscallError(
+                aya::sys::SyscallError {
+                    call: "bpf_obj_pin",
+                    io_error: std::io::Error::other(format!(
+                        "pinning the TCX link at {}: {e}",
+                        path.display()
+                    )),
+                },
+            ))
+        })
+    }
+
+    /// Unpins (and so detaches) the TCX links of `ifindex`, if any.
+    fn unpin_tcx(&mut self, ifindex: u32) {
+        let Some(p) = &self.persist else { return };
+        for ingress in [true, false] {
+            let path = p.pins.tcx_link(ingress, ifindex);
+            if let Ok(link) = PinnedLink::from_pin(&path) {
+                drop(link.unpin());
+            }
+        }
+    }
+
+    /// Detaches a persistent attachment.
+    pub(super) fn detach_persistent(&mut self, ifindex: u32, ifname: &str) {
+        if self.persist.as_ref().is_some_and(|p| p.tcx) {
+            self.unpin_tcx(ifindex);
+        } else {
+            detach_filters(ifname, self.tc_handle());
+        }
     }
 
     /// The "old" side of the endpoint-address sync: what adoption found on
@@ -610,27 +734,25 @@ fn key_bytes<K: aya::Pod>(k: &aya::maps::lpm_trie::Key<K>) -> Vec<u8> {
 }
 
 /// `porin uninstall`: removes everything Porin put in the kernel under
-/// bpffs directory `dir`, with or without a daemon: the TC filters on the
-/// veths `PORIN_ENDP_V1` lists, every pinned link (XDP and any other), and
-/// the pins. Returns one line per thing removed.
+/// bpffs directory `dir`, with or without a daemon: its TC filters (on
+/// any interface), every pinned link (XDP and any other), and the pins.
+/// Returns one line per thing removed.
 pub fn uninstall(dir: &Path) -> Result<Vec<String>, String> {
     let pins = PinDir::new(dir);
     if !dir.exists() {
         return Ok(Vec::new());
     }
     let mut done = Vec::new();
-    let endp = pins.map("PORIN_ENDP_V1");
-    if endp.exists() {
-        let data = MapData::from_pin(&endp).map_err(|e| format!("{}: {e}", endp.display()))?;
-        let m: BpfHashMap<MapData, u32, EndpointInfo> =
-            BpfHashMap::try_from(aya::maps::Map::HashMap(data))
-                .map_err(|e| format!("{}: {e}", endp.display()))?;
-        for ifindex in m.keys().filter_map(Result::ok) {
-            if let Some(name) = ifname_of(ifindex) {
-                let n = detach_filters(&name, tc_handle(dir));
-                if n > 0 {
-                    done.push(format!("removed {n} TC filters from {name}"));
-                }
+    // Every interface, not only those `PORIN_ENDP_V1` lists: a filter whose
+    // endpoint entry is gone (a start that crashed midway) must go too. The
+    // handle is this directory's own, so other installations' filters stay.
+    let handle = tc_handle(dir);
+    if let Ok(entries) = fs::read_dir("/sys/class/net") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = detach_filters(&name, handle);
+            if n > 0 {
+                done.push(format!("removed {n} TC filters from {name}"));
             }
         }
     }

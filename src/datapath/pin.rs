@@ -9,16 +9,24 @@
 //!   porin that wrote it ([`porin_common::layout`]);
 //! - `<bpffs>/links/xdp-<native|generic>-<ifname>`: the uplinks' XDP
 //!   `bpf_link`s (a link only outlives its process when pinned);
+//! - `<bpffs>/links/tcx-<ingress|egress>-<ifindex>`: the container veths'
+//!   TCX links, on kernels with TCX (6.6+);
 //! - `<bpffs>/retired-<n>/`: maps of an older layout moved aside while a
 //!   replacement takes over; removed after the first complete apply.
 //!
-//! TC programs on container veths are attached as clsact + cls_bpf filters
-//! through netlink at a fixed priority and a handle derived from the bpffs
-//! directory ([`TC_PRIORITY`], [`tc_handle`]) on every kernel: such a filter stays attached after the
-//! process exits and is replaced atomically (same priority and handle, no
-//! create flag) on 5.10, 6.1 and 6.12 alike, and it goes away with its veth.
-//! TCX links (6.6+) would need a pin per veth, which outlives the veth it
-//! was attached to, and a second code path for older kernels.
+//! TC programs on container veths, by kernel:
+//! - with TCX (6.6+, e.g. 6.12): TCX links, attached first in the chain and
+//!   pinned. A TCX program that returns a verdict ends the chain and the
+//!   kernel then skips the legacy clsact filters, so on these kernels a
+//!   netlink filter could be bypassed by any other TCX user; first in the
+//!   TCX chain it cannot be. A pinned link outlives the process and its
+//!   program is replaced atomically (`bpf_link_update`). A link whose veth
+//!   went away is dead; its pin is removed when found (adoption, attach).
+//! - without (5.10, 6.1): clsact + cls_bpf filters through netlink at a
+//!   fixed priority and a handle derived from the bpffs directory
+//!   ([`TC_PRIORITY`], [`tc_handle`]); such a filter stays attached after
+//!   the process exits, is replaced atomically (same priority and handle,
+//!   no create flag) and goes away with its veth.
 //!
 //! # Start-up decision ([`prepare`])
 //! - nothing pinned: create and pin;
@@ -175,6 +183,11 @@ impl PinDir {
     }
     pub fn xdp_link(&self, mode: &str, ifname: &str) -> PathBuf {
         self.links().join(format!("xdp-{mode}-{ifname}"))
+    }
+    /// A container veth's TCX link (`ingress` or `egress`), by ifindex.
+    pub fn tcx_link(&self, ingress: bool, ifindex: u32) -> PathBuf {
+        let dir = if ingress { "ingress" } else { "egress" };
+        self.links().join(format!("tcx-{dir}-{ifindex}"))
     }
 }
 
