@@ -436,7 +436,11 @@ impl World {
     }
 
     fn start_env(&self, env: &[(&str, &str)]) -> Daemon {
-        let mut d = Daemon::start_with_env(porin_bin(), &self.config, env);
+        self.start_bin(porin_bin(), env)
+    }
+
+    fn start_bin(&self, bin: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::start_with_env(bin, &self.config, env);
         d.wait_for(
             |l| l.contains("3 endpoints enforced") && !l.contains("FAILED"),
             Duration::from_secs(30),
@@ -744,4 +748,60 @@ fn a_newer_or_mismatched_pinned_layout_is_refused() {
 #[allow(dead_code)]
 fn _keep(w: &World) -> (&PodmanContainer, &PodmanContainer) {
     (&w.server, &w.other)
+}
+
+/// Upgrade under traffic: the previous commit's binary (built by
+/// `.ci/upgrade-test`, passed in `PORIN_UPGRADE_FROM_BIN`) runs, then this
+/// build replaces it. Runs only when asked (it needs a second build).
+///
+/// A previous binary that predates pinning detaches everything when it
+/// stops, so an upgrade from it necessarily has a gap: the test says so
+/// loudly and checks a same-layout restart of this build instead.
+#[test]
+fn upgrade_from_the_previous_binary_under_traffic() {
+    let Some(old) = std::env::var_os("PORIN_UPGRADE_FROM_BIN") else {
+        eprintln!("upgrade test not run: set PORIN_UPGRADE_FROM_BIN (see .ci/upgrade-test)");
+        return;
+    };
+    require_root("upgrade test");
+    let old = PathBuf::from(old);
+    assert!(
+        old.exists(),
+        "PORIN_UPGRADE_FROM_BIN={} does not exist",
+        old.display()
+    );
+    let tag = "u";
+    let w = World::new(tag);
+    let old_daemon = w.start_bin(&old, &[]);
+    assert!(w.enforced(), "the previous binary enforces");
+    let pins = w.bpffs.dir.join("maps/PORIN_META_V1").exists();
+    let mut d = if pins {
+        eprintln!("upgrade: the previous binary pins its maps; upgrading under traffic");
+        old_daemon
+    } else {
+        eprintln!(
+            "\n!!!!! upgrade: the previous binary ({}) PREDATES PINNING: it detaches \
+             everything when it stops, so an upgrade from it has a gap. Testing a \
+             same-layout restart of this build instead. !!!!!\n",
+            old.display()
+        );
+        assert!(old_daemon.stop());
+        w.start()
+    };
+    let probe = Probe::start(w.client.pid(), w.allowed, w.denied.clone());
+    thread::sleep(Duration::from_secs(1));
+    d.signal(libc::SIGTERM);
+    let _ = d.wait_exit(Duration::from_secs(10));
+    d = w.start();
+    assert!(
+        d.seen().iter().any(|l| l.contains("adopting the maps")),
+        "the new binary adopts:\n{}",
+        d.seen().join("\n")
+    );
+    thread::sleep(Duration::from_secs(1));
+    let counts = probe.finish();
+    eprintln!("upgrade: {}", counts.line());
+    assert!(counts.echo_ok.load(SeqCst) > 50, "{}", counts.line());
+    assert_eq!(counts.wrong(), 0, "{}", counts.line());
+    assert!(d.stop());
 }
