@@ -805,3 +805,91 @@ fn upgrade_from_the_previous_binary_under_traffic() {
     assert_eq!(counts.wrong(), 0, "{}", counts.line());
     assert!(d.stop());
 }
+
+/// The id of the link pinned at `path` and of the program it runs.
+fn pinned_link_ids(path: &Path) -> Option<(u32, u32)> {
+    let link = FdLink::from(PinnedLink::from_pin(path).ok()?);
+    let info = link.info().ok()?;
+    Some((info.id(), info.program_id()))
+}
+
+/// An uplink's pinned XDP link outlives the datapath that made it, is taken
+/// over by the next one (same link, new program: replaced in place), keeps
+/// its deny entries, and is detached once the uplink leaves the config.
+#[test]
+fn a_pinned_uplink_xdp_link_is_taken_over_and_dropped_when_unconfigured() {
+    use std::collections::BTreeMap;
+
+    use porin::{
+        config::XdpMode,
+        datapath::{uplink::UplinkPlan, Datapath},
+        kernel::TcAttach,
+        policy::{Compiled, Prefix4},
+        testing::netns::NsPair,
+    };
+    use porin_common::uplink::UplinkConfig;
+
+    require_root("pinned XDP link test");
+    let bpffs = BpffsGuard::new(test_bpffs("lc-xdp"));
+    let net = NsPair::new("lcxdp", 211);
+    let dir = bpffs.dir.clone();
+    let iface = net.if_a;
+    let plan = move |deny: bool| UplinkPlan {
+        interface: iface.to_string(),
+        mode: XdpMode::Generic,
+        limits: UplinkConfig::default(),
+        deny4: if deny {
+            BTreeMap::from([(
+                Prefix4 {
+                    addr: [10, 9, 8, 0],
+                    len: 24,
+                },
+                77,
+            )])
+        } else {
+            BTreeMap::new()
+        },
+        deny6: BTreeMap::new(),
+    };
+    let link = dir.join(format!("links/xdp-generic-{iface}"));
+    net.a.run_in(move || {
+        let first = {
+            let mut dp = Datapath::load(TcAttach::Tcx, Some(&dir)).expect("load");
+            dp.apply(&Compiled::default(), &[]).expect("apply");
+            let r = dp.apply_uplinks(&[plan(true)]).expect("uplinks");
+            assert_eq!(r.attached, [format!("{iface} (generic)")]);
+            pinned_link_ids(&link).expect("the XDP link is pinned")
+        }; // dropped: a daemon that stopped
+        assert_eq!(
+            pinned_link_ids(&link).map(|(l, _)| l),
+            Some(first.0),
+            "the link outlives the datapath"
+        );
+
+        let mut dp = Datapath::load(TcAttach::Tcx, Some(&dir)).expect("load again");
+        assert!(dp.adopted());
+        dp.apply(&Compiled::default(), &[]).expect("apply");
+        dp.apply_uplinks(&[plan(false)]).expect("uplinks");
+        let second = pinned_link_ids(&link).expect("still pinned");
+        assert_eq!(
+            second.0, first.0,
+            "the same link is taken over, not re-made"
+        );
+        assert_ne!(second.1, first.1, "its program is the new one");
+        // The deny prefix the new plan dropped is gone from the map.
+        let deny: aya::maps::LpmTrie<_, [u8; 8], u32> =
+            aya::maps::LpmTrie::try_from(dp.ebpf().map("PORIN_UPDNY4_V1").expect("deny map"))
+                .unwrap();
+        assert_eq!(deny.keys().count(), 0, "stale deny entries swept");
+        drop(dp);
+
+        let mut dp = Datapath::load(TcAttach::Tcx, Some(&dir)).expect("load a third time");
+        dp.apply(&Compiled::default(), &[]).expect("apply");
+        dp.apply_uplinks(&[]).expect("no uplinks");
+        assert!(!link.exists(), "an unconfigured uplink's link is detached");
+        let cfg: aya::maps::HashMap<_, u32, UplinkConfig> =
+            aya::maps::HashMap::try_from(dp.ebpf().map("PORIN_UPCFG_V1").expect("cfg map"))
+                .unwrap();
+        assert_eq!(cfg.keys().count(), 0, "and its entries are gone");
+    });
+}

@@ -27,6 +27,14 @@
 //! Established connections keep passing throughout (conntrack). A new
 //! connection of a parked address or endpoint may be refused for the
 //! moment it is parked (fail closed); the client's retransmission succeeds.
+//!
+//! # Persistence
+//! [`Datapath::load`] with a bpffs directory (the daemon) pins every map and
+//! makes attachments that outlive the process; a later load adopts them and
+//! its first apply is an ordinary diff against what the maps hold (see
+//! [`pin`] for the layout and the start-up decision, [`persist`] for
+//! adoption and removal). Without one (tests, benches) everything is
+//! private to the object and goes away with it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -15,8 +15,9 @@
 //! detaching. New deny prefixes are inserted before stale ones are removed,
 //! so a reload never opens a gap in a deny list that keeps a prefix.
 //! A missing interface is logged (once until it comes back) and skipped.
-//! Links are owned by the loaded object: they are detached when `porin run`
-//! stops.
+//! Without pins (tests) links are owned by the loaded object and detached
+//! when it is dropped; the daemon pins them (see [`super::persist`]): they
+//! outlive it and the next start takes them over.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
