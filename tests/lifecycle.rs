@@ -912,3 +912,90 @@ fn a_pinned_uplink_xdp_link_is_taken_over_and_dropped_when_unconfigured() {
         assert_eq!(cfg.keys().count(), 0, "and its entries are gone");
     });
 }
+
+/// Porin's clsact filters on `ifname` as `tc` lists them: (direction, the
+/// program id in the filter).
+fn netlink_filters(ifname: &str) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for dir in ["ingress", "egress"] {
+        let o = Command::new("tc")
+            .args(["filter", "show", "dev", ifname, dir])
+            .output()
+            .unwrap();
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            if l.contains("from_container") || l.contains("to_container") {
+                let id = l
+                    .split_whitespace()
+                    .skip_while(|w| *w != "id")
+                    .nth(1)
+                    .unwrap_or("?")
+                    .to_string();
+                v.push((dir.to_string(), id));
+            }
+        }
+    }
+    v
+}
+
+/// The kernels without TCX (5.10, 6.1): persistent clsact filters at
+/// Porin's priority and handle stay after the datapath is gone, are
+/// adopted with their programs replaced in place, and are removed by
+/// `remove_everything` (`on_stop: detach`). Forced here with
+/// `TcAttach::ClsactNetlink` so the build machine covers that path too.
+#[test]
+fn persistent_clsact_filters_are_adopted_and_replaced_in_place() {
+    use porin::{
+        datapath::{Datapath, Veth},
+        kernel::TcAttach,
+        policy::Compiled,
+        testing::netns::NsPair,
+    };
+    use porin_common::datapath::{mode, EndpointInfo};
+
+    require_root("persistent clsact filter test");
+    let bpffs = BpffsGuard::new(test_bpffs("lc-nl"));
+    let net = NsPair::new("lcnl", 212);
+    let dir = bpffs.dir.clone();
+    let ifname = net.if_a;
+    net.a.run_in(move || {
+        let ifindex = porin::datapath::ifindex_of(ifname).expect("veth");
+        let mut c = Compiled::default();
+        c.endpoints.insert(
+            ifindex,
+            EndpointInfo {
+                identity: 4242,
+                mode: mode::ENFORCE,
+                _pad: [0; 3],
+            },
+        );
+        let veth = [Veth {
+            ifindex,
+            name: ifname.to_string(),
+        }];
+        {
+            let mut dp = Datapath::load(TcAttach::ClsactNetlink, Some(&dir)).expect("load");
+            let r = dp.apply(&c, &veth).expect("apply");
+            assert_eq!(r.attached, [ifname.to_string()]);
+        }
+        let before = netlink_filters(ifname);
+        assert_eq!(
+            before.len(),
+            2,
+            "both filters stay after the datapath: {before:?}"
+        );
+
+        let mut dp = Datapath::load(TcAttach::ClsactNetlink, Some(&dir)).expect("load again");
+        assert!(dp.adopted());
+        assert_eq!(dp.attached(), [ifname], "the veth is adopted");
+        let after = netlink_filters(ifname);
+        assert_eq!(after.len(), 2, "still two filters, none added: {after:?}");
+        for (b, a) in before.iter().zip(&after) {
+            assert_ne!(b.1, a.1, "{} runs the new program", b.0);
+        }
+        let r = dp.apply(&c, &veth).expect("apply after adoption");
+        assert!(r.attached.is_empty() && r.detached.is_empty(), "{r:?}");
+        dp.remove_everything();
+        assert!(netlink_filters(ifname).is_empty(), "detach removes them");
+        assert!(!dir.exists(), "and the pins");
+    });
+}
