@@ -263,11 +263,13 @@ impl CgroupScope {
         let mount = dir.join("cg");
         let _ = Command::new("umount").arg("-l").arg(&mount).status();
         std::fs::create_dir_all(&mount).unwrap();
-        CgroupScope {
+        let scope = CgroupScope {
             parent,
             mount,
             mounted: false,
-        }
+        };
+        scope.remove_parent(); // a leftover of an aborted run
+        scope
     }
 
     /// The container-runtime argument.
@@ -309,11 +311,38 @@ impl CgroupScope {
     }
 }
 
+impl CgroupScope {
+    /// Removes the (empty) parent cgroup from every hierarchy.
+    fn remove_parent(&self) {
+        let Ok(roots) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        // Children first (podman puts conmon in `<parent>/conmon`); a
+        // cgroup directory goes with rmdir once it has no processes.
+        fn rmdir_tree(d: &Path) {
+            if let Ok(entries) = std::fs::read_dir(d) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        rmdir_tree(&e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(d);
+        }
+        for r in roots.flatten() {
+            rmdir_tree(Path::new(&format!("{}{}", r.path().display(), self.parent)));
+        }
+        rmdir_tree(Path::new(&format!("/sys/fs/cgroup{}", self.parent)));
+    }
+}
+
 impl Drop for CgroupScope {
     fn drop(&mut self) {
         if self.mounted {
             let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
         }
+        // After the containers (dropped first, declared first in `World`).
+        self.remove_parent();
     }
 }
 
