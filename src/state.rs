@@ -88,6 +88,9 @@ pub struct Counters {
     pub flow_events: AtomicU64,
     /// Ring-buffer records that did not decode (wrong size).
     pub flow_events_malformed: AtomicU64,
+    /// Records the kernel could not write into a full perf buffer, from its
+    /// `PERF_RECORD_LOST` reports (perf transport only).
+    pub flow_events_perf_lost: AtomicU64,
     pub control_requests: AtomicU64,
     pub control_refused: AtomicU64,
     pub control_bad_frames: AtomicU64,

@@ -665,7 +665,13 @@ fn enforcement_survives_stop_kill_panic_restart_and_layout_replace_without_a_gap
     // A forced panic in a daemon thread: the process aborts.
     d.signal(libc::SIGTERM);
     let _ = d.wait_exit(Duration::from_secs(10));
-    let mut p = w.start_env(&[("PORIN_TEST_PANIC_AFTER_MS", "2500")]);
+    // Only `ready` is awaited: the panic may come before, during or after
+    // the first apply, all of which must keep enforcement.
+    let mut p = Daemon::start_with_env(
+        porin_bin(),
+        &w.config,
+        &[("PORIN_TEST_PANIC_AFTER_MS", "1500")],
+    );
     let (status, log) = p.wait_exit(Duration::from_secs(10));
     assert!(!status.success(), "a panic ends the daemon");
     assert!(
@@ -770,6 +776,27 @@ fn a_newer_or_mismatched_pinned_layout_is_refused() {
     let w = World::new(tag);
     let d = w.start();
     assert!(d.stop());
+
+    // Another flow events transport: the events map changes type. It holds
+    // no enforcement state, so it is replaced, not refused.
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(
+        &w.config,
+        format!("{text}flows:\n  events_transport: perf\n"),
+    )
+    .unwrap();
+    let d = w.start();
+    assert!(
+        d.seen()
+            .iter()
+            .any(|l| l.contains("PORIN_EVENTS_V1: pinned with another shape")),
+        "{}",
+        d.seen().join("\n")
+    );
+    assert!(d.seen().iter().any(|l| l.contains("adopting the maps")));
+    assert!(w.enforced(), "enforced after the transport change");
+    assert!(d.stop());
+    std::fs::write(&w.config, text).unwrap();
 
     // Newer layout: a downgrade is refused, enforcement stays as it is.
     write_meta(&w.bpffs.dir, 99, "9.9.9");

@@ -107,10 +107,10 @@ fn run(
     stopped: channel::Receiver<()>,
 ) {
     let ex = Rc::new(LocalExecutor::new());
-    let (ring, mut events) = match setup.events {
+    let (source, mut events) = match setup.events {
         Some(e) => {
-            let (ring, ctl) = e.split();
-            (Some(ring), Some(ctl))
+            let (source, ctl) = e.split();
+            (Some(source), Some(ctl))
         }
         None => (None, None),
     };
@@ -124,7 +124,7 @@ fn run(
         events,
         counters: setup.counters,
     });
-    if let Some(ring) = ring {
+    if let Some(source) = source {
         let log = setup.flow_log.as_ref().and_then(|c| {
             FlowLog::open(&c.path, c.max_size, c.keep)
                 .inspect_err(|e| error!("flow log {} unavailable: {e}", c.path.display()))
@@ -136,7 +136,7 @@ fn run(
             clock: Clock::now(),
         };
         ex.spawn(async move {
-            if let Err(e) = reader::run(ring, sink).await {
+            if let Err(e) = reader::run(source, sink).await {
                 error!("flow reader stopped: {e}");
             }
         })

@@ -26,9 +26,10 @@ use crate::{
         scanner::Scanner,
         watch::{Wake, Watcher},
     },
+    ebpf,
     enforce::{Enforcer, Input},
     flows::maps::{CounterMaps, EventMaps},
-    kernel::KernelFeatures,
+    kernel::{EventsTransport, KernelFeatures},
     logging, selftest,
     signals::{Signal, SignalSet},
     state::Shared,
@@ -65,6 +66,17 @@ pub fn run(path: &Path) -> ExitCode {
     for line in features.to_string().lines() {
         info!("{line}");
     }
+    // Before the self-test: every object loaded from here on is the one for
+    // this transport.
+    let transport = ebpf::set_transport(features.events_transport(cfg.flows.events_transport));
+    info!(
+        "flow events through a {transport}{}",
+        if cfg.flows.events_transport.is_some() {
+            " (flows.events_transport)"
+        } else {
+            ""
+        }
+    );
     if let Err(e) = selftest::run() {
         error!("datapath self-test failed, not starting: {e}");
         return ExitCode::from(EXIT_RUNTIME);
@@ -112,7 +124,7 @@ pub fn run(path: &Path) -> ExitCode {
         .expect("spawn discovery thread");
     let shared = Arc::new(Shared::new(
         path.display().to_string(),
-        feature_lines(&features),
+        feature_lines(&features, transport),
         cfg.flows.history as usize,
     ));
     let events = EventMaps::open(datapath.ebpf())
@@ -182,12 +194,20 @@ pub fn run(path: &Path) -> ExitCode {
     status
 }
 
-/// `porin version`'s feature lines as (name, value), for `porin status`.
-fn feature_lines(f: &KernelFeatures) -> Vec<(String, String)> {
+/// `porin version`'s feature lines as (name, value), for `porin status`,
+/// with the flow events transport in use (which the config may force).
+fn feature_lines(f: &KernelFeatures, transport: EventsTransport) -> Vec<(String, String)> {
     f.to_string()
         .lines()
         .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .map(|(k, v)| {
+            let v = if k == "flow events" {
+                transport.to_string()
+            } else {
+                v.trim().to_string()
+            };
+            (k.trim().to_string(), v)
+        })
         .collect()
 }
 

@@ -60,13 +60,17 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Lost flow records (rate limited, ring full), summed over CPUs.
+    /// Lost flow records (rate limited, ring full), summed over CPUs; a
+    /// full perf buffer's losses, as the kernel reported them to the reader,
+    /// count as ring full.
     pub fn lost(&self) -> [u64; 2] {
-        let lost = self
+        let mut lost = self
             .events
             .as_ref()
             .map(EventControl::lost)
             .unwrap_or_default();
+        lost[porin_common::flow::lost::RING_FULL as usize] +=
+            Counters::get(&self.shared.counters.flow_events_perf_lost);
         *lock(&self.shared.lost) = lost;
         lost
     }
@@ -291,11 +295,7 @@ fn status(ctx: &Ctx) -> Response {
     let sh = &ctx.shared;
     let mut maps = snap.maps.clone();
     if let Some(c) = &ctx.counters {
-        maps.push(proto::MapFill {
-            name: "PORIN_CT_V1".into(),
-            entries: c.ct_entries(),
-            capacity: u64::from(porin_common::datapath::max_entries::CONNTRACK),
-        });
+        maps.extend(c.ct_fill());
     }
     let (len, cap) = {
         let h = sh.history();

@@ -58,6 +58,13 @@ use crate::ebpf::{self, LoadError};
 
 /// The layout record's map.
 pub const META_MAP: &str = "PORIN_META_V1";
+/// Maps that carry no enforcement state: the programs only write them and
+/// the daemon reads each record once. A pinned one of another shape (the
+/// flow events map is a ring buffer or a perf event array depending on the
+/// transport, which a restart may change) is unpinned and created anew
+/// instead of refusing to start; the attached programs keep the old one
+/// until their programs are replaced.
+pub const TRANSIENT: &[&str] = &["PORIN_EVENTS_V1"];
 /// cls_bpf priority of Porin's filters ("PR"): fixed, so a restarted daemon
 /// (or `porin uninstall`) finds them again.
 pub const TC_PRIORITY: u16 = 0x5052;
@@ -343,6 +350,15 @@ pub fn check_maps(pins: &PinDir, maps: &[ObjectMap]) -> Result<(), PinError> {
                 info.max_entries(),
                 m.max_entries
             ));
+        }
+        if !what.is_empty() && TRANSIENT.contains(&m.name.as_str()) {
+            log::warn!(
+                "{}: pinned with another shape ({}); replacing it",
+                path.display(),
+                what.join(", ")
+            );
+            fs::remove_file(&path).map_err(io_err(&path, "unpinning"))?;
+            continue;
         }
         if !what.is_empty() {
             return Err(PinError::Mismatch {
