@@ -13,6 +13,7 @@ mod conntrack;
 mod counters;
 mod events;
 mod identity;
+mod meta;
 mod parse;
 mod policy;
 mod probe;
