@@ -246,6 +246,8 @@ fn setup(bpf: &mut Ebpf, entries: usize) {
         DatapathConfig {
             generation: 0,
             ready: CONFIG_READY,
+            epoch: 1,
+            _pad: 0,
         },
         0,
     )

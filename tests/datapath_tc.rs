@@ -32,6 +32,7 @@ use porin_common::{
         Direction, DropReason, EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
         CT_REFRESH_EVERY,
     },
+    dcache::next_epoch,
     decide::{ct4_key, ct6_key},
     packet::ethertype,
     parse::Flow,
@@ -121,18 +122,21 @@ impl Dp {
         self.hash::<u32, EndpointInfo>("PORIN_ENDP_V1")
             .insert(ifindex, info, 0)
             .expect("endpoint");
+        self.bump_epoch();
     }
 
     fn ip4(&mut self, addr: Ipv4Addr, id: Identity) {
         self.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
             .insert(addr.octets(), id, 0)
             .expect("ip4");
+        self.bump_epoch();
     }
 
     fn ip6(&mut self, addr: Ipv6Addr, id: Identity) {
         self.hash::<[u8; 16], Identity>("PORIN_IP6_V1")
             .insert(addr.octets(), id, 0)
             .expect("ip6");
+        self.bump_epoch();
     }
 
     fn net4(&mut self, addr: Ipv4Addr, prefix: u32, id: Identity) {
@@ -140,6 +144,7 @@ impl Dp {
             LpmTrie::try_from(self.bpf.map_mut("PORIN_NET4_V1").expect("net4")).expect("trie");
         trie.insert(&Key::new(prefix, addr.octets()), id, 0)
             .expect("net4");
+        self.bump_epoch();
     }
 
     fn net6(&mut self, addr: Ipv6Addr, prefix: u32, id: Identity) {
@@ -147,6 +152,7 @@ impl Dp {
             LpmTrie::try_from(self.bpf.map_mut("PORIN_NET6_V1").expect("net6")).expect("trie");
         trie.insert(&Key::new(prefix, addr.octets()), id, 0)
             .expect("net6");
+        self.bump_epoch();
     }
 
     fn write_config(&mut self, cfg: DatapathConfig) {
@@ -155,11 +161,32 @@ impl Dp {
         arr.set(0, cfg, 0).expect("config");
     }
 
-    /// Makes `generation` active.
+    fn read_config(&self) -> DatapathConfig {
+        let arr: Array<_, DatapathConfig> =
+            Array::try_from(self.bpf.map("PORIN_CFG_V1").expect("cfg")).expect("array");
+        arr.get(&0, 0).expect("config")
+    }
+
+    /// Makes `generation` active (and bumps the deny-cache epoch, as the
+    /// manager does after every change).
     fn config(&mut self, generation: u32) {
+        let epoch = next_epoch(self.read_config().epoch);
         self.write_config(DatapathConfig {
             generation,
             ready: CONFIG_READY,
+            epoch,
+            _pad: 0,
+        });
+    }
+
+    /// What the manager does after every map change: a new deny-cache
+    /// epoch, so no cached drop from before counts. The map helpers below
+    /// call it after each write, as the manager's `apply` does.
+    fn bump_epoch(&mut self) {
+        let cfg = self.read_config();
+        self.write_config(DatapathConfig {
+            epoch: next_epoch(cfg.epoch),
+            ..cfg
         });
     }
 
@@ -196,6 +223,7 @@ impl Dp {
         self.hash::<PolicyKey, PolicyValue>("PORIN_POL_V1")
             .insert(key, value, 0)
             .expect("policy entry");
+        self.bump_epoch();
     }
 
     fn per_cpu_sum(&self, map: &str, index: u32) -> Counter {
@@ -822,11 +850,13 @@ fn missing_or_bad_config_drops_internal() {
     dp.write_config(DatapathConfig {
         generation: 2,
         ready: CONFIG_READY,
+        ..Default::default()
     });
     dp.expect(EGRESS, &frame, SHOT, "generation 2");
     dp.write_config(DatapathConfig {
         generation: 0,
         ready: 1,
+        ..Default::default()
     });
     dp.expect(EGRESS, &frame, SHOT, "ready flag not set to CONFIG_READY");
     dp.expect_drops(&[(DropReason::Internal, 3)], "three config faults");

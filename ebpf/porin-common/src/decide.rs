@@ -361,7 +361,11 @@ mod tests {
 
     #[test]
     fn only_a_ready_config_with_generation_0_or_1_is_used() {
-        let cfg = |generation, ready| DatapathConfig { generation, ready };
+        let cfg = |generation, ready| DatapathConfig {
+            generation,
+            ready,
+            ..Default::default()
+        };
         assert_eq!(active_generation(&cfg(0, CONFIG_READY)), Ok(0));
         assert_eq!(active_generation(&cfg(1, CONFIG_READY)), Ok(1));
         for bad in [

@@ -4,10 +4,14 @@
 //! 1. parse;
 //! 2. conntrack: a flow this endpoint (this ifindex) already allowed, or a
 //!    reply to one, passes: one hash lookup on the hot path;
-//! 3. endpoint of the veth (`PORIN_ENDP_V1[skb->ifindex]`), none → drop;
+//! 3. deny cache (`dcache`): a repeated packet of a flow the steps below
+//!    dropped (enforce mode, `PolicyDenied` or `SpoofedSource`) under the
+//!    current epoch gets the same drop, counted and evented alike; a miss
+//!    goes on, and a cacheable drop below is stored;
+//! 4. endpoint of the veth (`PORIN_ENDP_V1[skb->ifindex]`), none → drop;
 //!    ARP and IPv6 neighbour discovery pass here, parse errors are judged
 //!    with the endpoint's mode;
-//! 4. peer identity and policy in the active generation; allowed → CT entry.
+//! 5. peer identity and policy in the active generation; allowed → CT entry.
 //!
 //! Conntrack before the endpoint: a CT entry's key holds the ifindex of an
 //! endpoint whose policy allowed the flow, and the manager detaches the
@@ -30,7 +34,7 @@ use porin_common::{
     parse::{Flow, Parsed},
 };
 
-use crate::{conntrack, counters, events, identity, parse, policy};
+use crate::{conntrack, counters, dcache, events, identity, parse, policy};
 
 /// Attached at TC **ingress** of a container's host-side veth: packets
 /// leaving the container (policy direction egress, peer = destination).
@@ -52,11 +56,16 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: the context pointer the kernel passed in.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let parsed = parse::headers(ctx);
+    let mut probe = None;
     if let Ok(Parsed::Flow(flow)) = &parsed {
         if conntrack::established(flow, dir, ifindex) {
             let verdict = decide::verdict(Ok(()), None);
             counters::record(&verdict, dir, ctx.len());
             return verdict.action;
+        }
+        match dcache::check(flow, dir, ifindex) {
+            Ok(p) => probe = p,
+            Err(hit) => return repeat_drop(ctx, &hit, flow, dir, ifindex),
         }
     }
     let endpoint = identity::endpoint(ifindex);
@@ -71,6 +80,9 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     };
     let verdict = decide::verdict(result, endpoint.map(|ep| ep.mode));
     counters::record(&verdict, dir, ctx.len());
+    if let (Some(p), Some(ep)) = (&probe, &endpoint) {
+        dcache::store(p, &verdict, ep.identity, seen.peer);
+    }
     // Flow events: a new allowed connection, or a drop (audited or not).
     // Conntrack hits returned above and emit nothing: one event per flow.
     if verdict.drop.is_some() || seen.new_flow {
@@ -94,6 +106,33 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
         );
     }
     verdict.action
+}
+
+/// A deny-cache hit: the drop the slow path gave this flow's first packet,
+/// with the same counters and flow event (rule 0, no TCP flags, as there).
+#[inline(always)]
+fn repeat_drop(
+    ctx: &TcContext,
+    hit: &dcache::Hit,
+    flow: &Flow,
+    dir: Direction,
+    ifindex: u32,
+) -> i32 {
+    counters::record(&hit.verdict, dir, ctx.len());
+    events::emit(
+        flow::kind::DROP,
+        events::flow_verdict(&hit.verdict),
+        hit.reason as u8,
+        dir,
+        Some(flow),
+        ifindex,
+        hit.subject,
+        hit.peer,
+        ctx.len(),
+        0,
+        0,
+    );
+    hit.verdict.action
 }
 
 /// What the policy step learnt about a packet, for its flow event.

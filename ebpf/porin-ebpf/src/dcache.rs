@@ -1,0 +1,106 @@
+//! The deny cache (`PORIN_DCACHE_V1`): repeated packets of a flow the slow
+//! path dropped get the same drop from one per-CPU array lookup instead of
+//! an endpoint, two identity and up to four policy lookups. Never a pass:
+//! only enforce-mode `PolicyDenied` and `SpoofedSource` drops are stored.
+//! What counts as a hit, and why entries go stale with the epoch, is
+//! `porin_common::dcache` and the datapath module notes ("Deny cache").
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use porin_common::{
+    datapath::{max_entries, DenyEntry, Direction, DropReason},
+    dcache::{self, DenyProbe, ENTRY_WORDS},
+    decide::Verdict,
+    parse::Flow,
+};
+
+use crate::policy;
+
+/// Per CPU: an entry is only ever written and read by its own CPU, so it
+/// is never torn. (Array maps cannot shrink or evict: a direct-mapped slot
+/// is simply overwritten by the next drop that hashes there.)
+#[map]
+static PORIN_DCACHE_V1: PerCpuArray<DenyEntry> =
+    PerCpuArray::with_max_entries(max_entries::DENY_CACHE, 0);
+
+/// A repeated drop: the reason and the identities for its flow event.
+pub struct Hit {
+    pub verdict: Verdict,
+    pub reason: DropReason,
+    pub subject: u32,
+    pub peer: u32,
+}
+
+/// Looks `flow` up. `Err(hit)` repeats a cached drop; `Ok(probe)` is a
+/// miss, with what `store` needs afterwards (`None`: cache off).
+///
+/// The epoch is read here, before the slow path reads any map, and the
+/// probe carries that value to `store`: the manager bumps the epoch after
+/// it changed the maps, so a packet that was judged (partly) with the old
+/// maps is stored under the old epoch, which is no longer current. Reading
+/// it after the slow path could store an old-maps verdict under the new
+/// epoch and repeat it for good.
+#[inline(always)]
+pub fn check(flow: &Flow, dir: Direction, ifindex: u32) -> Result<Option<DenyProbe>, Hit> {
+    let Some(epoch) = policy::cache_epoch() else {
+        return Ok(None);
+    };
+    let probe = dcache::probe(flow, dir, ifindex, epoch);
+    let Some(entry) = PORIN_DCACHE_V1.get_ptr_mut(probe.slot) else {
+        return Ok(None);
+    };
+    let w = entry.cast::<u64>();
+    // SAFETY: this CPU's slot, a 64-byte, 8-aligned map value valid for
+    // the program run; nothing else writes it meanwhile (per CPU, and the
+    // program runs with preemption disabled).
+    let words: [u64; ENTRY_WORDS] = unsafe {
+        [
+            *w,
+            *w.add(1),
+            *w.add(2),
+            *w.add(3),
+            *w.add(4),
+            *w.add(5),
+            *w.add(6),
+            *w.add(7),
+        ]
+    };
+    match dcache::hit(&words, &probe) {
+        Some(reason) => {
+            // SAFETY: as above.
+            unsafe { (*entry).hits = (*entry).hits.wrapping_add(1) };
+            let (subject, peer) = dcache::identities(&words);
+            Err(Hit {
+                verdict: dcache::hit_verdict(reason),
+                reason,
+                subject,
+                peer,
+            })
+        }
+        None => Ok(Some(probe)),
+    }
+}
+
+/// Remembers the slow path's `verdict` for the probed flow if it is a drop
+/// the cache may repeat (`dcache::cacheable`), overwriting the slot.
+#[inline(always)]
+pub fn store(probe: &DenyProbe, verdict: &Verdict, subject: u32, peer: u32) {
+    let Some(reason) = dcache::cacheable(verdict) else {
+        return;
+    };
+    let Some(entry) = PORIN_DCACHE_V1.get_ptr_mut(probe.slot) else {
+        return;
+    };
+    let words = dcache::entry_words(probe, reason, subject, peer);
+    let w = entry.cast::<u64>();
+    // SAFETY: as in `check`; word by word (see `porin_common::dcache`).
+    unsafe {
+        w.write_volatile(words[0]);
+        w.add(1).write_volatile(words[1]);
+        w.add(2).write_volatile(words[2]);
+        w.add(3).write_volatile(words[3]);
+        w.add(4).write_volatile(words[4]);
+        w.add(5).write_volatile(words[5]);
+        w.add(6).write_volatile(words[6]);
+        w.add(7).write_volatile(words[7]);
+    }
+}
