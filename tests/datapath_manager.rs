@@ -239,7 +239,8 @@ fn every_apply_bumps_the_deny_cache_epoch_after_its_changes() {
     assert_eq!(cfg(&dp).epoch, loaded.epoch + 2, "an identity change bumps");
     // A no-op apply bumps too (cheap: the cache refills from the next
     // denied packet), so no change can be missed.
-    dp.apply(&compiled(G1, G3, &[80]), &[]).expect("apply B again");
+    dp.apply(&compiled(G1, G3, &[80]), &[])
+        .expect("apply B again");
     let last = cfg(&dp);
     assert_eq!(last.epoch, loaded.epoch + 3);
     assert_eq!(last.generation, 0, "B flipped the generation once");
