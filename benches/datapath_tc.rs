@@ -24,7 +24,11 @@
 //!   `noop_tc` timed the same way, median printed;
 //! - denied, cache off: the same slow path with the epoch set to 0 (the
 //!   cache neither checked nor written), repeated: the cost before the
-//!   cache, at repeat precision.
+//!   cache, at repeat precision;
+//! - denied cached, events on: the cached path again with flow events
+//!   configured as the daemon does (1,000 a second per CPU, 1 s burst), so
+//!   every drop reads the clock and takes or misses rate-limit credit (all
+//!   other paths run with events off, as an unconfigured object has them).
 //!
 //! Overhead = path - noop (same timing method); ratio = overhead at 10,000
 //! entries / overhead at 10. Targets: overhead < 50 ns, ratio <= 1.1; the
@@ -39,6 +43,7 @@ use aya::{
 };
 use porin::{
     ebpf,
+    flows::maps::EventMaps,
     testing::{packets, prog_run, require_root},
 };
 use porin_common::datapath::{
@@ -74,6 +79,7 @@ struct Row {
     denied: f64,
     denied_first: f64,
     denied_off: f64,
+    denied_events: f64,
 }
 
 fn main() {
@@ -85,7 +91,7 @@ fn main() {
          {REPEAT}; first packet: median of {FIRST_PACKETS} single runs)"
     );
     println!(
-        "{:>8} | {:>6} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16}",
+        "{:>8} | {:>6} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16}",
         "entries",
         "noop",
         "allowed CT hit",
@@ -93,12 +99,13 @@ fn main() {
         "allowed no CT",
         "denied cached",
         "denied 1st pkt",
-        "denied cache off"
+        "denied cache off",
+        "cached, events"
     );
     for r in &rows {
         let cell = |v: f64, base: f64| format!("{v:6.1} (+{:5.1})", v - base);
         println!(
-            "{:>8} | {:>6.1} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16}",
+            "{:>8} | {:>6.1} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16}",
             r.entries,
             r.noop,
             cell(r.ct_hit, r.noop),
@@ -107,6 +114,7 @@ fn main() {
             cell(r.denied, r.noop),
             cell(r.denied_first, r.noop_single),
             cell(r.denied_off, r.noop),
+            cell(r.denied_events, r.noop),
         );
     }
     let (small, large) = (&rows[0], &rows[rows.len() - 1]);
@@ -114,7 +122,7 @@ fn main() {
     println!(
         "overhead ratio {}/{} entries: allowed CT hit {:.2}, reply CT hit {:.2}, \
          allowed no CT {:.2}, denied cached {:.2}, denied 1st pkt {:.2}, \
-         denied cache off {:.2}",
+         denied cache off {:.2}, denied cached with events {:.2}",
         large.entries,
         small.entries,
         ratio(|r| r.ct_hit - r.noop),
@@ -123,6 +131,7 @@ fn main() {
         ratio(|r| r.denied - r.noop),
         ratio(|r| r.denied_first - r.noop_single),
         ratio(|r| r.denied_off - r.noop),
+        ratio(|r| r.denied_events - r.noop),
     );
     println!(
         "(\"allowed no CT\" and \"denied 1st pkt\" overheads are over noop_tc timed the same \
@@ -130,13 +139,14 @@ fn main() {
     );
     // The verdict per path: the worst overhead over all sizes against the
     // 50 ns target, and the 10,000/10 ratio against 1.1.
-    let paths: [(&str, Overhead); 6] = [
+    let paths: [(&str, Overhead); 7] = [
         ("allowed CT hit", |r| r.ct_hit - r.noop),
         ("reply CT hit", |r| r.ct_hit_reply - r.noop),
         ("denied cached", |r| r.denied - r.noop),
         ("allowed no CT", |r| r.first_packet - r.noop_single),
         ("denied 1st pkt", |r| r.denied_first - r.noop_single),
         ("denied off", |r| r.denied_off - r.noop),
+        ("cached, events", |r| r.denied_events - r.noop),
     ];
     for (name, overhead) in paths {
         let worst = rows.iter().map(overhead).fold(f64::MIN, f64::max);
@@ -229,6 +239,19 @@ fn measure(entries: usize) -> Row {
         hits_before,
         "with epoch 0 the cache is not used"
     );
+
+    // Cache on again (a new epoch: the first run misses), events on.
+    set_epoch(&mut cfg, 2);
+    let (_ring, mut events) = EventMaps::open(&bpf).expect("event maps").split();
+    events
+        .set_cpu_rate(1_000, 1_000_000_000)
+        .expect("event rate");
+    let denied_events = timed(from, &denied, SHOT);
+    assert!(
+        events.lost()[0] > 0,
+        "the rate limit was exercised: {:?}",
+        events.lost()
+    );
     Row {
         entries,
         noop: noop_ns,
@@ -239,6 +262,7 @@ fn measure(entries: usize) -> Row {
         denied: denied_ns,
         denied_first: median(denied_firsts),
         denied_off,
+        denied_events,
     }
 }
 
