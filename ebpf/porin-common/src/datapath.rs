@@ -72,6 +72,10 @@
 //! once. The programs read the epoch before the slow path and store the
 //! value they read: a packet judged with the old maps is never stored under
 //! the new epoch. Epoch 0 means "cache off" (a fresh, never bumped map).
+//! (The bump is its own syscall, made after the map writes' syscalls have
+//! returned: a program that reads the new epoch and then looks the maps up
+//! sees the written entries; hash-map updates are published with release
+//! semantics under RCU.)
 //!
 //! # Peer identity
 //! The peer's address is looked up in the exact maps (endpoints and host

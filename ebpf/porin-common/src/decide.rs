@@ -6,6 +6,7 @@
 //! | case | verdict | counted as |
 //! | --- | --- | --- |
 //! | conntrack hit (same direction, or reply), checked first | `OK` | forwarded |
+//! | deny-cache hit, checked next: the flow's earlier packet was dropped for `PolicyDenied` or `SpoofedSource` in enforce mode, under the current epoch ([`crate::dcache`]) | `SHOT` | drop with that reason (the same flow event) |
 //! | no `PORIN_ENDP_V1` entry for the ifindex | `SHOT` (any mode) | drop `UnknownEndpoint` |
 //! | ARP, ICMPv6 133-137 | `OK` | forwarded |
 //! | policy allows | `OK` (CT entry made) | forwarded |
