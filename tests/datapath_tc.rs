@@ -1570,6 +1570,17 @@ fn a_denied_flow_stays_denied_from_the_cache_and_every_packet_counts() {
         ],
         "and two spoofed",
     );
+
+    // IPv6: the whole 16-byte addresses are the key.
+    let v6 = tcp6(A6, 40000, B6, 443);
+    dp.expect(EGRESS, &v6, SHOT, "IPv6 to world, first");
+    dp.expect(EGRESS, &v6, SHOT, "IPv6 to world, repeat");
+    let f6 = flow(6, PROTO_TCP, A6.octets(), 40000, B6.octets(), 443);
+    let e = dp
+        .cached(&f6, EGRESS, cpu)
+        .expect("the IPv6 drop was cached");
+    assert_eq!((e.family, e.peer, e.hits), (6, identity::WORLD, 1));
+    assert_eq!(dp.drops(DropReason::PolicyDenied), 7);
 }
 
 #[test]
