@@ -8,7 +8,7 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use porin_common::{
     datapath::{max_entries, DenyEntry, Direction, DropReason},
-    dcache::{self, DenyProbe, ENTRY_WORDS},
+    dcache::{self, ENTRY_WORDS},
     decide::Verdict,
     parse::Flow,
 };
@@ -30,23 +30,28 @@ pub struct Hit {
     pub peer: u32,
 }
 
-/// Looks `flow` up. `Err(hit)` repeats a cached drop; `Ok(probe)` is a
-/// miss, with what `store` needs afterwards (`None`: cache off).
+/// Looks `flow` up. `Err(hit)` repeats a cached drop; `Ok(epoch)` is a
+/// miss, with the epoch `store` must use afterwards (0: cache off).
 ///
-/// The epoch is read here, before the slow path reads any map, and the
-/// probe carries that value to `store`: the manager bumps the epoch after
-/// it changed the maps, so a packet that was judged (partly) with the old
-/// maps is stored under the old epoch, which is no longer current. Reading
-/// it after the slow path could store an old-maps verdict under the new
-/// epoch and repeat it for good.
+/// The epoch is read here, before the slow path reads any map, and handed
+/// to `store`: the manager bumps the epoch after it changed the maps, so a
+/// packet that was judged (partly) with the old maps is stored under the
+/// old epoch, which is no longer current. Reading it after the slow path
+/// could store an old-maps verdict under the new epoch and repeat it for
+/// good.
+///
+/// A plain `u32` rather than the probe: an `Option<DenyProbe>` kept across
+/// the slow path was read (its uninitialised `None` bytes) by LLVM's code,
+/// which the 5.10 verifier refuses ("invalid read from stack"). `store`
+/// computes the probe again, on the slow path only.
 #[inline(always)]
-pub fn check(flow: &Flow, dir: Direction, ifindex: u32) -> Result<Option<DenyProbe>, Hit> {
+pub fn check(flow: &Flow, dir: Direction, ifindex: u32) -> Result<u32, Hit> {
     let Some(epoch) = policy::cache_epoch() else {
-        return Ok(None);
+        return Ok(0);
     };
     let probe = dcache::probe(flow, dir, ifindex, epoch);
     let Some(entry) = PORIN_DCACHE_V1.get_ptr_mut(probe.slot) else {
-        return Ok(None);
+        return Ok(0);
     };
     let w = entry.cast::<u64>();
     // SAFETY: this CPU's slot, a 64-byte, 8-aligned map value valid for
@@ -76,21 +81,35 @@ pub fn check(flow: &Flow, dir: Direction, ifindex: u32) -> Result<Option<DenyPro
                 peer,
             })
         }
-        None => Ok(Some(probe)),
+        None => Ok(epoch),
     }
 }
 
-/// Remembers the slow path's `verdict` for the probed flow if it is a drop
-/// the cache may repeat (`dcache::cacheable`), overwriting the slot.
+/// Remembers the slow path's `verdict` for `flow` under `epoch` (from
+/// `check`; 0 = cache off) if it is a drop the cache may repeat
+/// (`dcache::cacheable`), overwriting the slot.
 #[inline(always)]
-pub fn store(probe: &DenyProbe, verdict: &Verdict, subject: u32, peer: u32) {
+#[allow(clippy::too_many_arguments)]
+pub fn store(
+    flow: &Flow,
+    dir: Direction,
+    ifindex: u32,
+    epoch: u32,
+    verdict: &Verdict,
+    subject: u32,
+    peer: u32,
+) {
+    if epoch == 0 {
+        return;
+    }
     let Some(reason) = dcache::cacheable(verdict) else {
         return;
     };
+    let probe = dcache::probe(flow, dir, ifindex, epoch);
     let Some(entry) = PORIN_DCACHE_V1.get_ptr_mut(probe.slot) else {
         return;
     };
-    let words = dcache::entry_words(probe, reason, subject, peer);
+    let words = dcache::entry_words(&probe, reason, subject, peer);
     let w = entry.cast::<u64>();
     // SAFETY: as in `check`; word by word (see `porin_common::dcache`).
     unsafe {

@@ -56,7 +56,8 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: the context pointer the kernel passed in.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let parsed = parse::headers(ctx);
-    let mut probe = None;
+    // The deny-cache epoch read before the slow path (0: cache off).
+    let mut cache_epoch = 0;
     if let Ok(Parsed::Flow(flow)) = &parsed {
         if conntrack::established(flow, dir, ifindex) {
             let verdict = decide::verdict(Ok(()), None);
@@ -64,7 +65,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
             return verdict.action;
         }
         match dcache::check(flow, dir, ifindex) {
-            Ok(p) => probe = p,
+            Ok(epoch) => cache_epoch = epoch,
             Err(hit) => return repeat_drop(ctx, &hit, flow, dir, ifindex),
         }
     }
@@ -80,8 +81,16 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     };
     let verdict = decide::verdict(result, endpoint.map(|ep| ep.mode));
     counters::record(&verdict, dir, ctx.len());
-    if let (Some(p), Some(ep)) = (&probe, &endpoint) {
-        dcache::store(p, &verdict, ep.identity, seen.peer);
+    if let (Some(f), Some(ep)) = (&seen.flow, &endpoint) {
+        dcache::store(
+            f,
+            dir,
+            ifindex,
+            cache_epoch,
+            &verdict,
+            ep.identity,
+            seen.peer,
+        );
     }
     // Flow events: a new allowed connection, or a drop (audited or not).
     // Conntrack hits returned above and emit nothing: one event per flow.
