@@ -148,6 +148,18 @@ pub fn hit(entry: &[u64; ENTRY_WORDS], probe: &DenyProbe) -> Option<DropReason> 
     }
 }
 
+/// The reason in word 6 of an entry that [`hit`]: `SpoofedSource` or
+/// `PolicyDenied` (the only two stored; anything else reads as the latter,
+/// a drop either way).
+#[inline(always)]
+pub fn stored_reason(word6: u64) -> DropReason {
+    if word6 as u8 == DropReason::SpoofedSource as u8 {
+        DropReason::SpoofedSource
+    } else {
+        DropReason::PolicyDenied
+    }
+}
+
 /// The subject and peer identities an entry (that [`hit`]) recorded, for
 /// the repeated drop's flow event.
 #[inline(always)]
@@ -350,6 +362,9 @@ mod tests {
             let e = entry_words(&p, r, 0, 0);
             let want = matches!(r, DropReason::PolicyDenied | DropReason::SpoofedSource);
             assert_eq!(hit(&e, &p), want.then_some(r), "{r:?}");
+            if want {
+                assert_eq!(stored_reason(e[6]), r);
+            }
         }
     }
 

@@ -22,16 +22,30 @@ use crate::policy;
 static PORIN_DCACHE_V1: PerCpuArray<DenyEntry> =
     PerCpuArray::with_max_entries(max_entries::DENY_CACHE, 0);
 
-/// A repeated drop: the reason and the identities for its flow event.
+/// A repeated drop, filled in by `check`: entry words 6 and 7 (reason and
+/// identities, `porin_common::dcache`), `found` non-zero on a hit.
+///
+/// Plain words, zeroed before the lookup, rather than an enum or `Option`:
+/// LLVM merged the hit's flow event with the slow path's and read the
+/// hit's fields on paths where they were never written, which kernels
+/// before about 5.19 refuse ("invalid read from stack"; 5.10 in the VM
+/// matrix).
 pub struct Hit {
-    pub verdict: Verdict,
-    pub reason: DropReason,
-    pub subject: u32,
-    pub peer: u32,
+    pub found: u64,
+    pub w6: u64,
+    pub w7: u64,
 }
 
-/// Looks `flow` up. `Err(hit)` repeats a cached drop; `Ok(epoch)` is a
-/// miss, with the epoch `store` must use afterwards (0: cache off).
+impl Hit {
+    pub const NONE: Hit = Hit {
+        found: 0,
+        w6: 0,
+        w7: 0,
+    };
+}
+
+/// Looks `flow` up: on a hit, fills `hit` (`found` set) and returns 0; on
+/// a miss returns the epoch `store` must use afterwards (0: cache off).
 ///
 /// The epoch is read here, before the slow path reads any map, and handed
 /// to `store`: the manager bumps the epoch after it changed the maps, so a
@@ -41,17 +55,16 @@ pub struct Hit {
 /// good.
 ///
 /// A plain `u32` rather than the probe: an `Option<DenyProbe>` kept across
-/// the slow path was read (its uninitialised `None` bytes) by LLVM's code,
-/// which the 5.10 verifier refuses ("invalid read from stack"). `store`
-/// computes the probe again, on the slow path only.
+/// the slow path was read uninitialised too (see `Hit`). `store` computes
+/// the probe again, on the slow path only.
 #[inline(always)]
-pub fn check(flow: &Flow, dir: Direction, ifindex: u32) -> Result<u32, Hit> {
+pub fn check(flow: &Flow, dir: Direction, ifindex: u32, hit: &mut Hit) -> u32 {
     let Some(epoch) = policy::cache_epoch() else {
-        return Ok(0);
+        return 0;
     };
     let probe = dcache::probe(flow, dir, ifindex, epoch);
     let Some(entry) = PORIN_DCACHE_V1.get_ptr_mut(probe.slot) else {
-        return Ok(0);
+        return 0;
     };
     let w = entry.cast::<u64>();
     // SAFETY: this CPU's slot, a 64-byte, 8-aligned map value valid for
@@ -69,20 +82,24 @@ pub fn check(flow: &Flow, dir: Direction, ifindex: u32) -> Result<u32, Hit> {
             *w.add(7),
         ]
     };
-    match dcache::hit(&words, &probe) {
-        Some(reason) => {
-            // SAFETY: as above.
-            unsafe { (*entry).hits = (*entry).hits.wrapping_add(1) };
-            let (subject, peer) = dcache::identities(&words);
-            Err(Hit {
-                verdict: dcache::hit_verdict(reason),
-                reason,
-                subject,
-                peer,
-            })
-        }
-        None => Ok(epoch),
+    if dcache::hit(&words, &probe).is_none() {
+        return epoch;
     }
+    // SAFETY: as above.
+    unsafe { (*entry).hits = (*entry).hits.wrapping_add(1) };
+    hit.found = 1;
+    hit.w6 = words[6];
+    hit.w7 = words[7];
+    0
+}
+
+/// The verdict, reason and identities of a hit (`found` set).
+#[inline(always)]
+pub fn repeated(hit: &Hit) -> (Verdict, DropReason, u32, u32) {
+    let reason = dcache::stored_reason(hit.w6);
+    let words = [0, 0, 0, 0, 0, 0, hit.w6, hit.w7];
+    let (subject, peer) = dcache::identities(&words);
+    (dcache::hit_verdict(reason), reason, subject, peer)
 }
 
 /// Remembers the slow path's `verdict` for `flow` under `epoch` (from

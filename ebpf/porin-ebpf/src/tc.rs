@@ -58,15 +58,16 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     let parsed = parse::headers(ctx);
     // The deny-cache epoch read before the slow path (0: cache off).
     let mut cache_epoch = 0;
+    let mut hit = dcache::Hit::NONE;
     if let Ok(Parsed::Flow(flow)) = &parsed {
         if conntrack::established(flow, dir, ifindex) {
             let verdict = decide::verdict(Ok(()), None);
             counters::record(&verdict, dir, ctx.len());
             return verdict.action;
         }
-        match dcache::check(flow, dir, ifindex) {
-            Ok(epoch) => cache_epoch = epoch,
-            Err(hit) => return repeat_drop(ctx, &hit, flow, dir, ifindex),
+        cache_epoch = dcache::check(flow, dir, ifindex, &mut hit);
+        if hit.found != 0 {
+            return repeat_drop(ctx, &hit, flow, dir, ifindex);
         }
     }
     let endpoint = identity::endpoint(ifindex);
@@ -127,21 +128,22 @@ fn repeat_drop(
     dir: Direction,
     ifindex: u32,
 ) -> i32 {
-    counters::record(&hit.verdict, dir, ctx.len());
+    let (verdict, reason, subject, peer) = dcache::repeated(hit);
+    counters::record(&verdict, dir, ctx.len());
     events::emit(
         flow::kind::DROP,
-        events::flow_verdict(&hit.verdict),
-        hit.reason as u8,
+        events::flow_verdict(&verdict),
+        reason as u8,
         dir,
         Some(flow),
         ifindex,
-        hit.subject,
-        hit.peer,
+        subject,
+        peer,
         ctx.len(),
         0,
         0,
     );
-    hit.verdict.action
+    verdict.action
 }
 
 /// What the policy step learnt about a packet, for its flow event.
