@@ -70,7 +70,10 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
             return repeat_drop(ctx, &hit, flow, dir, ifindex);
         }
     }
-    let endpoint = identity::endpoint(ifindex);
+    let (known, info) = identity::endpoint_or_zeroed(ifindex);
+    let endpoint = known.then_some(info);
+    // 0 without an endpoint, from a value written on every path.
+    let subject = info.identity;
     let mut seen = Seen {
         flow: None,
         peer: 0,
@@ -82,16 +85,8 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     };
     let verdict = decide::verdict(result, endpoint.map(|ep| ep.mode));
     counters::record(&verdict, dir, ctx.len());
-    if let (Some(f), Some(ep)) = (&seen.flow, &endpoint) {
-        dcache::store(
-            f,
-            dir,
-            ifindex,
-            cache_epoch,
-            &verdict,
-            ep.identity,
-            seen.peer,
-        );
+    if let Some(f) = &seen.flow {
+        dcache::store(f, dir, ifindex, cache_epoch, &verdict, subject, seen.peer);
     }
     // Flow events: a new allowed connection, or a drop (audited or not).
     // Conntrack hits returned above and emit nothing: one event per flow.
@@ -108,7 +103,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
             dir,
             seen.flow.as_ref(),
             ifindex,
-            endpoint.map_or(0, |e| e.identity),
+            subject,
             seen.peer,
             ctx.len(),
             0,
