@@ -13,8 +13,22 @@
 //!   the first run is a CT hit, so this path is timed one run per flow over
 //!   many distinct flows (repeat = 1) and compared with `noop_tc` timed the
 //!   same way; the median is printed;
-//! - denied: no entry matches (a CT miss, endpoint, identity, four policy
-//!   lookups, drop counter), enforce mode.
+//! - denied, cached: a repeated packet of a denied flow (no entry matches,
+//!   enforce mode). The first run takes the slow path and stores the drop
+//!   in the deny cache (`PORIN_DCACHE_V1`); every later run is a CT miss and
+//!   a deny-cache hit (drop counter, flow event call);
+//! - denied, first packet: the deny-cache miss, i.e. the slow path (CT miss,
+//!   endpoint, two identities, four policy lookups, drop counter) plus the
+//!   cache check and store. Timed like "allowed no CT": one run per flow
+//!   over many distinct source ports (each a new key, so a miss), against
+//!   `noop_tc` timed the same way, median printed;
+//! - denied, cache off: the same slow path with the epoch set to 0 (the
+//!   cache neither checked nor written), repeated: the cost before the
+//!   cache, at repeat precision;
+//! - denied cached, events on: the cached path again with flow events
+//!   configured as the daemon does (1,000 a second per CPU, 1 s burst), so
+//!   every drop reads the clock and takes or misses rate-limit credit (all
+//!   other paths run with events off, as an unconfigured object has them).
 //!
 //! Overhead = path - noop (same timing method); ratio = overhead at 10,000
 //! entries / overhead at 10. Targets: overhead < 50 ns, ratio <= 1.1; the
@@ -23,17 +37,18 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::SchedClassifier,
     Ebpf,
 };
 use porin::{
     ebpf,
+    flows::maps::EventMaps,
     testing::{packets, prog_run, require_root},
 };
 use porin_common::datapath::{
-    action, identity, mode, tc_action, Ct4Key, CtValue, DatapathConfig, Direction, EndpointInfo,
-    Identity, PolicyKey, PolicyValue, CONFIG_READY,
+    action, identity, max_entries, mode, tc_action, Ct4Key, CtValue, DatapathConfig, DenyEntry,
+    Direction, EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
 };
 
 const REPEAT: u32 = 2_000_000;
@@ -62,6 +77,9 @@ struct Row {
     noop_single: f64,
     first_packet: f64,
     denied: f64,
+    denied_first: f64,
+    denied_off: f64,
+    denied_events: f64,
 }
 
 fn main() {
@@ -73,41 +91,62 @@ fn main() {
          {REPEAT}; first packet: median of {FIRST_PACKETS} single runs)"
     );
     println!(
-        "{:>8} | {:>6} | {:>16} | {:>16} | {:>16} | {:>16}",
-        "entries", "noop", "allowed CT hit", "reply CT hit", "allowed no CT", "denied"
+        "{:>8} | {:>6} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16}",
+        "entries",
+        "noop",
+        "allowed CT hit",
+        "reply CT hit",
+        "allowed no CT",
+        "denied cached",
+        "denied 1st pkt",
+        "denied cache off",
+        "cached, events"
     );
     for r in &rows {
         let cell = |v: f64, base: f64| format!("{v:6.1} (+{:5.1})", v - base);
         println!(
-            "{:>8} | {:>6.1} | {:>16} | {:>16} | {:>16} | {:>16}",
+            "{:>8} | {:>6.1} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16} | {:>16}",
             r.entries,
             r.noop,
             cell(r.ct_hit, r.noop),
             cell(r.ct_hit_reply, r.noop),
             cell(r.first_packet, r.noop_single),
             cell(r.denied, r.noop),
+            cell(r.denied_first, r.noop_single),
+            cell(r.denied_off, r.noop),
+            cell(r.denied_events, r.noop),
         );
     }
     let (small, large) = (&rows[0], &rows[rows.len() - 1]);
     let ratio = |f: fn(&Row) -> f64| f(large) / f(small);
     println!(
         "overhead ratio {}/{} entries: allowed CT hit {:.2}, reply CT hit {:.2}, \
-         allowed no CT {:.2}, denied {:.2}",
+         allowed no CT {:.2}, denied cached {:.2}, denied 1st pkt {:.2}, \
+         denied cache off {:.2}, denied cached with events {:.2}",
         large.entries,
         small.entries,
         ratio(|r| r.ct_hit - r.noop),
         ratio(|r| r.ct_hit_reply - r.noop),
         ratio(|r| r.first_packet - r.noop_single),
         ratio(|r| r.denied - r.noop),
+        ratio(|r| r.denied_first - r.noop_single),
+        ratio(|r| r.denied_off - r.noop),
+        ratio(|r| r.denied_events - r.noop),
     );
-    println!("(\"allowed no CT\" overhead is over noop_tc timed the same way, one run each)");
+    println!(
+        "(\"allowed no CT\" and \"denied 1st pkt\" overheads are over noop_tc timed the same \
+         way, one run each; \"denied cached\" is a repeated packet of a denied flow)"
+    );
     // The verdict per path: the worst overhead over all sizes against the
     // 50 ns target, and the 10,000/10 ratio against 1.1.
-    let paths: [(&str, Overhead); 4] = [
+    let paths: [(&str, Overhead); 7] = [
         ("allowed CT hit", |r| r.ct_hit - r.noop),
         ("reply CT hit", |r| r.ct_hit_reply - r.noop),
-        ("denied", |r| r.denied - r.noop),
+        ("denied cached", |r| r.denied - r.noop),
         ("allowed no CT", |r| r.first_packet - r.noop_single),
+        ("denied 1st pkt", |r| r.denied_first - r.noop_single),
+        ("denied off", |r| r.denied_off - r.noop),
+        ("cached, events", |r| r.denied_events - r.noop),
     ];
     for (name, overhead) in paths {
         let worst = rows.iter().map(overhead).fold(f64::MIN, f64::max);
@@ -141,6 +180,9 @@ fn measure(entries: usize) -> Row {
             .unwrap_or_else(|e| panic!("load {name}: {e:?}"));
     }
     setup(&mut bpf, entries);
+    // Owned, so the epoch can be changed while the programs are borrowed.
+    let mut cfg: Array<MapData, DatapathConfig> =
+        Array::try_from(bpf.take_map("PORIN_CFG_V1").expect("cfg")).expect("array");
     let prog = |name: &str| -> &SchedClassifier {
         bpf.program(name)
             .expect("program")
@@ -161,20 +203,54 @@ fn measure(entries: usize) -> Row {
     // The first run makes the CT entry; every later one hits it.
     let ct_hit = timed(from, &allowed, OK);
     let ct_hit_reply = timed(to, &reply, OK);
+    // The first run stores the drop; every later one hits the cache.
     let denied_ns = timed(from, &denied, SHOT);
+    assert!(
+        cache_hits(&bpf) >= u64::from(REPEAT),
+        "the repeated denied packet hit the deny cache"
+    );
 
-    // First packets: distinct source ports, one run each.
+    // First packets: distinct source ports, one run each; allowed ones
+    // (CT miss, insert) and denied ones (deny-cache miss, a new key every
+    // run, then a store), each beside a noop run.
     let mut firsts = Vec::with_capacity(usize::from(FIRST_PACKETS));
-    let mut noops = Vec::with_capacity(usize::from(FIRST_PACKETS));
+    let mut denied_firsts = Vec::with_capacity(usize::from(FIRST_PACKETS));
+    let mut noops = Vec::with_capacity(2 * usize::from(FIRST_PACKETS));
     for i in 0..FIRST_PACKETS {
         let frame = udp(A, 1024 + i, B, 53);
         noops.push(single(noop, &frame, OK));
         firsts.push(single(from, &frame, OK));
+        let frame = udp(A, 1024 + i, C, 53);
+        noops.push(single(noop, &frame, OK));
+        denied_firsts.push(single(from, &frame, SHOT));
     }
     assert_eq!(
         ct_entries(&bpf),
         usize::from(FIRST_PACKETS) + 1,
         "every first packet made a CT entry"
+    );
+
+    // Cache off (epoch 0): the slow path on every repeated run.
+    set_epoch(&mut cfg, 0);
+    let hits_before = cache_hits(&bpf);
+    let denied_off = timed(from, &denied, SHOT);
+    assert_eq!(
+        cache_hits(&bpf),
+        hits_before,
+        "with epoch 0 the cache is not used"
+    );
+
+    // Cache on again (a new epoch: the first run misses), events on.
+    set_epoch(&mut cfg, 2);
+    let (_ring, mut events) = EventMaps::open(&bpf).expect("event maps").split();
+    events
+        .set_cpu_rate(1_000, 1_000_000_000)
+        .expect("event rate");
+    let denied_events = timed(from, &denied, SHOT);
+    assert!(
+        events.lost()[0] > 0,
+        "the rate limit was exercised: {:?}",
+        events.lost()
     );
     Row {
         entries,
@@ -184,6 +260,9 @@ fn measure(entries: usize) -> Row {
         noop_single: median(noops),
         first_packet: median(firsts),
         denied: denied_ns,
+        denied_first: median(denied_firsts),
+        denied_off,
+        denied_events,
     }
 }
 
@@ -246,6 +325,8 @@ fn setup(bpf: &mut Ebpf, entries: usize) {
         DatapathConfig {
             generation: 0,
             ready: CONFIG_READY,
+            epoch: 1,
+            _pad: 0,
         },
         0,
     )
@@ -282,6 +363,29 @@ fn setup(bpf: &mut Ebpf, entries: usize) {
         .expect("filler policy entry");
     }
     assert_eq!(pol.keys().count(), entries, "policy entries");
+}
+
+/// Sets the deny-cache epoch (0 = cache off), keeping the rest.
+fn set_epoch(cfg: &mut Array<MapData, DatapathConfig>, epoch: u32) {
+    let current = cfg.get(&0, 0).expect("config");
+    cfg.set(0, DatapathConfig { epoch, ..current }, 0)
+        .expect("epoch");
+}
+
+/// Deny-cache hits summed over slots and CPUs.
+fn cache_hits(bpf: &Ebpf) -> u64 {
+    let cache: PerCpuArray<_, DenyEntry> =
+        PerCpuArray::try_from(bpf.map("PORIN_DCACHE_V1").expect("dcache")).expect("array");
+    (0..max_entries::DENY_CACHE)
+        .map(|i| {
+            cache
+                .get(&i, 0)
+                .expect("slot")
+                .iter()
+                .map(|e| u64::from(e.hits))
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 fn ct_entries(bpf: &Ebpf) -> usize {

@@ -165,6 +165,7 @@ fn test_run_table() {
         DatapathConfig {
             generation: 0,
             ready: CONFIG_READY,
+            ..Default::default()
         },
         0,
     )

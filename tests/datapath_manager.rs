@@ -214,3 +214,52 @@ fn a_reused_ifindex_is_detached_and_attached_again() {
     );
     assert!(dp.attached().is_empty());
 }
+
+#[test]
+fn every_apply_bumps_the_deny_cache_epoch_after_its_changes() {
+    require_root("datapath manager test");
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
+    let cfg = |dp: &Datapath| -> DatapathConfig {
+        let m: Array<&MapData, DatapathConfig> =
+            Array::try_from(dp.ebpf().map("PORIN_CFG_V1").unwrap()).unwrap();
+        m.get(&0, 0).unwrap()
+    };
+    let loaded = cfg(&dp);
+    assert_ne!(loaded.epoch, 0, "the cache is on from the load");
+    assert_eq!(dp.epoch().unwrap(), loaded.epoch);
+
+    let a = compiled(G1, G2, &[80]);
+    dp.apply(&a, &[]).expect("apply A");
+    let after_a = cfg(&dp);
+    assert_eq!(after_a.epoch, loaded.epoch + 1, "a policy change bumps");
+    assert_eq!(after_a.generation, 1, "the generation flip kept the epoch");
+
+    // The peer's address moves to G3 (and the policy with it).
+    dp.apply(&compiled(G1, G3, &[80]), &[]).expect("apply B");
+    assert_eq!(cfg(&dp).epoch, loaded.epoch + 2, "an identity change bumps");
+    // A no-op apply bumps too (cheap: the cache refills from the next
+    // denied packet), so no change can be missed.
+    dp.apply(&compiled(G1, G3, &[80]), &[])
+        .expect("apply B again");
+    let last = cfg(&dp);
+    assert_eq!(last.epoch, loaded.epoch + 3);
+    assert_eq!(last.generation, 0, "B flipped the generation once");
+
+    // The epoch lives in the map, not in the manager: a bump continues from
+    // whatever is there (maps that outlive a process), and skips 0.
+    {
+        let mut m: Array<&mut MapData, DatapathConfig> =
+            Array::try_from(dp.ebpf_mut().map_mut("PORIN_CFG_V1").unwrap()).unwrap();
+        m.set(
+            0,
+            DatapathConfig {
+                epoch: u32::MAX,
+                ..last
+            },
+            0,
+        )
+        .unwrap();
+    }
+    assert_eq!(dp.bump_epoch().unwrap(), 1, "wraps past 0");
+    assert_eq!(cfg(&dp).generation, last.generation);
+}

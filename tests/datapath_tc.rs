@@ -28,10 +28,11 @@ use porin::{
 };
 use porin_common::{
     datapath::{
-        action, identity, mode, tc_action, Counter, Ct4Key, CtKey, CtValue, DatapathConfig,
-        Direction, DropReason, EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
-        CT_REFRESH_EVERY,
+        action, identity, max_entries, mode, tc_action, Counter, Ct4Key, CtKey, CtValue,
+        DatapathConfig, DenyEntry, Direction, DropReason, EndpointInfo, Identity, PolicyKey,
+        PolicyValue, CONFIG_READY, CT_REFRESH_EVERY,
     },
+    dcache::{self, next_epoch},
     decide::{ct4_key, ct6_key},
     packet::ethertype,
     parse::Flow,
@@ -121,18 +122,21 @@ impl Dp {
         self.hash::<u32, EndpointInfo>("PORIN_ENDP_V1")
             .insert(ifindex, info, 0)
             .expect("endpoint");
+        self.bump_epoch();
     }
 
     fn ip4(&mut self, addr: Ipv4Addr, id: Identity) {
         self.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
             .insert(addr.octets(), id, 0)
             .expect("ip4");
+        self.bump_epoch();
     }
 
     fn ip6(&mut self, addr: Ipv6Addr, id: Identity) {
         self.hash::<[u8; 16], Identity>("PORIN_IP6_V1")
             .insert(addr.octets(), id, 0)
             .expect("ip6");
+        self.bump_epoch();
     }
 
     fn net4(&mut self, addr: Ipv4Addr, prefix: u32, id: Identity) {
@@ -140,6 +144,7 @@ impl Dp {
             LpmTrie::try_from(self.bpf.map_mut("PORIN_NET4_V1").expect("net4")).expect("trie");
         trie.insert(&Key::new(prefix, addr.octets()), id, 0)
             .expect("net4");
+        self.bump_epoch();
     }
 
     fn net6(&mut self, addr: Ipv6Addr, prefix: u32, id: Identity) {
@@ -147,6 +152,7 @@ impl Dp {
             LpmTrie::try_from(self.bpf.map_mut("PORIN_NET6_V1").expect("net6")).expect("trie");
         trie.insert(&Key::new(prefix, addr.octets()), id, 0)
             .expect("net6");
+        self.bump_epoch();
     }
 
     fn write_config(&mut self, cfg: DatapathConfig) {
@@ -155,11 +161,32 @@ impl Dp {
         arr.set(0, cfg, 0).expect("config");
     }
 
-    /// Makes `generation` active.
+    fn read_config(&self) -> DatapathConfig {
+        let arr: Array<_, DatapathConfig> =
+            Array::try_from(self.bpf.map("PORIN_CFG_V1").expect("cfg")).expect("array");
+        arr.get(&0, 0).expect("config")
+    }
+
+    /// Makes `generation` active (and bumps the deny-cache epoch, as the
+    /// manager does after every change).
     fn config(&mut self, generation: u32) {
+        let epoch = next_epoch(self.read_config().epoch);
         self.write_config(DatapathConfig {
             generation,
             ready: CONFIG_READY,
+            epoch,
+            _pad: 0,
+        });
+    }
+
+    /// What the manager does after every map change: a new deny-cache
+    /// epoch, so no cached drop from before counts. The map helpers below
+    /// call it after each write, as the manager's `apply` does.
+    fn bump_epoch(&mut self) {
+        let cfg = self.read_config();
+        self.write_config(DatapathConfig {
+            epoch: next_epoch(cfg.epoch),
+            ..cfg
         });
     }
 
@@ -196,6 +223,7 @@ impl Dp {
         self.hash::<PolicyKey, PolicyValue>("PORIN_POL_V1")
             .insert(key, value, 0)
             .expect("policy entry");
+        self.bump_epoch();
     }
 
     fn per_cpu_sum(&self, map: &str, index: u32) -> Counter {
@@ -822,11 +850,13 @@ fn missing_or_bad_config_drops_internal() {
     dp.write_config(DatapathConfig {
         generation: 2,
         ready: CONFIG_READY,
+        ..Default::default()
     });
     dp.expect(EGRESS, &frame, SHOT, "generation 2");
     dp.write_config(DatapathConfig {
         generation: 0,
         ready: 1,
+        ..Default::default()
     });
     dp.expect(EGRESS, &frame, SHOT, "ready flag not set to CONFIG_READY");
     dp.expect_drops(&[(DropReason::Internal, 3)], "three config faults");
@@ -1419,4 +1449,400 @@ fn second_endpoint(tag: &str) -> (Netns, u32) {
         .unwrap_or_else(|| panic!("ifindex of ep-b in {line:?}"));
     assert_ne!(ep_b, EP);
     (ns, ep_b)
+}
+
+// ---------------------------------------------------------------------------
+// Deny cache (`PORIN_DCACHE_V1`): repeated drops, invalidation by the epoch,
+// collisions, audit mode.
+
+/// Pins the calling test thread to the CPU it runs on and returns it: the
+/// deny cache is per CPU, so a test that checks that a repeat *hit* the
+/// cache must run every packet on one CPU. (Verdict checks alone would hold
+/// on any CPU: a miss gives the same verdict, which is the point.)
+fn pin_to_this_cpu() -> usize {
+    // SAFETY: plain libc calls on a zeroed, owned cpu_set_t.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu failed");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        cpu as usize
+    }
+}
+
+/// The deny-cache entry in `slot` on `cpu`.
+fn dcache_slot(bpf: &Ebpf, slot: u32, cpu: usize) -> DenyEntry {
+    let arr: PerCpuArray<_, DenyEntry> =
+        PerCpuArray::try_from(bpf.map("PORIN_DCACHE_V1").expect("dcache")).expect("per-CPU array");
+    arr.get(&slot, 0).expect("slot")[cpu]
+}
+
+/// The deny-cache entry `flow` (at [`EP`]) uses on `cpu`, if it was made
+/// for that flow.
+fn cached_in(bpf: &Ebpf, f: &Flow, dir: Direction, cpu: usize) -> Option<DenyEntry> {
+    let e = dcache_slot(bpf, dcache::slot_of(f, dir, EP), cpu);
+    (e.ifindex == EP
+        && e.saddr == f.saddr
+        && e.daddr == f.daddr
+        && (e.sport, e.dport, e.protocol, e.direction) == (f.sport, f.dport, f.protocol, dir as u8))
+        .then_some(e)
+}
+
+impl Dp {
+    fn dcache(&self, slot: u32, cpu: usize) -> DenyEntry {
+        dcache_slot(&self.bpf, slot, cpu)
+    }
+
+    fn cached(&self, f: &Flow, dir: Direction, cpu: usize) -> Option<DenyEntry> {
+        cached_in(&self.bpf, f, dir, cpu)
+    }
+
+    /// Entries stored on any CPU, in any slot.
+    fn cache_entries(&self) -> usize {
+        let arr: PerCpuArray<_, DenyEntry> =
+            PerCpuArray::try_from(self.bpf.map("PORIN_DCACHE_V1").expect("dcache"))
+                .expect("per-CPU array");
+        (0..max_entries::DENY_CACHE)
+            .map(|i| {
+                arr.get(&i, 0)
+                    .expect("slot")
+                    .iter()
+                    .filter(|e| e.ifindex != 0)
+                    .count()
+            })
+            .sum()
+    }
+}
+
+fn flow4(proto: u8, s: Ipv4Addr, sport: u16, d: Ipv4Addr, dport: u16) -> Flow {
+    flow(4, proto, v4_addr(s), sport, v4_addr(d), dport)
+}
+
+#[test]
+fn a_denied_flow_stays_denied_from_the_cache_and_every_packet_counts() {
+    require_root("a_denied_flow_stays_denied_from_the_cache_and_every_packet_counts");
+    let cpu = pin_to_this_cpu();
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    dp.rule(EGRESS, DB, PROTO_TCP, 5432, action::ALLOW);
+    // Flow events on, so the repeats' events can be compared with the first.
+    let (mut ring, mut ctl) = porin::flows::maps::EventMaps::open(&dp.bpf)
+        .expect("event maps")
+        .split();
+    ctl.set_cpu_rate(1_000_000, 1_000_000_000)
+        .expect("event rate");
+
+    let frame = tcp4(A, 40000, C, 5432);
+    let f = flow4(PROTO_TCP, A, 40000, C, 5432);
+    dp.expect(EGRESS, &frame, SHOT, "first packet (slow path)");
+    let e = dp.cached(&f, EGRESS, cpu).expect("the drop was cached");
+    assert_eq!(e.reason, DropReason::PolicyDenied as u8);
+    assert_eq!((e.subject, e.peer, e.hits), (WEB, CACHE, 0));
+    assert_eq!(
+        e.epoch,
+        dp.read_config().epoch,
+        "stored under the epoch read"
+    );
+    for i in 0..4 {
+        dp.expect(EGRESS, &frame, SHOT, &format!("repeat {i}"));
+    }
+    assert_eq!(dp.cached(&f, EGRESS, cpu).expect("still cached").hits, 4);
+    dp.expect_drops(&[(DropReason::PolicyDenied, 5)], "five denied packets");
+    assert_eq!(dp.forwarded(EGRESS).packets, 0);
+    assert_eq!(
+        dp.per_cpu_sum("PORIN_DROPS_V1", DropReason::PolicyDenied as u32)
+            .bytes,
+        5 * frame.len() as u64,
+        "bytes of every packet"
+    );
+
+    // Five DROP events, the four from the cache equal to the first.
+    let mut events = Vec::new();
+    while ring.take(1000, |item| {
+        if let porin::flows::source::Item::Record(bytes) = item {
+            let mut e = porin::flows::record::decode(bytes).expect("a FlowEvent");
+            e.ts_ns = 0;
+            events.push(e);
+        }
+    }) > 0
+    {}
+    assert_eq!(events.len(), 5, "one event per dropped packet");
+    assert_eq!(events[0].kind, porin_common::flow::kind::DROP);
+    assert_eq!(events[0].drop_reason, DropReason::PolicyDenied as u8);
+    assert_eq!(
+        (events[0].src_identity, events[0].dst_identity),
+        (WEB, CACHE)
+    );
+    assert!(events.iter().all(|e| *e == events[0]), "{events:#?}");
+
+    // Spoofed sources are cached too, with their own reason.
+    let spoofed = udp4(B, 40000, C, 53);
+    dp.expect(EGRESS, &spoofed, SHOT, "spoofed, first");
+    dp.expect(EGRESS, &spoofed, SHOT, "spoofed, repeat");
+    let e = dp
+        .cached(&flow4(PROTO_UDP, B, 40000, C, 53), EGRESS, cpu)
+        .expect("the spoofed drop was cached");
+    assert_eq!((e.reason, e.hits), (DropReason::SpoofedSource as u8, 1));
+    dp.expect_drops(
+        &[
+            (DropReason::PolicyDenied, 5),
+            (DropReason::SpoofedSource, 2),
+        ],
+        "and two spoofed",
+    );
+
+    // IPv6: the whole 16-byte addresses are the key.
+    let v6 = tcp6(A6, 40000, B6, 443);
+    dp.expect(EGRESS, &v6, SHOT, "IPv6 to world, first");
+    dp.expect(EGRESS, &v6, SHOT, "IPv6 to world, repeat");
+    let f6 = flow(6, PROTO_TCP, A6.octets(), 40000, B6.octets(), 443);
+    let e = dp
+        .cached(&f6, EGRESS, cpu)
+        .expect("the IPv6 drop was cached");
+    assert_eq!((e.family, e.peer, e.hits), (6, identity::WORLD, 1));
+    assert_eq!(dp.drops(DropReason::PolicyDenied), 7);
+}
+
+#[test]
+fn a_policy_change_ends_a_cached_denial_once_the_epoch_moves() {
+    require_root("a_policy_change_ends_a_cached_denial_once_the_epoch_moves");
+    let cpu = pin_to_this_cpu();
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    let frame = tcp4(A, 40000, C, 5432);
+    dp.expect(EGRESS, &frame, SHOT, "denied");
+    dp.expect(EGRESS, &frame, SHOT, "denied again (cached)");
+    // An allowing entry written without bumping the epoch (what a manager
+    // that forgot the bump would do): the cache keeps repeating the drop.
+    // This is the contract the manager keeps by bumping after each change.
+    let key = PolicyKey {
+        subject: WEB,
+        peer: CACHE,
+        port: 5432,
+        protocol: PROTO_TCP,
+        direction: EGRESS as u8,
+        generation: 0,
+        _pad: [0; 3],
+    };
+    let allow = PolicyValue {
+        action: action::ALLOW,
+        _pad: [0; 3],
+        rule: 1,
+    };
+    dp.hash::<PolicyKey, PolicyValue>("PORIN_POL_V1")
+        .insert(key, allow, 0)
+        .expect("policy");
+    dp.expect(EGRESS, &frame, SHOT, "stale epoch: still the cached drop");
+    assert_eq!(dp.cached(&f4(&frame), EGRESS, cpu).expect("cached").hits, 2);
+    dp.bump_epoch();
+    dp.expect(EGRESS, &frame, OK, "after the bump the new policy decides");
+    dp.expect_drops(&[(DropReason::PolicyDenied, 3)], "three drops before");
+    assert!(dp.ct(&ct_key4(PROTO_TCP, A, 40000, C, 5432, EP)).is_some());
+}
+
+/// The flow of an IPv4 TCP/UDP frame built by the helpers above.
+fn f4(frame: &[u8]) -> Flow {
+    let ip = &frame[14..];
+    let (s, d) = (
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+    );
+    let l4 = &ip[20..];
+    flow4(
+        ip[9],
+        s,
+        u16::from_be_bytes([l4[0], l4[1]]),
+        d,
+        u16::from_be_bytes([l4[2], l4[3]]),
+    )
+}
+
+#[test]
+fn a_peer_moving_to_an_allowed_identity_ends_a_cached_denial() {
+    require_root("a_peer_moving_to_an_allowed_identity_ends_a_cached_denial");
+    pin_to_this_cpu();
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    dp.rule(EGRESS, DB, PROTO_TCP, 5432, action::ALLOW);
+    dp.rule(INGRESS, DB, PROTO_TCP, 8080, action::ALLOW);
+    let out = tcp4(A, 40000, C, 5432);
+    let inn = tcp4(C, 40001, A, 8080);
+    for _ in 0..3 {
+        dp.expect(EGRESS, &out, SHOT, "to CACHE");
+        dp.expect(INGRESS, &inn, SHOT, "from CACHE");
+    }
+    // C's address now belongs to DB (the helper bumps, as apply does).
+    dp.ip4(C, DB);
+    dp.expect(EGRESS, &out, OK, "to the address, now DB");
+    dp.expect(INGRESS, &inn, OK, "from the address, now DB");
+    dp.expect_drops(&[(DropReason::PolicyDenied, 6)], "drops before the move");
+    // And back: the connections stay (conntrack), a new flow is denied.
+    dp.ip4(C, CACHE);
+    dp.expect(EGRESS, &tcp4(A, 40002, C, 5432), SHOT, "a new flow after");
+}
+
+#[test]
+fn flows_sharing_a_slot_never_get_each_others_verdict() {
+    require_root("flows_sharing_a_slot_never_get_each_others_verdict");
+    let cpu = pin_to_this_cpu();
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    dp.rule(EGRESS, DB, PROTO_TCP, 5432, action::ALLOW);
+    let denied = flow4(PROTO_TCP, A, 40000, C, 5432);
+    let slot = dcache::slot_of(&denied, EGRESS, EP);
+    // Source ports whose flows land in the same slot: an allowed one (to
+    // B) and a spoofed one (from FAR).
+    let colliding = |s: Ipv4Addr, d: Ipv4Addr| {
+        (1024..u16::MAX)
+            .find(|&p| {
+                p != 40000 && dcache::slot_of(&flow4(PROTO_TCP, s, p, d, 5432), EGRESS, EP) == slot
+            })
+            .expect("a colliding source port")
+    };
+    let allowed_port = colliding(A, B);
+    let spoofed_port = colliding(FAR, B);
+    let denied_frame = tcp4(A, 40000, C, 5432);
+    let allowed_frame = tcp4(A, allowed_port, B, 5432);
+    let spoofed_frame = tcp4(FAR, spoofed_port, B, 5432);
+
+    dp.expect(EGRESS, &denied_frame, SHOT, "denied flow");
+    dp.expect(EGRESS, &denied_frame, SHOT, "denied flow (cached)");
+    assert!(dp.cached(&denied, EGRESS, cpu).is_some());
+    dp.expect(EGRESS, &allowed_frame, OK, "allowed flow in the same slot");
+    // The allowed flow is not a drop: the slot keeps the denied flow.
+    assert_eq!(dp.cached(&denied, EGRESS, cpu).expect("kept").hits, 1);
+    dp.expect(EGRESS, &spoofed_frame, SHOT, "spoofed flow in the slot");
+    let e = dp.dcache(slot, cpu);
+    assert_eq!(
+        (e.reason, e.sport),
+        (DropReason::SpoofedSource as u8, spoofed_port),
+        "the slot now holds the spoofed flow"
+    );
+    dp.expect(EGRESS, &denied_frame, SHOT, "denied flow again (slow path)");
+    let e = dp.dcache(slot, cpu);
+    assert_eq!((e.reason, e.sport), (DropReason::PolicyDenied as u8, 40000));
+    dp.expect(EGRESS, &spoofed_frame, SHOT, "spoofed again");
+    dp.expect_drops(
+        &[
+            (DropReason::PolicyDenied, 3),
+            (DropReason::SpoofedSource, 2),
+        ],
+        "each flow counted under its own reason",
+    );
+    // A SYN-ACK of the allowed connection's reply direction is conntrack's.
+    dp.expect(
+        INGRESS,
+        &tcp4_flags(B, 5432, A, allowed_port, SYN_ACK),
+        OK,
+        "reply of the allowed flow",
+    );
+}
+
+#[test]
+fn audit_mode_is_never_cached() {
+    require_root("audit_mode_is_never_cached");
+    pin_to_this_cpu();
+    let mut dp = Dp::with_endpoint(mode::AUDIT);
+    let frame = tcp4(A, 40000, C, 5432);
+    let spoofed = udp4(B, 40000, C, 53);
+    for _ in 0..3 {
+        dp.expect(EGRESS, &frame, OK, "audited denial");
+        dp.expect(EGRESS, &spoofed, OK, "audited spoofing");
+    }
+    dp.expect_drops(
+        &[
+            (DropReason::PolicyDenied, 3),
+            (DropReason::SpoofedSource, 3),
+        ],
+        "every audited packet counted",
+    );
+    assert_eq!(dp.forwarded(EGRESS).packets, 6, "and passed");
+    assert_eq!(dp.cache_entries(), 0, "nothing cached in audit mode");
+    // Switching the endpoint to enforce (a bump) drops from the next packet.
+    dp.endpoint(EP, WEB, mode::ENFORCE);
+    dp.expect(EGRESS, &frame, SHOT, "enforced now");
+    assert_eq!(dp.cache_entries(), 1);
+    // And back to audit: the cached drop is gone with the epoch.
+    dp.endpoint(EP, WEB, mode::AUDIT);
+    dp.expect(EGRESS, &frame, OK, "audit again");
+}
+
+#[test]
+fn epoch_zero_turns_the_cache_off() {
+    require_root("epoch_zero_turns_the_cache_off");
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    let cfg = dp.read_config();
+    dp.write_config(DatapathConfig { epoch: 0, ..cfg });
+    let frame = tcp4(A, 40000, C, 5432);
+    dp.expect(EGRESS, &frame, SHOT, "denied");
+    dp.expect(EGRESS, &frame, SHOT, "denied again");
+    assert_eq!(dp.cache_entries(), 0, "nothing stored with epoch 0");
+    dp.expect_drops(&[(DropReason::PolicyDenied, 2)], "both counted");
+}
+
+/// Through the real manager: `Datapath::apply` of a policy that denies,
+/// then of one that allows, on the same loaded programs (endpoint = the
+/// test run's loopback; nothing is attached).
+#[test]
+fn the_manager_ends_cached_denials_when_it_applies_a_new_policy() {
+    require_root("the_manager_ends_cached_denials_when_it_applies_a_new_policy");
+    let cpu = pin_to_this_cpu();
+    let compiled = |allowed_peer: Identity| {
+        let mut c = porin::policy::Compiled::default();
+        c.endpoints.insert(
+            EP,
+            EndpointInfo {
+                identity: WEB,
+                mode: mode::ENFORCE,
+                _pad: [0; 3],
+            },
+        );
+        c.ip4.insert(A.octets(), WEB);
+        c.ip4.insert(B.octets(), DB);
+        c.ip4.insert(C.octets(), CACHE);
+        c.policy.insert(
+            PolicyKey {
+                subject: WEB,
+                peer: allowed_peer,
+                port: 5432,
+                protocol: PROTO_TCP,
+                direction: EGRESS as u8,
+                generation: 0,
+                _pad: [0; 3],
+            },
+            PolicyValue {
+                action: action::ALLOW,
+                _pad: [0; 3],
+                rule: 1,
+            },
+        );
+        c
+    };
+    let mut manager = porin::datapath::Datapath::load(porin::kernel::TcAttach::Tcx, None)
+        .expect("load the datapath");
+    manager
+        .apply(&compiled(DB), &[])
+        .expect("apply: DB allowed");
+    let run = |m: &porin::datapath::Datapath, frame: &[u8]| {
+        let prog: &SchedClassifier = m
+            .ebpf()
+            .program("from_container")
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        prog_run::verdict(prog, frame)
+    };
+    let frame = tcp4(A, 40000, C, 5432);
+    assert_eq!(run(&manager, &frame), SHOT, "CACHE denied");
+    assert_eq!(run(&manager, &frame), SHOT, "CACHE denied (cached)");
+    let e = cached_in(manager.ebpf(), &f4(&frame), EGRESS, cpu).expect("cached");
+    assert_eq!(e.hits, 1, "the repeat came from the cache");
+    assert_eq!(e.epoch, manager.epoch().expect("epoch"));
+    manager
+        .apply(&compiled(CACHE), &[])
+        .expect("apply: CACHE allowed");
+    assert_eq!(run(&manager, &frame), OK, "allowed from the next packet");
 }

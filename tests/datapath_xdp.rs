@@ -119,6 +119,7 @@ impl Dp {
             DatapathConfig {
                 generation: 0,
                 ready: CONFIG_READY,
+                ..Default::default()
             },
             0,
         )

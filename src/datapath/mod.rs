@@ -24,6 +24,13 @@
 //!    and detached from endpoints that went away, then those endpoints'
 //!    entries and connections are deleted.
 //!
+//! 6. the deny-cache epoch is bumped ([`Datapath::bump_epoch`]), after
+//!    every step above and also when a step failed midway: every drop the
+//!    programs cached from the maps as they were before is forgotten, so
+//!    a flow the new maps allow passes from its next packet. Until the
+//!    bump a cached drop may repeat the old policy's verdict, as an
+//!    in-flight packet judged by the old generation would.
+//!
 //! Established connections keep passing throughout (conntrack). A new
 //! connection of a parked address or endpoint may be refused for the
 //! moment it is parked (fail closed); the client's retransmission succeeds.
@@ -44,9 +51,12 @@ use aya::{
     Ebpf,
 };
 use log::{debug, info, warn};
-use porin_common::datapath::{
-    identity::UPDATING, Ct4Key, CtKey, CtValue, DatapathConfig, EndpointInfo, Identity, PolicyKey,
-    PolicyValue, CONFIG_READY,
+use porin_common::{
+    datapath::{
+        identity::UPDATING, Ct4Key, CtKey, CtValue, DatapathConfig, EndpointInfo, Identity,
+        PolicyKey, PolicyValue, CONFIG_READY,
+    },
+    dcache::next_epoch,
 };
 
 use crate::{
@@ -185,6 +195,9 @@ impl Datapath {
             None => dp.set_generation(0)?,
             Some(p) => dp.start_persistent(p)?,
         }
+        // Whatever the deny cache holds (maps adopted from an earlier run)
+        // was made under other maps.
+        dp.bump_epoch()?;
         Ok(dp)
     }
 
@@ -212,7 +225,13 @@ impl Datapath {
         let old = std::mem::take(&mut self.applied);
         // Restore what is applied if any step fails midway, so the next
         // apply computes its delta from the truth as far as it is known.
-        let result = self.apply_steps(&old, new, veths);
+        let mut result = self.apply_steps(&old, new, veths);
+        // After the maps changed, whether or not every step succeeded.
+        if let Err(e) = self.bump_epoch() {
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
         self.applied = match &result {
             Ok(_) => new.clone(),
             Err(_) => old,
@@ -425,17 +444,46 @@ impl Datapath {
 
     fn set_generation(&mut self, generation: u32) -> Result<(), DatapathError> {
         let mut cfg = map_mut!(self.bpf, "PORIN_CFG_V1", Array<&mut MapData, DatapathConfig>);
+        // The epoch is rewritten as it is: each write changes one field.
+        let current = cfg.get(&0, 0).map_err(map_err("PORIN_CFG_V1", "get"))?;
         cfg.set(
             0,
             DatapathConfig {
                 generation,
                 ready: CONFIG_READY,
+                ..current
             },
             0,
         )
         .map_err(map_err("PORIN_CFG_V1", "set"))?;
         self.generation = generation;
         Ok(())
+    }
+
+    /// Invalidates every drop the programs cached (`PORIN_DCACHE_V1`): the
+    /// next epoch, read from the map itself (not remembered here), so it
+    /// is new even when the maps outlive this process. Call it after every
+    /// change to a map a verdict depends on. Returns the new epoch.
+    pub fn bump_epoch(&mut self) -> Result<u32, DatapathError> {
+        let mut cfg = map_mut!(self.bpf, "PORIN_CFG_V1", Array<&mut MapData, DatapathConfig>);
+        let current = cfg.get(&0, 0).map_err(map_err("PORIN_CFG_V1", "get"))?;
+        let epoch = next_epoch(current.epoch);
+        cfg.set(0, DatapathConfig { epoch, ..current }, 0)
+            .map_err(map_err("PORIN_CFG_V1", "bump epoch"))?;
+        Ok(epoch)
+    }
+
+    /// The current deny-cache epoch (`PORIN_CFG_V1`).
+    pub fn epoch(&self) -> Result<u32, DatapathError> {
+        let map = self.bpf.map("PORIN_CFG_V1").ok_or(LoadError::MissingMap {
+            name: "PORIN_CFG_V1",
+        })?;
+        let cfg: Array<&MapData, DatapathConfig> =
+            Array::try_from(map).map_err(map_err("PORIN_CFG_V1", "open"))?;
+        Ok(cfg
+            .get(&0, 0)
+            .map_err(map_err("PORIN_CFG_V1", "get"))?
+            .epoch)
     }
 
     fn attach(&mut self, veth: &Veth) -> Result<Attached, DatapathError> {

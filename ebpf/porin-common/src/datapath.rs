@@ -12,11 +12,12 @@
 //! | `PORIN_NET4_V1` | LPM trie | prefix + IPv4 → identity | manager (named networks) |
 //! | `PORIN_NET6_V1` | LPM trie | prefix + IPv6 → identity | manager |
 //! | `PORIN_POL_V1` | hash | [`PolicyKey`] → [`PolicyValue`] | manager, per generation |
-//! | `PORIN_CFG_V1` | array\[1\] | 0 → [`DatapathConfig`] (active generation, ready) | manager |
+//! | `PORIN_CFG_V1` | array\[1\] | 0 → [`DatapathConfig`] (active generation, ready, deny-cache epoch) | manager |
 //! | `PORIN_CT4_V1` | LRU hash | [`Ct4Key`] (IPv4) → [`CtValue`] | programs (the manager deletes a removed endpoint's entries) |
 //! | `PORIN_CT_V1` | LRU hash | [`CtKey`] (IPv6) → [`CtValue`] | programs (likewise) |
 //! | `PORIN_DROPS_V1` | per-CPU array | [`DropReason`] → [`Counter`] | programs |
 //! | `PORIN_FWD_V1` | per-CPU array | [`Direction`] → [`Counter`] | programs |
+//! | `PORIN_DCACHE_V1` | per-CPU array\[[`max_entries::DENY_CACHE`]\] | slot → [`DenyEntry`] (deny cache) | programs (the manager invalidates it by bumping [`DatapathConfig::epoch`]) |
 //!
 //! # Atomic policy updates
 //! Policy entries carry a generation (0 or 1). The programs read the active
@@ -47,6 +48,34 @@
 //! endpoint's entries when it removes the endpoint (ifindexes are reused).
 //! Entries do not record the policy generation: a policy change does not
 //! cut established flows; the manager deletes CT entries when it must.
+//!
+//! # Deny cache
+//! Repeated packets of a denied flow would pay the whole slow path every
+//! time (conntrack miss, endpoint, two identities, up to four policy
+//! lookups: about 250 ns). `PORIN_DCACHE_V1` remembers recent drops: a
+//! direct-mapped cache, one [`DenyEntry`] per slot, per CPU (no entry is
+//! ever written by two CPUs, so none is torn), the slot picked by a hash of
+//! (ifindex, direction, addresses, ports, protocol, family)
+//! ([`crate::dcache`]). It is checked after a conntrack miss; an entry
+//! counts only when its whole key equals the packet's and its epoch equals
+//! the current [`DatapathConfig::epoch`]. A hit repeats the drop, counted
+//! and evented as the slow path would.
+//!
+//! Only enforce-mode `PolicyDenied` and `SpoofedSource` drops are stored:
+//! the cache never lets a packet through, it can only repeat a drop the
+//! maps decided. Audit-mode verdicts, parse errors, `UnknownEndpoint` and
+//! `Internal` always take the slow path.
+//!
+//! Invalidation: the manager bumps the epoch after every change to the maps
+//! a verdict depends on (endpoints, addresses, networks, policy,
+//! generation), so every entry made before the change stops counting at
+//! once. The programs read the epoch before the slow path and store the
+//! value they read: a packet judged with the old maps is never stored under
+//! the new epoch. Epoch 0 means "cache off" (a fresh, never bumped map).
+//! (The bump is its own syscall, made after the map writes' syscalls have
+//! returned: a program that reads the new epoch and then looks the maps up
+//! sees the written entries; hash-map updates are published with release
+//! semantics under RCU.)
 //!
 //! # Peer identity
 //! The peer's address is looked up in the exact maps (endpoints and host
@@ -107,7 +136,12 @@ pub mod max_entries {
     pub const CONNTRACK: u32 = 65536;
     /// `PORIN_CT_V1`, IPv6 connections (LRU too).
     pub const CONNTRACK6: u32 = 16384;
+    /// `PORIN_DCACHE_V1` slots per CPU (a power of two; 64 bytes each, so
+    /// 64 KiB per CPU).
+    pub const DENY_CACHE: u32 = 1024;
 }
+
+const _: () = assert!(max_entries::DENY_CACHE.is_power_of_two());
 
 /// Traffic direction as seen from the endpoint the program is attached for.
 #[repr(u8)]
@@ -203,6 +237,15 @@ pub struct DatapathConfig {
     /// policy generation; never cleared afterwards (a generation flip writes
     /// the same value again), so flipping stays one aligned 4-byte change.
     pub ready: u32,
+    /// Deny-cache epoch (see the module notes): a [`DenyEntry`] counts only
+    /// while its epoch equals this one. The manager bumps it after every
+    /// change of a map a verdict depends on, never to 0 (0 = cache off).
+    /// Alone in an aligned 8-byte word with `_pad`, and every write changes
+    /// one field only (a generation flip or an epoch bump, rewriting the
+    /// others with their current values), so a reader sees either the old
+    /// or the new epoch, never a mix of their bytes.
+    pub epoch: u32,
+    pub _pad: u32,
 }
 
 /// [`DatapathConfig::ready`] value of a written configuration. Not 1, so a
@@ -287,6 +330,44 @@ pub mod ct_origin {
 pub const CT_REFRESH_EVERY: u32 = 64;
 
 const _: () = assert!(CT_REFRESH_EVERY.is_power_of_two());
+
+/// `PORIN_DCACHE_V1` value: one cached drop ([`crate::dcache`]).
+///
+/// The first six words are the key and the epoch, compared as words: the
+/// first five follow [`Flow`](crate::parse::Flow)'s layout (addresses,
+/// ports, family, protocol) with the direction where `Flow` keeps
+/// `may_be_reply`; the sixth is the ifindex and the epoch. The rest is what
+/// the repeated drop needs for its counters and flow event. A zeroed slot
+/// never matches: no packet has ifindex 0 and epoch 0 is never current.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DenyEntry {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Host byte order, as in `Flow`.
+    pub sport: u16,
+    pub dport: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub protocol: u8,
+    /// [`Direction`] as u8.
+    pub direction: u8,
+    pub _pad0: u8,
+    /// Host veth ifindex of the endpoint whose program dropped the packet.
+    pub ifindex: u32,
+    /// [`DatapathConfig::epoch`] read before the packet was judged.
+    pub epoch: u32,
+    /// [`DropReason`] as u8: `PolicyDenied` or `SpoofedSource`.
+    pub reason: u8,
+    pub _pad1: [u8; 3],
+    /// The endpoint's identity, for the flow event.
+    pub subject: Identity,
+    /// The peer's identity as the slow path saw it (0 when it stopped
+    /// before, as for `SpoofedSource`), for the flow event.
+    pub peer: Identity,
+    /// Hits since the entry was stored (this CPU's; wrapping).
+    pub hits: u32,
+}
 
 /// Packet and byte counters (per CPU).
 #[repr(C)]
@@ -377,13 +458,16 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::DenyEntry {}
 }
 
 // Layout checks: the kernel and userspace must agree byte for byte.
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
-const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<DatapathConfig>() == 16);
+const _: () = assert!(core::mem::offset_of!(DatapathConfig, epoch) == 8);
+const _: () = assert!(core::mem::size_of::<DenyEntry>() == 64);
 const _: () = assert!(core::mem::size_of::<Ct4Key>() == 20);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);

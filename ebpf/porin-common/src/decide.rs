@@ -6,6 +6,7 @@
 //! | case | verdict | counted as |
 //! | --- | --- | --- |
 //! | conntrack hit (same direction, or reply), checked first | `OK` | forwarded |
+//! | deny-cache hit, checked next: the flow's earlier packet was dropped for `PolicyDenied` or `SpoofedSource` in enforce mode, under the current epoch ([`crate::dcache`]) | `SHOT` | drop with that reason (the same flow event) |
 //! | no `PORIN_ENDP_V1` entry for the ifindex | `SHOT` (any mode) | drop `UnknownEndpoint` |
 //! | ARP, ICMPv6 133/135/136 (hop limit 255) | `OK` | forwarded |
 //! | ICMPv6 134/137 (RA, redirect; hop limit 255) | into the container `OK`; out of it `SHOT` (any mode but audit) | drop `RogueRouter` when sent by the container |
@@ -362,7 +363,11 @@ mod tests {
 
     #[test]
     fn only_a_ready_config_with_generation_0_or_1_is_used() {
-        let cfg = |generation, ready| DatapathConfig { generation, ready };
+        let cfg = |generation, ready| DatapathConfig {
+            generation,
+            ready,
+            ..Default::default()
+        };
         assert_eq!(active_generation(&cfg(0, CONFIG_READY)), Ok(0));
         assert_eq!(active_generation(&cfg(1, CONFIG_READY)), Ok(1));
         for bad in [

@@ -9,7 +9,12 @@
 //! not need a bump by itself: it is created next to the old ones.
 
 /// The layout this build writes and understands.
-pub const LAYOUT: u32 = 1;
+///
+/// | layout | change |
+/// | --- | --- |
+/// | 1 | first pinned layout |
+/// | 2 | `PORIN_CFG_V1`'s `DatapathConfig` grew the deny-cache epoch (8 → 16 bytes) |
+pub const LAYOUT: u32 = 2;
 
 /// [`MetaRecord::magic`] of a written record ("PORM").
 pub const META_MAGIC: u32 = 0x504F_524D;

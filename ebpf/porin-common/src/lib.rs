@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod datapath;
+pub mod dcache;
 pub mod decide;
 pub mod flow;
 pub mod layout;

@@ -37,6 +37,28 @@ pub fn endpoint(ifindex: u32) -> Option<EndpointInfo> {
     unsafe { PORIN_ENDP_V1.get(&ifindex).copied() }
 }
 
+/// Like [`endpoint`], as whether it exists and its entry, zeroed when it
+/// does not: for the TC programs, where LLVM turned
+/// `endpoint.map_or(0, |e| e.identity)` into a load of the payload and a
+/// select, reading the unwritten payload of a `None` from the stack, which
+/// kernels before about 5.19 refuse ("invalid read from stack", 5.10 in the
+/// VM matrix). Here a value is written on both paths.
+#[inline(always)]
+pub fn endpoint_or_zeroed(ifindex: u32) -> (bool, EndpointInfo) {
+    // SAFETY: as in `endpoint`.
+    match unsafe { PORIN_ENDP_V1.get(&ifindex) } {
+        Some(e) => (true, *e),
+        None => (
+            false,
+            EndpointInfo {
+                identity: 0,
+                mode: 0,
+                _pad: [0, 0, 0],
+            },
+        ),
+    }
+}
+
 /// The identity of `addr` (IPv4 in its first 4 bytes when `family` is 4):
 /// exact address first, then the longest matching network, else world.
 #[inline(always)]

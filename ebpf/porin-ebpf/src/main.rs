@@ -11,6 +11,7 @@ mod access;
 mod baseline;
 mod conntrack;
 mod counters;
+mod dcache;
 mod events;
 mod identity;
 mod meta;

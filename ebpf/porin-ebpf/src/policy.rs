@@ -19,7 +19,8 @@ use porin_common::{
 static PORIN_POL_V1: HashMap<PolicyKey, PolicyValue> =
     HashMap::with_max_entries(max_entries::POLICY, 0);
 
-/// One entry: the active generation (see datapath.rs, atomic updates).
+/// One entry: the active generation (see datapath.rs, atomic updates) and
+/// the deny-cache epoch.
 #[map]
 static PORIN_CFG_V1: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 
@@ -30,6 +31,13 @@ pub fn active_generation() -> Result<u8, DropReason> {
         Some(cfg) => decide::active_generation(cfg),
         None => Err(DropReason::Internal),
     }
+}
+
+/// The deny-cache epoch (`porin_common::dcache::epoch`), `None` while the
+/// cache is off.
+#[inline(always)]
+pub fn cache_epoch() -> Option<u32> {
+    PORIN_CFG_V1.get(0).and_then(porin_common::dcache::epoch)
 }
 
 /// Whether `subject`'s policy allows `flow` to or from `peer`: the first

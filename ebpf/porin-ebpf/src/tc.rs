@@ -4,10 +4,14 @@
 //! 1. parse;
 //! 2. conntrack: a flow this endpoint (this ifindex) already allowed, or a
 //!    reply to one, passes: one hash lookup on the hot path;
-//! 3. endpoint of the veth (`PORIN_ENDP_V1[skb->ifindex]`), none → drop;
+//! 3. deny cache (`dcache`): a repeated packet of a flow the steps below
+//!    dropped (enforce mode, `PolicyDenied` or `SpoofedSource`) under the
+//!    current epoch gets the same drop, counted and evented alike; a miss
+//!    goes on, and a cacheable drop below is stored;
+//! 4. endpoint of the veth (`PORIN_ENDP_V1[skb->ifindex]`), none → drop;
 //!    ARP and IPv6 neighbour discovery pass here, parse errors are judged
 //!    with the endpoint's mode;
-//! 4. peer identity and policy in the active generation; allowed → CT entry.
+//! 5. peer identity and policy in the active generation; allowed → CT entry.
 //!
 //! Conntrack before the endpoint: a CT entry's key holds the ifindex of an
 //! endpoint whose policy allowed the flow, and the manager detaches the
@@ -30,7 +34,7 @@ use porin_common::{
     parse::{Flow, Parsed},
 };
 
-use crate::{conntrack, counters, events, identity, parse, policy};
+use crate::{conntrack, counters, dcache, events, identity, parse, policy};
 
 /// Attached at TC **ingress** of a container's host-side veth: packets
 /// leaving the container (policy direction egress, peer = destination).
@@ -52,14 +56,24 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: the context pointer the kernel passed in.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let parsed = parse::headers(ctx);
+    // The deny-cache epoch read before the slow path (0: cache off).
+    let mut cache_epoch = 0;
+    let mut hit = dcache::Hit::NONE;
     if let Ok(Parsed::Flow(flow)) = &parsed {
         if conntrack::established(flow, dir, ifindex) {
             let verdict = decide::verdict(Ok(()), None);
             counters::record(&verdict, dir, ctx.len());
             return verdict.action;
         }
+        cache_epoch = dcache::check(flow, dir, ifindex, &mut hit);
+        if hit.found != 0 {
+            return repeat_drop(ctx, &hit, flow, dir, ifindex);
+        }
     }
-    let endpoint = identity::endpoint(ifindex);
+    let (known, info) = identity::endpoint_or_zeroed(ifindex);
+    let endpoint = known.then_some(info);
+    // 0 without an endpoint, from a value written on every path.
+    let subject = info.identity;
     let mut seen = Seen {
         flow: None,
         peer: 0,
@@ -71,6 +85,9 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     };
     let verdict = decide::verdict(result, endpoint.map(|ep| ep.mode));
     counters::record(&verdict, dir, ctx.len());
+    if let Some(f) = &seen.flow {
+        dcache::store(f, dir, ifindex, cache_epoch, &verdict, subject, seen.peer);
+    }
     // Flow events: a new allowed connection, or a drop (audited or not).
     // Conntrack hits returned above and emit nothing: one event per flow.
     if verdict.drop.is_some() || seen.new_flow {
@@ -87,13 +104,42 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
             dir,
             seen.flow.as_ref(),
             ifindex,
-            endpoint.map_or(0, |e| e.identity),
+            subject,
             seen.peer,
             ctx.len(),
             0,
             0,
         );
     }
+    verdict.action
+}
+
+/// A deny-cache hit: the drop the slow path gave this flow's first packet,
+/// with the same counters and flow event (rule 0, no TCP flags, as there).
+#[inline(always)]
+fn repeat_drop(
+    ctx: &TcContext,
+    hit: &dcache::Hit,
+    flow: &Flow,
+    dir: Direction,
+    ifindex: u32,
+) -> i32 {
+    let (verdict, reason, subject, peer) = dcache::repeated(hit);
+    counters::record(&verdict, dir, ctx.len());
+    events::emit(
+        ctx,
+        flow::kind::DROP,
+        events::flow_verdict(&verdict),
+        reason as u8,
+        dir,
+        Some(flow),
+        ifindex,
+        subject,
+        peer,
+        ctx.len(),
+        0,
+        0,
+    );
     verdict.action
 }
 
