@@ -10,7 +10,8 @@
 //! first apply happens at start, before any container is known.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
     sync::{
         mpsc::{Receiver, RecvTimeoutError},
         Arc,
@@ -22,7 +23,10 @@ use log::{error, info, warn};
 
 use crate::{
     config::Config,
-    datapath::{uplink, ApplyReport, Datapath, DatapathError, Veth},
+    datapath::{
+        gate::{self, Gate, GateError},
+        uplink, ApplyReport, Datapath, DatapathError, Veth,
+    },
     discovery::{
         endpoint::{Endpoint, EndpointKey},
         inventory::Event,
@@ -56,6 +60,8 @@ pub enum EnforceError {
     Apply(#[from] Box<DatapathError>),
     #[error("reading the host's addresses: {0}")]
     HostAddresses(#[source] std::io::Error),
+    #[error("quarantine gate: {0}")]
+    Gate(#[from] GateError),
 }
 
 /// The enforcement state: configuration, known endpoints, the datapath.
@@ -69,6 +75,10 @@ pub struct Enforcer {
     shared: Option<Arc<Shared>>,
     /// Successful applies so far (the generation `porin status` shows).
     applies: u64,
+    /// The cgroup v2 hierarchy (None on v1-only hosts).
+    unified: Option<PathBuf>,
+    /// The quarantine gate, while the configuration asks for it.
+    gate: Option<Gate>,
 }
 
 impl Enforcer {
@@ -80,7 +90,21 @@ impl Enforcer {
             endpoints: BTreeMap::new(),
             shared: None,
             applies: 0,
+            unified: None,
+            gate: None,
         }
+    }
+
+    /// The cgroup v2 hierarchy and, when the configuration quarantines, the
+    /// gate already loaded (and attached) at start.
+    pub fn with_gate(mut self, unified: Option<PathBuf>, gate: Option<Gate>) -> Self {
+        self.unified = unified;
+        self.gate = gate;
+        self
+    }
+
+    pub fn gate(&self) -> Option<&Gate> {
+        self.gate.as_ref()
     }
 
     /// Publishes the applied state to `shared` after every apply.
@@ -177,7 +201,40 @@ impl Enforcer {
         self.datapath
             .apply_uplinks(&uplink::plan(&self.cfg))
             .map_err(|e| EnforceError::Apply(Box::new(e)))?;
+        // Last: a container is let through the gate only once its veths
+        // carry the programs just attached.
+        self.sync_gate(&endpoints)?;
         Ok(report)
+    }
+
+    /// Attaches or removes the quarantine gate as the configuration says,
+    /// and lets through exactly the classified containers.
+    fn sync_gate(&mut self, endpoints: &[Endpoint]) -> Result<(), EnforceError> {
+        if !gate::wanted(&self.cfg) {
+            if self.gate.take().is_some() || gate::installed(&self.cfg.bpffs) {
+                let removed = gate::uninstall(&self.cfg.bpffs)?;
+                info!(
+                    "gate: removed ({} links), unknown workloads are no longer quarantined",
+                    removed.links
+                );
+            }
+            return Ok(());
+        }
+        let unified = self.unified.clone().ok_or(GateError::NoUnified)?;
+        if self.gate.is_none() {
+            self.gate = Some(Gate::load(&self.cfg.bpffs, &unified)?);
+        }
+        let attached: BTreeSet<&str> = self.datapath.attached().into_iter().collect();
+        let ids: BTreeSet<u64> = endpoints
+            .iter()
+            .filter(|e| classified(e, &attached))
+            .filter_map(|e| gate::cgroup_id(&gate::cgroup_dir(&unified, Path::new(&e.cgroup))).ok())
+            .collect();
+        let parents = gate::parents(&self.cfg);
+        let gate = self.gate.as_mut().expect("loaded above");
+        gate.attach(&parents)?;
+        gate.set_classified(&ids)?;
+        Ok(())
     }
 
     /// Runs until the sending side hangs up.
@@ -252,6 +309,13 @@ impl Enforcer {
             }
         }
     }
+}
+
+/// Whether the gate lets `e` through: its network is set up and each of
+/// its host veths carries the TC programs (vacuously true for host-network
+/// containers and ones without a host veth, which TC cannot enforce anyway).
+fn classified(e: &Endpoint, attached: &BTreeSet<&str>) -> bool {
+    e.network_ready() && e.host_veths().all(|p| attached.contains(p.name.as_str()))
 }
 
 fn list(what: &str, names: &[String]) -> String {

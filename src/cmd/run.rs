@@ -19,7 +19,10 @@ use log::{error, info};
 
 use super::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::{
-    datapath::Datapath,
+    datapath::{
+        gate::{self, Gate},
+        Datapath,
+    },
     discovery::{live::LiveDiscovery, scanner::Scanner, watch::Watcher},
     enforce::{Enforcer, Input},
     flows::maps::{CounterMaps, EventMaps},
@@ -84,6 +87,37 @@ pub fn run(path: &Path) -> ExitCode {
         scanner.cgroups().layout(),
         scanner.cgroups().dir().display()
     );
+    // The quarantine gate goes up before discovery starts, so a container
+    // that starts from now on waits for its classification; a host that
+    // cannot have it is refused rather than left open (fail closed).
+    let unified = gate::require_unified(scanner.cgroups()).ok();
+    let gate = if gate::wanted(&cfg) {
+        let attached = gate::require_unified(scanner.cgroups())
+            .and_then(|u| Gate::load(&cfg.bpffs, &u))
+            .and_then(|mut g| g.attach(&gate::parents(&cfg)).map(|()| g));
+        match attached {
+            Ok(g) => {
+                let s = g.status();
+                info!(
+                    "gate: unclassified containers are held back under {} ({} classified adopted){}",
+                    if s.attached.is_empty() { "-".to_string() } else { s.attached.join(",") },
+                    s.classified,
+                    if s.missing.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; not yet existing: {}", s.missing.join(","))
+                    }
+                );
+                Some(g)
+            }
+            Err(e) => {
+                error!("quarantine gate unavailable, not starting: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        }
+    } else {
+        None
+    };
     let (watcher, stopper) = match Watcher::new() {
         Ok(w) => w,
         Err(e) => {
@@ -119,8 +153,9 @@ pub fn run(path: &Path) -> ExitCode {
         events,
         counters,
     });
-    let enforcer =
-        Enforcer::new(cfg, path.display().to_string(), datapath).with_shared(shared.clone());
+    let enforcer = Enforcer::new(cfg, path.display().to_string(), datapath)
+        .with_shared(shared.clone())
+        .with_gate(unified, gate);
     let enforcement = thread::Builder::new()
         .name("enforce".into())
         .spawn(move || enforcer.run(rx))

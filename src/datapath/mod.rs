@@ -127,6 +127,7 @@ macro_rules! map_mut {
 }
 
 // After `map_mut!`, which it uses.
+pub mod gate;
 pub mod uplink;
 
 impl Datapath {

@@ -107,6 +107,8 @@ pub mod max_entries {
     pub const CONNTRACK: u32 = 65536;
     /// `PORIN_CT_V1`, IPv6 connections (LRU too).
     pub const CONNTRACK6: u32 = 16384;
+    /// `PORIN_GATE_V1`: classified container cgroups on one node.
+    pub const GATE: u32 = 8192;
 }
 
 /// Traffic direction as seen from the endpoint the program is attached for.
