@@ -15,9 +15,13 @@ use porin::testing::{
 const BASE_CONFIG: &str = r#"version: 1
 log:
   level: info
+bpffs: /sys/fs/bpf/porin-t-policy-e2e
 enforcement:
   mode: enforce
   unknown_workloads: quarantine
+  # The gate goes on a parent of this test's own: on /libpod_parent it
+  # would hold back other tests' containers (tests/gate.rs tests the gate).
+  quarantine_cgroups: [/porin-t-policy-e2e]
 groups:
   - name: sensor
     select:
@@ -153,4 +157,9 @@ fn identity_policy_is_enforced_on_real_containers_and_follows_a_reload() {
 
     assert!(daemon.stop(), "porin run exits cleanly on SIGTERM");
     std::fs::remove_dir_all(&dir).ok();
+    // The gate is kept across stops: remove it and its parent cgroup.
+    let bpffs = Path::new("/sys/fs/bpf/porin-t-policy-e2e");
+    porin::datapath::gate::uninstall(bpffs).expect("remove the gate");
+    std::fs::remove_dir_all(bpffs).ok();
+    std::fs::remove_dir("/sys/fs/cgroup/unified/porin-t-policy-e2e").ok();
 }

@@ -1,0 +1,226 @@
+//! The quarantine gate end to end: `porin run` in enforce mode with
+//! `unknown_workloads: quarantine`, real Podman containers placed under a
+//! parent cgroup of the test's own (`--cgroup-parent`), and the daemon
+//! killed and restarted. Needs root and podman.
+//!
+//! Each test gates only its own parent cgroup and pins under its own bpffs
+//! directory, so containers of other tests (under `/libpod_parent`) are
+//! never held back. The tests run one at a time: each daemon attaches its
+//! TC programs to every container on the host.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use porin::{
+    datapath::gate,
+    testing::{
+        daemon::Daemon,
+        podman::{podman, PodmanContainer, Spec},
+        require_root,
+    },
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A test's parent cgroup, bpffs directory and config; removes them (and
+/// the gate) on drop. Declared before the containers, so they go first.
+struct Fixture {
+    tag: String,
+    parent: String,
+    bpffs: PathBuf,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+const UNIFIED: &str = "/sys/fs/cgroup/unified";
+
+impl Fixture {
+    fn new(tag: &str, containers: &[&str], unknown: &str) -> Fixture {
+        let parent = format!("/porin-t-gate-{tag}");
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/porin-t-gate-{tag}"));
+        let dir = std::env::temp_dir().join(format!("porin-t-gate-{tag}"));
+        // Leftovers of an aborted run: its containers, gate and cgroup.
+        for c in containers {
+            let _ = podman(&["rm", "-f", "-t", "0", &format!("porin-t-{c}")]);
+        }
+        let f = Fixture {
+            config: dir.join("porin.yaml"),
+            tag: tag.to_owned(),
+            parent,
+            bpffs,
+            dir,
+        };
+        f.clean();
+        std::fs::create_dir_all(&f.dir).unwrap();
+        std::fs::write(
+            &f.config,
+            format!(
+                "version: 1
+bpffs: {bpffs}
+control:
+  socket: {sock}
+enforcement:
+  mode: enforce
+  unknown_workloads: {unknown}
+  quarantine_cgroups: [{parent}]
+groups:
+  - name: app
+    select:
+      labels: {{porin-gate: {tag}}}
+ground_rules:
+  same_group: allow
+",
+                bpffs = f.bpffs.display(),
+                sock = f.dir.join("porin.sock").display(),
+                parent = f.parent,
+            ),
+        )
+        .unwrap();
+        f
+    }
+
+    fn clean(&self) {
+        gate::uninstall(&self.bpffs).expect("remove the gate");
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+        let _ = std::fs::remove_dir(Path::new(UNIFIED).join(&self.parent[1..]));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// A container of the test's group under the gated parent, serving HTTP.
+    fn container(&self, name: &str) -> PodmanContainer {
+        let label = [("porin-gate", self.tag.as_str())];
+        let cgroup_parent = format!("--cgroup-parent={}", self.parent);
+        PodmanContainer::run(
+            name,
+            &Spec {
+                labels: &label,
+                args: &[&cgroup_parent],
+                cmd: &["httpd", "-f", "-p", "8080", "-h", "/www"],
+            },
+        )
+    }
+
+    fn daemon(&self) -> Daemon {
+        Daemon::start(Path::new(env!("CARGO_BIN_EXE_porin")), &self.config)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}
+
+fn http(from: &PodmanContainer, to: &PodmanContainer) -> bool {
+    let ip = to.ipv4().expect("container address");
+    from.http_get(&format!("http://{ip}:8080/"), 2)
+}
+
+/// Polls until `from` gets `to`'s page; the time it took, or None.
+fn until_http(from: &PodmanContainer, to: &PodmanContainer, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let ip = to.ipv4().expect("container address");
+    while start.elapsed() < within {
+        if from.http_get(&format!("http://{ip}:8080/"), 1) {
+            return Some(start.elapsed());
+        }
+    }
+    None
+}
+
+/// Kills the daemon with SIGKILL: no clean-up code of its own runs.
+fn kill(daemon: Daemon) {
+    daemon.signal(libc::SIGKILL);
+    drop(daemon);
+}
+
+#[test]
+fn a_container_started_with_the_daemon_running_talks_once_classified() {
+    require_root("quarantine gate test");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new("a", &["ga-peer", "ga-new"], "quarantine");
+    let mut daemon = fx.daemon();
+    let peer = fx.container("ga-peer");
+    daemon.wait_for(|l| l.contains("attached veth"), Duration::from_secs(20));
+    let started = Instant::now();
+    let new = fx.container("ga-new");
+    let run = started.elapsed();
+    let open = until_http(&peer, &new, Duration::from_secs(15))
+        .expect("the new container becomes reachable once classified");
+    // One request's own cost (podman exec + wget), to subtract.
+    let probe = Instant::now();
+    assert!(http(&new, &peer), "and it can send per policy");
+    let probe = probe.elapsed();
+    println!(
+        "gated after start: podman run took {:.0} ms; reachable {:.0} ms after podman run returned (one probe request costs {:.0} ms)",
+        run.as_secs_f64() * 1e3,
+        open.as_secs_f64() * 1e3,
+        probe.as_secs_f64() * 1e3
+    );
+    assert!(daemon.stop(), "daemon exits 0");
+}
+
+#[test]
+fn a_container_started_while_the_daemon_is_down_is_quarantined_until_classified() {
+    require_root("quarantine gate test");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new("b", &["gb-peer", "gb-new", "gb-after"], "quarantine");
+    let mut daemon = fx.daemon();
+    let peer = fx.container("gb-peer");
+    daemon.wait_for(|l| l.contains("attached veth"), Duration::from_secs(20));
+    assert!(
+        peer.http_get("http://127.0.0.1:8080/", 2),
+        "the peer serves HTTP"
+    );
+
+    kill(daemon);
+    let new = fx.container("gb-new");
+    assert!(!http(&new, &peer), "while the daemon is down, the new container cannot send");
+    assert!(!http(&peer, &new), "and a peer cannot reach it");
+    assert!(
+        new.http_get("http://127.0.0.1:8080/", 2),
+        "its own loopback still works (the gate passes the loopback device)"
+    );
+
+    let daemon = fx.daemon();
+    let open = until_http(&peer, &new, Duration::from_secs(15))
+        .expect("once the daemon is back and classifies it, the peer reaches it");
+    assert!(http(&new, &peer), "and it reaches the peer");
+    println!(
+        "quarantined until classified: reachable {:.0} ms after the daemon was ready",
+        open.as_secs_f64() * 1e3
+    );
+
+    // A clean stop keeps the gate; uninstalling removes it.
+    assert!(daemon.stop(), "daemon exits 0");
+    assert!(gate::installed(&fx.bpffs), "the gate outlives the daemon");
+    let removed = gate::uninstall(&fx.bpffs).expect("uninstall");
+    assert_eq!(removed.links, 2, "ingress and egress links were pinned");
+    assert!(removed.map, "the map was pinned");
+    let after = fx.container("gb-after");
+    assert!(
+        until_http(&after, &peer, Duration::from_secs(5)).is_some(),
+        "after uninstall nothing is gated"
+    );
+}
+
+#[test]
+fn with_unknown_workloads_allow_nothing_is_gated() {
+    require_root("quarantine gate test");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new("c", &["gc-peer", "gc-new"], "allow");
+    let mut daemon = fx.daemon();
+    let peer = fx.container("gc-peer");
+    daemon.wait_for(|l| l.contains("attached veth"), Duration::from_secs(20));
+    kill(daemon);
+    assert!(!gate::installed(&fx.bpffs), "no gate is attached with allow");
+    let new = fx.container("gc-new");
+    assert!(
+        until_http(&new, &peer, Duration::from_secs(5)).is_some(),
+        "a container started while the daemon is down talks (the control case of the quarantine test)"
+    );
+    assert!(http(&peer, &new), "both ways");
+}
