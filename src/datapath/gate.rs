@@ -434,6 +434,11 @@ impl Gate {
         out
     }
 
+    /// The loaded object (for `BPF_PROG_TEST_RUN` in tests).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.bpf
+    }
+
     pub fn status(&self) -> GateStatus {
         GateStatus {
             attached: self
