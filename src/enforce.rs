@@ -123,13 +123,18 @@ impl Enforcer {
     fn publish(&mut self, report: &ApplyReport) {
         self.applies += 1;
         if let Some(s) = &self.shared {
-            s.publish(state::snapshot(
+            let mut snap = state::snapshot(
                 self.applies,
                 &self.endpoints,
                 self.datapath.applied(),
                 report,
                 &self.datapath.attached(),
-            ));
+            );
+            snap.gate = match &self.gate {
+                Some(g) => g.status().to_string(),
+                None => "off (unclassified containers are not held back: needs enforcement.mode: enforce and unknown_workloads: quarantine)".into(),
+            };
+            s.publish(snap);
         }
     }
 

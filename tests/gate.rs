@@ -16,6 +16,7 @@ use std::{
 
 use porin::{
     datapath::gate,
+    discovery::cgroup::{CgroupFs, CgroupLayout},
     testing::{
         daemon::Daemon,
         podman::{podman, PodmanContainer, Spec},
@@ -35,7 +36,13 @@ struct Fixture {
     config: PathBuf,
 }
 
-const UNIFIED: &str = "/sys/fs/cgroup/unified";
+/// The cgroup v2 hierarchy of this host (`/sys/fs/cgroup/unified` on the
+/// build machine's hybrid layout).
+fn unified() -> PathBuf {
+    let fs = CgroupFs::detect(Path::new("/sys/fs/cgroup")).expect("cgroup filesystem");
+    assert_ne!(fs.layout(), CgroupLayout::V1, "the gate needs cgroup v2");
+    fs.dir().to_owned()
+}
 
 impl Fixture {
     fn new(tag: &str, containers: &[&str], unknown: &str) -> Fixture {
@@ -85,7 +92,7 @@ ground_rules:
     fn clean(&self) {
         gate::uninstall(&self.bpffs).expect("remove the gate");
         let _ = std::fs::remove_dir_all(&self.bpffs);
-        let _ = std::fs::remove_dir(Path::new(UNIFIED).join(&self.parent[1..]));
+        let _ = std::fs::remove_dir(unified().join(&self.parent[1..]));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
@@ -178,7 +185,10 @@ fn a_container_started_while_the_daemon_is_down_is_quarantined_until_classified(
 
     kill(daemon);
     let new = fx.container("gb-new");
-    assert!(!http(&new, &peer), "while the daemon is down, the new container cannot send");
+    assert!(
+        !http(&new, &peer),
+        "while the daemon is down, the new container cannot send"
+    );
     assert!(!http(&peer, &new), "and a peer cannot reach it");
     assert!(
         new.http_get("http://127.0.0.1:8080/", 2),
@@ -216,7 +226,10 @@ fn with_unknown_workloads_allow_nothing_is_gated() {
     let peer = fx.container("gc-peer");
     daemon.wait_for(|l| l.contains("attached veth"), Duration::from_secs(20));
     kill(daemon);
-    assert!(!gate::installed(&fx.bpffs), "no gate is attached with allow");
+    assert!(
+        !gate::installed(&fx.bpffs),
+        "no gate is attached with allow"
+    );
     let new = fx.container("gc-new");
     assert!(
         until_http(&new, &peer, Duration::from_secs(5)).is_some(),

@@ -131,7 +131,11 @@ fn verdicts_follow_the_classified_map() {
             .run_in(|| prog_run::verdict_on_ifindex(prog(g, name), &frame, ifindex))
     };
     for name in [GATE_INGRESS, GATE_EGRESS] {
-        assert_eq!(run(&g, name, net.index_a), 0, "{name}: unclassified is dropped");
+        assert_eq!(
+            run(&g, name, net.index_a),
+            0,
+            "{name}: unclassified is dropped"
+        );
         assert_eq!(run(&g, name, 1), 1, "{name}: loopback passes");
     }
     // The test run's socket is in the root cgroup (5.10) or in this
@@ -171,7 +175,8 @@ fn delivered(from: &UdpSocket, to: &UdpSocket) -> bool {
 fn udp(net: &porin::testing::rawnet::RawNetns, ip: std::net::Ipv4Addr) -> UdpSocket {
     net.run_in(|| {
         let s = UdpSocket::bind(SocketAddrV4::new(ip, 0)).expect("bind");
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         s
     })
 }
@@ -196,7 +201,8 @@ fn attached_gate_holds_back_real_sockets_until_classified_and_survives_replaceme
     let outside = udp(&net.b, net.ip_b);
 
     let mut g = Gate::load(&bpffs.0, &unified.dir).expect("load");
-    g.attach(&[PathBuf::from(&parent)]).expect("attach (creates the parent)");
+    g.attach(&[PathBuf::from(&parent)])
+        .expect("attach (creates the parent)");
     fs::create_dir(parent_dir.join("c")).unwrap();
     fs::create_dir(parent_dir.join("c/n")).unwrap();
     let child_id = gate::cgroup_id(&parent_dir.join("c")).unwrap();
@@ -209,8 +215,14 @@ fn attached_gate_holds_back_real_sockets_until_classified_and_survives_replaceme
         let deeper = udp(&net.a, net.ip_a);
         unified.enter(&home);
 
-        assert!(!delivered(&inside, &outside), "unclassified: egress dropped");
-        assert!(!delivered(&outside, &inside), "unclassified: ingress dropped");
+        assert!(
+            !delivered(&inside, &outside),
+            "unclassified: egress dropped"
+        );
+        assert!(
+            !delivered(&outside, &inside),
+            "unclassified: ingress dropped"
+        );
         assert!(!delivered(&deeper, &outside), "a sub-cgroup too");
 
         g.set_classified(&[child_id].into_iter().collect()).unwrap();
@@ -223,20 +235,30 @@ fn attached_gate_holds_back_real_sockets_until_classified_and_survives_replaceme
         g2.attach(&[PathBuf::from(&parent)]).expect("second attach");
         drop(g);
         assert_eq!(pins(&bpffs.0), 2, "the older links were replaced");
-        assert!(delivered(&inside, &outside), "still classified (map reused)");
-        assert!(g2.status().classified >= 1, "the classification was adopted");
+        assert!(
+            delivered(&inside, &outside),
+            "still classified (map reused)"
+        );
+        assert!(
+            g2.status().classified >= 1,
+            "the classification was adopted"
+        );
 
         g2.set_classified(&Default::default()).unwrap();
         // Adopted ids stay while their cgroup exists: only the first
         // call with the id classified confirms it, so classify and clear.
-        g2.set_classified(&[child_id].into_iter().collect()).unwrap();
+        g2.set_classified(&[child_id].into_iter().collect())
+            .unwrap();
         g2.set_classified(&Default::default()).unwrap();
         assert!(!delivered(&inside, &outside), "unclassified again");
 
         let removed = gate::uninstall(&bpffs.0).expect("uninstall");
         assert_eq!(removed.links, 2);
         drop(g2);
-        assert!(delivered(&inside, &outside), "after uninstall nothing is gated");
+        assert!(
+            delivered(&inside, &outside),
+            "after uninstall nothing is gated"
+        );
         assert!(delivered(&outside, &inside), "both ways");
     }));
     unified.enter(&home);

@@ -161,5 +161,7 @@ fn identity_policy_is_enforced_on_real_containers_and_follows_a_reload() {
     let bpffs = Path::new("/sys/fs/bpf/porin-t-policy-e2e");
     porin::datapath::gate::uninstall(bpffs).expect("remove the gate");
     std::fs::remove_dir_all(bpffs).ok();
-    std::fs::remove_dir("/sys/fs/cgroup/unified/porin-t-policy-e2e").ok();
+    if let Ok(fs) = porin::discovery::cgroup::CgroupFs::detect(Path::new("/sys/fs/cgroup")) {
+        std::fs::remove_dir(fs.dir().join("porin-t-policy-e2e")).ok();
+    }
 }

@@ -19,6 +19,7 @@ use log::{error, info};
 
 use super::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::{
+    config::OnStop,
     datapath::{
         gate::{self, Gate},
         Datapath,
@@ -97,17 +98,7 @@ pub fn run(path: &Path) -> ExitCode {
             .and_then(|mut g| g.attach(&gate::parents(&cfg)).map(|()| g));
         match attached {
             Ok(g) => {
-                let s = g.status();
-                info!(
-                    "gate: unclassified containers are held back under {} ({} classified adopted){}",
-                    if s.attached.is_empty() { "-".to_string() } else { s.attached.join(",") },
-                    s.classified,
-                    if s.missing.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; not yet existing: {}", s.missing.join(","))
-                    }
-                );
+                info!("gate: {}", g.status());
                 Some(g)
             }
             Err(e) => {
@@ -153,6 +144,7 @@ pub fn run(path: &Path) -> ExitCode {
         events,
         counters,
     });
+    let (on_stop, bpffs) = (cfg.enforcement.on_stop, cfg.bpffs.clone());
     let enforcer = Enforcer::new(cfg, path.display().to_string(), datapath)
         .with_shared(shared.clone())
         .with_gate(unified, gate);
@@ -200,6 +192,18 @@ pub fn run(path: &Path) -> ExitCode {
     // The discovery thread's sender is gone; dropping ours ends the loop.
     drop(tx);
     let _ = enforcement.join();
+    // `keep` leaves the gate attached (pinned), so containers started while
+    // the daemon is down are held back; `detach` removes it.
+    if on_stop == OnStop::Detach {
+        match gate::uninstall(&bpffs) {
+            Ok(r) if r.links > 0 => info!(
+                "gate: detached ({} links), as on_stop: detach asks",
+                r.links
+            ),
+            Ok(_) => {}
+            Err(e) => error!("gate: removing it at stop failed: {e}"),
+        }
+    }
     io.stop();
     status
 }

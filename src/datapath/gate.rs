@@ -190,6 +190,25 @@ pub struct GateStatus {
     pub classified: usize,
 }
 
+impl std::fmt::Display for GateStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "holding back unclassified containers under {}; {} classified",
+            if self.attached.is_empty() {
+                "no cgroup".to_string()
+            } else {
+                self.attached.join(",")
+            },
+            self.classified
+        )?;
+        if !self.missing.is_empty() {
+            write!(f, "; not existing yet: {}", self.missing.join(","))?;
+        }
+        Ok(())
+    }
+}
+
 /// The loaded gate programs and map, and what this daemon attached.
 pub struct Gate {
     bpf: Ebpf,
@@ -386,11 +405,10 @@ impl Gate {
         }
         let mut map = self.map()?;
         for id in &add {
-            map.insert(id, 1, 0)
-                .map_err(|source| GateError::Map {
-                    op: "insert",
-                    source,
-                })?;
+            map.insert(id, 1, 0).map_err(|source| GateError::Map {
+                op: "insert",
+                source,
+            })?;
         }
         for id in &gone {
             match map.remove(id) {
@@ -446,7 +464,11 @@ impl Gate {
                 .keys()
                 .map(|p| p.display().to_string())
                 .collect(),
-            missing: self.missing.iter().map(|p| p.display().to_string()).collect(),
+            missing: self
+                .missing
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
             classified: self.classified.len() + self.adopted.len(),
         }
     }
@@ -508,6 +530,19 @@ pub fn installed(bpffs: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_line() {
+        let s = GateStatus {
+            attached: vec!["/libpod_parent".into()],
+            missing: vec!["/machine.slice".into()],
+            classified: 3,
+        };
+        assert_eq!(
+            s.to_string(),
+            "holding back unclassified containers under /libpod_parent; 3 classified; not existing yet: /machine.slice"
+        );
+    }
 
     #[test]
     fn pin_names_round_trip() {
