@@ -229,10 +229,9 @@ impl Enforcer {
         if self.gate.is_none() {
             self.gate = Some(Gate::load(&self.cfg.bpffs, &unified)?);
         }
-        let attached: BTreeSet<&str> = self.datapath.attached().into_iter().collect();
         let ids: BTreeSet<u64> = endpoints
             .iter()
-            .filter(|e| classified(e, &attached))
+            .filter(|e| classified(e, &self.datapath))
             .filter_map(|e| gate::cgroup_id(&gate::cgroup_dir(&unified, Path::new(&e.cgroup))).ok())
             .collect();
         let parents = gate::parents(&self.cfg);
@@ -319,8 +318,10 @@ impl Enforcer {
 /// Whether the gate lets `e` through: its network is set up and each of
 /// its host veths carries the TC programs (vacuously true for host-network
 /// containers and ones without a host veth, which TC cannot enforce anyway).
-fn classified(e: &Endpoint, attached: &BTreeSet<&str>) -> bool {
-    e.network_ready() && e.host_veths().all(|p| attached.contains(p.name.as_str()))
+fn classified(e: &Endpoint, datapath: &Datapath) -> bool {
+    e.network_ready()
+        && e.host_veths()
+            .all(|p| datapath.is_attached(p.ifindex, &p.name))
 }
 
 fn list(what: &str, names: &[String]) -> String {
