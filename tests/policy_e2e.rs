@@ -102,6 +102,9 @@ fn identity_policy_is_enforced_on_real_containers_and_follows_a_reload() {
         "baseline: web reaches the world without Porin"
     );
 
+    // A gate left by an aborted run.
+    porin::datapath::gate::uninstall(Path::new("/sys/fs/bpf/porin-t-policy-e2e"))
+        .expect("remove a leftover gate");
     let dir = std::env::temp_dir().join(format!("porin-t-policy-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("porin.yaml");
