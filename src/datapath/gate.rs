@@ -319,7 +319,7 @@ impl Gate {
         self.attached.retain(|_, id| keep.contains(id));
         for (id, path) in pins(&self.bpffs)? {
             if !keep.contains(&id) {
-                fs::remove_file(&path).map_err(io_err("unpinning", &path))?;
+                unpin_link(&path)?;
                 info!("gate: detached from cgroup id {id}");
             }
         }
@@ -378,7 +378,7 @@ impl Gate {
                 .and_then(parse_pin_name)
                 .is_some_and(|(_, nonce)| nonce == self.nonce);
             if old == id && !ours {
-                fs::remove_file(&path).map_err(io_err("unpinning", &path))?;
+                unpin_link(&path)?;
             }
         }
         Ok(())
@@ -492,6 +492,73 @@ fn pins(bpffs: &Path) -> Result<Vec<(u64, PathBuf)>, GateError> {
         .collect())
 }
 
+/// Detaches the link pinned at `path` and removes the pin. Removing the pin
+/// alone would detach it too, but only once the kernel frees the link
+/// (deferred past an RCU grace period: measurably later on 5.10), so the
+/// link is detached first with `BPF_LINK_DETACH` (5.9+; where it fails the
+/// pin's removal still detaches it, later).
+fn unpin_link(path: &Path) -> Result<(), GateError> {
+    if let Ok(fd) = bpf_obj_get(path) {
+        if let Err(e) = bpf_link_detach(&fd) {
+            warn!(
+                "gate: BPF_LINK_DETACH of {} failed ({e}); it is detached when the kernel frees it",
+                path.display()
+            );
+        }
+    }
+    fs::remove_file(path).map_err(io_err("unpinning", path))
+}
+
+/// `bpf(2)` commands (linux/bpf.h), not wrapped by aya 0.14 for links.
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// A file descriptor for the object pinned at `path` (`BPF_OBJ_GET`).
+fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags.
+    let mut attr = [0u64; 2];
+    attr[0] = name.as_ptr() as u64;
+    // SAFETY: attr is a valid bpf_attr prefix of the size passed, and
+    // `name` outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Detaches link `fd` from its hook now (`BPF_LINK_DETACH`).
+fn bpf_link_detach(fd: &std::os::fd::OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // union bpf_attr for BPF_LINK_DETACH: link_fd (u32).
+    let mut attr = [fd.as_raw_fd() as u32, 0];
+    // SAFETY: attr is a valid bpf_attr prefix of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// What [`uninstall`] removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Removed {
@@ -506,7 +573,7 @@ pub struct Removed {
 pub fn uninstall(bpffs: &Path) -> Result<Removed, GateError> {
     let mut removed = Removed::default();
     for (_, path) in pins(bpffs)? {
-        fs::remove_file(&path).map_err(io_err("unpinning", &path))?;
+        unpin_link(&path)?;
         removed.links += 1;
     }
     let dir = bpffs.join(LINK_DIR);
