@@ -18,8 +18,9 @@
 //! are `bpf_link`s pinned at `<bpffs>/gate/<cgroup id>_<direction>_<nonce>`:
 //! they stay attached without any process. A new daemon attaches its own
 //! programs first (a cgroup runs all attached programs and a packet must
-//! pass each), pins them, and only then removes the older pins, so there is
-//! no moment without a gate.
+//! pass each), pins them, and only then detaches the older links
+//! (`BPF_LINK_DETACH`) and removes their pins, so there is no moment without
+//! a gate.
 //!
 //! # Limits
 //! - cgroup v2 (unified or hybrid layout) is required; on v1-only hosts the
