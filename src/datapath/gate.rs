@@ -61,6 +61,25 @@ use crate::{
 pub const GATE_MAP: &str = "PORIN_GATE_V1";
 pub const GATE_INGRESS: &str = "gate_ingress";
 pub const GATE_EGRESS: &str = "gate_egress";
+/// The object's hash, LRU and LPM maps the gate does not use (created with
+/// one entry by the gate's loader).
+const UNUSED_HASH_MAPS: [&str; 14] = [
+    "PORIN_CT4_V1",
+    "PORIN_CT_V1",
+    "PORIN_ENDP_V1",
+    "PORIN_IP4_V1",
+    "PORIN_IP6_V1",
+    "PORIN_NET4_V1",
+    "PORIN_NET6_V1",
+    "PORIN_POL_V1",
+    "PORIN_UPCFG_V1",
+    "PORIN_UPDNY4_V1",
+    "PORIN_UPDNY6_V1",
+    "PORIN_UPEP4_V1",
+    "PORIN_UPEP6_V1",
+    "PORIN_UPFLD_V1",
+];
+
 /// Directory under `bpffs` holding the pinned links.
 pub const LINK_DIR: &str = "gate";
 
@@ -237,9 +256,18 @@ impl Gate {
         let links = bpffs.join(LINK_DIR);
         fs::create_dir_all(&links).map_err(io_err("creating", &links))?;
         let pin = maps.join(GATE_MAP);
-        let mut bpf = EbpfLoader::new()
-            .btf(None)
-            .map_pin_path(GATE_MAP, pin.as_path())
+        let mut loader = EbpfLoader::new();
+        loader.btf(None).map_pin_path(GATE_MAP, pin.as_path());
+        // This loader creates every map of the object, but the gate uses
+        // only its own: the large ones are created at their smallest here
+        // (until one loader serves the datapath and the gate).
+        for name in UNUSED_HASH_MAPS {
+            loader.map_max_entries(name, 1);
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        loader.map_max_entries("PORIN_EVENTS_V1", u32::try_from(page).unwrap_or(4096));
+        let mut bpf = loader
             .load(ebpf::object()?)
             .map_err(ebpf::LoadError::Object)?;
         for name in [GATE_INGRESS, GATE_EGRESS] {
