@@ -25,6 +25,23 @@ pub enum Command {
     Status(StatusArgs),
     Policy(PolicyArgs),
     Flows(FlowsArgs),
+    Reload(ReloadArgs),
+}
+
+/// Make the running daemon re-read its configuration file: an invalid file
+/// changes nothing (its errors are printed); a valid one is enforced before
+/// this returns.
+#[derive(FromArgs, Debug, Clone)]
+#[argh(subcommand, name = "reload")]
+pub struct ReloadArgs {
+    /// configuration file naming the control socket (default:
+    /// /etc/porin/porin.yaml if it exists, else /run/porin/porin.sock); the
+    /// daemon re-reads the file it was started with
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// control socket (overrides the config's `control.socket`)
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(FromArgs, Debug, Clone)]

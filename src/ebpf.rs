@@ -1,10 +1,33 @@
 //! The eBPF object built by `build.rs` and embedded in the binary, and loading
 //! it into the kernel with errors that keep the verifier's log.
 
+use std::sync::OnceLock;
+
 use aya::{programs::ProgramError, Ebpf, EbpfError, EbpfLoader};
 
-/// The programs' object file, as built for this binary's architecture.
+use crate::kernel::{EventsTransport, KernelFeatures};
+
+/// The programs' object file, as built for this binary's architecture, with
+/// flow events through a ring buffer (kernel 5.8+).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/porin"));
+/// The same programs with flow events through a perf event array, for
+/// kernels without ring buffers (see `build.rs`).
+static OBJECT_PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/porin-perf"));
+
+/// The transport [`open`] loads, once chosen.
+static TRANSPORT: OnceLock<EventsTransport> = OnceLock::new();
+
+/// Fixes the transport every later [`open`] uses (the daemon calls it once
+/// with its config's choice, before the self-test); returns the one in
+/// force (an earlier choice stays).
+pub fn set_transport(t: EventsTransport) -> EventsTransport {
+    *TRANSPORT.get_or_init(|| t)
+}
+
+/// The transport [`open`] loads: the one set, or the kernel probe's.
+pub fn transport() -> EventsTransport {
+    *TRANSPORT.get_or_init(|| KernelFeatures::probe().events_transport(None))
+}
 
 /// Why the programs could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -30,25 +53,40 @@ pub enum LoadError {
     MissingMap { name: &'static str },
 }
 
-/// The raw object bytes, or an error when the build skipped the eBPF build.
+/// The raw object bytes for [`transport`], or an error when the build
+/// skipped the eBPF build.
 pub fn object() -> Result<&'static [u8], LoadError> {
-    if OBJECT.is_empty() {
+    object_for(transport())
+}
+
+/// The raw object bytes with flow events through `t`.
+pub fn object_for(t: EventsTransport) -> Result<&'static [u8], LoadError> {
+    let bytes = match t {
+        EventsTransport::RingBuf => OBJECT,
+        EventsTransport::Perf => OBJECT_PERF,
+    };
+    if bytes.is_empty() {
         Err(LoadError::NotEmbedded)
     } else {
-        Ok(OBJECT)
+        Ok(bytes)
     }
 }
 
-/// Parses the object and creates its maps in the kernel. Programs are loaded
-/// one by one by their users (see [`load_program`]) so each error names its
-/// program.
+/// Parses the object for [`transport`] and creates its maps in the kernel.
+/// Programs are loaded one by one by their users (see [`load_program`]) so
+/// each error names its program.
 pub fn open() -> Result<Ebpf, LoadError> {
+    open_with(transport())
+}
+
+/// [`open`] with the object for transport `t` (tests run both).
+pub fn open_with(t: EventsTransport) -> Result<Ebpf, LoadError> {
     // The programs use no CO-RE relocations, so the kernel's BTF (several
     // MiB, parsed into far more heap) is not needed: skipping it keeps the
     // daemon small and the load fast.
     EbpfLoader::new()
         .btf(None)
-        .load(object()?)
+        .load(object_for(t)?)
         .map_err(LoadError::Object)
 }
 

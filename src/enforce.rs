@@ -8,11 +8,21 @@
 //! on an error) and is logged; it is retried every second (and on the next
 //! input) until it succeeds, as is a veth that could not be attached. The
 //! first apply happens at start, before any container is known.
+//!
+//! A reload ([`Input::Reload`], already validated by [`crate::reload`])
+//! replaces the configuration and is settled by the next apply: its outcome
+//! (applied with the reload-to-enforced time, or failed) is logged,
+//! recorded for `porin status` and sent to whoever waits for it. A new file
+//! whose policy does not compile with the endpoints that exist puts the
+//! previous configuration back (nothing was written); a datapath failure
+//! keeps the new file and retries it, and the reload counts as applied once
+//! a retry succeeds.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{
+        mpsc,
         mpsc::{Receiver, RecvTimeoutError},
         Arc,
     },
@@ -23,6 +33,7 @@ use log::{error, info, warn};
 
 use crate::{
     config::Config,
+    control::proto::{ReloadOutcome, ReloadResult},
     datapath::{
         gate::{self, Gate, GateError},
         uplink, ApplyReport, Datapath, DatapathError, Veth,
@@ -33,6 +44,7 @@ use crate::{
         netinfo::host_addresses,
     },
     policy::{self, CompileError},
+    reload::ReloadRequest,
     state::{self, Counters, Shared},
 };
 
@@ -42,8 +54,8 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// What the enforcement loop reacts to.
 pub enum Input {
     Discovery(Box<Event>),
-    /// A validated new configuration (SIGHUP).
-    Reload(Box<Config>),
+    /// A validated new configuration (SIGHUP or `porin reload`).
+    Reload(Box<ReloadRequest>),
 }
 
 impl From<Event> for Input {
@@ -79,6 +91,20 @@ pub struct Enforcer {
     unified: Option<PathBuf>,
     /// The quarantine gate, while the configuration asks for it.
     gate: Option<Gate>,
+    /// A reload taken but not yet settled by an apply.
+    pending: Option<PendingReload>,
+}
+
+struct PendingReload {
+    trigger: &'static str,
+    /// The earliest request this reload answers (several can coalesce).
+    requested: Instant,
+    requested_unix_ns: u64,
+    /// The configuration before the reload, put back if the new one does
+    /// not compile.
+    previous: Config,
+    /// Who waits for the outcome, with when each asked.
+    waiters: Vec<(mpsc::Sender<ReloadOutcome>, Instant)>,
 }
 
 impl Enforcer {
@@ -92,6 +118,7 @@ impl Enforcer {
             applies: 0,
             unified: None,
             gate: None,
+            pending: None,
         }
     }
 
@@ -146,8 +173,27 @@ impl Enforcer {
     /// endpoint change.
     pub fn take(&mut self, input: Input) {
         let event = match input {
-            Input::Reload(cfg) => {
-                self.cfg = *cfg;
+            Input::Reload(req) => {
+                let req = *req;
+                let previous = std::mem::replace(&mut self.cfg, req.config);
+                let waiter = req.reply.map(|tx| (tx, req.requested));
+                match &mut self.pending {
+                    // Coalesced with one not applied yet: the first one's
+                    // configuration is the one to go back to.
+                    Some(p) => {
+                        p.trigger = req.trigger.name();
+                        p.waiters.extend(waiter);
+                    }
+                    None => {
+                        self.pending = Some(PendingReload {
+                            trigger: req.trigger.name(),
+                            requested: req.requested,
+                            requested_unix_ns: req.requested_unix_ns,
+                            previous,
+                            waiters: waiter.into_iter().collect(),
+                        })
+                    }
+                }
                 return;
             }
             Input::Discovery(event) => *event,
@@ -245,7 +291,7 @@ impl Enforcer {
     pub fn run(mut self, rx: Receiver<Input>) {
         // Apply once right away: uplinks and ground rules need no container,
         // and a node may have none yet.
-        let mut retry = !self.apply_and_log(false, Instant::now());
+        let mut retry = !self.apply_and_log();
         loop {
             // After a failed apply or attach, try again on a timer too: on a
             // quiet node no other event may come to fix it.
@@ -261,27 +307,25 @@ impl Enforcer {
                     Err(_) => return,
                 }
             };
-            let started = Instant::now();
-            let mut reload = false;
             if let Some(first) = first {
-                reload = matches!(first, Input::Reload(_));
                 self.take(first);
                 while let Ok(more) = rx.try_recv() {
-                    reload |= matches!(more, Input::Reload(_));
                     self.take(more);
                 }
             }
-            retry = !self.apply_and_log(reload, started);
+            retry = !self.apply_and_log();
         }
     }
 
-    /// Compiles and applies, logs the outcome; true when everything was
-    /// applied and attached.
-    fn apply_and_log(&mut self, reload: bool, started: Instant) -> bool {
-        match self.sync() {
+    /// Compiles and applies, logs the outcome, settles a pending reload;
+    /// true when everything was applied and attached.
+    pub fn apply_and_log(&mut self) -> bool {
+        let result = self.sync();
+        let done = Instant::now();
+        let ok = match &result {
             Ok(report) => {
                 self.count(|c| &c.attach_failures, report.attach_failures.len() as u64);
-                self.publish(&report);
+                self.publish(report);
                 let applied = self.datapath.applied();
                 let audit = applied
                     .endpoints
@@ -298,12 +342,6 @@ impl Enforcer {
                     list(" detached", &report.detached),
                     list(" FAILED to attach", &report.attach_failures),
                 );
-                if reload {
-                    info!(
-                        "reload enforced in {:.1} ms",
-                        started.elapsed().as_secs_f64() * 1e3
-                    );
-                }
                 report.attach_failures.is_empty()
             }
             Err(e) => {
@@ -311,6 +349,80 @@ impl Enforcer {
                 error!("{e}; the previously applied policy stays in force");
                 false
             }
+        };
+        self.settle_reload(&result, done);
+        ok
+    }
+
+    /// Ends a pending reload with the result of the apply that followed it
+    /// (`done`: when that apply returned).
+    fn settle_reload(&mut self, applied: &Result<ApplyReport, EnforceError>, done: Instant) {
+        let Some(mut p) = self.pending.take() else {
+            return;
+        };
+        // A datapath failure is retried with the new file; the reload is
+        // settled again by the retry that succeeds.
+        let retried = matches!(
+            applied,
+            Err(EnforceError::Apply(_) | EnforceError::HostAddresses(_))
+        );
+        let (result, errors) = match applied {
+            Ok(_) => (ReloadResult::Applied, String::new()),
+            Err(e @ EnforceError::Compile(_)) => {
+                // Nothing was written: go back to the configuration that is
+                // enforced, so later discovery events apply under it.
+                self.cfg = p.previous.clone();
+                (
+                    ReloadResult::Failed,
+                    format!("{e}; the previous configuration stays in force"),
+                )
+            }
+            Err(e) => (
+                ReloadResult::Failed,
+                format!("{e}; the previous policy stays in force, the new file is retried"),
+            ),
+        };
+        let applied = result == ReloadResult::Applied;
+        let (generation, slot) = self
+            .shared
+            .as_ref()
+            .map(|s| {
+                let snap = s.snapshot();
+                (snap.generation, snap.datapath_slot)
+            })
+            .unwrap_or((self.applies, self.datapath.generation()));
+        let outcome = |requested: Instant| ReloadOutcome {
+            result,
+            trigger: p.trigger.into(),
+            config_file: self.file.clone(),
+            requested_unix_ns: p.requested_unix_ns,
+            policy_generation: generation,
+            datapath_slot: slot,
+            enforced_us: if applied {
+                done.saturating_duration_since(requested).as_micros() as u64
+            } else {
+                0
+            },
+            errors: errors.clone(),
+        };
+        let first = outcome(p.requested);
+        if applied {
+            info!(
+                "reload enforced in {:.1} ms ({}, policy generation {generation}, datapath slot {slot})",
+                first.enforced_us as f64 / 1e3,
+                p.trigger
+            );
+        } else {
+            error!("reload ({}) failed: {errors}", p.trigger);
+        }
+        for (tx, requested) in p.waiters.drain(..) {
+            let _ = tx.send(outcome(requested));
+        }
+        if let Some(s) = &self.shared {
+            s.record_reload(first);
+        }
+        if retried {
+            self.pending = Some(p);
         }
     }
 }

@@ -14,6 +14,35 @@ const TCX_SINCE: KernelVersion = KernelVersion::new(6, 6, 0);
 /// `bpf_link` for XDP (kernel 5.9).
 const XDP_LINK_SINCE: KernelVersion = KernelVersion::new(5, 9, 0);
 
+/// How the programs hand flow events to the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventsTransport {
+    /// `BPF_MAP_TYPE_RINGBUF` (5.8+): the `porin` object.
+    RingBuf,
+    /// `BPF_MAP_TYPE_PERF_EVENT_ARRAY`, one perf buffer per CPU: the
+    /// `porin-perf` object, for kernels without ring buffers.
+    Perf,
+}
+
+impl EventsTransport {
+    /// The config's spelling (`flows.events_transport`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventsTransport::RingBuf => "ringbuf",
+            EventsTransport::Perf => "perf",
+        }
+    }
+}
+
+impl fmt::Display for EventsTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EventsTransport::RingBuf => "ring buffer",
+            EventsTransport::Perf => "perf event array",
+        })
+    }
+}
+
 /// One probe's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Support {
@@ -131,6 +160,17 @@ impl KernelFeatures {
         }
     }
 
+    /// The flow events transport: `forced` when the config names one,
+    /// otherwise the ring buffer where the probe found it. Unknown counts as
+    /// absent: perf buffers work everywhere ring buffers do.
+    pub fn events_transport(&self, forced: Option<EventsTransport>) -> EventsTransport {
+        forced.unwrap_or(if self.ring_buffer == Support::Yes {
+            EventsTransport::RingBuf
+        } else {
+            EventsTransport::Perf
+        })
+    }
+
     /// The attach strategy these features imply. Unknown counts as absent:
     /// the older mechanism works everywhere the newer one does.
     pub fn attach_strategy(&self) -> AttachStrategy {
@@ -178,6 +218,7 @@ impl fmt::Display for KernelFeatures {
         writeln!(f, "bpf_link XDP:  {}", self.xdp_link)?;
         writeln!(f, "TCX:           {}", self.tcx)?;
         writeln!(f, "TC attach:     {}", strategy.tc)?;
+        writeln!(f, "flow events:   {}", self.events_transport(None))?;
         write!(f, "XDP attach:    {}", strategy.xdp)
     }
 }
@@ -226,6 +267,25 @@ mod tests {
         let s = features(Some((6, 6, 0))).attach_strategy();
         assert_eq!(s.tc, TcAttach::Tcx);
         assert_eq!(s.xdp, XdpAttach::BpfLink);
+    }
+
+    #[test]
+    fn flow_events_use_perf_buffers_without_a_ring_buffer_unless_forced() {
+        let mut f = features(Some((5, 4, 0)));
+        assert_eq!(f.events_transport(None), EventsTransport::RingBuf);
+        assert_eq!(
+            f.events_transport(Some(EventsTransport::Perf)),
+            EventsTransport::Perf
+        );
+        f.ring_buffer = Support::No;
+        assert_eq!(f.events_transport(None), EventsTransport::Perf);
+        f.ring_buffer = Support::Unknown;
+        assert_eq!(f.events_transport(None), EventsTransport::Perf);
+        assert_eq!(
+            f.events_transport(Some(EventsTransport::RingBuf)),
+            EventsTransport::RingBuf,
+            "a forced choice is kept (and fails to load if the kernel lacks it)"
+        );
     }
 
     #[test]

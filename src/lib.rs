@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod selftest;
 pub mod signals;
 pub mod state;

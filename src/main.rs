@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cmd::status::status(&args),
         Command::Policy(args) => cmd::status::policy(&args),
         Command::Flows(args) => cmd::flows::flows(&args),
+        Command::Reload(args) => cmd::reload::reload(&args),
     }
 }
 

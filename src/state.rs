@@ -19,7 +19,7 @@ use std::{
 use porin_common::datapath::{mode, Identity};
 
 use crate::{
-    control::proto::{EndpointStatus, MapFill},
+    control::proto::{EndpointStatus, MapFill, ReloadOutcome},
     datapath::ApplyReport,
     discovery::endpoint::{short_id, Endpoint, EndpointKey},
     flows::history::History,
@@ -90,6 +90,9 @@ pub struct Counters {
     pub flow_events: AtomicU64,
     /// Ring-buffer records that did not decode (wrong size).
     pub flow_events_malformed: AtomicU64,
+    /// Records the kernel could not write into a full perf buffer, from its
+    /// `PERF_RECORD_LOST` reports (perf transport only).
+    pub flow_events_perf_lost: AtomicU64,
     pub control_requests: AtomicU64,
     pub control_refused: AtomicU64,
     pub control_bad_frames: AtomicU64,
@@ -122,6 +125,8 @@ pub struct Shared {
     pub identity_flows: Mutex<HashMap<Identity, [u64; 3]>>,
     /// Lost flow records per cause, as last read from `PORIN_LOST_V1`.
     pub lost: Mutex<[u64; 2]>,
+    /// The outcome of the last reload (SIGHUP or `porin reload`).
+    last_reload: Mutex<Option<ReloadOutcome>>,
 }
 
 /// Bound on per-identity metric series.
@@ -139,7 +144,16 @@ impl Shared {
             counters: Counters::default(),
             identity_flows: Mutex::new(HashMap::new()),
             lost: Mutex::new([0; 2]),
+            last_reload: Mutex::new(None),
         }
+    }
+
+    pub fn record_reload(&self, o: ReloadOutcome) {
+        *lock(&self.last_reload) = Some(o);
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadOutcome> {
+        lock(&self.last_reload).clone()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

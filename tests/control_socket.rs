@@ -23,6 +23,7 @@ use porin::{
         require_root,
     },
 };
+use porin_common::datapath::max_entries;
 
 fn porin(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_porin"))
@@ -133,7 +134,10 @@ fn status_policy_and_flows_answer_and_bad_clients_are_refused() {
         text.contains("ENDPOINTS") && text.contains("MAPS"),
         "{text}"
     );
-    assert!(text.contains("PORIN_CT_V1"), "{text}");
+    assert!(
+        text.contains("PORIN_CT_V1") && text.contains("PORIN_CT4_V1"),
+        "{text}"
+    );
     assert!(text.contains("ring buffer:"), "kernel features: {text}");
 
     let out = porin(&["status", "--socket", sock, "-o", "json"]);
@@ -202,14 +206,27 @@ fn status_policy_and_flows_answer_and_bad_clients_are_refused() {
     assert_eq!(
         error_code(raw(
             &socket,
-            &[8, 0, 0, 0, 1, 250, 250, 250, 250, 250, 250, 250],
+            &[
+                8,
+                0,
+                0,
+                0,
+                proto::VERSION as u8,
+                250,
+                250,
+                250,
+                250,
+                250,
+                250,
+                250
+            ],
             false
         )),
         ErrorCode::Malformed,
         "garbage payload"
     );
     assert_eq!(
-        error_code(raw(&socket, &[100, 0, 0, 0, 1, 0], true)),
+        error_code(raw(&socket, &[100, 0, 0, 0, proto::VERSION as u8, 0], true)),
         ErrorCode::Malformed,
         "payload shorter than its header says"
     );
@@ -263,10 +280,19 @@ fn status_policy_and_flows_answer_and_bad_clients_are_refused() {
         "porin_dropped_packets_total{reason=\"POLICY_DENIED\"}",
         "porin_flow_events_lost_total{cause=\"rate_limit\"}",
         "porin_map_entries{map=\"PORIN_CT_V1\"}",
+        "porin_map_entries{map=\"PORIN_CT4_V1\"}",
         "porin_policy_generation ",
         "porin_endpoints ",
     ] {
         assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+    // Each conntrack map with its own capacity (IPv4 and IPv6 differ).
+    for (map, cap) in [
+        ("PORIN_CT4_V1", max_entries::CONNTRACK),
+        ("PORIN_CT_V1", max_entries::CONNTRACK6),
+    ] {
+        let name = format!("porin_map_capacity_entries{{map=\"{map}\"}}");
+        assert_eq!(metric(&metrics, &name), f64::from(cap), "{name}");
     }
     let refused = metric(&metrics, "porin_control_refused_total");
     assert_eq!(refused, 1.0, "one client refused by SO_PEERCRED");

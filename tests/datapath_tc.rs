@@ -890,16 +890,14 @@ fn arp_and_neighbour_discovery_pass_without_policy() {
     require_root("arp_and_neighbour_discovery_pass_without_policy");
     let dp = Dp::with_endpoint(mode::ENFORCE);
     let arp = packets::arp_request(A, B);
-    let ns = packets::frame_v6(
+    let ns = packets::nd_frame(
         A6,
         "ff02::1:ff00:2".parse().expect("addr"),
-        PROTO_ICMPV6,
         &packets::icmpv6_neighbour_solicitation(B6),
     );
-    let rs = packets::frame_v6(
+    let rs = packets::nd_frame(
         A6,
         "ff02::2".parse().expect("addr"),
-        PROTO_ICMPV6,
         &packets::icmpv6_router_solicitation(),
     );
     for dir in [EGRESS, INGRESS] {
@@ -910,6 +908,31 @@ fn arp_and_neighbour_discovery_pass_without_policy() {
     dp.expect_drops(&[], "housekeeping frames");
     assert_eq!(dp.forwarded(EGRESS).packets, 3);
     assert_eq!(dp.forwarded(INGRESS).packets, 3);
+}
+
+#[test]
+fn router_messages_pass_into_containers_but_not_out() {
+    require_root("router_messages_pass_into_containers_but_not_out");
+    let dp = Dp::with_endpoint(mode::ENFORCE);
+    let all_nodes: Ipv6Addr = "ff02::1".parse().expect("addr");
+    let ra = packets::nd_frame(B6, all_nodes, &packets::icmpv6_router_advertisement());
+    let redirect = packets::nd_frame(B6, A6, &packets::icmpv6_redirect(B6, A6));
+    dp.expect(INGRESS, &ra, OK, "router advertisement from the network");
+    dp.expect(INGRESS, &redirect, OK, "redirect from the network");
+    dp.expect_drops(&[], "router messages into the container");
+    let ra = packets::nd_frame(A6, all_nodes, &packets::icmpv6_router_advertisement());
+    let redirect = packets::nd_frame(A6, B6, &packets::icmpv6_redirect(A6, B6));
+    dp.expect(EGRESS, &ra, SHOT, "router advertisement from the container");
+    dp.expect(EGRESS, &redirect, SHOT, "redirect from the container");
+    dp.expect_drops(&[(DropReason::RogueRouter, 2)], "rogue router messages");
+    // Neighbour discovery that crossed a router (hop limit below 255).
+    let mut ns = packets::nd_frame(A6, B6, &packets::icmpv6_neighbour_solicitation(B6));
+    ns[14 + 7] = 64;
+    dp.expect(EGRESS, &ns, SHOT, "off-link neighbour solicitation");
+    dp.expect_drops(
+        &[(DropReason::Malformed, 1), (DropReason::RogueRouter, 2)],
+        "off-link ND",
+    );
 }
 
 #[test]

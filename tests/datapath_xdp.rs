@@ -18,7 +18,7 @@ use aya::{
 };
 use porin::{
     ebpf,
-    flows::{maps::EventMaps, record::decode},
+    flows::{maps::EventMaps, record::decode, source::Item},
     testing::{
         packets::{self, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN},
         prog_run, require_root,
@@ -453,10 +453,9 @@ fn non_ip_vlan_and_unparsable_frames_pass_to_the_stack() {
     let mut lldp = packets::eth(0x88cc);
     lldp.extend_from_slice(&[0; 32]);
     dp.expect(&lldp, XDP_PASS, "LLDP");
-    let ns = packets::frame_v6(
+    let ns = packets::nd_frame(
         FAR6,
         WEB_IP6,
-        58,
         &packets::icmpv6_neighbour_solicitation(WEB_IP6),
     );
     dp.expect(&ns, XDP_PASS, "neighbour solicitation");
@@ -484,14 +483,16 @@ fn drops_emit_flow_events_on_the_uplink() {
     require_root("XDP uplink test");
     let dp = Dp::new(mode::ENFORCE);
     let maps = EventMaps::open(&dp.bpf).expect("event maps");
-    let (mut ring, mut ctl) = maps.split();
+    let (mut source, mut ctl) = maps.split();
     ctl.set_cpu_rate(1000, 1_000_000_000).unwrap();
     dp.expect(&syn(BAD, WEB_IP, 80), XDP_DROP, "deny-listed");
     dp.expect(&syn(FAR, WEB_IP, 22), XDP_DROP, "no policy");
     let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        events.push(decode(&item).expect("a FlowEvent"));
-    }
+    source.take(100, |item| {
+        if let Item::Record(bytes) = item {
+            events.push(decode(bytes).expect("a FlowEvent"));
+        }
+    });
     assert_eq!(events.len(), 2, "one event per drop");
     // The deny list is checked on the fixed IP header alone: no TCP flags.
     for (e, reason, src, flags) in [

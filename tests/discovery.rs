@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs,
+    net::IpAddr,
     path::Path,
     sync::mpsc,
     thread,
@@ -19,7 +20,7 @@ use porin::{
     },
     testing::{
         containerd::{Containerd, NAMESPACE},
-        podman::{PodmanContainer, Spec},
+        podman::{podman, podman_ok, PodmanContainer, Spec},
         require_root,
     },
 };
@@ -252,6 +253,68 @@ fn live_discovery_reports_podman_containers_coming_and_going() {
     let name = c.name.clone();
     c.remove();
     wait_event(&rx, &name, false, Duration::from_secs(5));
+    stopper.stop();
+    handle.join().unwrap();
+}
+
+/// A Podman bridge network of the test's own, removed on drop (and before
+/// use, in case an aborted run left it).
+struct PodmanNetwork(&'static str);
+
+impl PodmanNetwork {
+    fn create(name: &'static str, subnet: &str) -> Self {
+        let _ = podman(&["network", "rm", "-f", name]);
+        podman_ok(&["network", "create", "--subnet", subnet, name]);
+        PodmanNetwork(name)
+    }
+}
+
+impl Drop for PodmanNetwork {
+    fn drop(&mut self) {
+        let _ = podman(&["network", "rm", "-f", self.0]);
+    }
+}
+
+#[test]
+fn live_discovery_sees_a_network_connected_to_a_running_container() {
+    require_root("network connect test");
+    let cfg = config("version: 1\n");
+    let scanner = Scanner::new(&cfg.discovery).unwrap();
+    let (watcher, stopper) = Watcher::new().unwrap();
+    let (tx, rx) = mpsc::channel();
+    // A long resync: only the link notification can make the new address
+    // show up in time (connecting a network touches no cgroup).
+    let handle = thread::spawn(move || {
+        LiveDiscovery::new(scanner).run(watcher, Duration::from_secs(3600), tx)
+    });
+    let c = PodmanContainer::run("dl-connect", &Spec::default());
+    wait_event(&rx, &c.name, true, Duration::from_secs(5));
+    let net = PodmanNetwork::create("porin-t-dl-connect", "10.89.251.0/24");
+    podman_ok(&["network", "connect", net.0, &c.name]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let updated = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::Updated { new, .. }) if new.name == c.name => {
+                let addrs: Vec<IpAddr> = new.addresses().collect();
+                if addrs
+                    .iter()
+                    .any(|a| a.to_string().starts_with("10.89.251."))
+                {
+                    break new;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => panic!("no update with the connected network's address within 5 s"),
+        }
+    };
+    assert_eq!(
+        updated.host_veths().count(),
+        2,
+        "both veths: {:?}",
+        updated.interfaces
+    );
+    podman_ok(&["network", "disconnect", net.0, &c.name]);
+    c.remove();
     stopper.stop();
     handle.join().unwrap();
 }

@@ -2,8 +2,13 @@
 //! (a test-only classifier in `events.rs` that emits one DROP event per
 //! packet through the same `emit` the TC programs call) is run through
 //! `BPF_PROG_TEST_RUN`; the test checks the record layout, the rate limit
-//! and its lost-record counter, and the userspace reader (ring buffer
-//! wrapped in `smol::Async`) delivering enriched records to the history.
+//! and its lost-record counter, and the userspace reader (ring buffer or
+//! perf buffers wrapped in `smol::Async`) delivering enriched records to the
+//! history.
+//!
+//! Each test runs twice: with the ring buffer object (`porin`) and with the
+//! perf event array object (`porin-perf`, the fallback for kernels before
+//! 5.8), both loaded here whatever the kernel would choose.
 //!
 //! Needs root (CI runs as root); without it each test fails loudly.
 
@@ -15,16 +20,19 @@ use std::{
 
 use aya::programs::SchedClassifier;
 use porin::{
+    control::server::Ctx,
     ebpf,
     flows::{
         maps::EventMaps,
         reader::{self, Clock, Sink},
         record::decode,
+        source::{EventSource, Item},
     },
+    kernel::EventsTransport::{self, Perf, RingBuf},
     state::Shared,
     testing::{packets, prog_run, require_root},
 };
-use porin_common::flow::{kind, verdict};
+use porin_common::flow::{kind, verdict, FlowEvent};
 use smol::future::FutureExt;
 
 fn frame() -> Vec<u8> {
@@ -32,12 +40,64 @@ fn frame() -> Vec<u8> {
     packets::frame_v4(a, a, packets::PROTO_UDP, &packets::udp(1, 2, b"events"))
 }
 
-fn load() -> (aya::Ebpf, EventMaps) {
-    let mut bpf = ebpf::open().expect("open the eBPF object");
+/// `#[test]` functions running `body` with each transport.
+macro_rules! both_transports {
+    ($($ring:ident, $perf:ident => $body:ident;)*) => {$(
+        #[test]
+        fn $ring() {
+            $body(RingBuf);
+        }
+        #[test]
+        fn $perf() {
+            $body(Perf);
+        }
+    )*};
+}
+
+both_transports! {
+    records_have_the_shared_layout_and_the_rate_limit_counts_what_it_drops_ringbuf,
+    records_have_the_shared_layout_and_the_rate_limit_counts_what_it_drops_perf
+        => emitted_records_have_the_shared_layout_and_the_rate_limit_counts_what_it_drops;
+    a_full_ring_is_counted_as_lost_ringbuf, a_full_buffer_is_counted_as_lost_perf
+        => a_full_buffer_is_counted_as_lost;
+    the_reader_wakes_on_new_records_and_fills_the_history_ringbuf,
+    the_reader_wakes_on_new_records_and_fills_the_history_perf
+        => the_reader_wakes_on_new_records_and_fills_the_history;
+}
+
+fn load(transport: EventsTransport) -> (aya::Ebpf, EventMaps) {
+    let mut bpf = ebpf::open_with(transport).expect("open the eBPF object");
     ebpf::load_program::<SchedClassifier>(&mut bpf, "events_selftest")
         .expect("the kernel accepts events_selftest");
     let maps = EventMaps::open(&bpf).expect("event maps");
+    assert_eq!(maps.events.transport(), transport);
     (bpf, maps)
+}
+
+/// Every record waiting, and the losses perf buffers reported.
+fn read_all(source: &mut EventSource) -> (Vec<FlowEvent>, u64) {
+    let (mut records, mut lost) = (Vec::new(), 0);
+    while source.take(1000, |item| match item {
+        Item::Record(bytes) => records.push(decode(bytes).expect("a 144-byte FlowEvent")),
+        Item::Lost(n) => lost += n,
+    }) > 0
+    {}
+    (records, lost)
+}
+
+/// Keeps this thread on CPU 0, so every test run writes into the same perf
+/// buffer (BPF_PROG_TEST_RUN runs on the caller's CPU).
+fn stay_on_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin the test thread to CPU 0"
+        );
+    }
 }
 
 fn prog(bpf: &aya::Ebpf) -> &SchedClassifier {
@@ -47,16 +107,18 @@ fn prog(bpf: &aya::Ebpf) -> &SchedClassifier {
         .expect("a classifier")
 }
 
-#[test]
-fn emitted_records_have_the_shared_layout_and_the_rate_limit_counts_what_it_drops() {
+fn emitted_records_have_the_shared_layout_and_the_rate_limit_counts_what_it_drops(
+    transport: EventsTransport,
+) {
     require_root("flow event test (BPF_PROG_TEST_RUN)");
-    let (bpf, maps) = load();
-    let (mut ring, mut ctl) = maps.split();
+    let (bpf, maps) = load(transport);
+    let (mut source, mut ctl) = maps.split();
 
     // Unconfigured (zeroed config): events are off, nothing is counted.
     prog_run::verdict(prog(&bpf), &frame());
-    assert!(
-        ring.next().is_none(),
+    assert_eq!(
+        read_all(&mut source),
+        (vec![], 0),
         "no events before the daemon configures them"
     );
     assert_eq!(ctl.lost(), [0, 0]);
@@ -66,10 +128,8 @@ fn emitted_records_have_the_shared_layout_and_the_rate_limit_counts_what_it_drop
     ctl.set_cpu_rate(10, 1_000_000_000).unwrap();
     let (ret, _) = prog_run::timed(prog(&bpf), &frame(), 1000);
     assert_eq!(ret, 0, "TC_ACT_OK");
-    let mut records = Vec::new();
-    while let Some(item) = ring.next() {
-        records.push(decode(&item).expect("a 144-byte FlowEvent"));
-    }
+    let (records, perf_lost) = read_all(&mut source);
+    assert_eq!(perf_lost, 0, "no buffer filled");
     let lost = ctl.lost();
     assert!(
         (10..=11).contains(&records.len()),
@@ -105,27 +165,45 @@ fn emitted_records_have_the_shared_layout_and_the_rate_limit_counts_what_it_drop
     assert!(e.ts_ns > 0);
 }
 
-#[test]
-fn a_full_ring_is_counted_as_lost() {
+fn a_full_buffer_is_counted_as_lost(transport: EventsTransport) {
     require_root("flow event test (BPF_PROG_TEST_RUN)");
-    let (bpf, maps) = load();
-    let (_ring, mut ctl) = maps.split();
+    stay_on_cpu0();
+    let (bpf, maps) = load(transport);
+    let (mut source, mut ctl) = maps.split();
     // No rate limit to speak of; 256 KiB hold about 1700 records of 152
-    // bytes (with the ring's 8-byte headers), so 5000 unread overflow it.
+    // bytes (with the ring's 8-byte headers), a 128 KiB perf buffer about
+    // 800 (160 bytes each with perf's headers), so 5000 unread overflow
+    // either.
     ctl.set_cpu_rate(1_000_000_000, u64::MAX / 2).unwrap();
     prog_run::timed(prog(&bpf), &frame(), 5000);
-    let lost = ctl.lost();
+    let (read, lost) = match transport {
+        RingBuf => {
+            let (records, perf_lost) = read_all(&mut source);
+            assert_eq!(perf_lost, 0);
+            (records.len() as u64, ctl.lost()[1])
+        }
+        Perf => {
+            // The kernel counts what found no room and reports it with the
+            // next record that fits: read the buffer, emit one more.
+            let (records, early) = read_all(&mut source);
+            assert_eq!(ctl.lost(), [0, 0], "the program leaves ENOSPC to perf");
+            prog_run::timed(prog(&bpf), &frame(), 1);
+            let (more, reported) = read_all(&mut source);
+            assert_eq!(more.len(), 1, "the record after the loss report");
+            ((records.len() + more.len()) as u64 - 1, early + reported)
+        }
+    };
     assert!(
-        lost[1] >= 3000 && lost[1] < 5000,
-        "records that found no room are counted: {lost:?}"
+        (3000..5000).contains(&lost),
+        "records that found no room are counted: {lost} ({transport:?})"
     );
+    assert_eq!(read + lost, 5000, "every record read or counted as lost");
 }
 
-#[test]
-fn the_reader_wakes_on_new_records_and_fills_the_history() {
+fn the_reader_wakes_on_new_records_and_fills_the_history(transport: EventsTransport) {
     require_root("flow event test (BPF_PROG_TEST_RUN)");
-    let (bpf, maps) = load();
-    let (ring, mut ctl) = maps.split();
+    let (bpf, maps) = load(transport);
+    let (source, mut ctl) = maps.split();
     ctl.set_cpu_rate(1_000_000, 1_000_000_000).unwrap();
     let shared = Arc::new(Shared::new("test".into(), vec![], 64));
     let sink = Sink {
@@ -135,7 +213,7 @@ fn the_reader_wakes_on_new_records_and_fills_the_history() {
     };
     let reader = std::thread::spawn(move || {
         smol::block_on(async {
-            let _ = reader::run(ring, sink)
+            let _ = reader::run(source, sink)
                 .or(async {
                     smol::Timer::after(Duration::from_secs(10)).await;
                     Ok(())
@@ -174,4 +252,73 @@ fn the_reader_wakes_on_new_records_and_fills_the_history() {
     assert_eq!(h.iter().last().unwrap().seq, 100);
     drop(h);
     drop(reader);
+}
+
+/// Perf only: a full perf buffer's losses, as the kernel reports them,
+/// reach the daemon's `ring_full` cause through the reader's own `drain`
+/// (what `porin status` and the metrics read).
+#[test]
+fn perf_losses_reach_the_ring_full_cause_through_the_reader() {
+    require_root("flow event test (BPF_PROG_TEST_RUN)");
+    stay_on_cpu0();
+    let (bpf, maps) = load(Perf);
+    let (mut source, mut ctl) = maps.split();
+    ctl.set_cpu_rate(1_000_000_000, u64::MAX / 2).unwrap();
+    let shared = Arc::new(Shared::new("test".into(), vec![], 64));
+    let mut sink = Sink {
+        shared: shared.clone(),
+        log: None,
+        clock: Clock::now(),
+    };
+    let mut batch = Vec::new();
+    let mut drain_all = |source: &mut EventSource| {
+        let mut n = 0;
+        loop {
+            let got = reader::drain(source, &mut sink, &mut batch);
+            n += got;
+            if got == 0 {
+                break n;
+            }
+        }
+    };
+    prog_run::timed(prog(&bpf), &frame(), 5000);
+    let mut read = drain_all(&mut source);
+    prog_run::timed(prog(&bpf), &frame(), 1);
+    read += drain_all(&mut source);
+    let ctx = Ctx {
+        shared: shared.clone(),
+        events: Some(ctl),
+        counters: None,
+        reloader: None,
+    };
+    let lost = ctx.lost();
+    assert!(
+        (3000..5000).contains(&lost[1]),
+        "perf's losses are counted as ring full: {lost:?}"
+    );
+    assert_eq!(lost[0], 0);
+    assert_eq!(read as u64 + lost[1], 5001, "read or counted, each record");
+    assert_eq!(
+        shared.history().next_seq() - 1,
+        read as u64,
+        "the records read reached the history"
+    );
+}
+
+/// Both objects' programs pass this kernel's verifier (the daemon loads
+/// only one; the datapath tests load the default one).
+#[test]
+fn every_program_of_both_objects_loads() {
+    require_root("flow event test (program load)");
+    for transport in [RingBuf, Perf] {
+        let mut bpf = ebpf::open_with(transport).expect("open the eBPF object");
+        for name in ["from_container", "to_container", "events_selftest"] {
+            ebpf::load_program::<SchedClassifier>(&mut bpf, name)
+                .unwrap_or_else(|e| panic!("{transport:?}: {name}: {e}"));
+        }
+        for name in ["from_uplink", "probe_frames"] {
+            ebpf::load_program::<aya::programs::Xdp>(&mut bpf, name)
+                .unwrap_or_else(|e| panic!("{transport:?}: {name}: {e}"));
+        }
+    }
 }

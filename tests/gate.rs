@@ -5,8 +5,9 @@
 //!
 //! Each test gates only its own parent cgroup and pins under its own bpffs
 //! directory, so containers of other tests (under `/libpod_parent`) are
-//! never held back. The tests run one at a time: each daemon attaches its
-//! TC programs to every container on the host.
+//! never held back. Each test holds the host-wide daemon lock throughout
+//! (a daemon attaches its TC programs to every container on the host), so
+//! no other test's daemon runs while this one's is killed and restarted.
 
 use std::{
     collections::HashMap,
@@ -14,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     thread,
     time::{Duration, Instant, SystemTime},
@@ -26,13 +27,11 @@ use porin::{
     datapath::gate,
     discovery::cgroup::{CgroupFs, CgroupLayout},
     testing::{
-        daemon::Daemon,
+        daemon::{Daemon, Exclusive},
         podman::{podman, PodmanContainer, Spec},
         require_root,
     },
 };
-
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// A test's parent cgroup, bpffs directory and config; removes them (and
 /// the gate) on drop. Declared before the containers, so they go first.
@@ -216,7 +215,7 @@ fn kill(daemon: Daemon) {
 #[test]
 fn a_container_started_with_the_daemon_running_talks_once_classified() {
     require_root("quarantine gate test");
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = Exclusive::acquire();
     let fx = Fixture::new("a", &["ga-peer", "ga-new"], "quarantine");
     let mut daemon = fx.daemon();
     let peer = fx.container("ga-peer");
@@ -241,7 +240,7 @@ fn a_container_started_with_the_daemon_running_talks_once_classified() {
 #[test]
 fn a_container_started_while_the_daemon_is_down_is_quarantined_until_classified() {
     require_root("quarantine gate test");
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = Exclusive::acquire();
     let fx = Fixture::new("b", &["gb-peer", "gb-new", "gb-after"], "quarantine");
     let mut daemon = fx.daemon();
     let peer = fx.container("gb-peer");
@@ -288,7 +287,7 @@ fn a_container_started_while_the_daemon_is_down_is_quarantined_until_classified(
 #[test]
 fn with_unknown_workloads_allow_nothing_is_gated() {
     require_root("quarantine gate test");
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = Exclusive::acquire();
     let fx = Fixture::new("c", &["gc-peer", "gc-new"], "allow");
     let mut daemon = fx.daemon();
     let peer = fx.container("gc-peer");

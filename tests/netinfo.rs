@@ -121,6 +121,12 @@ fn a_container_on_a_host_veth_is_reported_with_its_peer() {
         "nodad",
     ]);
     ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    // The host routes the two addresses to the veth (as a runtime's bridge
+    // or a routed setup does); a third address, set inside only, is not
+    // routed there and gets reported apart. The routes go with the veth.
+    ip_ok(&["route", "add", "10.232.7.2/32", "dev", &host_if]);
+    ip_ok(&["-6", "route", "add", "fd00:232:7::2/128", "dev", &host_if]);
+    ns.exec_ok(&["ip", "addr", "add", "10.232.8.9/32", "dev", "eth0"]);
 
     let mac = parse_mac(&ns.exec_ok(&["cat", "/sys/class/net/eth0/address"]));
     let ifindex: u32 = ns
@@ -166,7 +172,13 @@ fn a_container_on_a_host_veth_is_reported_with_its_peer() {
         Some(HostPeer {
             ifindex: host_ifindex,
             name: host_if.clone(),
+            master: None,
         })
+    );
+    assert_eq!(
+        eth0.unrouted,
+        vec![prefix("10.232.8.9", 32)],
+        "an address the host does not route to the veth gets no identity"
     );
 
     // What one container costs discovery.

@@ -60,6 +60,10 @@ pub struct InterfaceView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
     pub addresses: Vec<String>,
+    /// Addresses set in the container that the host does not route to it
+    /// (they get no identity).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unrouted: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_veth: Option<HostVethView<'a>>,
 }
@@ -97,6 +101,7 @@ impl<'a> EndpointView<'a> {
                             .join(":")
                     }),
                     addresses: i.addrs.iter().map(ToString::to_string).collect(),
+                    unrouted: i.unrouted.iter().map(ToString::to_string).collect(),
                     host_veth: i.host_peer.as_ref().map(|p| HostVethView {
                         ifindex: p.ifindex,
                         name: &p.name,

@@ -22,6 +22,7 @@ use crate::{
         reader::{self, Clock, Sink},
     },
     metrics,
+    reload::Reloader,
     state::Shared,
 };
 
@@ -36,6 +37,8 @@ pub struct IoSetup {
     pub rate_limit: u32,
     pub events: Option<EventMaps>,
     pub counters: Option<CounterMaps>,
+    /// For `porin reload` (None: the socket refuses reloads).
+    pub reloader: Option<Arc<Reloader>>,
 }
 
 /// The running I/O thread; [`IoThread::stop`] ends it.
@@ -107,10 +110,10 @@ fn run(
     stopped: channel::Receiver<()>,
 ) {
     let ex = Rc::new(LocalExecutor::new());
-    let (ring, mut events) = match setup.events {
+    let (source, mut events) = match setup.events {
         Some(e) => {
-            let (ring, ctl) = e.split();
-            (Some(ring), Some(ctl))
+            let (source, ctl) = e.split();
+            (Some(source), Some(ctl))
         }
         None => (None, None),
     };
@@ -123,8 +126,9 @@ fn run(
         shared: setup.shared.clone(),
         events,
         counters: setup.counters,
+        reloader: setup.reloader,
     });
-    if let Some(ring) = ring {
+    if let Some(source) = source {
         let log = setup.flow_log.as_ref().and_then(|c| {
             FlowLog::open(&c.path, c.max_size, c.keep)
                 .inspect_err(|e| error!("flow log {} unavailable: {e}", c.path.display()))
@@ -136,7 +140,7 @@ fn run(
             clock: Clock::now(),
         };
         ex.spawn(async move {
-            if let Err(e) = reader::run(ring, sink).await {
+            if let Err(e) = reader::run(source, sink).await {
                 error!("flow reader stopped: {e}");
             }
         })

@@ -3,6 +3,7 @@
 pub mod endpoints;
 pub mod flows;
 pub mod io;
+pub mod reload;
 pub mod run;
 pub mod status;
 

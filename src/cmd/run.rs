@@ -4,15 +4,17 @@
 //! programs, loads the policy programs, and runs two threads: live discovery
 //! and the enforcement loop, which compiles the policy for the endpoints
 //! discovery reports and applies it (logging a status line as endpoints
-//! come and go). SIGHUP reloads the configuration: an invalid file changes
-//! nothing. A third thread ([`super::io`]) serves the control socket and
-//! metrics and reads the flow events.
+//! come and go). SIGHUP and `porin reload` reload the configuration
+//! ([`crate::reload`]): an invalid file changes nothing. A third thread
+//! ([`super::io`]) serves the control socket and metrics and reads the flow
+//! events.
 
 use std::{
     path::Path,
     process::ExitCode,
     sync::{mpsc, Arc},
     thread,
+    time::Instant,
 };
 
 use log::{error, info};
@@ -25,10 +27,13 @@ use crate::{
         Datapath,
     },
     discovery::{live::LiveDiscovery, scanner::Scanner, watch::Watcher},
+    ebpf,
     enforce::{Enforcer, Input},
     flows::maps::{CounterMaps, EventMaps},
-    kernel::KernelFeatures,
-    logging, selftest,
+    kernel::{EventsTransport, KernelFeatures},
+    logging,
+    reload::{Reloader, Trigger},
+    selftest,
     signals::{Signal, SignalSet},
     state::Shared,
     VERSION,
@@ -63,6 +68,17 @@ pub fn run(path: &Path) -> ExitCode {
     for line in features.to_string().lines() {
         info!("{line}");
     }
+    // Before the self-test: every object loaded from here on is the one for
+    // this transport.
+    let transport = ebpf::set_transport(features.events_transport(cfg.flows.events_transport));
+    info!(
+        "flow events through a {transport}{}",
+        if cfg.flows.events_transport.is_some() {
+            " (flows.events_transport)"
+        } else {
+            ""
+        }
+    );
     if let Err(e) = selftest::run() {
         error!("datapath self-test failed, not starting: {e}");
         return ExitCode::from(EXIT_RUNTIME);
@@ -125,7 +141,7 @@ pub fn run(path: &Path) -> ExitCode {
         .expect("spawn discovery thread");
     let shared = Arc::new(Shared::new(
         path.display().to_string(),
-        feature_lines(&features),
+        feature_lines(&features, transport),
         cfg.flows.history as usize,
     ));
     let events = EventMaps::open(datapath.ebpf())
@@ -134,6 +150,11 @@ pub fn run(path: &Path) -> ExitCode {
     let counters = CounterMaps::open(datapath.ebpf())
         .inspect_err(|e| error!("counter maps unavailable for metrics: {e}"))
         .ok();
+    let reloader = Arc::new(Reloader::new(
+        path.to_path_buf(),
+        tx.clone(),
+        shared.clone(),
+    ));
     let io = io::start(IoSetup {
         shared: shared.clone(),
         socket: cfg.control.socket.clone(),
@@ -143,6 +164,7 @@ pub fn run(path: &Path) -> ExitCode {
         rate_limit: cfg.flows.rate_limit,
         events,
         counters,
+        reloader: Some(reloader.clone()),
     });
     let (on_stop, bpffs) = (cfg.enforcement.on_stop, cfg.bpffs.clone());
     let enforcer = Enforcer::new(cfg, path.display().to_string(), datapath)
@@ -163,24 +185,11 @@ pub fn run(path: &Path) -> ExitCode {
                 info!("signal {sig}: stopping");
                 break ExitCode::SUCCESS;
             }
-            Ok(Signal::Reload) => match super::load_checked(path) {
-                Ok(new) => {
-                    // The I/O side keeps the settings it started with.
-                    info!(
-                        "reload: changes to flows, metrics and control take effect at the next start"
-                    );
-                    info!(
-                        "reload: {} is valid ({}); applying",
-                        path.display(),
-                        new.summary()
-                    );
-                    let _ = tx.send(Input::Reload(Box::new(new)));
-                }
-                Err(errors) => error!(
-                    "reload: {} is invalid, keeping the running config:\n{errors}",
-                    path.display()
-                ),
-            },
+            Ok(Signal::Reload) => {
+                // Nobody waits: the enforcement loop logs and records the
+                // outcome, as the reloader does for an invalid file.
+                let _ = reloader.request(Trigger::Signal, Instant::now(), false);
+            }
             Err(e) => {
                 error!("waiting for signals failed: {e}");
                 break ExitCode::from(EXIT_RUNTIME);
@@ -189,8 +198,10 @@ pub fn run(path: &Path) -> ExitCode {
     };
     stopper.stop();
     let _ = discovery.join();
-    // The discovery thread's sender is gone; dropping ours ends the loop.
+    // The discovery thread's sender is gone; dropping ours and the
+    // reloader's ends the loop.
     drop(tx);
+    reloader.close();
     let _ = enforcement.join();
     // `keep` leaves the gate attached (pinned), so containers started while
     // the daemon is down are held back; `detach` removes it.
@@ -208,11 +219,19 @@ pub fn run(path: &Path) -> ExitCode {
     status
 }
 
-/// `porin version`'s feature lines as (name, value), for `porin status`.
-fn feature_lines(f: &KernelFeatures) -> Vec<(String, String)> {
+/// `porin version`'s feature lines as (name, value), for `porin status`,
+/// with the flow events transport in use (which the config may force).
+fn feature_lines(f: &KernelFeatures, transport: EventsTransport) -> Vec<(String, String)> {
     f.to_string()
         .lines()
         .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .map(|(k, v)| {
+            let v = if k == "flow events" {
+                transport.to_string()
+            } else {
+                v.trim().to_string()
+            };
+            (k.trim().to_string(), v)
+        })
         .collect()
 }

@@ -152,6 +152,7 @@ pub fn status_text(s: &Status) -> String {
         "flows: {} of {} in history, {} events lost",
         s.flows_in_history, s.history_capacity, s.events_lost
     );
+    o.push_str(&super::reload::status_lines(s.last_reload.as_ref()));
     o.push_str("\nENDPOINTS\n");
     let mut rows = vec![[
         "NAME",
@@ -273,6 +274,7 @@ mod tests {
         let t = status_text(&s);
         assert!(t.starts_with("porin 0.1.0, up 1h02m"), "{t}");
         assert!(t.contains("policy generation 3"), "{t}");
+        assert!(t.contains("\nlast reload: none since start\n"), "{t}");
         assert!(
             t.contains(
                 "sensor-1  3f0c1d2e4b5a  podman   sensor (0x01000001)  enforce  10.88.0.7  veth3"

@@ -19,6 +19,7 @@ use super::tree::{Node, Value};
 use super::types::*;
 use super::units;
 use super::validate::{self, Allowed, Declared, Names};
+use crate::kernel::EventsTransport;
 
 /// The only schema this build reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -863,9 +864,17 @@ fn default_flows() -> Flows {
     Flows {
         history: 4096,
         rate_limit: 10_000,
+        events_transport: None,
         log: None,
     }
 }
+
+/// `flows.events_transport`; `auto` is None.
+const EVENTS_TRANSPORTS: &[(&str, Option<EventsTransport>)] = &[
+    ("auto", None),
+    ("ringbuf", Some(EventsTransport::RingBuf)),
+    ("perf", Some(EventsTransport::Perf)),
+];
 
 fn flows(node: &Node, path: &str, sink: &mut Sink) -> Option<Flows> {
     let mut f = Fields::new(node, path, sink)?;
@@ -878,11 +887,16 @@ fn flows(node: &Node, path: &str, sink: &mut Sink) -> Option<Flows> {
         u32_in(n, p, s, 1..=u32::MAX)
     })
     .unwrap_or(d.rate_limit);
+    let events_transport = opt(&mut f, "events_transport", sink, |n, p, s| {
+        choice(n, p, s, EVENTS_TRANSPORTS)
+    })
+    .unwrap_or(d.events_transport);
     let log = opt(&mut f, "log", sink, flow_log);
     f.finish(sink);
     Some(Flows {
         history,
         rate_limit,
+        events_transport,
         log,
     })
 }

@@ -77,7 +77,7 @@ fn unknown_field_suggests_the_closest_name() {
         4,
         3,
         "flows.colour",
-        "unknown field `colour`; expected one of: history, rate_limit, log",
+        "unknown field `colour`; expected one of: history, rate_limit, events_transport, log",
     );
 }
 
@@ -1020,5 +1020,26 @@ fn quarantine_cgroups() {
         24,
         "enforcement.quarantine_cgroups[0]",
         "the root cgroup would gate every process of the host",
+    );
+}
+
+#[test]
+fn flow_events_transport_is_auto_unless_named() {
+    use crate::kernel::EventsTransport;
+    assert_eq!(ok("version: 1\n").flows.events_transport, None);
+    let t = |v: &str| {
+        ok(&format!("version: 1\nflows:\n  events_transport: {v}\n"))
+            .flows
+            .events_transport
+    };
+    assert_eq!(t("auto"), None);
+    assert_eq!(t("ringbuf"), Some(EventsTransport::RingBuf));
+    assert_eq!(t("perf"), Some(EventsTransport::Perf));
+    assert_one(
+        "version: 1\nflows:\n  events_transport: perfbuf\n",
+        3,
+        21,
+        "flows.events_transport",
+        "unknown value `perfbuf`; expected one of: auto, ringbuf, perf",
     );
 }

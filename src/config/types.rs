@@ -391,6 +391,9 @@ pub struct HttpRule {
 pub struct Flows {
     pub history: u32,
     pub rate_limit: u32,
+    /// `events_transport`: None for `auto` (ring buffer where the kernel has
+    /// one, perf buffers otherwise).
+    pub events_transport: Option<crate::kernel::EventsTransport>,
     pub log: Option<FlowLog>,
 }
 

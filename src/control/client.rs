@@ -39,6 +39,12 @@ impl Client {
         Ok(Client { stream })
     }
 
+    /// Waits up to `t` for replies from now on (a reload takes longer than
+    /// [`REPLY_TIMEOUT`]).
+    pub fn set_reply_timeout(&mut self, t: Duration) {
+        let _ = self.stream.set_read_timeout(Some(t));
+    }
+
     /// Sends `req` and returns the reply; an error reply is an `Err`.
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         match proto::call(&mut self.stream, req)? {

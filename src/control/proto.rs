@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::flows::record::FlowView;
 
-/// Protocol version; see the module notes.
-pub const VERSION: u16 = 1;
+/// Protocol version; see the module notes. 2: `Status::last_reload`, and
+/// `Request::Reload` / `Response::Reload`.
+pub const VERSION: u16 = 2;
 /// Largest request payload the daemon accepts.
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// Largest reply payload (a policy dump or a page of flows).
@@ -45,6 +46,10 @@ pub enum Request {
         last: u32,
         follow: bool,
     },
+    /// Re-read the configuration file the daemon was started with: validate
+    /// it, and apply it if valid. Answered with [`Response::Reload`] once
+    /// the new policy is enforced (or refused).
+    Reload,
 }
 
 /// Which flows a client wants; empty fields match everything.
@@ -63,6 +68,46 @@ pub enum Response {
     Policy(Box<PolicyDump>),
     Flows(Vec<FlowView>),
     Error(ErrorReply),
+    Reload(ReloadOutcome),
+}
+
+/// How a reload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadResult {
+    /// The new file is valid and its policy is enforced.
+    Applied,
+    /// The file is invalid: nothing changed.
+    Invalid,
+    /// The file is valid but its policy could not be applied; the previous
+    /// policy stays in force (see `errors`).
+    Failed,
+    /// Still being applied when the daemon stopped waiting for it.
+    Pending,
+}
+
+/// The outcome of one reload (SIGHUP or `porin reload`): the reply to
+/// [`Request::Reload`] and `porin status`'s "last reload".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    pub result: ReloadResult,
+    /// `SIGHUP` or `porin reload`.
+    pub trigger: String,
+    pub config_file: String,
+    /// When the reload was asked for, in nanoseconds since the epoch.
+    pub requested_unix_ns: u64,
+    /// The policy generation in force after it (the old one when the reload
+    /// changed nothing).
+    pub policy_generation: u64,
+    /// Active datapath slot (0 or 1) after it.
+    pub datapath_slot: u32,
+    /// From the request to the new policy enforced (maps written, the
+    /// generation switched, attachments done), in microseconds; 0 unless
+    /// applied.
+    pub enforced_us: u64,
+    /// Why it was refused or failed: for an invalid file, one
+    /// `FILE:LINE:COLUMN: message` per line, as `porin check-config` prints.
+    pub errors: String,
 }
 
 /// Why a request failed.
@@ -115,6 +160,8 @@ pub struct Status {
     pub flows_in_history: u64,
     pub history_capacity: u64,
     pub events_lost: u64,
+    /// The last reload since start (None: none yet).
+    pub last_reload: Option<ReloadOutcome>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +354,7 @@ mod tests {
                 last: 20,
                 follow: true,
             },
+            Request::Reload,
         ] {
             let f = encode_request(&req);
             let len = payload_len(f[..4].try_into().unwrap(), MAX_REQUEST).unwrap();
@@ -326,7 +374,24 @@ mod tests {
             }],
             ..Default::default()
         };
+        let reload = ReloadOutcome {
+            result: ReloadResult::Invalid,
+            trigger: "porin reload".into(),
+            config_file: "/etc/porin/porin.yaml".into(),
+            requested_unix_ns: 1,
+            policy_generation: 4,
+            datapath_slot: 1,
+            enforced_us: 0,
+            errors: "/etc/porin/porin.yaml:3:9: enforcement.mode: unknown value".into(),
+        };
+        let status = Status {
+            last_reload: Some(reload.clone()),
+            ..status
+        };
         let resp = Response::Status(Box::new(status));
+        let f = encode_response(&resp);
+        assert_eq!(decode_response(payload(&f)).unwrap(), resp);
+        let resp = Response::Reload(reload);
         let f = encode_response(&resp);
         assert_eq!(decode_response(payload(&f)).unwrap(), resp);
         let err = Response::Error(ErrorReply {
@@ -372,9 +437,9 @@ mod tests {
 
     #[test]
     fn garbage_and_trailing_bytes_are_malformed_and_versions_are_checked() {
-        // Version 1, then variant 200 (no such request).
+        // This version, then variant 200 (no such request).
         assert!(matches!(
-            decode_request(&[1, 200, 1]),
+            decode_request(&[VERSION as u8, 200, 1]),
             Err(FrameError::Decode(_))
         ));
         assert!(matches!(
@@ -385,11 +450,11 @@ mod tests {
         ok.extend(postcard::to_stdvec(&Request::Status).unwrap());
         ok.push(0);
         assert!(matches!(decode_request(&ok), Err(FrameError::Decode(_))));
-        let mut v2 = postcard::to_stdvec(&2u16).unwrap();
-        v2.extend(postcard::to_stdvec(&Request::Status).unwrap());
-        let e = decode_request(&v2).unwrap_err();
+        let mut other = postcard::to_stdvec(&(VERSION + 1)).unwrap();
+        other.extend(postcard::to_stdvec(&Request::Status).unwrap());
+        let e = decode_request(&other).unwrap_err();
         assert_eq!(e.reply().code, ErrorCode::Version);
-        assert!(e.to_string().contains("version 2"));
+        assert!(e.to_string().contains(&format!("version {}", VERSION + 1)));
         // An empty connection is "closed", not an error to reply to.
         let mut empty: &[u8] = &[];
         assert!(matches!(

@@ -6,6 +6,10 @@
 //! group allow (a second lock in case the mode is looser than meant, or the
 //! file was replaced).
 //!
+//! `Request::Reload` validates and applies the config file (through
+//! [`crate::reload`]) on a blocking thread of its own, so other clients
+//! are served meanwhile; its reply comes once the new policy is enforced.
+//!
 //! A connection may send several requests, one frame each. Every read and
 //! write has a deadline ([`IO_TIMEOUT`]), so a client that stops halfway
 //! cannot hold a task forever, and at most [`MAX_CONNECTIONS`] are served at
@@ -22,7 +26,7 @@ use std::{
     path::Path,
     rc::Rc,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use log::{debug, info, warn};
@@ -39,6 +43,7 @@ use super::proto::{
 };
 use crate::{
     flows::maps::{CounterMaps, EventControl},
+    reload::{Reloader, Trigger},
     state::{lock, Counters, Shared},
 };
 
@@ -57,16 +62,21 @@ pub struct Ctx {
     pub shared: Arc<Shared>,
     pub events: Option<EventControl>,
     pub counters: Option<CounterMaps>,
+    pub reloader: Option<Arc<Reloader>>,
 }
 
 impl Ctx {
-    /// Lost flow records (rate limited, ring full), summed over CPUs.
+    /// Lost flow records (rate limited, ring full), summed over CPUs; a
+    /// full perf buffer's losses, as the kernel reported them to the reader,
+    /// count as ring full.
     pub fn lost(&self) -> [u64; 2] {
-        let lost = self
+        let mut lost = self
             .events
             .as_ref()
             .map(EventControl::lost)
             .unwrap_or_default();
+        lost[porin_common::flow::lost::RING_FULL as usize] +=
+            Counters::get(&self.shared.counters.flow_events_perf_lost);
         *lock(&self.shared.lost) = lost;
         lost
     }
@@ -172,6 +182,10 @@ async fn connection(mut s: UnixStream, ctx: &Ctx) -> Result<(), FrameError> {
         match req {
             Request::Status => write(&mut s, &proto::encode_response(&status(ctx))).await?,
             Request::Policy => write(&mut s, &proto::encode_response(&policy(ctx))).await?,
+            Request::Reload => {
+                let reply = reload(ctx).await;
+                write(&mut s, &proto::encode_response(&reply)).await?
+            }
             Request::Flows {
                 filter,
                 last,
@@ -291,11 +305,7 @@ fn status(ctx: &Ctx) -> Response {
     let sh = &ctx.shared;
     let mut maps = snap.maps.clone();
     if let Some(c) = &ctx.counters {
-        maps.push(proto::MapFill {
-            name: "PORIN_CT_V1".into(),
-            entries: c.ct_entries(),
-            capacity: u64::from(porin_common::datapath::max_entries::CONNTRACK),
-        });
+        maps.extend(c.ct_fill());
     }
     let (len, cap) = {
         let h = sh.history();
@@ -318,7 +328,22 @@ fn status(ctx: &Ctx) -> Response {
         flows_in_history: len,
         history_capacity: cap,
         events_lost: ctx.lost().iter().sum(),
+        last_reload: sh.last_reload(),
     }))
+}
+
+/// Validates and applies the config file; answers once it is enforced or
+/// refused. The wait happens on a blocking thread, not on this executor.
+async fn reload(ctx: &Ctx) -> Response {
+    let requested = Instant::now();
+    let Some(reloader) = ctx.reloader.clone() else {
+        return Response::Error(ErrorReply {
+            code: ErrorCode::Internal,
+            message: "this daemon cannot reload from the control socket; send SIGHUP".into(),
+        });
+    };
+    info!("control socket: reload requested");
+    Response::Reload(smol::unblock(move || reloader.reload(Trigger::Control, requested)).await)
 }
 
 fn policy(ctx: &Ctx) -> Response {

@@ -55,6 +55,7 @@ use crate::{
     config::{Config, Mode, Runtime, UnknownWorkloads},
     discovery::cgroup::{CgroupFs, CgroupLayout},
     ebpf,
+    kernel::EventsTransport,
 };
 
 /// The map of classified cgroup ids, and its pin under `<bpffs>/maps/`.
@@ -264,9 +265,12 @@ impl Gate {
         for name in UNUSED_HASH_MAPS {
             loader.map_max_entries(name, 1);
         }
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        loader.map_max_entries("PORIN_EVENTS_V1", u32::try_from(page).unwrap_or(4096));
+        if ebpf::transport() == EventsTransport::RingBuf {
+            // A ring buffer's size is a multiple of the page size.
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            loader.map_max_entries("PORIN_EVENTS_V1", u32::try_from(page).unwrap_or(4096));
+        }
         let mut bpf = loader
             .load(ebpf::object()?)
             .map_err(ebpf::LoadError::Object)?;

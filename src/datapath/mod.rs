@@ -214,11 +214,23 @@ impl Datapath {
         // 3. Policy: new generation, flip, delete the old one. Both
         // deletions go by the generation found in the map, not by what is
         // believed applied: a failed apply may have left entries that no
-        // `Compiled` lists, and they must never become active.
+        // `Compiled` lists, and they must never become active. One walk of
+        // the map before writing finds both sets: only this manager writes
+        // the policy map (the programs only read it), so what the walk saw
+        // under the active generation is what the switch retires, and a
+        // second walk after it would cost as much as the writes (one
+        // syscall per key).
         if !d.policy.is_empty() {
             let next = 1 - self.generation;
-            let at = |generation: u32| move |k: &PolicyKey| u32::from(k.generation) == generation;
-            purge::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", at(next))?;
+            let keys = policy_keys(&mut self.bpf)?;
+            let at = |generation: u32| -> Vec<PolicyKey> {
+                keys.iter()
+                    .filter(|k| u32::from(k.generation) == generation)
+                    .copied()
+                    .collect()
+            };
+            let (stale, retired) = (at(next), at(1 - next));
+            remove_hash::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", &stale)?;
             let entries = new.policy.iter().map(|(k, v)| {
                 let key = PolicyKey {
                     generation: next as u8,
@@ -228,7 +240,7 @@ impl Datapath {
             });
             write_hash(&mut self.bpf, "PORIN_POL_V1", "insert", entries)?;
             self.set_generation(next)?;
-            purge::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", at(1 - next))?;
+            remove_hash::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", &retired)?;
         }
 
         // 4. Changed and removed addresses, networks and endpoints.
@@ -506,6 +518,12 @@ fn purge<K: aya::Pod, V: aya::Pod>(
         let _ = ct.remove(k);
     }
     Ok(keys.len())
+}
+
+/// Every key of the policy map.
+fn policy_keys(bpf: &mut Ebpf) -> Result<Vec<PolicyKey>, DatapathError> {
+    let m = map_mut!(bpf, "PORIN_POL_V1", BpfHashMap<&mut MapData, PolicyKey, PolicyValue>);
+    Ok(m.keys().filter_map(Result::ok).collect())
 }
 
 /// Deletes `keys` from hash map `name`; a key that is already gone is fine.

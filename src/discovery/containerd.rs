@@ -10,10 +10,12 @@
 //!   `annotations` we take) and `init.pid`.
 //!
 //! containerd containers have no name apart from their id, so the id is the
-//! name. When the database cannot be read or lacks the container, a running
-//! task's bundle annotations stand in for the labels (`ctr run --label`
-//! copies labels there), so a container is never left without identity
-//! just because one file was unreadable.
+//! name. When there is no database, or it does not list the container, a
+//! running task's bundle annotations stand in for the labels (`ctr run
+//! --label` copies labels there). A database that exists but cannot be read
+//! is an error (the container stays unclassified until a retry reads it):
+//! annotations may differ from the labels, and an identity must not depend
+//! on which file happened to be readable.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -74,13 +76,13 @@ pub fn read_containerd(
             meta.annotations = annotations.unwrap_or_default();
             Ok(meta)
         }
-        (db, Some(annotations)) => {
-            if let Err(e) = db {
-                log::warn!("{e}; using the task bundle's annotations as labels");
-            }
-            Ok(meta_from_bundle(id, annotations))
-        }
-        (Err(e), None) => Err(e),
+        // A database that exists but cannot be read is an error, not a
+        // reason to classify by annotations: they may hold keys the real
+        // labels do not, so the container could flap into another group
+        // (and its policy) while the file is being rewritten. The caller
+        // retries; until then the container has no identity.
+        (Err(e), _) => Err(e),
+        (Ok(None), Some(annotations)) => Ok(meta_from_bundle(id, annotations)),
         (Ok(None), None) => Err(StateError::missing(
             &db_path,
             format!("no container `{id}` in namespace `{namespace}` and no running task"),

@@ -9,6 +9,9 @@
 //!   is known (a `--network none` container has no address, ever; a
 //!   container whose labels cannot be read is still an endpoint, just an
 //!   unmanaged one: nothing is left out);
+//! - a change of the host's interfaces (a veth added by `podman network
+//!   connect`, say) brings the full rescan forward, since a known
+//!   container's network changed without any cgroup event;
 //! - a full rescan every `resync_interval` repairs anything an event missed.
 //!
 //! A failed scan keeps the last known endpoints (no removals are invented on
@@ -138,6 +141,7 @@ impl LiveDiscovery {
             };
             match watcher.wait(timeout) {
                 Ok(Wake::Stop) => return,
+                Ok(Wake::LinksChanged) => next_resync = Instant::now(),
                 Ok(Wake::Changed | Wake::Timeout) => {}
                 Err(e) => {
                     error!("waiting for cgroup changes failed: {e}");

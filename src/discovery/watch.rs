@@ -1,6 +1,9 @@
 //! inotify on cgroup directories: wakes discovery when a container cgroup is
 //! created or removed, so new containers are seen in milliseconds rather than
-//! at the next periodic resync.
+//! at the next periodic resync. A netlink socket subscribed to the host's
+//! link changes wakes it when an interface comes or goes: `podman network
+//! connect` (or disconnect) gives a running container a new veth without
+//! touching its cgroup, and would otherwise wait for the resync.
 //!
 //! cgroupfs reports `mkdir`/`rmdir` of child cgroups as IN_CREATE/IN_DELETE
 //! on the parent directory. The watcher does not interpret events: any event
@@ -24,6 +27,9 @@ use std::{
 pub enum Wake {
     /// A watched directory changed.
     Changed,
+    /// A host interface was added, removed or changed: known containers'
+    /// networks may have changed (rescan them, not only new cgroups).
+    LinksChanged,
     /// The timeout passed.
     Timeout,
     /// [`Stopper::stop`] was called.
@@ -33,6 +39,8 @@ pub enum Wake {
 /// Watches a set of directories for child creation and removal.
 pub struct Watcher {
     inotify: OwnedFd,
+    /// `NETLINK_ROUTE` bound to `RTMGRP_LINK`.
+    links: OwnedFd,
     stop_read: OwnedFd,
     watches: HashMap<PathBuf, i32>,
 }
@@ -64,9 +72,11 @@ impl Watcher {
         }
         let (stop_read, stop_write) =
             unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+        let links = link_events()?;
         Ok((
             Watcher {
                 inotify,
+                links,
                 stop_read,
                 watches: HashMap::new(),
             },
@@ -139,10 +149,15 @@ impl Watcher {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: self.links.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a valid array of two pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        // SAFETY: `fds` is a valid array of three pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, ms) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -153,19 +168,58 @@ impl Watcher {
         if fds[1].revents != 0 {
             return Ok(Wake::Stop);
         }
+        // Links first: a link change needs the wider rescan, and a burst
+        // that brings both kinds of event must not lose it.
+        if fds[2].revents != 0 {
+            drain(&self.links);
+            if fds[0].revents != 0 {
+                drain(&self.inotify);
+            }
+            return Ok(Wake::LinksChanged);
+        }
         if fds[0].revents != 0 {
-            self.drain();
+            drain(&self.inotify);
             return Ok(Wake::Changed);
         }
         Ok(Wake::Timeout)
     }
+}
 
-    fn drain(&self) {
-        let mut buf = [0u8; 4096];
-        // SAFETY: reading into a buffer we own from a non-blocking fd.
-        while unsafe { libc::read(self.inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
-            > 0
-        {}
+/// Reads everything pending on a non-blocking descriptor. Netlink
+/// notifications are not interpreted: any of them means "rescan". An
+/// overrun (`ENOBUFS`) is a lost notification, which a rescan covers too.
+fn drain(fd: &OwnedFd) {
+    let mut buf = [0u8; 8192];
+    // SAFETY: reading into a buffer we own from a non-blocking fd.
+    while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+/// A non-blocking `NETLINK_ROUTE` socket that receives the calling thread's
+/// namespace's (the host's) link notifications.
+fn link_events() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscalls on a descriptor we own.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        let rc = libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        );
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
     }
 }
 

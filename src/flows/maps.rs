@@ -5,13 +5,17 @@
 //! enforcement loop.
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf,
 };
-use porin_common::datapath::{Counter, CtKey, CtValue};
+use porin_common::datapath::{max_entries, Counter, Ct4Key, CtKey, CtValue};
+
+use crate::control::proto::MapFill;
 
 use porin_common::flow::lost;
 pub use porin_common::flow::EventConfig;
+
+use super::source::EventSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -23,6 +27,12 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    #[error("map `{map}`: {source}")]
+    Source {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A new handle on map `name` of `bpf`.
@@ -32,7 +42,8 @@ pub fn own(bpf: &Ebpf, name: &'static str) -> Result<Map, MapsError> {
         | Map::PerCpuArray(d)
         | Map::HashMap(d)
         | Map::LruHashMap(d)
-        | Map::RingBuf(d) => d,
+        | Map::RingBuf(d)
+        | Map::PerfEventArray(d) => d,
         _ => return Err(MapsError::Missing(name)),
     };
     let err = |source| MapsError::Map { map: name, source };
@@ -49,7 +60,8 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
 
 /// The flow-event maps.
 pub struct EventMaps {
-    pub ring: RingBuf<MapData>,
+    /// The ring buffer or the perf buffers, whichever the object has.
+    pub events: EventSource,
     pub config: Array<MapData, EventConfig>,
     pub lost: PerCpuArray<MapData, u64>,
 }
@@ -57,16 +69,21 @@ pub struct EventMaps {
 impl EventMaps {
     pub fn open(bpf: &Ebpf) -> Result<Self, MapsError> {
         Ok(EventMaps {
-            ring: typed(bpf, "PORIN_EVENTS_V1")?,
+            events: EventSource::new(own(bpf, "PORIN_EVENTS_V1")?).map_err(|source| {
+                MapsError::Source {
+                    map: "PORIN_EVENTS_V1",
+                    source,
+                }
+            })?,
             config: typed(bpf, "PORIN_EVCFG_V1")?,
             lost: typed(bpf, "PORIN_LOST_V1")?,
         })
     }
 
-    /// Splits into the ring (for the reader) and the rest.
-    pub fn split(self) -> (RingBuf<MapData>, EventControl) {
+    /// Splits into the event source (for the reader) and the rest.
+    pub fn split(self) -> (EventSource, EventControl) {
         (
-            self.ring,
+            self.events,
             EventControl {
                 config: self.config,
                 lost: self.lost,
@@ -108,7 +125,10 @@ impl EventControl {
             })
     }
 
-    /// Lost records (rate limited, ring full), summed over the CPUs.
+    /// Lost records (rate limited, ring full) the programs counted, summed
+    /// over the CPUs. With perf buffers the kernel reports full buffers to
+    /// the reader instead (`Counters::flow_events_perf_lost`), which
+    /// `control::server::Ctx::lost` adds to the ring-full cause.
     pub fn lost(&self) -> [u64; 2] {
         let sum = |i| self.lost.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
         [sum(lost::RATE_LIMITED), sum(lost::RING_FULL)]
@@ -119,7 +139,10 @@ impl EventControl {
 pub struct CounterMaps {
     pub drops: PerCpuArray<MapData, Counter>,
     pub fwd: PerCpuArray<MapData, Counter>,
-    pub ct: HashMap<MapData, CtKey, CtValue>,
+    /// IPv4 connections.
+    pub ct4: HashMap<MapData, Ct4Key, CtValue>,
+    /// IPv6 connections.
+    pub ct6: HashMap<MapData, CtKey, CtValue>,
 }
 
 impl CounterMaps {
@@ -127,7 +150,8 @@ impl CounterMaps {
         Ok(CounterMaps {
             drops: typed(bpf, "PORIN_DROPS_V1")?,
             fwd: typed(bpf, "PORIN_FWD_V1")?,
-            ct: typed(bpf, "PORIN_CT_V1")?,
+            ct4: typed(bpf, "PORIN_CT4_V1")?,
+            ct6: typed(bpf, "PORIN_CT_V1")?,
         })
     }
 
@@ -143,8 +167,25 @@ impl CounterMaps {
             .unwrap_or_default()
     }
 
-    /// Conntrack entries (walks the keys: at most `max_entries` syscalls).
-    pub fn ct_entries(&self) -> u64 {
-        self.ct.keys().filter(Result::is_ok).count() as u64
+    /// Fill of both conntrack maps (walks their keys: at most
+    /// `max_entries` syscalls each).
+    pub fn ct_fill(&self) -> [MapFill; 2] {
+        let fill = |name: &str, entries: usize, capacity: u32| MapFill {
+            name: name.into(),
+            entries: entries as u64,
+            capacity: u64::from(capacity),
+        };
+        [
+            fill(
+                "PORIN_CT4_V1",
+                self.ct4.keys().filter(Result::is_ok).count(),
+                max_entries::CONNTRACK,
+            ),
+            fill(
+                "PORIN_CT_V1",
+                self.ct6.keys().filter(Result::is_ok).count(),
+                max_entries::CONNTRACK6,
+            ),
+        ]
     }
 }

@@ -1,5 +1,6 @@
-//! Flow visibility in the daemon: decoding the datapath's flow events
-//! ([`reader`]), enriching them ([`record`]), keeping the last ones in memory
+//! Flow visibility in the daemon: taking the datapath's flow events from
+//! a ring buffer or perf buffers ([`source`]), decoding them ([`reader`]),
+//! enriching them ([`record`]), keeping the last ones in memory
 //! ([`history`]) and writing them to a rotated JSON-lines file ([`log`]).
 
 pub mod history;
@@ -7,3 +8,4 @@ pub mod log;
 pub mod maps;
 pub mod reader;
 pub mod record;
+pub mod source;

@@ -1,11 +1,17 @@
-//! The flow reader: drains the `PORIN_EVENTS_V1` ring buffer when the
-//! kernel says it is readable (epoll through `smol::Async`, no busy
-//! polling), decodes each record, enriches it, and hands it to the history,
-//! the flow log and the per-identity counters.
+//! The flow reader: drains the `PORIN_EVENTS_V1` ring buffer, or the
+//! per-CPU perf buffers on kernels without ring buffers, when the kernel
+//! says one is readable (epoll through `smol::Async`, no busy polling),
+//! decodes each record, enriches it, and hands it to the history, the flow
+//! log and the per-identity counters.
 
-use std::{io, sync::Arc};
+use std::{
+    future::poll_fn,
+    io,
+    os::fd::{AsFd, BorrowedFd},
+    sync::Arc,
+    task::Poll,
+};
 
-use aya::maps::{MapData, RingBuf};
 use log::warn;
 use porin_common::flow::FlowEvent;
 use smol::Async;
@@ -13,6 +19,7 @@ use smol::Async;
 use super::{
     log::FlowLog,
     record::{decode, FlowRecord},
+    source::{EventSource, Item},
 };
 use crate::state::{Counters, Shared};
 
@@ -96,38 +103,78 @@ impl Sink {
     }
 }
 
-/// Runs until the ring's fd fails (never, in practice).
-pub async fn run(ring: RingBuf<MapData>, mut sink: Sink) -> io::Result<()> {
-    let mut ring = Async::new(ring)?;
+/// Runs until an fd fails (never, in practice).
+pub async fn run(mut source: EventSource, mut sink: Sink) -> io::Result<()> {
+    // The reactor watches duplicates of the source's fds (the same ring or
+    // perf event, so the same readiness); the source itself stays here to
+    // be read, with no unsafe access through the `Async` wrapper.
+    let watched = source
+        .fds()
+        .into_iter()
+        .map(|fd| Async::new(Watch(fd.try_clone_to_owned()?)))
+        .collect::<io::Result<Vec<_>>>()?;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        ring.readable().await?;
-        // SAFETY: `get_mut` only forbids swapping the I/O source out;
-        // reading records does not.
-        while drain(unsafe { ring.get_mut() }, &mut sink, &mut batch) == BATCH {
+        // Wakes when any buffer has records (one wake-up covers all: every
+        // buffer is drained below).
+        poll_fn(|cx| {
+            let mut ready = false;
+            for w in &watched {
+                match w.poll_readable(cx) {
+                    Poll::Ready(Ok(())) => ready = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if ready {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await?;
+        while drain(&mut source, &mut sink, &mut batch) == BATCH {
             // More may be waiting: let the control socket and metrics run.
             smol::future::yield_now().await;
         }
     }
 }
 
-/// Takes up to [`BATCH`] records from the ring into the sink; returns how
-/// many it took (public for the benchmark).
-pub fn drain(ring: &mut RingBuf<MapData>, sink: &mut Sink, batch: &mut Vec<FlowEvent>) -> usize {
+/// An fd registered for readiness only (a duplicate of the source's).
+struct Watch(std::os::fd::OwnedFd);
+
+impl AsFd for Watch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Takes up to [`BATCH`] records from the source into the sink; returns how
+/// many it took (public for the benchmark). Perf buffers' loss reports are
+/// counted in `Counters::flow_events_perf_lost`.
+pub fn drain(source: &mut EventSource, sink: &mut Sink, batch: &mut Vec<FlowEvent>) -> usize {
     batch.clear();
-    while batch.len() < BATCH {
-        let Some(item) = ring.next() else { break };
-        match decode(&item) {
+    let (mut malformed, mut lost) = (0, 0);
+    let n = source.take(BATCH, |item| match item {
+        Item::Record(bytes) => match decode(bytes) {
             Some(e) => batch.push(e),
             None => {
-                Counters::add(&sink.shared.counters.flow_events_malformed, 1);
+                malformed += 1;
                 warn!(
                     "flow event of {} bytes ignored (layout v1 is 144)",
-                    item.len()
+                    bytes.len()
                 );
             }
-        }
+        },
+        Item::Lost(count) => lost += count,
+    });
+    let counters = &sink.shared.counters;
+    if malformed > 0 {
+        Counters::add(&counters.flow_events_malformed, malformed);
+    }
+    if lost > 0 {
+        Counters::add(&counters.flow_events_perf_lost, lost);
     }
     sink.take(batch);
-    batch.len()
+    n
 }

@@ -221,6 +221,7 @@ pub fn drop_reason_name(r: u8) -> &'static str {
         9 => "UPLINK_NO_POLICY",
         10 => "UPLINK_FLOOD",
         11 => "SPOOFED_SOURCE",
+        12 => "ROGUE_ROUTER",
         _ => "UNKNOWN_REASON",
     }
 }

@@ -51,11 +51,7 @@ impl Sample {
         let mut maps = snap.maps.clone();
         let (forwarded, dropped) = match &ctx.counters {
             Some(m) => {
-                maps.push(MapFill {
-                    name: "PORIN_CT_V1".into(),
-                    entries: m.ct_entries(),
-                    capacity: u64::from(porin_common::datapath::max_entries::CONNTRACK),
-                });
+                maps.extend(m.ct_fill());
                 (
                     (0..DIRECTIONS)
                         .map(|i| CounterMaps::sum(&m.fwd, i))

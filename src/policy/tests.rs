@@ -93,9 +93,11 @@ pub(crate) fn endpoint(spec: EndpointSpec) -> Endpoint {
                     prefix_len: if addr.is_ipv4() { 16 } else { 64 },
                 })
                 .collect(),
+            unrouted: Vec::new(),
             host_peer: peer.map(|ifindex| HostPeer {
                 ifindex,
                 name: format!("veth{ifindex}"),
+                master: None,
             }),
         })
         .collect();

@@ -4,7 +4,10 @@
 //! runc root, FIFOs, IPAM) so the system's containerd, if any, is never
 //! touched. Containers get a network namespace of the harness and a veth on
 //! a bridge of the instance's own, through the CNI `bridge` plugin run by
-//! hand; the bridge has no address, so nothing is routed on the host.
+//! hand. The bridge gets the subnet's gateway address (`isGateway`), so
+//! the host routes the subnet to it, as a runtime's bridge network does:
+//! discovery trusts a container address only where the host routes it (see
+//! `discovery::netinfo::net_info`). No masquerading: nothing leaves the host.
 //! Dropping a container or the instance removes what it made; starting an
 //! instance first clears a leftover of an aborted run with the same tag.
 
@@ -197,7 +200,7 @@ impl Containerd {
     fn cni(&self, command: &str, id: &str, ns: &Netns) -> Output {
         let conf = format!(
             r#"{{"cniVersion":"0.4.0","name":"porin-t-{bridge}","type":"bridge","bridge":"{bridge}",
-"isGateway":false,"ipMasq":false,
+"isGateway":true,"ipMasq":false,
 "ipam":{{"type":"host-local","subnet":"10.233.{subnet}.0/24","dataDir":"{dir}/ipam"}}}}"#,
             bridge = self.bridge,
             subnet = self.subnet,

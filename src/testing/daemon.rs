@@ -1,14 +1,81 @@
 //! `porin run` as a child process for end-to-end tests: started with a
 //! config file, its log lines readable as they come, stopped by PID on drop.
+//!
+//! A daemon discovers every container on the host and attaches its programs
+//! to all of their veths, so two daemons at once would judge each other's
+//! test containers by the wrong policy. Every [`Daemon`] therefore holds
+//! [`Exclusive`]: one test at a time, host-wide (other test binaries and
+//! other checkouts included), runs daemons; one test may run several.
 
 use std::{
+    fs::File,
     io::{BufRead, BufReader},
+    os::fd::AsRawFd,
     path::Path,
     process::{Child, Command, Stdio},
-    sync::mpsc,
-    thread,
+    sync::{mpsc, Condvar, Mutex},
+    thread::{self, ThreadId},
     time::{Duration, Instant},
 };
+
+/// The host-wide lock file (`flock`); released by the kernel when the
+/// holder exits, so an aborted run never leaves it held.
+const LOCK_FILE: &str = "/run/porin-test-daemons.lock";
+
+/// Which thread (test) holds the lock, how many guards it has, and the
+/// locked file.
+struct Holder {
+    thread: Option<ThreadId>,
+    count: usize,
+    file: Option<File>,
+}
+
+static HOLDER: Mutex<Holder> = Mutex::new(Holder {
+    thread: None,
+    count: 0,
+    file: None,
+});
+static RELEASED: Condvar = Condvar::new();
+
+/// The right to run daemons: held by one test thread at a time in this
+/// process and by one process at a time on the host; reentrant within the
+/// thread that holds it.
+pub struct Exclusive(());
+
+impl Exclusive {
+    pub fn acquire() -> Self {
+        let me = thread::current().id();
+        let mut h = HOLDER.lock().unwrap_or_else(|e| e.into_inner());
+        while h.thread.is_some_and(|t| t != me) {
+            h = RELEASED.wait(h).unwrap_or_else(|e| e.into_inner());
+        }
+        if h.count == 0 {
+            let file = File::create(LOCK_FILE)
+                .unwrap_or_else(|e| panic!("{LOCK_FILE}: {e} (tests run as root)"));
+            // SAFETY: flock on a descriptor this function owns; blocks until
+            // no other process holds it.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            assert_eq!(rc, 0, "flock {LOCK_FILE}");
+            h.file = Some(file);
+            h.thread = Some(me);
+        }
+        h.count += 1;
+        Exclusive(())
+    }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        let mut h = HOLDER.lock().unwrap_or_else(|e| e.into_inner());
+        h.count -= 1;
+        if h.count == 0 {
+            // Closing the file releases the flock.
+            h.file = None;
+            h.thread = None;
+            RELEASED.notify_all();
+        }
+    }
+}
 
 /// A running `porin run`.
 pub struct Daemon {
@@ -17,11 +84,16 @@ pub struct Daemon {
     pub lines: mpsc::Receiver<String>,
     /// Lines read so far, for failure messages.
     seen: Vec<String>,
+    /// Dropped after the child is stopped (fields drop after `Drop::drop`).
+    _exclusive: Exclusive,
 }
 
 impl Daemon {
     /// Starts `binary run --config config` and waits until it logs `ready;`.
+    /// Waits first for any other test's daemons to be gone (see the module
+    /// notes).
     pub fn start(binary: &Path, config: &Path) -> Self {
+        let exclusive = Exclusive::acquire();
         let mut child = Command::new(binary)
             .arg("run")
             .arg("--config")
@@ -43,6 +115,7 @@ impl Daemon {
             child,
             lines,
             seen: Vec::new(),
+            _exclusive: exclusive,
         };
         d.wait_for(|l| l.contains("ready;"), Duration::from_secs(30));
         d

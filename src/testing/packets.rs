@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use porin_common::packet::ethertype;
+use porin_common::packet::{ethertype, ETH_HLEN};
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -77,6 +77,28 @@ pub fn icmpv6_neighbour_solicitation(target: Ipv6Addr) -> Vec<u8> {
 /// An ICMPv6 router solicitation (type 133).
 pub fn icmpv6_router_solicitation() -> Vec<u8> {
     icmp_message(true, 133, &[0; 4])
+}
+
+/// An ICMPv6 router advertisement (type 134): hop limit, flags, router
+/// lifetime 1800 s, reachable and retransmit timers.
+pub fn icmpv6_router_advertisement() -> Vec<u8> {
+    icmp_message(true, 134, &[64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0])
+}
+
+/// An ICMPv6 redirect (type 137) pointing `dst` at `target`.
+pub fn icmpv6_redirect(target: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let mut rest = vec![0; 4];
+    rest.extend_from_slice(&target.octets());
+    rest.extend_from_slice(&dst.octets());
+    icmp_message(true, 137, &rest)
+}
+
+/// A whole Ethernet + IPv6 frame carrying the neighbour discovery message
+/// `icmp`, with hop limit 255 as RFC 4861 requires of every ND message.
+pub fn nd_frame(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> Vec<u8> {
+    let mut f = frame_v6(src, dst, 58, icmp);
+    f[ETH_HLEN + 7] = 255;
+    f
 }
 
 /// An ICMP message of `kind`, code 0, with `rest` after the checksum field

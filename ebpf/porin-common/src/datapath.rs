@@ -334,10 +334,13 @@ pub enum DropReason {
     /// would be another's); `from_uplink`, an outside packet claiming the
     /// address of a container or of the host.
     SpoofedSource = 11,
+    /// `from_container`: an ICMPv6 router advertisement or redirect sent
+    /// by a container (rogue RA): containers are not routers.
+    RogueRouter = 12,
 }
 
 /// Number of drop reasons (size of `PORIN_DROPS_V1`).
-pub const DROP_REASONS: u32 = 12;
+pub const DROP_REASONS: u32 = 13;
 
 impl DropReason {
     /// Every reason, in index order (for counters read by index).
@@ -354,6 +357,7 @@ impl DropReason {
         DropReason::UplinkNoPolicy,
         DropReason::UplinkFlood,
         DropReason::SpoofedSource,
+        DropReason::RogueRouter,
     ];
 }
 

@@ -7,7 +7,8 @@
 //! | --- | --- | --- |
 //! | conntrack hit (same direction, or reply), checked first | `OK` | forwarded |
 //! | no `PORIN_ENDP_V1` entry for the ifindex | `SHOT` (any mode) | drop `UnknownEndpoint` |
-//! | ARP, ICMPv6 133-137 | `OK` | forwarded |
+//! | ARP, ICMPv6 133/135/136 (hop limit 255) | `OK` | forwarded |
+//! | ICMPv6 134/137 (RA, redirect; hop limit 255) | into the container `OK`; out of it `SHOT` (any mode but audit) | drop `RogueRouter` when sent by the container |
 //! | policy allows | `OK` (CT entry made) | forwarded |
 //! | policy denies / no entry | enforce: `SHOT`; audit: `OK` | drop `PolicyDenied` (+ forwarded in audit) |
 //! | parse error ([`crate::parse`]) | enforce: `SHOT`; audit: `OK` | drop with its reason (+ forwarded in audit) |

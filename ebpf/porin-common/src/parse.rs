@@ -24,11 +24,15 @@
 //! | TCP SYN without ACK | a [`Flow`] that is never a reply |
 //! | UDP: < 8 bytes | `Malformed` |
 //! | ICMP (in IPv4) / ICMPv6 (in IPv6): < 8 bytes | `Malformed` |
-//! | ICMPv6 types 133-137 (RS, RA, NS, NA, redirect) | [`Parsed::Pass`] |
+//! | ICMPv6 types 133-137 (neighbour discovery) with IPv6 hop limit ≠ 255 | `Malformed` (RFC 4861: off-link, receivers discard it) |
+//! | ICMPv6 133 (RS), 135 (NS), 136 (NA) | [`Parsed::Pass`] |
+//! | ICMPv6 134 (RA), 137 (redirect) | [`Parsed::RouterMessage`] (only a router may send them) |
 //! | any other IP protocol (GRE, SCTP, ICMP in IPv6, ...) | a [`Flow`] with ports 0 |
 //!
 //! Lengths are taken from the IP header (not the frame), so Ethernet padding
-//! after a short packet is never read as transport bytes.
+//! after a short packet is never read as transport bytes; the exception is
+//! a BIG TCP packet (length field 0, frame over 64 KiB), whose length is the
+//! frame's (see [`big_tcp_len`]).
 
 use crate::{
     datapath::{proto, DropReason},
@@ -55,6 +59,12 @@ const ICMPV6_ECHO_REPLY: u8 = 129;
 /// Router solicitation .. redirect: what IPv6 needs to reach its neighbours.
 const ICMPV6_ND_FIRST: u8 = 133;
 const ICMPV6_ND_LAST: u8 = 137;
+/// Router advertisement and redirect: messages only a router sends.
+const ICMPV6_RA: u8 = 134;
+const ICMPV6_REDIRECT: u8 = 137;
+/// The hop limit every neighbour discovery message carries (RFC 4861): one
+/// that arrives with less crossed a router and must be discarded.
+const ND_HOP_LIMIT: u8 = 255;
 
 // The deepest read (TCP flags in IPv6) must lie inside the buffer.
 const _: () = assert!(L4_OFF_V6 + 13 < HDR_BUF);
@@ -119,6 +129,11 @@ pub enum Parsed {
     /// Link-level housekeeping (ARP, neighbour discovery): passes without
     /// conntrack or policy.
     Pass,
+    /// An ICMPv6 router advertisement or redirect: housekeeping when it
+    /// comes from the network, but a container sending one claims to be a
+    /// router (rogue RA: it could take over its neighbours' IPv6 routes),
+    /// so the programs decide by direction.
+    RouterMessage,
     /// An IP packet to check against conntrack and policy.
     Flow(Flow),
 }
@@ -329,7 +344,7 @@ fn parse_ipv4<F: Frame>(f: &F, l3_len: usize) -> Result<Parsed, DropReason> {
     if ihl > IPV4_MIN_HLEN {
         return Err(DropReason::Ipv4Options);
     }
-    let total = usize::from(f.be16(IP + 2));
+    let total = big_tcp_len(f.be16(IP + 2), l3_len);
     if total < ihl || total > l3_len {
         return Err(DropReason::Malformed);
     }
@@ -358,7 +373,7 @@ fn parse_ipv6<F: Frame>(f: &F, l3_len: usize) -> Result<Parsed, DropReason> {
     if f.byte(IP) >> 4 != 6 {
         return Err(DropReason::Malformed);
     }
-    let payload = usize::from(f.be16(IP + 4));
+    let payload = big_tcp_len(f.be16(IP + 4), l3_len - IPV6_HLEN);
     if payload > l3_len - IPV6_HLEN {
         return Err(DropReason::Malformed);
     }
@@ -376,6 +391,20 @@ fn parse_ipv6<F: Frame>(f: &F, l3_len: usize) -> Result<Parsed, DropReason> {
         may_be_reply: true,
     };
     parse_l4(f, L4_OFF_V6, payload, flow)
+}
+
+/// The length an IP header's 16-bit length `field` gives, where the frame
+/// holds `avail` bytes from the same starting point. BIG TCP (Linux 5.19
+/// for IPv6, 6.3 for IPv4) builds GSO packets larger than 64 KiB inside
+/// the host and marks them with a length field of 0; only such a packet
+/// can have a zero field and more than 65,535 bytes, so the frame's length
+/// stands in for it. Any other zero field stays zero (and is malformed).
+#[inline(always)]
+fn big_tcp_len(field: u16, avail: usize) -> usize {
+    // Branch-free: a branch here changed how LLVM laid out the TC
+    // programs' stack enough for the verifier to reject them.
+    let big = usize::from(field == 0) & usize::from(avail > 0xffff);
+    usize::from(field) | (avail & big.wrapping_neg())
 }
 
 /// The IPv6 address at `off`, built from words (see [`HeaderBuf`]).
@@ -445,7 +474,14 @@ fn parse_l4<F: Frame>(
             }
             let kind = f.byte(off);
             if flow.family == 6 && (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&kind) {
-                return Ok(Parsed::Pass);
+                if f.byte(ETH_HLEN + 7) != ND_HOP_LIMIT {
+                    return Err(DropReason::Malformed);
+                }
+                return Ok(if kind == ICMPV6_RA || kind == ICMPV6_REDIRECT {
+                    Parsed::RouterMessage
+                } else {
+                    Parsed::Pass
+                });
             }
             let echo_reply = if flow.family == 4 {
                 ICMP_ECHO_REPLY
@@ -821,10 +857,48 @@ mod tests {
     }
 
     #[test]
+    fn big_tcp_zero_length_fields_take_the_frame_length() {
+        let big = 100_000;
+        let mut hdr = [0u8; HDR_BUF];
+        let f4 = v4(proto::TCP, &tcp(40000, 80));
+        hdr.copy_from_slice(&f4[..HDR_BUF]);
+        hdr[16] = 0;
+        hdr[17] = 0;
+        let fl = flow(parse_frame(&hdr, big));
+        assert_eq!((fl.family, fl.dport), (4, 80));
+        // A zero field in a frame that fits 64 KiB is still malformed.
+        assert_eq!(parse_frame(&hdr, 1000), Err(DropReason::Malformed));
+
+        let f6 = v6(proto::TCP, &tcp(40000, 443));
+        hdr.copy_from_slice(&f6[..HDR_BUF]);
+        hdr[18] = 0;
+        hdr[19] = 0;
+        let fl = flow(parse_frame(&hdr, big));
+        assert_eq!((fl.family, fl.dport), (6, 443));
+        assert_eq!(parse_frame(&hdr, 1000), Err(DropReason::Malformed));
+    }
+
+    #[test]
     fn neighbour_discovery_passes_other_icmpv6_is_a_flow() {
-        for kind in 133u8..=137 {
-            let f = v6(proto::ICMPV6, &[kind, 0, 0, 0, 0, 0, 0, 0]);
-            assert_eq!(parse(&f[..62]), Ok(Parsed::Pass), "type {kind}");
+        for (kind, want) in [
+            (133u8, Parsed::Pass),
+            (134, Parsed::RouterMessage),
+            (135, Parsed::Pass),
+            (136, Parsed::Pass),
+            (137, Parsed::RouterMessage),
+        ] {
+            let mut f = v6(proto::ICMPV6, &[kind, 0, 0, 0, 0, 0, 0, 0]);
+            f[21] = 255;
+            assert_eq!(parse(&f[..62]), Ok(want), "type {kind}");
+            // Any other hop limit: it crossed a router, not ND.
+            for hops in [0u8, 1, 64, 254] {
+                f[21] = hops;
+                assert_eq!(
+                    parse(&f[..62]),
+                    Err(DropReason::Malformed),
+                    "type {kind}, hop limit {hops}"
+                );
+            }
         }
         for (kind, reply) in [(128u8, false), (129, true), (1, false), (138, false)] {
             let f = v6(proto::ICMPV6, &[kind, 0, 0, 0, 0, 0, 0, 0]);

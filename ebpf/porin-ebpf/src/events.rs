@@ -1,11 +1,23 @@
 //! Flow events: records of new flows, drops and audits for `porin flows`,
-//! the flow log and metrics, written into the `PORIN_EVENTS_V1` ring buffer
-//! in the `porin_common::flow::FlowEvent` layout.
+//! the flow log and metrics, written into `PORIN_EVENTS_V1` in the
+//! `porin_common::flow::FlowEvent` layout.
+//!
+//! # Two transports, two objects
+//! `PORIN_EVENTS_V1` is a BPF ring buffer (kernel 5.8+) by default. Built
+//! with the cargo feature `perf-events` it is a perf event array instead
+//! (one perf buffer per CPU, any kernel Porin supports), and the record is
+//! written into a per-CPU scratch value and copied out with
+//! `bpf_perf_event_output`. The two cannot share one object: the kernel
+//! creates every map an object names before it verifies a program, and a
+//! ring buffer cannot be created before 5.8. `build.rs` builds this crate
+//! twice (objects `porin` and `porin-perf`); the daemon picks one at load
+//! time (`src/ebpf.rs`).
 //!
 //! # Maps
 //! | map | type | content | written by |
 //! | --- | --- | --- | --- |
-//! | `PORIN_EVENTS_V1` | ring buffer, 256 KiB | `FlowEvent` records | programs |
+//! | `PORIN_EVENTS_V1` | ring buffer, 256 KiB (or perf event array, one buffer per CPU) | `FlowEvent` records | programs |
+//! | `PORIN_EVSCR_V1` | per-CPU array\[1\], perf object only | the record being written | programs |
 //! | `PORIN_EVCFG_V1` | array\[1\] | [`EventConfig`]: the rate limit | manager |
 //! | `PORIN_EVRATE_V1` | per-CPU array\[1\] | [`RateState`]: token bucket | programs |
 //! | `PORIN_LOST_V1` | per-CPU array\[2\] | `u64` records not emitted, by [`lost`] cause | programs |
@@ -20,19 +32,27 @@
 //! lost records are visible, never silent. A zeroed `PORIN_EVCFG_V1` (no
 //! daemon configured it) means events are off, and nothing is counted.
 //!
+//! With perf buffers a full buffer is counted by the kernel itself: it keeps
+//! the number of samples it could not write and reports it in a
+//! `PERF_RECORD_LOST` record the next time there is room, which the reader
+//! adds to the `ring_full` cause. The program therefore counts only the
+//! other failures of `bpf_perf_event_output` (e.g. no perf buffer open for
+//! this CPU), so no loss is counted twice.
+//!
 //! # Why the record is written word by word
-//! The record is reserved in the ring and filled in place with eighteen
-//! 8-byte volatile stores: no 144-byte copy on the stack, and no zeroed array
-//! for LLVM to turn into a call of bpf-linker's byte-loop `memset` (see
-//! `porin_common::parse::HeaderBuf`).
+//! The record is reserved in the ring (or the perf scratch value) and filled
+//! in place with eighteen 8-byte volatile stores: no 144-byte copy on the
+//! stack, and no zeroed array for LLVM to turn into a call of bpf-linker's
+//! byte-loop `memset` (see `porin_common::parse::HeaderBuf`).
 
 use core::mem::offset_of;
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray},
     programs::TcContext,
+    EbpfContext,
 };
 use porin_common::{
     datapath::{tc_action, Direction},
@@ -42,6 +62,7 @@ use porin_common::{
 };
 
 /// Bytes of the ring buffer: about 1800 records between two reads.
+#[cfg(not(feature = "perf-events"))]
 pub const RING_BYTES: u32 = 256 * 1024;
 
 /// `PORIN_EVRATE_V1` value: one CPU's token bucket.
@@ -52,8 +73,20 @@ pub struct RateState {
     pub last_ns: u64,
 }
 
+#[cfg(not(feature = "perf-events"))]
 #[map]
-static PORIN_EVENTS_V1: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+static PORIN_EVENTS_V1: aya_ebpf::maps::RingBuf =
+    aya_ebpf::maps::RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// max_entries 0: the loader sizes it to the number of CPUs.
+#[cfg(feature = "perf-events")]
+#[map]
+static PORIN_EVENTS_V1: aya_ebpf::maps::PerfEventArray<FlowEvent> =
+    aya_ebpf::maps::PerfEventArray::new(0);
+
+#[cfg(feature = "perf-events")]
+#[map]
+static PORIN_EVSCR_V1: PerCpuArray<[u64; WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static PORIN_EVCFG_V1: Array<EventConfig> = Array::with_max_entries(1, 0);
@@ -91,10 +124,12 @@ pub fn flow_verdict(v: &Verdict) -> u8 {
 ///   sees them; the source and destination follow from `dir` (egress: the
 ///   endpoint sends);
 /// * `rule`: `PolicyValue::rule` of the allowing entry, 0 otherwise;
-/// * `tcp_flags`: the TCP flags byte, 0 when not known.
+/// * `tcp_flags`: the TCP flags byte, 0 when not known;
+/// * `ctx` (first): the program's context, for `bpf_perf_event_output`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn emit(
+pub fn emit<C: EbpfContext>(
+    ctx: &C,
     kind: u8,
     verdict: u8,
     drop_reason: u8,
@@ -112,7 +147,7 @@ pub fn emit(
     if !admit(now) {
         return;
     }
-    let Some(mut entry) = PORIN_EVENTS_V1.reserve::<[u64; WORDS]>(0) else {
+    let Some(mut entry) = reserve() else {
         count_lost(lost::RING_FULL);
         return;
     };
@@ -142,7 +177,7 @@ pub fn emit(
         | u64::from(proto) << 32
         | u64::from(family) << 40
         | u64::from(tcp_flags) << 48;
-    let p = entry.as_mut_ptr().cast::<u64>();
+    let p = entry.as_mut_ptr();
     // SAFETY: the reserved record is WORDS aligned words; every one is
     // written before it is submitted.
     unsafe {
@@ -168,10 +203,76 @@ pub fn emit(
         p.add(16).write_volatile(0);
         p.add(17).write_volatile(0);
     }
-    entry.submit(0);
+    entry.submit(ctx);
 }
 
 const WORDS: usize = 18;
+
+/// A record being written: a ring buffer reservation.
+#[cfg(not(feature = "perf-events"))]
+struct Entry(aya_ebpf::maps::ring_buf::RingBufEntry<[u64; WORDS]>);
+
+#[cfg(not(feature = "perf-events"))]
+#[inline(always)]
+fn reserve() -> Option<Entry> {
+    PORIN_EVENTS_V1.reserve::<[u64; WORDS]>(0).map(Entry)
+}
+
+#[cfg(not(feature = "perf-events"))]
+impl Entry {
+    #[inline(always)]
+    fn as_mut_ptr(&mut self) -> *mut u64 {
+        self.0.as_mut_ptr().cast::<u64>()
+    }
+
+    #[inline(always)]
+    fn submit<C: EbpfContext>(self, _ctx: &C) {
+        self.0.submit(0);
+    }
+}
+
+/// A record being written: this CPU's scratch value, copied into this
+/// CPU's perf buffer on submit.
+#[cfg(feature = "perf-events")]
+struct Entry(*mut [u64; WORDS]);
+
+#[cfg(feature = "perf-events")]
+#[inline(always)]
+fn reserve() -> Option<Entry> {
+    PORIN_EVSCR_V1.get_ptr_mut(0).map(Entry)
+}
+
+#[cfg(feature = "perf-events")]
+impl Entry {
+    #[inline(always)]
+    fn as_mut_ptr(&mut self) -> *mut u64 {
+        self.0.cast::<u64>()
+    }
+
+    #[inline(always)]
+    fn submit<C: EbpfContext>(self, ctx: &C) {
+        use aya_ebpf::{bindings::BPF_F_CURRENT_CPU, helpers::bpf_perf_event_output};
+        // The map argument is the map definition's address, as for every
+        // map helper (aya-ebpf's own `output` discards the result we need).
+        let map = core::ptr::addr_of!(PORIN_EVENTS_V1).cast_mut().cast();
+        // SAFETY: a valid context, map and WORDS * 8 readable bytes.
+        let ret = unsafe {
+            bpf_perf_event_output(
+                ctx.as_ptr(),
+                map,
+                u64::from(BPF_F_CURRENT_CPU),
+                self.0.cast(),
+                (WORDS * 8) as u64,
+            )
+        };
+        // -ENOSPC (buffer full) is counted by the kernel and reported to the
+        // reader in PERF_RECORD_LOST; count only the other failures here.
+        const ENOSPC: i64 = 28;
+        if ret < 0 && ret != -ENOSPC {
+            count_lost(lost::RING_FULL);
+        }
+    }
+}
 
 // The word layout above, checked against the shared struct (little endian:
 // the eBPF target is bpfel, and lower fields sit in lower bits).
@@ -254,6 +355,7 @@ pub fn events_selftest(ctx: TcContext) -> i32 {
         may_be_reply: false,
     };
     emit(
+        &ctx,
         porin_common::flow::kind::DROP,
         verdict::DROPPED,
         0,

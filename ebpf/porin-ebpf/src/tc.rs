@@ -80,6 +80,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
             flow::kind::NEW_FLOW
         };
         events::emit(
+            ctx,
             kind,
             events::flow_verdict(&verdict),
             verdict.drop.map_or(0, |r| r as u8),
@@ -116,6 +117,14 @@ fn try_handle(
 ) -> Result<(), DropReason> {
     let flow = match parsed? {
         Parsed::Pass => return Ok(()),
+        // Router advertisements and redirects reach a container from its
+        // network; sent by one, they would reroute its neighbours.
+        Parsed::RouterMessage => {
+            return match dir {
+                Direction::Ingress => Ok(()),
+                Direction::Egress => Err(DropReason::RogueRouter),
+            }
+        }
         Parsed::Flow(flow) => flow,
     };
     seen.flow = Some(flow);

@@ -126,6 +126,7 @@ pub fn from_uplink(ctx: XdpContext) -> u32 {
         _ => 0,
     };
     events::emit(
+        &ctx,
         flow::kind::DROP,
         verdict,
         reason as u8,
@@ -184,7 +185,7 @@ fn try_from_uplink(frame: &PacketFrame, ifindex: u32, seen: &mut Seen) -> Result
     let flow = match parse(frame) {
         Ok(Parsed::Flow(f)) => f,
         // ICMPv6 neighbour and router discovery.
-        Ok(Parsed::Pass) => return Ok(pass::NOT_IP),
+        Ok(Parsed::Pass | Parsed::RouterMessage) => return Ok(pass::NOT_IP),
         Err(_) => return Ok(pass::UNPARSED),
     };
     seen.flow = Some(flow);

@@ -46,8 +46,13 @@ pub struct Interface {
     /// Index inside the container's namespace.
     pub ifindex: u32,
     pub mac: Option<[u8; 6]>,
-    /// IPv4 and IPv6 (global and link-local), in the kernel's order.
+    /// IPv4 and IPv6 (global and link-local), in the kernel's order: the
+    /// link-local ones, and the others the host routes to this interface's
+    /// host peer (see [`net_info`] on why).
     pub addrs: Vec<IpPrefix>,
+    /// Addresses set inside the container that the host does not route to
+    /// this interface: never given the container's identity.
+    pub unrouted: Vec<IpPrefix>,
     /// For a veth: its peer, when that peer is in the host namespace.
     pub host_peer: Option<HostPeer>,
 }
@@ -57,6 +62,8 @@ pub struct Interface {
 pub struct HostPeer {
     pub ifindex: u32,
     pub name: String,
+    /// The bridge the host end is enslaved to, if any.
+    pub master: Option<u32>,
 }
 
 /// An address with its prefix length, shown as `10.88.0.2/16` or
@@ -86,6 +93,7 @@ pub enum Operation {
     /// Asking a namespace which id it gives another (`RTM_GETNSID`).
     QueryNsid,
     QueryHostPeer,
+    QueryRoute,
     /// The helper thread could not start or died.
     Thread,
 }
@@ -101,6 +109,7 @@ impl fmt::Display for Operation {
             Operation::DumpAddrs => "list addresses",
             Operation::QueryNsid => "query a namespace id",
             Operation::QueryHostPeer => "look up a veth peer on the host",
+            Operation::QueryRoute => "look up the host's route to a container address",
             Operation::Thread => "run the namespace helper thread",
         })
     }
@@ -126,6 +135,14 @@ impl NetInfoError {
 
 /// Reports how process `pid` is connected. The calling thread must be in
 /// the host network namespace (the daemon's).
+///
+/// An address is set inside the container, where a process with
+/// `CAP_NET_ADMIN` can add any address it likes, e.g. a neighbour's or a
+/// PLC's, to borrow that peer's identity. So only an address the *host*
+/// routes to the container's host veth (directly or through the bridge it
+/// is enslaved to) is reported in [`Interface::addrs`]; others go to
+/// [`Interface::unrouted`], logged. Link-local addresses are kept without
+/// the check: they never get an identity (see the policy's address rules).
 pub fn net_info(pid: u32) -> Result<NetInfo, NetInfoError> {
     let fail = |op| move |source| NetInfoError { pid, op, source };
 
@@ -173,20 +190,45 @@ pub fn net_info(pid: u32) -> Result<NetInfo, NetInfoError> {
         } else {
             None
         };
-        let addrs = inside
-            .addrs
-            .iter()
-            .filter(|a| a.index == link.index)
-            .map(|a| IpPrefix {
+        let mut addrs = Vec::new();
+        let mut unrouted = Vec::new();
+        for a in inside.addrs.iter().filter(|a| a.index == link.index) {
+            let prefix = IpPrefix {
                 addr: a.addr,
                 prefix_len: a.prefix_len,
-            })
-            .collect();
+            };
+            let routed = match &host_peer {
+                _ if is_link_local(a.addr) => true,
+                None => false,
+                Some(peer) => {
+                    let sock = match &mut host_sock {
+                        Some(s) => s,
+                        None => host_sock
+                            .insert(NlSocket::open().map_err(fail(Operation::NetlinkSocket))?),
+                    };
+                    let oif = sock
+                        .route_oif(a.addr)
+                        .map_err(fail(Operation::QueryRoute))?;
+                    oif.is_some() && (oif == Some(peer.ifindex) || oif == peer.master)
+                }
+            };
+            if routed {
+                addrs.push(prefix);
+            } else {
+                log::warn!(
+                    "process {pid}: address {prefix} on {} is not routed to it by the host; \
+                     it gets no identity",
+                    link.name
+                );
+                unrouted.push(prefix);
+            }
+        }
         interfaces.push(Interface {
             name: link.name,
             ifindex: link.index,
             mac: link.mac,
             addrs,
+            unrouted,
             host_peer,
         });
     }
@@ -298,7 +340,15 @@ fn verified_host_peer(
     Ok(Some(HostPeer {
         ifindex: peer.index,
         name: peer.name,
+        master: peer.master,
     }))
+}
+
+fn is_link_local(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => a.is_unicast_link_local(),
+    }
 }
 
 #[cfg(test)]

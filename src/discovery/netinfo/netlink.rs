@@ -32,12 +32,15 @@ pub const RTM_NEWLINK: u16 = 16;
 pub const RTM_GETLINK: u16 = 18;
 pub const RTM_NEWADDR: u16 = 20;
 pub const RTM_GETADDR: u16 = 22;
+pub const RTM_NEWROUTE: u16 = 24;
+pub const RTM_GETROUTE: u16 = 26;
 pub const RTM_NEWNSID: u16 = 88;
 pub const RTM_GETNSID: u16 = 90;
 
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_LINK: u16 = 5;
+const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_LINK_NETNSID: u16 = 37;
@@ -361,6 +364,8 @@ pub struct LinkRecord {
     pub link_netnsid: Option<i32>,
     /// `IFLA_INFO_KIND`, e.g. "veth", "bridge"; none for physical devices.
     pub kind: Option<String>,
+    /// `IFLA_MASTER`: the bridge (or bond, VRF) the interface is enslaved to.
+    pub master: Option<u32>,
 }
 
 pub fn parse_link(payload: &[u8]) -> Result<LinkRecord, ParseError> {
@@ -376,6 +381,7 @@ pub fn parse_link(payload: &[u8]) -> Result<LinkRecord, ParseError> {
             IFLA_IFNAME => link.name = attr_string(data),
             IFLA_ADDRESS => link.mac = <[u8; 6]>::try_from(data).ok(),
             IFLA_LINK => link.link = Some(attr_u32("IFLA_LINK", data)?),
+            IFLA_MASTER => link.master = Some(attr_u32("IFLA_MASTER", data)?),
             IFLA_LINK_NETNSID => {
                 link.link_netnsid = Some(attr_u32("IFLA_LINK_NETNSID", data)? as i32)
             }
@@ -489,6 +495,45 @@ pub fn get_link_request(seq: u32, index: u32) -> Vec<u8> {
     let mut ifi = [0u8; IFINFOMSG_LEN];
     ifi[4..8].copy_from_slice(&index.to_ne_bytes());
     request(RTM_GETLINK, NLM_F_ACK, seq, &ifi, &[])
+}
+
+/// `rtmsg` (family, dst_len, src_len, tos, table, protocol, scope, type,
+/// flags: 12 bytes).
+const RTMSG_LEN: usize = 12;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+/// `rtmsg.rtm_type` of a route to an address of the namespace itself.
+const RTN_LOCAL: u8 = 2;
+
+/// The route the socket's namespace would use to send to `addr` (what `ip
+/// route get ADDR` asks); acknowledged.
+pub fn get_route_request(seq: u32, addr: IpAddr) -> Vec<u8> {
+    let mut rtm = [0u8; RTMSG_LEN];
+    let (family, bytes): (u8, Vec<u8>) = match addr {
+        IpAddr::V4(a) => (AF_INET, a.octets().to_vec()),
+        IpAddr::V6(a) => (AF_INET6, a.octets().to_vec()),
+    };
+    rtm[0] = family;
+    rtm[1] = (bytes.len() * 8) as u8;
+    request(RTM_GETROUTE, NLM_F_ACK, seq, &rtm, &[(RTA_DST, &bytes)])
+}
+
+/// The output interface of an `RTM_NEWROUTE` answer, `None` for a route to
+/// one of the namespace's own addresses (a local route leaves by `lo`, not
+/// by the interface that owns the address) or one without `RTA_OIF`.
+pub fn parse_route_oif(payload: &[u8]) -> Result<Option<u32>, ParseError> {
+    need("rtmsg", payload, RTMSG_LEN)?;
+    if payload[7] == RTN_LOCAL {
+        return Ok(None);
+    }
+    let mut oif = None;
+    for attr in attrs(&payload[RTMSG_LEN..]) {
+        let (ty, data) = attr?;
+        if ty == RTA_OIF {
+            oif = Some(attr_u32("RTA_OIF", data)?);
+        }
+    }
+    Ok(oif)
 }
 
 /// The id that the namespace behind file descriptor `ns_fd` has in the

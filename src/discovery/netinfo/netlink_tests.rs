@@ -204,8 +204,12 @@ fn a_container_veth_is_parsed() {
             link: Some(17),
             link_netnsid: Some(0),
             kind: Some("veth".into()),
+            master: None,
         }
     );
+    let mut enslaved = veth_body();
+    enslaved.extend(rta(10, &7u32.to_ne_bytes())); // IFLA_MASTER
+    assert_eq!(parse_link(&enslaved).unwrap().master, Some(7));
     let lo = parse_link(&lo_body()).unwrap();
     assert_eq!(lo.name, "lo");
     assert!(lo.flags & IFF_LOOPBACK != 0);
@@ -489,4 +493,36 @@ fn truncated_and_random_buffers_never_panic() {
         buf.truncate(keep);
         parse_everything(&buf);
     }
+}
+
+#[test]
+fn route_answers_give_the_output_interface_unless_local() {
+    let rtmsg = |ty: u8, attributes: &[Vec<u8>]| {
+        let mut b = vec![2, 32, 0, 0, 254, 0, 0, ty, 0, 0, 0, 0];
+        for a in attributes {
+            b.extend_from_slice(a);
+        }
+        b
+    };
+    let dst = rta(1, &[10, 88, 0, 5]);
+    let oif = rta(4, &9u32.to_ne_bytes());
+    // RTN_UNICAST through ifindex 9.
+    assert_eq!(
+        parse_route_oif(&rtmsg(1, &[dst.clone(), oif.clone()])),
+        Ok(Some(9))
+    );
+    // RTN_LOCAL: one of the namespace's own addresses.
+    assert_eq!(parse_route_oif(&rtmsg(2, &[dst.clone(), oif])), Ok(None));
+    assert_eq!(parse_route_oif(&rtmsg(1, &[dst])), Ok(None));
+    assert!(parse_route_oif(&[2, 32, 0]).is_err());
+    assert!(parse_route_oif(&rtmsg(1, &[rta(4, &[1, 2])])).is_err());
+
+    // The request: rtmsg with the family and a full-length destination.
+    let req = get_route_request(5, "fd00::1".parse().unwrap());
+    assert_eq!(u16::from_ne_bytes([req[4], req[5]]), RTM_GETROUTE);
+    assert_eq!((req[16], req[17]), (10, 128));
+    assert_eq!(
+        &req[28 + 4..28 + 20],
+        &"fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets()
+    );
 }

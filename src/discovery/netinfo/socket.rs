@@ -109,6 +109,27 @@ impl NlSocket {
         }
     }
 
+    /// The interface this namespace routes `addr` out of; `None` when it
+    /// has no route, or the address is one of its own.
+    pub fn route_oif(&mut self, addr: std::net::IpAddr) -> io::Result<Option<u32>> {
+        let mut oif = None;
+        let seq = self.next_seq();
+        let result = self.exchange(&netlink::get_route_request(seq, addr), seq, |ty, p| {
+            if ty == netlink::RTM_NEWROUTE {
+                oif = netlink::parse_route_oif(p)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(oif),
+            // No route at all (ENETUNREACH, EHOSTUNREACH) is an answer too.
+            Err(Failure::Reply(ReplyError::Kernel(libc::ENETUNREACH | libc::EHOSTUNREACH))) => {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The id that the namespace open as `ns_fd` has in this socket's
     /// namespace; `None` when it has none.
     pub fn nsid(&mut self, ns_fd: &impl AsRawFd) -> io::Result<Option<i32>> {
