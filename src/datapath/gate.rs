@@ -325,10 +325,21 @@ impl Gate {
         for parent in parents {
             let dir = cgroup_dir(&self.unified, parent);
             if !dir.is_dir() {
-                if may_create(parent) {
-                    fs::create_dir_all(&dir).map_err(io_err("creating cgroup", &dir))?;
-                    info!("gate: created parent cgroup {}", dir.display());
-                } else {
+                // Creating it can fail where the cgroup filesystem is
+                // read-only to the daemon (systemd's ProtectControlGroups):
+                // then it is missing like a slice, and reported.
+                let created = may_create(parent)
+                    && match fs::create_dir_all(&dir) {
+                        Ok(()) => {
+                            info!("gate: created parent cgroup {}", dir.display());
+                            true
+                        }
+                        Err(e) => {
+                            warn!("gate: cannot create parent cgroup {}: {e}", dir.display());
+                            false
+                        }
+                    };
+                if !created {
                     if self.missing.insert(parent.clone()) {
                         warn!(
                             "gate: parent cgroup {} does not exist yet; containers started there before the daemon sees it are not held back",
