@@ -47,7 +47,7 @@ fn main() {
     let tc = KernelFeatures::probe().attach_strategy().tc;
     println!("reload to enforced through Datapath::apply (real kernel maps), {RELOADS} reloads each, every reload replaces the whole policy:");
     for rules in [10u32, 1_000, 10_000] {
-        let mut dp = Datapath::load(tc).expect("load the datapath");
+        let mut dp = Datapath::load(tc, None).expect("load the datapath");
         let a = compiled(rules, 20_000);
         let b = compiled(rules, 40_000);
         // The first apply fills the maps from empty; not a reload.

@@ -26,6 +26,7 @@ pub enum Command {
     Policy(PolicyArgs),
     Flows(FlowsArgs),
     Reload(ReloadArgs),
+    Uninstall(UninstallArgs),
 }
 
 /// Make the running daemon re-read its configuration file: an invalid file
@@ -102,6 +103,21 @@ pub struct FlowsArgs {
     /// output format: table (default) or json (one JSON object per line)
     #[argh(option, short = 'o', default = "OutputFormat::Table")]
     pub output: OutputFormat,
+}
+
+/// Remove everything Porin put in the kernel (TC filters, XDP links, pinned
+/// maps and links under bpffs), whether or not the daemon runs. Traffic is
+/// not filtered afterwards.
+#[derive(FromArgs, Debug, Clone)]
+#[argh(subcommand, name = "uninstall")]
+pub struct UninstallArgs {
+    /// configuration file naming the `bpffs` directory (default:
+    /// /etc/porin/porin.yaml if it exists, else /sys/fs/bpf/porin)
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// bpffs directory (overrides the config's `bpffs`)
+    #[argh(option)]
+    pub bpffs: Option<PathBuf>,
 }
 
 /// Run the gateway daemon.

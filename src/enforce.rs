@@ -7,7 +7,11 @@
 //! previously applied policy in force (the datapath never drops to "allow"
 //! on an error) and is logged; it is retried every second (and on the next
 //! input) until it succeeds, as is a veth that could not be attached. The
-//! first apply happens at start, before any container is known.
+//! first apply waits for discovery's first complete scan
+//! ([`Input::Scanned`]): a daemon that adopted pinned maps (see
+//! `datapath::persist`) must not remove an endpoint for not having been
+//! seen yet. When the loop ends (the daemon stops), `enforcement.on_stop:
+//! detach` removes everything from the kernel; `keep` leaves it.
 //!
 //! A reload ([`Input::Reload`], already validated by [`crate::reload`])
 //! replaces the configuration and is settled by the next apply: its outcome
@@ -32,7 +36,7 @@ use std::{
 use log::{error, info, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, OnStop},
     control::proto::{ReloadOutcome, ReloadResult},
     datapath::{
         gate::{self, Gate, GateError},
@@ -56,6 +60,9 @@ pub enum Input {
     Discovery(Box<Event>),
     /// A validated new configuration (SIGHUP or `porin reload`).
     Reload(Box<ReloadRequest>),
+    /// Discovery finished its first complete scan: every container that
+    /// exists now has been reported.
+    Scanned,
 }
 
 impl From<Event> for Input {
@@ -197,6 +204,7 @@ impl Enforcer {
                 return;
             }
             Input::Discovery(event) => *event,
+            Input::Scanned => return,
         };
         self.count(|c| &c.discovery_events, 1);
         let (sign, ep) = match event {
@@ -289,8 +297,15 @@ impl Enforcer {
 
     /// Runs until the sending side hangs up.
     pub fn run(mut self, rx: Receiver<Input>) {
-        // Apply once right away: uplinks and ground rules need no container,
-        // and a node may have none yet.
+        // Apply once discovery has seen every container that exists (a node
+        // may have none: uplinks and ground rules need no container).
+        loop {
+            match rx.recv() {
+                Ok(Input::Scanned) => break,
+                Ok(input) => self.take(input),
+                Err(_) => return self.stop(),
+            }
+        }
         let mut retry = !self.apply_and_log();
         loop {
             // After a failed apply or attach, try again on a timer too: on a
@@ -299,12 +314,12 @@ impl Enforcer {
                 match rx.recv_timeout(RETRY_INTERVAL) {
                     Ok(input) => Some(input),
                     Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => return self.stop(),
                 }
             } else {
                 match rx.recv() {
                     Ok(input) => Some(input),
-                    Err(_) => return,
+                    Err(_) => return self.stop(),
                 }
             };
             if let Some(first) = first {
@@ -314,6 +329,21 @@ impl Enforcer {
                 }
             }
             retry = !self.apply_and_log();
+        }
+    }
+
+    /// The daemon stops: `on_stop` decides what stays in the kernel.
+    fn stop(mut self) {
+        match self.cfg.enforcement.on_stop {
+            OnStop::Keep if self.datapath.is_persistent() => info!(
+                "on_stop: keep: programs stay attached and maps pinned; enforcement continues \
+                 without the daemon (`porin uninstall` removes it)"
+            ),
+            OnStop::Keep => {}
+            OnStop::Detach => {
+                let done = self.datapath.remove_everything();
+                info!("on_stop: detach: removed {}", done.join("; "));
+            }
         }
     }
 

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Policy(args) => cmd::status::policy(&args),
         Command::Flows(args) => cmd::flows::flows(&args),
         Command::Reload(args) => cmd::reload::reload(&args),
+        Command::Uninstall(args) => cmd::uninstall::uninstall(&args),
     }
 }
 

@@ -133,9 +133,26 @@ fn version_names_the_kernel_features_it_found() {
 #[test]
 fn run_starts_with_the_default_config_and_stops_on_sigterm() {
     require_root("run_starts_with_the_default_config_and_stops_on_sigterm");
+    // The shipped config with a bpffs directory of this test's own (the
+    // default one is the device's), removed before and after.
+    let bpffs =
+        porin::testing::daemon::BpffsGuard::new(porin::testing::daemon::test_bpffs("cli-run"));
+    let shipped = std::fs::read_to_string(configs_dir().join("porin.yaml")).unwrap();
+    assert!(shipped.contains("bpffs: /sys/fs/bpf/porin\n"));
+    let dir = std::env::temp_dir().join(format!("porin-t-cli-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("porin.yaml");
+    std::fs::write(
+        &config,
+        shipped.replace(
+            "bpffs: /sys/fs/bpf/porin\n",
+            &format!("bpffs: {}\n", bpffs.dir.display()),
+        ),
+    )
+    .unwrap();
     let mut child = porin()
         .args(["run", "--config"])
-        .arg(configs_dir().join("porin.yaml"))
+        .arg(&config)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -181,4 +198,5 @@ fn run_starts_with_the_default_config_and_stops_on_sigterm() {
         status.success(),
         "porin run exited with {status} after SIGTERM"
     );
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -84,7 +84,7 @@ impl View<'_> {
 #[test]
 fn apply_switches_generations_and_moves_identities_completely() {
     require_root("datapath manager test");
-    let mut dp = Datapath::load(TcAttach::Tcx).expect("load the datapath");
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
 
     let a = compiled(G1, G2, &[80, 443]);
     let report = dp.apply(&a, &[]).expect("apply A");
@@ -181,7 +181,7 @@ fn a_reused_ifindex_is_detached_and_attached_again() {
     let _gone = Gone(a);
     let ifindex = porin::datapath::ifindex_of(a).expect("ifindex of the test veth");
 
-    let mut dp = Datapath::load(TcAttach::Tcx).expect("load the datapath");
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
     let mut c = compiled(G1, G2, &[80]);
     c.endpoints.clear();
     c.endpoints.insert(

@@ -1319,7 +1319,7 @@ fn removing_an_endpoint_forgets_its_connections_in_both_maps() {
             both.policy.insert(key, allow);
         }
     }
-    let mut dp = Datapath::load(TcAttach::Tcx).expect("load the datapath");
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
     dp.apply(&both, &[]).expect("apply both endpoints");
 
     let from: &SchedClassifier = dp

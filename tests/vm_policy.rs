@@ -242,7 +242,7 @@ fn policy_is_enforced_between_two_namespaces_with_the_kernels_attach_mode() {
     policy.ip4.insert(ctr_ip.octets(), WEB);
     policy.ip4.insert(node_ip.octets(), SERVER);
     policy.policy.extend([allow(Direction::Egress, ALLOWED)]);
-    let mut dp = Datapath::load(strategy.tc).expect("load the datapath");
+    let mut dp = Datapath::load(strategy.tc, None).expect("load the datapath");
     let report = node.run_in(|| dp.apply(&policy, &veths).expect("apply policy 1"));
     assert_eq!(report.attached, ["hveth"], "{report:?}");
     assert!(report.attach_failures.is_empty(), "{report:?}");
@@ -319,6 +319,81 @@ fn policy_is_enforced_between_two_namespaces_with_the_kernels_attach_mode() {
     for p in [FROM_CONTAINER, TO_CONTAINER] {
         assert!(links_of(program_id(dp.ebpf(), p)).is_empty(), "{p} links");
     }
+}
+
+/// The daemon's persistent mode on this kernel: after the datapath is
+/// dropped (a daemon that stopped or crashed) its attachments keep
+/// enforcing, the next load adopts them (programs replaced in place, no
+/// re-attach), and `remove_everything` (`on_stop: detach`) removes them.
+/// TCX kernels get pinned TCX links, older ones clsact filters.
+#[test]
+fn persistent_attachments_outlive_the_datapath_and_are_adopted() {
+    require_root("persistent_attachments_outlive_the_datapath_and_are_adopted");
+    let strategy = KernelFeatures::probe().attach_strategy();
+    let net = RawPair::new("eth0", "hveth", 2);
+    let (ctr, node) = (&net.a, &net.b);
+    let (ctr_ip, node_ip) = (net.ip_a, net.ip_b);
+    let _allowed =
+        Server::start(node.run_in(|| {
+            TcpListener::bind((node_ip, ALLOWED)).expect("bind the allowed port in node")
+        }));
+    let _denied =
+        Server::start(node.run_in(|| {
+            TcpListener::bind((node_ip, DENIED)).expect("bind the denied port in node")
+        }));
+    let from_ctr = |port, timeout| ctr.run_in(|| exchange(node_ip, port, timeout));
+    assert_eq!(from_ctr(DENIED, ALLOWED_TIMEOUT).expect("baseline"), "ok");
+
+    let dir = std::path::PathBuf::from("/sys/fs/bpf/porin-vm-persist");
+    let _ = porin::datapath::persist::uninstall(&dir);
+    let veths = [Veth {
+        ifindex: net.index_b,
+        name: net.if_b.to_owned(),
+    }];
+    let mut policy = Compiled::default();
+    policy
+        .endpoints
+        .insert(net.index_b, endpoint(mode::ENFORCE));
+    policy.ip4.insert(ctr_ip.octets(), WEB);
+    policy.ip4.insert(node_ip.octets(), SERVER);
+    policy.policy.extend([allow(Direction::Egress, ALLOWED)]);
+    let enforced = || {
+        from_ctr(ALLOWED, ALLOWED_TIMEOUT).ok().as_deref() == Some("ok")
+            && matches!(from_ctr(DENIED, DENIED_TIMEOUT),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut)
+    };
+    node.run_in(|| {
+        let mut dp = Datapath::load(strategy.tc, Some(&dir)).expect("load");
+        let r = dp.apply(&policy, &veths).expect("apply");
+        assert_eq!(r.attached, ["hveth"], "{r:?}");
+    }); // dropped
+    assert!(enforced(), "enforced with no datapath object left");
+
+    let mut dp = node.run_in(|| Datapath::load(strategy.tc, Some(&dir)).expect("load again"));
+    assert!(dp.adopted());
+    assert_eq!(dp.attached(), ["hveth"], "the veth is adopted");
+    let r = node.run_in(|| dp.apply(&policy, &veths).expect("apply after adoption"));
+    assert!(r.attached.is_empty() && r.detached.is_empty(), "{r:?}");
+    assert!(enforced(), "enforced after adoption");
+    let tcx_pins =
+        ["ingress", "egress"].map(|d| dir.join(format!("links/tcx-{d}-{}", net.index_b)).exists());
+    match strategy.tc {
+        TcAttach::Tcx => assert_eq!(tcx_pins, [true, true], "pinned TCX links"),
+        TcAttach::ClsactNetlink => assert_eq!(tcx_pins, [false, false], "clsact filters"),
+    }
+    for p in [FROM_CONTAINER, TO_CONTAINER] {
+        let links = links_of(program_id(dp.ebpf(), p));
+        match strategy.tc {
+            TcAttach::Tcx => assert_eq!(links, [LinkType::Tcx], "{p} runs in the adopted link"),
+            TcAttach::ClsactNetlink => assert!(links.is_empty(), "{p}: {links:?}"),
+        }
+    }
+    node.run_in(|| dp.remove_everything());
+    assert_eq!(
+        from_ctr(DENIED, ALLOWED_TIMEOUT).expect("nothing filters after removal"),
+        "ok"
+    );
+    assert!(!dir.exists(), "pins removed");
 }
 
 /// Fails on purpose: `test-vm/run --inject-failure` runs it inside the VM to

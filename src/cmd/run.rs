@@ -21,12 +21,15 @@ use log::{error, info};
 
 use super::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::{
-    config::OnStop,
     datapath::{
         gate::{self, Gate},
         Datapath,
     },
-    discovery::{live::LiveDiscovery, scanner::Scanner, watch::Watcher},
+    discovery::{
+        live::{LiveDiscovery, ERROR_RETRY},
+        scanner::Scanner,
+        watch::{Wake, Watcher},
+    },
     ebpf,
     enforce::{Enforcer, Input},
     flows::maps::{CounterMaps, EventMaps},
@@ -42,6 +45,7 @@ use crate::{
 use super::io::{self, IoSetup};
 
 pub fn run(path: &Path) -> ExitCode {
+    abort_on_panic();
     // Block the stop/reload signals before any thread exists, so every
     // thread inherits the mask and only `sigwait` below takes them.
     let signals = match SignalSet::block() {
@@ -84,7 +88,7 @@ pub fn run(path: &Path) -> ExitCode {
         return ExitCode::from(EXIT_RUNTIME);
     }
     info!("datapath self-test passed: the kernel accepted and ran porin's programs");
-    let datapath = match Datapath::load(features.attach_strategy().tc) {
+    let datapath = match Datapath::load(features.attach_strategy().tc, Some(&cfg.bpffs)) {
         Ok(d) => d,
         Err(e) => {
             error!("loading the policy programs failed, not starting: {e}");
@@ -137,7 +141,13 @@ pub fn run(path: &Path) -> ExitCode {
     let discovery_tx = tx.clone();
     let discovery = thread::Builder::new()
         .name("discovery".into())
-        .spawn(move || LiveDiscovery::new(scanner).run(watcher, resync, discovery_tx))
+        .spawn(move || {
+            let mut live = LiveDiscovery::new(scanner);
+            let mut watcher = watcher;
+            if first_scan(&mut live, &mut watcher, &discovery_tx) {
+                live.run(watcher, resync, discovery_tx)
+            }
+        })
         .expect("spawn discovery thread");
     let shared = Arc::new(Shared::new(
         path.display().to_string(),
@@ -166,7 +176,6 @@ pub fn run(path: &Path) -> ExitCode {
         counters,
         reloader: Some(reloader.clone()),
     });
-    let (on_stop, bpffs) = (cfg.enforcement.on_stop, cfg.bpffs.clone());
     let enforcer = Enforcer::new(cfg, path.display().to_string(), datapath)
         .with_shared(shared.clone())
         .with_gate(unified, gate);
@@ -179,6 +188,7 @@ pub fn run(path: &Path) -> ExitCode {
         "ready; SIGHUP re-validates {}, SIGTERM or SIGINT stops",
         path.display()
     );
+    test_panic();
     let status = loop {
         match signals.wait() {
             Ok(Signal::Stop(sig)) => {
@@ -203,18 +213,6 @@ pub fn run(path: &Path) -> ExitCode {
     drop(tx);
     reloader.close();
     let _ = enforcement.join();
-    // `keep` leaves the gate attached (pinned), so containers started while
-    // the daemon is down are held back; `detach` removes it.
-    if on_stop == OnStop::Detach {
-        match gate::uninstall(&bpffs) {
-            Ok(r) if r.links > 0 => info!(
-                "gate: detached ({} links), as on_stop: detach asks",
-                r.links
-            ),
-            Ok(_) => {}
-            Err(e) => error!("gate: removing it at stop failed: {e}"),
-        }
-    }
     io.stop();
     status
 }
@@ -234,4 +232,62 @@ fn feature_lines(f: &KernelFeatures, transport: EventsTransport) -> Vec<(String,
             (k.trim().to_string(), v)
         })
         .collect()
+}
+
+/// Discovery's first complete scan, reported before live discovery starts,
+/// followed by [`Input::Scanned`]; retried until it succeeds. False when the
+/// daemon stops first.
+fn first_scan(live: &mut LiveDiscovery, watcher: &mut Watcher, tx: &mpsc::Sender<Input>) -> bool {
+    loop {
+        match live.pass(true, Instant::now()) {
+            Ok((events, _)) => {
+                for e in events {
+                    if tx.send(e.into()).is_err() {
+                        return false;
+                    }
+                }
+                return tx.send(Input::Scanned).is_ok();
+            }
+            Err(e) => {
+                error!(
+                    "first discovery scan failed (nothing is applied until one succeeds; \
+                     what a previous daemon left keeps enforcing): {e}"
+                );
+                if matches!(watcher.wait(ERROR_RETRY), Ok(Wake::Stop)) {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// A panic in any thread ends the process: a half-dead daemon (e.g. the
+/// enforcement thread gone, the socket still answering) would be worse than
+/// a crash, which leaves enforcement in the kernel (`on_stop` does not run)
+/// for the next start to adopt.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("porin: panic; aborting (enforcement stays in the kernel)");
+        std::process::abort();
+    }));
+}
+
+/// TEST ONLY (see docs/DEVELOPING.md): `PORIN_TEST_PANIC_AFTER_MS=N` makes a
+/// thread panic N ms after start, to test a crash under traffic.
+fn test_panic() {
+    let Some(ms) = std::env::var("PORIN_TEST_PANIC_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    log::warn!("PORIN_TEST_PANIC_AFTER_MS={ms}: this daemon will panic (test only)");
+    let _ = thread::Builder::new()
+        .name("test-panic".into())
+        .spawn(move || {
+            thread::sleep(std::time::Duration::from_millis(ms));
+            panic!("forced by PORIN_TEST_PANIC_AFTER_MS={ms}");
+        });
 }

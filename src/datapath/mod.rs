@@ -27,6 +27,14 @@
 //! Established connections keep passing throughout (conntrack). A new
 //! connection of a parked address or endpoint may be refused for the
 //! moment it is parked (fail closed); the client's retransmission succeeds.
+//!
+//! # Persistence
+//! [`Datapath::load`] with a bpffs directory (the daemon) pins every map and
+//! makes attachments that outlive the process; a later load adopts them and
+//! its first apply is an ordinary diff against what the maps hold (see
+//! [`pin`] for the layout and the start-up decision, [`persist`] for
+//! adoption and removal). Without one (tests, benches) everything is
+//! private to the object and goes away with it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -63,6 +71,8 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error(transparent)]
+    Pin(#[from] pin::PinError),
     #[error("attaching `{program}` to {ifname} (ifindex {ifindex}): {source}")]
     Attach {
         program: &'static str,
@@ -93,12 +103,21 @@ pub struct Datapath {
     /// Configured uplinks whose interface was missing at the last apply
     /// (logged once, not at every retry).
     missing_uplinks: BTreeSet<String>,
+    /// Set when maps and attachments outlive the process (`porin run`):
+    /// see [`pin`] and [`persist`].
+    persist: Option<persist::Persist>,
 }
 
 struct Attached {
     name: String,
-    from: aya::programs::tc::SchedClassifierLinkId,
-    to: aya::programs::tc::SchedClassifierLinkId,
+    ifindex: u32,
+    /// aya's links, or None for a persistent attachment aya does not own
+    /// (a pinned TCX link, or a netlink filter found by
+    /// [`pin::TC_PRIORITY`] and [`pin::tc_handle`]).
+    links: Option<(
+        aya::programs::tc::SchedClassifierLinkId,
+        aya::programs::tc::SchedClassifierLinkId,
+    )>,
 }
 
 /// What one [`Datapath::apply`] did, for logs and benchmarks.
@@ -126,16 +145,30 @@ macro_rules! map_mut {
     }};
 }
 
-// After `map_mut!`, which it uses.
+// After `map_mut!`, which they use.
 pub mod gate;
+pub mod persist;
+pub mod pin;
 pub mod uplink;
 
 impl Datapath {
     /// Loads the programs and initialises the active generation (0, with an
     /// empty policy: everything is denied until the first apply, and nothing
     /// is attached yet).
-    pub fn load(tc: TcAttach) -> Result<Self, DatapathError> {
-        let mut bpf = ebpf::open()?;
+    ///
+    /// With `pins` (the daemon), every map is pinned in that bpffs
+    /// directory and attachments outlive the process; what is pinned there
+    /// already is adopted, replaced or refused (see [`pin`]). Without
+    /// (tests, benches), the maps are private to this object and everything
+    /// goes away when it is dropped.
+    pub fn load(tc: TcAttach, pins: Option<&std::path::Path>) -> Result<Self, DatapathError> {
+        let (mut bpf, found) = match pins {
+            None => (ebpf::open()?, None),
+            Some(dir) => {
+                let (bpf, p) = persist::open(dir)?;
+                (bpf, Some(p))
+            }
+        };
         ebpf::load_program::<SchedClassifier>(&mut bpf, FROM_CONTAINER)?;
         ebpf::load_program::<SchedClassifier>(&mut bpf, TO_CONTAINER)?;
         ebpf::load_program::<Xdp>(&mut bpf, uplink::FROM_UPLINK)?;
@@ -147,8 +180,12 @@ impl Datapath {
             attached: HashMap::new(),
             uplinks: BTreeMap::new(),
             missing_uplinks: BTreeSet::new(),
+            persist: None,
         };
-        dp.set_generation(0)?;
+        match found {
+            None => dp.set_generation(0)?,
+            Some(p) => dp.start_persistent(p)?,
+        }
         Ok(dp)
     }
 
@@ -181,6 +218,9 @@ impl Datapath {
             Ok(_) => new.clone(),
             Err(_) => old,
         };
+        if result.is_ok() {
+            self.applied_once();
+        }
         result
     }
 
@@ -266,8 +306,9 @@ impl Datapath {
         write_hash(&mut self.bpf, "PORIN_ENDP_V1", "insert", endpoints)?;
         // The uplink's container-address map: new entries once their
         // endpoint entries exist, gone ones before those are deleted.
-        self.sync_endpoint_addresses(old, new, true)?;
-        self.sync_endpoint_addresses(old, new, false)?;
+        let upep_old = self.upep_old(old);
+        self.sync_endpoint_addresses(&upep_old, new, true)?;
+        self.sync_endpoint_addresses(&upep_old, new, false)?;
 
         // 5. Attachments.
         let mut report = ApplyReport {
@@ -399,7 +440,7 @@ impl Datapath {
     }
 
     fn attach(&mut self, veth: &Veth) -> Result<Attached, DatapathError> {
-        if self.tc == TcAttach::ClsactNetlink {
+        if self.persist.is_some() || self.tc == TcAttach::ClsactNetlink {
             // EEXIST (already there) is fine; other errors show at attach.
             let _ = tc::qdisc_add_clsact(&veth.name);
         }
@@ -432,6 +473,18 @@ impl Datapath {
                 }),
             });
         }
+        if self.persist.is_some() {
+            self.attach_persistent(veth)?;
+            info!(
+                "attached from_container/to_container to {} (ifindex {}), persistent",
+                veth.name, veth.ifindex
+            );
+            return Ok(Attached {
+                name: veth.name.clone(),
+                ifindex: veth.ifindex,
+                links: None,
+            });
+        }
         let from = attach(&mut self.bpf, FROM_CONTAINER, TcAttachType::Ingress)?;
         let to = match attach(&mut self.bpf, TO_CONTAINER, TcAttachType::Egress) {
             Ok(to) => to,
@@ -448,19 +501,24 @@ impl Datapath {
         );
         Ok(Attached {
             name: veth.name.clone(),
-            from,
-            to,
+            ifindex: veth.ifindex,
+            links: Some((from, to)),
         })
     }
 
     fn detach(&mut self, a: Attached) {
         // A veth that went away with its container took the attachment with
         // it; detaching then fails harmlessly.
+        let Some((from, to)) = a.links else {
+            self.detach_persistent(a.ifindex, &a.name);
+            debug!("detached from {}", a.name);
+            return;
+        };
         if let Some(p) = self.classifier(FROM_CONTAINER) {
-            let _ = p.detach(a.from);
+            let _ = p.detach(from);
         }
         if let Some(p) = self.classifier(TO_CONTAINER) {
-            let _ = p.detach(a.to);
+            let _ = p.detach(to);
         }
         debug!("detached from {}", a.name);
     }

@@ -15,8 +15,9 @@
 //! detaching. New deny prefixes are inserted before stale ones are removed,
 //! so a reload never opens a gap in a deny list that keeps a prefix.
 //! A missing interface is logged (once until it comes back) and skipped.
-//! Links are owned by the loaded object: they are detached when `porin run`
-//! stops.
+//! Without pins (tests) links are owned by the loaded object and detached
+//! when it is dropped; the daemon pins them (see [`super::persist`]): they
+//! outlive it and the next start takes them over.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -111,13 +112,16 @@ pub fn plan(cfg: &Config) -> Vec<UplinkPlan> {
         .collect()
 }
 
+/// IPv4 and IPv6 container addresses → host veth ifindex.
+pub type EndpointAddresses = (BTreeMap<[u8; 4], u32>, BTreeMap<[u8; 16], u32>);
+
 /// Container addresses → their host veth, for `PORIN_UPEP4_V1` and
 /// `PORIN_UPEP6_V1`: every enforced endpoint with exactly one host veth.
 /// An endpoint with several veths is left out (its packets pass the uplink
 /// and are judged by TC alone): which veth carries which address is not
 /// known here, and a wrong guess would look up the wrong conntrack and
 /// could drop replies of its established connections.
-pub fn endpoint_addresses(c: &Compiled) -> (BTreeMap<[u8; 4], u32>, BTreeMap<[u8; 16], u32>) {
+pub fn endpoint_addresses(c: &Compiled) -> EndpointAddresses {
     let mut v4 = BTreeMap::new();
     let mut v6 = BTreeMap::new();
     for m in &c.members {
@@ -141,10 +145,11 @@ pub fn endpoint_addresses(c: &Compiled) -> (BTreeMap<[u8; 4], u32>, BTreeMap<[u8
 /// One attached uplink.
 pub(super) struct AttachedUplink {
     pub(super) ifindex: u32,
-    link: XdpLinkId,
+    /// aya's link, or None for a pinned one (see [`super::pin`]).
+    link: Option<XdpLinkId>,
     /// "native" or "generic".
     pub(super) mode: &'static str,
-    plan: UplinkPlan,
+    pub(super) plan: UplinkPlan,
 }
 
 /// What [`Datapath::apply_uplinks`] did.
@@ -199,7 +204,23 @@ impl Datapath {
                 a.plan = p.clone();
                 continue;
             }
-            match self.attach_uplink(ifindex, p) {
+            let attached = if self.persist.is_some() {
+                self.attach_uplink_persistent(ifindex, p)
+                    .map(|(mode, adopted)| {
+                        if adopted {
+                            info!("uplink {}: took over its pinned XDP link", p.interface);
+                        }
+                        AttachedUplink {
+                            ifindex,
+                            link: None,
+                            mode,
+                            plan: p.clone(),
+                        }
+                    })
+            } else {
+                self.attach_uplink(ifindex, p)
+            };
+            match attached {
                 Ok(a) => {
                     info!(
                         "attached from_uplink to {} (ifindex {ifindex}) in {} XDP mode; \
@@ -220,6 +241,7 @@ impl Datapath {
                 }
             }
         }
+        self.sweep_uplinks()?;
         Ok(report)
     }
 
@@ -231,7 +253,7 @@ impl Datapath {
             .collect()
     }
 
-    fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
+    pub(super) fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
         Ok(self
             .bpf
             .program_mut(FROM_UPLINK)
@@ -279,16 +301,25 @@ impl Datapath {
         };
         Ok(AttachedUplink {
             ifindex,
-            link,
+            link: Some(link),
             mode,
             plan: p.clone(),
         })
     }
 
-    fn detach_uplink(&mut self, name: &str, a: AttachedUplink) -> Result<(), DatapathError> {
+    pub(super) fn detach_uplink(
+        &mut self,
+        name: &str,
+        a: AttachedUplink,
+    ) -> Result<(), DatapathError> {
         // An interface that went away took the attachment with it.
-        if let Err(e) = self.xdp()?.detach(a.link) {
-            warn!("detaching from_uplink from {name}: {e}");
+        match a.link {
+            Some(link) => {
+                if let Err(e) = self.xdp()?.detach(link) {
+                    warn!("detaching from_uplink from {name}: {e}");
+                }
+            }
+            None => self.unpin_uplink(name, a.mode),
         }
         info!("detached from_uplink from {name}");
         self.clear_uplink_maps(a.ifindex, &a.plan)
@@ -296,7 +327,7 @@ impl Datapath {
 
     /// Writes `p`'s config and deny prefixes under `ifindex`, removing the
     /// prefixes of `old` that `p` no longer has.
-    fn write_uplink_maps(
+    pub(super) fn write_uplink_maps(
         &mut self,
         ifindex: u32,
         p: &UplinkPlan,
@@ -362,19 +393,19 @@ impl Datapath {
     /// endpoint-entry updates). A missing entry only makes the uplink pass.
     pub(super) fn sync_endpoint_addresses(
         &mut self,
-        old: &Compiled,
+        old: &EndpointAddresses,
         new: &Compiled,
         add: bool,
     ) -> Result<(), DatapathError> {
-        let (o4, o6) = endpoint_addresses(old);
+        let (o4, o6) = old;
         let (n4, n6) = endpoint_addresses(new);
         {
             let mut m =
                 map_mut!(self.bpf, "PORIN_UPEP4_V1", BpfHashMap<&mut MapData, [u8; 4], u32>);
-            sync(&mut m, &o4, &n4, add).map_err(map_err("PORIN_UPEP4_V1", "update"))?;
+            sync(&mut m, o4, &n4, add).map_err(map_err("PORIN_UPEP4_V1", "update"))?;
         }
         let mut m = map_mut!(self.bpf, "PORIN_UPEP6_V1", BpfHashMap<&mut MapData, [u8; 16], u32>);
-        sync(&mut m, &o6, &n6, add).map_err(map_err("PORIN_UPEP6_V1", "update"))
+        sync(&mut m, o6, &n6, add).map_err(map_err("PORIN_UPEP6_V1", "update"))
     }
 }
 
@@ -399,10 +430,10 @@ fn sync<K: aya::Pod + Ord>(
     Ok(())
 }
 
-fn key4(ifindex: u32, p: &Prefix4) -> Key<[u8; 8]> {
+pub(super) fn key4(ifindex: u32, p: &Prefix4) -> Key<[u8; 8]> {
     Key::new(32 + u32::from(p.len), deny4_key(ifindex, p.addr))
 }
 
-fn key6(ifindex: u32, p: &Prefix6) -> Key<[u8; 20]> {
+pub(super) fn key6(ifindex: u32, p: &Prefix6) -> Key<[u8; 20]> {
     Key::new(32 + u32::from(p.len), deny6_key(ifindex, &p.addr))
 }

@@ -6,12 +6,20 @@
 //! test containers by the wrong policy. Every [`Daemon`] therefore holds
 //! [`Exclusive`]: one test at a time, host-wide (other test binaries and
 //! other checkouts included), runs daemons; one test may run several.
+//!
+//! The daemon pins its maps and keeps its programs attached after it stops
+//! (`enforcement.on_stop: keep`). A config without a `bpffs:` line gets one
+//! of its own here ([`test_bpffs`], named after the config's path), emptied
+//! before the start and removed (`porin uninstall`) on drop, so parallel
+//! tests never share pinned maps and nothing is left in the kernel. Tests
+//! that set `bpffs` themselves (restarts, `tests/lifecycle.rs`) clean it up
+//! themselves ([`BpffsGuard`]).
 
 use std::{
     fs::File,
     io::{BufRead, BufReader},
     os::fd::AsRawFd,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{mpsc, Condvar, Mutex},
     thread::{self, ThreadId},
@@ -84,8 +92,55 @@ pub struct Daemon {
     pub lines: mpsc::Receiver<String>,
     /// Lines read so far, for failure messages.
     seen: Vec<String>,
+    /// The bpffs directory this guard chose (removed when dropped, after
+    /// the child is stopped, before the lock is released).
+    _auto_bpffs: Option<BpffsGuard>,
     /// Dropped after the child is stopped (fields drop after `Drop::drop`).
     _exclusive: Exclusive,
+}
+
+/// `/sys/fs/bpf/porin-test-<name>`: a test's own bpffs directory.
+pub fn test_bpffs(name: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/porin-test-{name}"))
+}
+
+/// Removes everything Porin pinned or attached under a bpffs directory, at
+/// creation (leftovers of an aborted run) and on drop.
+pub struct BpffsGuard {
+    pub dir: PathBuf,
+}
+
+impl BpffsGuard {
+    pub fn new(dir: PathBuf) -> Self {
+        let _ = crate::datapath::persist::uninstall(&dir);
+        BpffsGuard { dir }
+    }
+}
+
+impl Drop for BpffsGuard {
+    fn drop(&mut self) {
+        let _ = crate::datapath::persist::uninstall(&self.dir);
+    }
+}
+
+/// Gives `config` a `bpffs:` line of its own if it has none.
+fn own_bpffs(config: &Path) -> Option<BpffsGuard> {
+    let text = std::fs::read_to_string(config).expect("read the test config");
+    if text.lines().any(|l| l.starts_with("bpffs:")) {
+        return None;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.hash(&mut h);
+    let dir = test_bpffs(&format!("{:016x}", h.finish()));
+    let sep = if text.ends_with('\n') || text.is_empty() {
+        ""
+    } else {
+        "\n"
+    };
+    std::fs::write(config, format!("{text}{sep}bpffs: {}\n", dir.display()))
+        .expect("write the test config");
+    Some(BpffsGuard::new(dir))
 }
 
 impl Daemon {
@@ -93,12 +148,19 @@ impl Daemon {
     /// Waits first for any other test's daemons to be gone (see the module
     /// notes).
     pub fn start(binary: &Path, config: &Path) -> Self {
+        Self::start_with_env(binary, config, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(binary: &Path, config: &Path, env: &[(&str, &str)]) -> Self {
         let exclusive = Exclusive::acquire();
+        let auto_bpffs = own_bpffs(config);
         let mut child = Command::new(binary)
             .arg("run")
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start porin run");
@@ -115,6 +177,7 @@ impl Daemon {
             child,
             lines,
             seen: Vec::new(),
+            _auto_bpffs: auto_bpffs,
             _exclusive: exclusive,
         };
         d.wait_for(|l| l.contains("ready;"), Duration::from_secs(30));
@@ -171,6 +234,33 @@ impl Daemon {
     pub fn stop(mut self) -> bool {
         self.signal(libc::SIGTERM);
         self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Waits for the daemon to exit (after a signal or a crash) and returns
+    /// its status, with the rest of its log.
+    pub fn wait_exit(&mut self, within: Duration) -> (std::process::ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for porin") {
+                let rest: Vec<String> = self.lines.try_iter().collect();
+                self.seen.extend(rest.iter().cloned());
+                return (status, self.seen.clone());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "porin run did not exit within {within:?}; log:\n{}",
+                self.seen.join("\n")
+            );
+            while let Ok(l) = self.lines.try_recv() {
+                self.seen.push(l);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log lines read so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
     }
 }
 

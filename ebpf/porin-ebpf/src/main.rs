@@ -14,6 +14,7 @@ mod counters;
 mod events;
 mod gate;
 mod identity;
+mod meta;
 mod parse;
 mod policy;
 mod probe;

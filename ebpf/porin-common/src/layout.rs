@@ -1,0 +1,109 @@
+//! The pinned-map layout version: what `PORIN_META_V1` (array\[1\]) holds,
+//! so a daemon that finds maps pinned by another one can tell whether it
+//! may adopt them (same layout), must refuse (a newer layout: downgrade) or
+//! replace them (an older or unknown layout).
+//!
+//! Bump [`LAYOUT`] whenever a pinned map's meaning changes in a way the
+//! previous programs or manager would misread (key or value layout, a
+//! map's role). A map whose name ends in a new `_Vn` is a new map and does
+//! not need a bump by itself: it is created next to the old ones.
+
+/// The layout this build writes and understands.
+pub const LAYOUT: u32 = 1;
+
+/// [`MetaRecord::magic`] of a written record ("PORM").
+pub const META_MAGIC: u32 = 0x504F_524D;
+
+/// Bytes of the writer's version string (NUL padded).
+pub const WRITER_LEN: usize = 24;
+
+/// `PORIN_META_V1`'s only entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaRecord {
+    /// [`META_MAGIC`] once written; zero in a fresh map.
+    pub magic: u32,
+    /// The layout of the maps pinned next to this one.
+    pub layout: u32,
+    /// Version of the porin that last wrote the maps (for messages).
+    pub writer: [u8; WRITER_LEN],
+}
+
+impl MetaRecord {
+    pub fn new(layout: u32, writer: &str) -> Self {
+        let mut w = [0u8; WRITER_LEN];
+        let n = writer.len().min(WRITER_LEN);
+        w[..n].copy_from_slice(&writer.as_bytes()[..n]);
+        MetaRecord {
+            magic: META_MAGIC,
+            layout,
+            writer: w,
+        }
+    }
+
+    /// The writer's version as text (up to the first NUL).
+    pub fn writer(&self) -> &str {
+        let end = self
+            .writer
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(WRITER_LEN);
+        core::str::from_utf8(&self.writer[..end]).unwrap_or("?")
+    }
+}
+
+/// What a starting daemon does with the maps it finds pinned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compat {
+    /// Nothing pinned yet: create and pin.
+    Fresh,
+    /// Same layout: adopt the maps and what is attached.
+    Adopt,
+    /// A newer layout than this build knows: refuse to start (downgrade).
+    Refuse,
+    /// An older layout, or maps without a (valid) record: replace them.
+    Replace,
+}
+
+/// Decides from the record found (None: no meta map pinned) and this
+/// build's layout.
+pub fn compat(found: Option<&MetaRecord>, ours: u32) -> Compat {
+    match found {
+        None => Compat::Fresh,
+        Some(r) if r.magic != META_MAGIC => Compat::Replace,
+        Some(r) if r.layout == ours => Compat::Adopt,
+        Some(r) if r.layout > ours => Compat::Refuse,
+        Some(_) => Compat::Replace,
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], 4 + 4 + 24 bytes without padding, valid for any bytes.
+unsafe impl aya::Pod for MetaRecord {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decides_by_layout() {
+        let at = |l| MetaRecord::new(l, "0.1.0");
+        assert_eq!(compat(None, 2), Compat::Fresh);
+        assert_eq!(compat(Some(&at(2)), 2), Compat::Adopt);
+        assert_eq!(compat(Some(&at(3)), 2), Compat::Refuse);
+        assert_eq!(compat(Some(&at(1)), 2), Compat::Replace);
+        let zero = MetaRecord {
+            magic: 0,
+            layout: 2,
+            writer: [0; WRITER_LEN],
+        };
+        assert_eq!(compat(Some(&zero), 2), Compat::Replace);
+    }
+
+    #[test]
+    fn writer_round_trips_and_truncates() {
+        assert_eq!(MetaRecord::new(1, "0.3.1").writer(), "0.3.1");
+        let long = "x".repeat(40);
+        assert_eq!(MetaRecord::new(1, &long).writer().len(), WRITER_LEN);
+    }
+}
