@@ -111,9 +111,9 @@ pub fn run(path: &Path) -> ExitCode {
     // The quarantine gate goes up before discovery starts, so a container
     // that starts from now on waits for its classification; a host that
     // cannot have it is refused rather than left open (fail closed).
-    let unified = gate::require_unified(scanner.cgroups()).ok();
+    let unified = gate::system_unified().ok();
     let gate = if gate::wanted(&cfg) {
-        let attached = gate::require_unified(scanner.cgroups())
+        let attached = gate::system_unified()
             .and_then(|u| Gate::load(&cfg.bpffs, &u))
             .and_then(|mut g| g.attach(&gate::parents(&cfg)).map(|()| g));
         match attached {

@@ -164,6 +164,13 @@ pub fn require_unified(cgroups: &CgroupFs) -> Result<PathBuf, GateError> {
     }
 }
 
+/// The system's cgroup v2 hierarchy (under `/sys/fs/cgroup`), whatever
+/// `discovery.cgroup_root` scans: the gate attaches to the real hierarchy.
+pub fn system_unified() -> Result<PathBuf, GateError> {
+    let fs = CgroupFs::detect(Path::new("/sys/fs/cgroup")).map_err(|_| GateError::NoUnified)?;
+    require_unified(&fs)
+}
+
 /// A cgroup's id: its directory's inode number in the v2 hierarchy, the
 /// value `bpf_skb_cgroup_id` returns for its sockets.
 pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
