@@ -23,7 +23,8 @@
 //! a retry succeeds.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
     sync::{
         mpsc,
         mpsc::{Receiver, RecvTimeoutError},
@@ -37,7 +38,10 @@ use log::{error, info, warn};
 use crate::{
     config::{Config, OnStop},
     control::proto::{ReloadOutcome, ReloadResult},
-    datapath::{uplink, ApplyReport, Datapath, DatapathError, Veth},
+    datapath::{
+        gate::{self, Gate, GateError},
+        uplink, ApplyReport, Datapath, DatapathError, Veth,
+    },
     discovery::{
         endpoint::{Endpoint, EndpointKey},
         inventory::Event,
@@ -75,6 +79,8 @@ pub enum EnforceError {
     Apply(#[from] Box<DatapathError>),
     #[error("reading the host's addresses: {0}")]
     HostAddresses(#[source] std::io::Error),
+    #[error("quarantine gate: {0}")]
+    Gate(#[from] GateError),
 }
 
 /// The enforcement state: configuration, known endpoints, the datapath.
@@ -88,6 +94,10 @@ pub struct Enforcer {
     shared: Option<Arc<Shared>>,
     /// Successful applies so far (the generation `porin status` shows).
     applies: u64,
+    /// The cgroup v2 hierarchy (None on v1-only hosts).
+    unified: Option<PathBuf>,
+    /// The quarantine gate, while the configuration asks for it.
+    gate: Option<Gate>,
     /// A reload taken but not yet settled by an apply.
     pending: Option<PendingReload>,
 }
@@ -113,8 +123,22 @@ impl Enforcer {
             endpoints: BTreeMap::new(),
             shared: None,
             applies: 0,
+            unified: None,
+            gate: None,
             pending: None,
         }
+    }
+
+    /// The cgroup v2 hierarchy and, when the configuration quarantines, the
+    /// gate already loaded (and attached) at start.
+    pub fn with_gate(mut self, unified: Option<PathBuf>, gate: Option<Gate>) -> Self {
+        self.unified = unified;
+        self.gate = gate;
+        self
+    }
+
+    pub fn gate(&self) -> Option<&Gate> {
+        self.gate.as_ref()
     }
 
     /// Publishes the applied state to `shared` after every apply.
@@ -133,13 +157,18 @@ impl Enforcer {
     fn publish(&mut self, report: &ApplyReport) {
         self.applies += 1;
         if let Some(s) = &self.shared {
-            s.publish(state::snapshot(
+            let mut snap = state::snapshot(
                 self.applies,
                 &self.endpoints,
                 self.datapath.applied(),
                 report,
                 &self.datapath.attached(),
-            ));
+            );
+            snap.gate = match &self.gate {
+                Some(g) => g.status().to_string(),
+                None => "off (unclassified containers are not held back: needs enforcement.mode: enforce and unknown_workloads: quarantine)".into(),
+            };
+            s.publish(snap);
         }
     }
 
@@ -231,7 +260,39 @@ impl Enforcer {
         self.datapath
             .apply_uplinks(&uplink::plan(&self.cfg))
             .map_err(|e| EnforceError::Apply(Box::new(e)))?;
+        // Last: a container is let through the gate only once its veths
+        // carry the programs just attached.
+        self.sync_gate(&endpoints)?;
         Ok(report)
+    }
+
+    /// Attaches or removes the quarantine gate as the configuration says,
+    /// and lets through exactly the classified containers.
+    fn sync_gate(&mut self, endpoints: &[Endpoint]) -> Result<(), EnforceError> {
+        if !gate::wanted(&self.cfg) {
+            if self.gate.take().is_some() || gate::installed(&self.cfg.bpffs) {
+                let removed = gate::uninstall(&self.cfg.bpffs)?;
+                info!(
+                    "gate: removed ({} links), unknown workloads are no longer quarantined",
+                    removed.links
+                );
+            }
+            return Ok(());
+        }
+        let unified = self.unified.clone().ok_or(GateError::NoUnified)?;
+        if self.gate.is_none() {
+            self.gate = Some(Gate::load(&self.cfg.bpffs, &unified)?);
+        }
+        let ids: BTreeSet<u64> = endpoints
+            .iter()
+            .filter(|e| classified(e, &self.datapath))
+            .filter_map(|e| gate::cgroup_id(&gate::cgroup_dir(&unified, Path::new(&e.cgroup))).ok())
+            .collect();
+        let parents = gate::parents(&self.cfg);
+        let gate = self.gate.as_mut().expect("loaded above");
+        gate.attach(&parents)?;
+        gate.set_classified(&ids)?;
+        Ok(())
     }
 
     /// Runs until the sending side hangs up.
@@ -394,6 +455,15 @@ impl Enforcer {
             self.pending = Some(p);
         }
     }
+}
+
+/// Whether the gate lets `e` through: its network is set up and each of
+/// its host veths carries the TC programs (vacuously true for host-network
+/// containers and ones without a host veth, which TC cannot enforce anyway).
+fn classified(e: &Endpoint, datapath: &Datapath) -> bool {
+    e.network_ready()
+        && e.host_veths()
+            .all(|p| datapath.is_attached(p.ifindex, &p.name))
 }
 
 fn list(what: &str, names: &[String]) -> String {

@@ -77,6 +77,8 @@ pub struct Snapshot {
     /// Entries the manager wrote, per map (conntrack is counted at scrape).
     pub maps: Vec<MapFill>,
     pub directory: Arc<Directory>,
+    /// The quarantine gate in one line (see `datapath::gate::GateStatus`).
+    pub gate: String,
 }
 
 /// Daemon counters for metrics (monotonic since start).
@@ -276,6 +278,7 @@ pub fn snapshot(
         fill("PORIN_POL_V1", s.policy, max::POLICY),
     ];
     Snapshot {
+        gate: String::new(),
         generation,
         datapath_slot: report.generation,
         endpoints: views,

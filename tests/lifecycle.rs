@@ -354,6 +354,7 @@ log:
 enforcement:
   mode: enforce
   unknown_workloads: quarantine
+  quarantine_cgroups: [/porin-lc-{tag}]
   on_stop: {on_stop}
 discovery:
   cgroup_root: {cg}

@@ -15,9 +15,13 @@ use porin::testing::{
 const BASE_CONFIG: &str = r#"version: 1
 log:
   level: info
+bpffs: /sys/fs/bpf/porin-t-policy-e2e
 enforcement:
   mode: enforce
   unknown_workloads: quarantine
+  # The gate goes on a parent of this test's own: on /libpod_parent it
+  # would hold back other tests' containers (tests/gate.rs tests the gate).
+  quarantine_cgroups: [/porin-t-policy-e2e]
 groups:
   - name: sensor
     select:
@@ -98,6 +102,9 @@ fn identity_policy_is_enforced_on_real_containers_and_follows_a_reload() {
         "baseline: web reaches the world without Porin"
     );
 
+    // A gate left by an aborted run.
+    porin::datapath::gate::uninstall(Path::new("/sys/fs/bpf/porin-t-policy-e2e"))
+        .expect("remove a leftover gate");
     let dir = std::env::temp_dir().join(format!("porin-t-policy-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("porin.yaml");
@@ -164,4 +171,11 @@ fn identity_policy_is_enforced_on_real_containers_and_follows_a_reload() {
 
     assert!(daemon.stop(), "porin run exits cleanly on SIGTERM");
     std::fs::remove_dir_all(&dir).ok();
+    // The gate is kept across stops: remove it and its parent cgroup.
+    let bpffs = Path::new("/sys/fs/bpf/porin-t-policy-e2e");
+    porin::datapath::gate::uninstall(bpffs).expect("remove the gate");
+    std::fs::remove_dir_all(bpffs).ok();
+    if let Ok(fs) = porin::discovery::cgroup::CgroupFs::detect(Path::new("/sys/fs/cgroup")) {
+        std::fs::remove_dir(fs.dir().join("porin-t-policy-e2e")).ok();
+    }
 }

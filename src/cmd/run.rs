@@ -21,7 +21,10 @@ use log::{error, info};
 
 use super::{EXIT_CONFIG, EXIT_RUNTIME};
 use crate::{
-    datapath::Datapath,
+    datapath::{
+        gate::{self, Gate},
+        Datapath,
+    },
     discovery::{
         live::{LiveDiscovery, ERROR_RETRY},
         scanner::Scanner,
@@ -105,6 +108,27 @@ pub fn run(path: &Path) -> ExitCode {
         scanner.cgroups().layout(),
         scanner.cgroups().dir().display()
     );
+    // The quarantine gate goes up before discovery starts, so a container
+    // that starts from now on waits for its classification; a host that
+    // cannot have it is refused rather than left open (fail closed).
+    let unified = gate::system_unified().ok();
+    let gate = if gate::wanted(&cfg) {
+        let attached = gate::system_unified()
+            .and_then(|u| Gate::load(&cfg.bpffs, &u))
+            .and_then(|mut g| g.attach(&gate::parents(&cfg)).map(|()| g));
+        match attached {
+            Ok(g) => {
+                info!("gate: {}", g.status());
+                Some(g)
+            }
+            Err(e) => {
+                error!("quarantine gate unavailable, not starting: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        }
+    } else {
+        None
+    };
     let (watcher, stopper) = match Watcher::new() {
         Ok(w) => w,
         Err(e) => {
@@ -152,8 +176,9 @@ pub fn run(path: &Path) -> ExitCode {
         counters,
         reloader: Some(reloader.clone()),
     });
-    let enforcer =
-        Enforcer::new(cfg, path.display().to_string(), datapath).with_shared(shared.clone());
+    let enforcer = Enforcer::new(cfg, path.display().to_string(), datapath)
+        .with_shared(shared.clone())
+        .with_gate(unified, gate);
     let enforcement = thread::Builder::new()
         .name("enforce".into())
         .spawn(move || enforcer.run(rx))

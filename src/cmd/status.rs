@@ -144,6 +144,9 @@ pub fn status_text(s: &Status) -> String {
             format!(", FAILED to attach: {}", s.attach_failures.join(","))
         }
     );
+    if !s.gate.is_empty() {
+        let _ = writeln!(o, "gate: {}", s.gate);
+    }
     let _ = writeln!(
         o,
         "flows: {} of {} in history, {} events lost",

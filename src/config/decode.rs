@@ -204,6 +204,7 @@ const DEFAULT_ENFORCEMENT: Enforcement = Enforcement {
     mode: Mode::Audit,
     unknown_workloads: UnknownWorkloads::Allow,
     on_stop: OnStop::Keep,
+    quarantine_cgroups: None,
 };
 
 fn enforcement(node: &Node, path: &str, sink: &mut Sink) -> Option<Enforcement> {
@@ -217,6 +218,7 @@ fn enforcement(node: &Node, path: &str, sink: &mut Sink) -> Option<Enforcement> 
         .unwrap_or(d.unknown_workloads),
         on_stop: opt(&mut f, "on_stop", sink, |n, p, s| choice(n, p, s, ON_STOP))
             .unwrap_or(d.on_stop),
+        quarantine_cgroups: opt(&mut f, "quarantine_cgroups", sink, quarantine_cgroups),
     };
     f.finish(sink);
     Some(e)
@@ -355,6 +357,46 @@ fn containerd_instances(
         sink,
     );
     Some(out.into_iter().map(|(c, _, _)| c).collect())
+}
+
+/// `enforcement.quarantine_cgroups`: cgroup paths as `/proc/PID/cgroup`
+/// shows them (absolute, no `..`), not the root itself, without repeats.
+fn quarantine_cgroups(node: &Node, path: &str, sink: &mut Sink) -> Option<Vec<PathBuf>> {
+    let nodes = non_empty_list(
+        node,
+        path,
+        sink,
+        "leave it out for the runtimes' default parents",
+    )?;
+    let dirs: Vec<(PathBuf, Loc, String)> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let ip = index_path(path, i);
+            let p = absolute_path(item, &ip, sink)?;
+            if p == Path::new("/") {
+                sink.error(
+                    item.loc,
+                    &ip,
+                    "the root cgroup would gate every process of the host; name the runtimes' parent cgroups (e.g. /libpod_parent)",
+                );
+                return None;
+            }
+            Some((p, item.loc, ip))
+        })
+        .collect();
+    let texts: Vec<String> = dirs
+        .iter()
+        .map(|(p, _, _)| p.display().to_string())
+        .collect();
+    validate::report_duplicates(
+        dirs.iter()
+            .zip(&texts)
+            .map(|((_, loc, p), t)| (t.as_str(), *loc, p.as_str())),
+        "quarantine cgroup",
+        sink,
+    );
+    Some(dirs.into_iter().map(|(p, _, _)| p).collect())
 }
 
 /// `discovery.podman_graphroots`: absolute, without repeats.

@@ -2,7 +2,7 @@
 //! asserting the exact position and the field path, plus the shipped files.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::cidr::Cidr;
@@ -994,6 +994,33 @@ fn glob_matching() {
     assert!(Glob::new("a*b*c").matches("abc") && Glob::new("a*b*c").matches("axxbyyc"));
     assert!(!Glob::new("a*b*b").matches("ab"));
     assert!(Glob::new("exact").matches("exact") && !Glob::new("exact").matches("exactly"));
+}
+
+#[test]
+fn quarantine_cgroups() {
+    assert_eq!(ok("version: 1\n").enforcement.quarantine_cgroups, None);
+    let c = ok("version: 1\nenforcement:\n  quarantine_cgroups: [/libpod_parent, /default]\n");
+    assert_eq!(
+        c.enforcement.quarantine_cgroups,
+        Some(vec![
+            PathBuf::from("/libpod_parent"),
+            PathBuf::from("/default")
+        ])
+    );
+    assert_one(
+        "version: 1\nenforcement:\n  quarantine_cgroups: [/a, b]\n",
+        3,
+        28,
+        "enforcement.quarantine_cgroups[1]",
+        "`b` must be an absolute path",
+    );
+    assert_one(
+        "version: 1\nenforcement:\n  quarantine_cgroups: [/]\n",
+        3,
+        24,
+        "enforcement.quarantine_cgroups[0]",
+        "the root cgroup would gate every process of the host",
+    );
 }
 
 #[test]

@@ -101,12 +101,16 @@ impl From<LogLevel> for log::LevelFilter {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enforcement {
     /// Global default; groups may override it.
     pub mode: Mode,
     pub unknown_workloads: UnknownWorkloads,
     pub on_stop: OnStop,
+    /// Parent cgroups (paths in the cgroup v2 hierarchy, e.g.
+    /// `/libpod_parent`) where the quarantine gate is attached; `None` for
+    /// the runtimes' defaults (see `datapath::gate::default_parents`).
+    pub quarantine_cgroups: Option<Vec<PathBuf>>,
 }
 
 /// Whether verdicts are applied or only reported.

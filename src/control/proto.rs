@@ -154,6 +154,9 @@ pub struct Status {
     /// `porin version`'s feature lines.
     pub kernel: Vec<(String, String)>,
     pub warnings: Vec<String>,
+    /// The quarantine gate in one line (empty from older daemons).
+    #[serde(default)]
+    pub gate: String,
     pub flows_in_history: u64,
     pub history_capacity: u64,
     pub events_lost: u64,

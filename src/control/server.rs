@@ -324,6 +324,7 @@ fn status(ctx: &Ctx) -> Response {
         maps,
         kernel: sh.kernel.clone(),
         warnings: snap.warnings.clone(),
+        gate: snap.gate.clone(),
         flows_in_history: len,
         history_capacity: cap,
         events_lost: ctx.lost().iter().sum(),

@@ -156,6 +156,7 @@ macro_rules! map_mut {
 }
 
 // After `map_mut!`, which they use.
+pub mod gate;
 pub mod persist;
 pub mod pin;
 pub mod uplink;
@@ -575,6 +576,12 @@ impl Datapath {
     }
 
     /// Names of the veths programs are attached to.
+    /// Whether veth `name` with `ifindex` carries the programs now (by
+    /// ifindex and name: a name alone may belong to a veth that went away).
+    pub fn is_attached(&self, ifindex: u32, name: &str) -> bool {
+        self.attached.get(&ifindex).is_some_and(|a| a.name == name)
+    }
+
     pub fn attached(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.attached.values().map(|a| a.name.as_str()).collect();
         v.sort_unstable();

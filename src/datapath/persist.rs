@@ -715,6 +715,13 @@ impl Datapath {
             }
         }
         if let Some(p) = &self.persist {
+            // The gate's links first, detached at once (removing their pins
+            // alone detaches them only when the kernel frees them).
+            match super::gate::uninstall(&p.pins.dir) {
+                Ok(r) if r.links > 0 => done.push(format!("quarantine gate ({} links)", r.links)),
+                Ok(_) => {}
+                Err(e) => warn!("{e}"),
+            }
             let n = pin::remove_pins(&p.pins.dir).len();
             done.push(format!("{n} pins in {}", p.pins.dir.display()));
         }
@@ -743,6 +750,13 @@ pub fn uninstall(dir: &Path) -> Result<Vec<String>, String> {
         return Ok(Vec::new());
     }
     let mut done = Vec::new();
+    let gate = super::gate::uninstall(dir).map_err(|e| e.to_string())?;
+    if gate.links > 0 {
+        done.push(format!(
+            "detached the quarantine gate ({} links)",
+            gate.links
+        ));
+    }
     // Every interface, not only those `PORIN_ENDP_V1` lists: a filter whose
     // endpoint entry is gone (a start that crashed midway) must go too. The
     // handle is this directory's own, so other installations' filters stay.

@@ -139,6 +139,8 @@ pub mod max_entries {
     /// `PORIN_DCACHE_V1` slots per CPU (a power of two; 64 bytes each, so
     /// 64 KiB per CPU).
     pub const DENY_CACHE: u32 = 1024;
+    /// `PORIN_GATE_V1`: classified container cgroups on one node.
+    pub const GATE: u32 = 8192;
 }
 
 const _: () = assert!(max_entries::DENY_CACHE.is_power_of_two());

@@ -13,6 +13,7 @@ mod conntrack;
 mod counters;
 mod dcache;
 mod events;
+mod gate;
 mod identity;
 mod meta;
 mod parse;
