@@ -221,6 +221,9 @@ pub fn drop_reason_name(r: u8) -> &'static str {
         9 => "UPLINK_NO_POLICY",
         10 => "UPLINK_FLOOD",
         11 => "SPOOFED_SOURCE",
+        12 => "HTTP_DENIED",
+        13 => "HTTP_MALFORMED",
+        14 => "HTTP_UNSUPPORTED",
         _ => "UNKNOWN_REASON",
     }
 }
@@ -236,12 +239,10 @@ fn protocol_name(p: u8) -> String {
 }
 
 fn method_name(m: u8) -> &'static str {
-    [
-        "", "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
-    ]
-    .get(usize::from(m))
-    .copied()
-    .unwrap_or("?")
+    porin_common::http::method::NAMES
+        .get(usize::from(m))
+        .copied()
+        .unwrap_or("?")
 }
 
 fn tcp_flags(f: u8) -> Vec<String> {

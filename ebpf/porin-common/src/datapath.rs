@@ -186,6 +186,10 @@ pub struct PolicyValue {
 pub mod action {
     pub const DENY: u8 = 0;
     pub const ALLOW: u8 = 1;
+    /// Allowed at L3/L4, and every request on the connection is judged by
+    /// the HTTP rule set `PORIN_HTTPS_V1` holds under the same key (see
+    /// [`crate::http`]).
+    pub const ALLOW_HTTP: u8 = 2;
 }
 
 /// `PORIN_CFG_V1` value.
@@ -332,10 +336,20 @@ pub enum DropReason {
     /// would be another's); `from_uplink`, an outside packet claiming the
     /// address of a container or of the host.
     SpoofedSource = 11,
+    /// An HTTP request on an HTTP-ruled connection that no HTTP rule of
+    /// its policy allows (see [`crate::http`]).
+    HttpDenied = 12,
+    /// Payload on an HTTP-ruled connection that is not an HTTP/1.x request
+    /// head (garbage, TLS, bad syntax).
+    HttpMalformed = 13,
+    /// An HTTP request the datapath does not judge, denied (split or
+    /// oversized head, chunked body, pipelining in one segment, paths
+    /// servers normalise, out-of-order segments, lost connection state).
+    HttpUnsupported = 14,
 }
 
 /// Number of drop reasons (size of `PORIN_DROPS_V1`).
-pub const DROP_REASONS: u32 = 12;
+pub const DROP_REASONS: u32 = 15;
 
 impl DropReason {
     /// Every reason, in index order (for counters read by index).
@@ -352,6 +366,9 @@ impl DropReason {
         DropReason::UplinkNoPolicy,
         DropReason::UplinkFlood,
         DropReason::SpoofedSource,
+        DropReason::HttpDenied,
+        DropReason::HttpMalformed,
+        DropReason::HttpUnsupported,
     ];
 }
 

@@ -10,6 +10,7 @@
 pub mod datapath;
 pub mod decide;
 pub mod flow;
+pub mod http;
 pub mod packet;
 pub mod parse;
 pub mod probe;
