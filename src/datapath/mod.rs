@@ -127,6 +127,7 @@ macro_rules! map_mut {
 }
 
 // After `map_mut!`, which it uses.
+pub mod http;
 pub mod uplink;
 
 impl Datapath {
@@ -138,6 +139,12 @@ impl Datapath {
         ebpf::load_program::<SchedClassifier>(&mut bpf, FROM_CONTAINER)?;
         ebpf::load_program::<SchedClassifier>(&mut bpf, TO_CONTAINER)?;
         ebpf::load_program::<Xdp>(&mut bpf, uplink::FROM_UPLINK)?;
+        // Without the HTTP stage, HTTP-ruled connections drop (the main
+        // programs' tail call fails: `Internal`): their ports are closed,
+        // never open to any request.
+        if let Err(e) = http::load_stage(&mut bpf) {
+            warn!("HTTP stage not loaded, ports with HTTP rules are closed: {e}");
+        }
         let mut dp = Datapath {
             bpf,
             tc,
@@ -214,10 +221,12 @@ impl Datapath {
         // deletions go by the generation found in the map, not by what is
         // believed applied: a failed apply may have left entries that no
         // `Compiled` lists, and they must never become active.
-        if !d.policy.is_empty() {
+        if !d.policy.is_empty() || http::changed(old, new) {
             let next = 1 - self.generation;
             let at = |generation: u32| move |k: &PolicyKey| u32::from(k.generation) == generation;
             purge::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", at(next))?;
+            // HTTP rule sets of the new generation (`http`).
+            http::write_before_flip(&mut self.bpf, new, next)?;
             let entries = new.policy.iter().map(|(k, v)| {
                 let key = PolicyKey {
                     generation: next as u8,
@@ -228,6 +237,7 @@ impl Datapath {
             write_hash(&mut self.bpf, "PORIN_POL_V1", "insert", entries)?;
             self.set_generation(next)?;
             purge::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", at(1 - next))?;
+            http::clean_after_flip(&mut self.bpf, old, new, next)?;
         }
 
         // 4. Changed and removed addresses, networks and endpoints.

@@ -27,8 +27,9 @@ use crate::config::{Config, HttpPath, HttpRule, Loc, Method};
 
 use super::compiled::HttpTarget;
 
-/// Entries of `PORIN_HTTPR_V1` (all rule sets of one generation).
-pub const HTTP_RULE_ENTRIES: usize = 16_384;
+/// Entries of `PORIN_HTTPR_V1` one configuration may use: half the map, so
+/// a reload can write the new sets beside the old.
+pub const HTTP_RULE_ENTRIES: usize = porin_common::http::max_entries::RULES as usize / 2;
 
 /// An HTTP rule the datapath cannot hold.
 #[derive(Debug, Clone, PartialEq, Eq)]

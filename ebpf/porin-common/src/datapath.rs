@@ -271,7 +271,11 @@ pub struct CtValue {
     /// [`ct_origin::KEY_SOURCE`] or [`ct_origin::KEY_DESTINATION`]: which
     /// end of the key sent the first packet.
     pub origin: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero: an HTTP-ruled connection (`action::ALLOW_HTTP`): every
+    /// packet going the first packet's way is checked by the HTTP stage
+    /// ([`crate::http`]). One byte test on the hot path.
+    pub l7: u8,
+    pub _pad: u8,
     /// Hits since creation (wrapping; unsynchronised, so concurrent hits on
     /// several CPUs may count once): drives the sampling of `last_seen_ns`.
     pub hits: u32,

@@ -57,6 +57,8 @@
 //! about 2^32 work per target for a determined attacker; keyed hashing is a
 //! possible hardening (see README).
 
+use crate::{datapath::CtKey, parse::Flow};
+
 /// Bytes of a segment's payload examined for a request head.
 pub const WINDOW: usize = 256;
 /// Slashes of the path whose prefixes are hashed (prefix rules may be at
@@ -71,6 +73,18 @@ pub const MAX_CONDITIONS: usize = 4;
 pub const ALTS: usize = 4;
 /// Longest method token accepted.
 pub const MAX_METHOD: usize = 16;
+
+/// `max_entries` of the L7 maps.
+pub mod max_entries {
+    /// `PORIN_HTTPS_V1`: like `PORIN_POL_V1` (both generations).
+    pub const SETS: u32 = crate::datapath::max_entries::POLICY;
+    /// `PORIN_HTTPR_V1`: rule entries of every set, during a reload the
+    /// old and the new ones (the compiler allows half per configuration).
+    pub const RULES: u32 = 8192;
+    /// `PORIN_HTTPC_V1` (LRU: an evicted connection loses its state, and
+    /// its next request is denied as `HttpUnsupported`).
+    pub const CONNS: u32 = 16384;
+}
 
 /// Method indexes (as in `FlowEvent::http_method`).
 pub mod method {
@@ -229,10 +243,12 @@ pub struct Request {
     /// Bytes of the head, the blank line included.
     pub head_len: u16,
     pub content_length: u32,
+    /// The parser's working state ([`Cursor`]).
+    pub cur: Cursor,
 }
 
 impl Request {
-    const EMPTY: Request = Request {
+    pub const EMPTY: Request = Request {
         method: 0,
         path_start: 0,
         path_len: 0,
@@ -245,6 +261,23 @@ impl Request {
         headers: 0,
         head_len: 0,
         content_length: 0,
+        cur: Cursor {
+            st: 0,
+            mlen: 0,
+            seg_len: 0,
+            seg_dots: 0,
+            pct: 0,
+            pct_hi: 0,
+            version: 0,
+            cl_seen: 0,
+            cl: 0,
+            cl_digits: 0,
+            b: 0,
+            _pad: [0; 7],
+            h: 0,
+            h_trim: 0,
+            name_h: 0,
+        },
     };
 
     /// Bytes of the request: head and body.
@@ -275,24 +308,72 @@ fn is_tchar(b: u8) -> bool {
         )
 }
 
-/// Parser states, one byte at a time.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum St {
-    Method,
-    /// In the path; `seg` counts bytes of the current segment.
-    Path,
-    Query,
-    Version,
+/// Parser states, one byte at a time ([`Cursor::st`]).
+mod st {
+    pub const METHOD: u32 = 0;
+    pub const PATH: u32 = 1;
+    pub const QUERY: u32 = 2;
+    pub const VERSION: u32 = 3;
     /// After the CR ending a line.
-    Lf,
+    pub const LF: u32 = 4;
     /// At the start of a header line (or the blank line).
-    LineStart,
-    Name,
-    /// Leading spaces of a value.
-    ValueLead,
-    Value,
+    pub const LINE_START: u32 = 5;
+    pub const NAME: u32 = 6;
+    /// Leading blanks of a value.
+    pub const VALUE_LEAD: u32 = 7;
+    pub const VALUE: u32 = 8;
     /// After the CR of the blank line.
-    EndLf,
+    pub const END_LF: u32 = 9;
+}
+
+/// The parser's state between bytes. It lives in memory (in the request,
+/// which the kernel keeps in a map) and is read and written with volatile
+/// accesses: the verifier then sees unknown values rather than constants
+/// per path, so the states of one loop iteration prune each other and the
+/// 256-byte loop stays far below the instruction limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Cursor {
+    st: u32,
+    mlen: u32,
+    seg_len: u32,
+    seg_dots: u32,
+    /// 0 none, 1 after `%`, 2 after `%2`/`%5`, 3 after `%` + another digit.
+    pct: u32,
+    pct_hi: u32,
+    version: u32,
+    cl_seen: u32,
+    cl: u32,
+    cl_digits: u32,
+    /// The byte being parsed (see `bb!`).
+    b: u8,
+    _pad: [u8; 7],
+    h: u64,
+    /// Value hash up to its last non-blank byte.
+    h_trim: u64,
+    name_h: u64,
+}
+
+macro_rules! get {
+    ($e:expr) => {
+        // SAFETY: a plain field of a live `&mut Request`.
+        unsafe { core::ptr::read_volatile(&$e) }
+    };
+}
+/// The current byte, read afresh for each test: the verifier then never
+/// sees a branch decided by an earlier test on the same value, which would
+/// make it track the byte precisely and stop pruning states.
+macro_rules! bb {
+    ($r:expr) => {
+        get!($r.cur.b)
+    };
+}
+macro_rules! set {
+    ($e:expr, $v:expr) => {{
+        let v = $v;
+        // SAFETY: a plain field of a live `&mut Request`.
+        unsafe { core::ptr::write_volatile(&mut $e, v) }
+    }};
 }
 
 /// Parses the request head at the start of `buf` (the first bytes of a
@@ -300,224 +381,269 @@ enum St {
 /// says how much is payload). Never panics, reads only `buf[..min(len,
 /// buf.len(), WINDOW)]`.
 pub fn parse(buf: &[u8], len: usize) -> Result<Request, HttpError> {
+    let mut r = Request::EMPTY;
+    parse_into(buf, len, &mut r).map(|()| r)
+}
+
+/// [`parse`] into `r` (the kernel keeps it in a per-CPU map: it is too
+/// large for the stack). Only the scalars are reset: array entries past
+/// `slashes` and `headers` are stale and never read.
+pub fn parse_into(buf: &[u8], len: usize, r: &mut Request) -> Result<(), HttpError> {
     let n = if len < buf.len() { len } else { buf.len() };
     let n = if n > WINDOW { WINDOW } else { n };
-    let mut r = Request::EMPTY;
-    let mut st = St::Method;
-    let mut after_lf = St::LineStart;
-    let mut h: u64 = FNV_BASIS;
-    // Value hash up to its last non-blank byte, and the name's hash.
-    let mut h_trim: u64 = FNV_BASIS;
-    let mut name_h: u64 = 0;
-    let mut mlen: usize = 0;
-    // Path checks: current segment as a small state (bytes seen, dots).
-    let mut seg_len: u32 = 0;
-    let mut seg_dots: u32 = 0;
-    let mut pct: u8 = 0; // 0 none, 1 after '%', 2 after '%' + '2' or '5'
-    let mut pct_hi: u8 = 0;
-    let mut version: usize = 0;
-    let mut cl_seen = false;
-    let mut cl: u32 = 0;
-    let mut cl_digits: u32 = 0;
-    const VERSION: &[u8; 8] = b"HTTP/1.1";
+    set!(r.method, method::NONE);
+    set!(r.path_start, 0);
+    set!(r.path_len, 0);
+    set!(r.path, 0);
+    set!(r.slashes, 0);
+    set!(r.host, 0);
+    set!(r.headers, 0);
+    set!(r.head_len, 0);
+    set!(r.content_length, 0);
+    set!(r.cur.st, st::METHOD);
+    set!(r.cur.mlen, 0);
+    set!(r.cur.seg_len, 0);
+    set!(r.cur.seg_dots, 0);
+    set!(r.cur.pct, 0);
+    set!(r.cur.pct_hi, 0);
+    set!(r.cur.version, 0);
+    set!(r.cur.cl_seen, 0);
+    set!(r.cur.cl, 0);
+    set!(r.cur.cl_digits, 0);
+    set!(r.cur.h, FNV_BASIS);
+    set!(r.cur.h_trim, FNV_BASIS);
+    set!(r.cur.name_h, 0);
     let mut i = 0;
     while i < WINDOW {
         if i >= n {
             break;
         }
-        let b = buf[i];
-        match st {
-            St::Method => {
-                if b == b' ' {
-                    if mlen == 0 {
-                        return Err(HttpError::Malformed);
-                    }
-                    r.method = method_index(nonzero(h));
-                    st = St::Path;
-                    r.path_start = (i + 1) as u16;
-                    h = FNV_BASIS;
-                } else if is_tchar(b) && mlen < MAX_METHOD {
-                    h = fnv_step(h, b);
-                    mlen += 1;
-                } else {
-                    return Err(HttpError::Malformed);
-                }
-            }
-            St::Path => {
-                let first = i == r.path_start as usize;
-                if first && b != b'/' {
-                    // Absolute form, authority form, `*`: not judged.
-                    return if b > b' ' && b < 0x7f {
-                        Err(HttpError::Unsupported)
-                    } else {
-                        Err(HttpError::Malformed)
-                    };
-                }
-                if b == b' ' || b == b'?' {
-                    if !seg_ok(seg_len, seg_dots) || pct != 0 {
-                        return Err(HttpError::Unsupported);
-                    }
-                    r.path_len = (i - r.path_start as usize) as u16;
-                    r.path = nonzero(h);
-                    st = if b == b' ' { St::Version } else { St::Query };
-                } else if b <= b' ' || b >= 0x7f || b == b'#' {
-                    return Err(HttpError::Malformed);
-                } else if b == b'\\' {
-                    return Err(HttpError::Unsupported);
-                } else {
-                    if b == b'/' {
-                        if !first && (seg_len == 0 || !seg_ok(seg_len, seg_dots)) {
-                            // `//`, `/./`, `/../`
-                            return Err(HttpError::Unsupported);
-                        }
-                        if pct != 0 {
-                            return Err(HttpError::Unsupported);
-                        }
-                        let d = r.slashes as usize;
-                        if d < MAX_SEGMENTS {
-                            r.prefixes[d] = nonzero(h);
-                            r.slashes += 1;
-                        }
-                        seg_len = 0;
-                        seg_dots = 0;
-                    } else {
-                        seg_len += 1;
-                        if b == b'.' {
-                            seg_dots += 1;
-                        }
-                        // Encoded '.', '/', '\': %2e %2f %5c.
-                        if pct == 1 {
-                            pct = if b == b'2' || b == b'5' { 2 } else { 3 };
-                            pct_hi = b;
-                        } else if pct == 2 || pct == 3 {
-                            let lo = b | 0x20;
-                            if pct == 2
-                                && ((pct_hi == b'2' && (lo == b'e' || lo == b'f'))
-                                    || (pct_hi == b'5' && lo == b'c'))
-                            {
-                                return Err(HttpError::Unsupported);
-                            }
-                            pct = 0;
-                        } else if b == b'%' {
-                            pct = 1;
-                        }
-                    }
-                    h = fnv_step(h, b);
-                }
-            }
-            St::Query => {
-                if b == b' ' {
-                    st = St::Version;
-                } else if b <= b' ' || b >= 0x7f {
-                    return Err(HttpError::Malformed);
-                }
-            }
-            St::Version => {
-                if version < 7 {
-                    if b != VERSION[version] {
-                        return Err(HttpError::Malformed);
-                    }
-                    version += 1;
-                } else if version == 7 {
-                    if b != b'0' && b != b'1' {
-                        return Err(HttpError::Malformed);
-                    }
-                    version += 1;
-                } else if b == b'\r' {
-                    st = St::Lf;
-                    after_lf = St::LineStart;
-                } else {
-                    return Err(HttpError::Malformed);
-                }
-            }
-            St::Lf => {
-                if b != b'\n' {
-                    return Err(HttpError::Malformed);
-                }
-                st = after_lf;
-            }
-            St::LineStart => {
-                if b == b'\r' {
-                    st = St::EndLf;
-                } else if is_tchar(b) {
-                    h = fnv_step(FNV_BASIS, b.to_ascii_lowercase());
-                    st = St::Name;
-                } else {
-                    // obs-fold (leading space), bare LF, other bytes.
-                    return Err(HttpError::Malformed);
-                }
-            }
-            St::Name => {
-                if b == b':' {
-                    name_h = nonzero(h);
-                    if name_h == H_TRANSFER_ENCODING {
-                        return Err(HttpError::Unsupported);
-                    }
-                    if name_h == H_CONTENT_LENGTH {
-                        if cl_seen {
-                            return Err(HttpError::Malformed);
-                        }
-                        cl_seen = true;
-                    }
-                    h = fnv_step(h, b':');
-                    h_trim = h;
-                    st = St::ValueLead;
-                } else if is_tchar(b) {
-                    h = fnv_step(h, b.to_ascii_lowercase());
-                } else {
-                    return Err(HttpError::Malformed);
-                }
-            }
-            St::ValueLead | St::Value => {
-                if b == b'\r' {
-                    finish_header(&mut r, name_h, h_trim);
-                    if name_h == H_CONTENT_LENGTH {
-                        if cl_digits == 0 {
-                            return Err(HttpError::Malformed);
-                        }
-                        r.content_length = cl;
-                    }
-                    st = St::Lf;
-                    after_lf = St::LineStart;
-                } else if b == b' ' || b == b'\t' {
-                    if st == St::Value {
-                        h = fnv_step(h, b);
-                    }
-                } else if b < b' ' || b == 0x7f {
-                    return Err(HttpError::Malformed);
-                } else {
-                    if name_h == H_CONTENT_LENGTH {
-                        // Digits only, no blanks inside.
-                        if !b.is_ascii_digit() || cl_digits >= 9 || (st == St::Value && h != h_trim)
-                        {
-                            return Err(HttpError::Malformed);
-                        }
-                        cl = cl * 10 + (b - b'0') as u32;
-                        cl_digits += 1;
-                    }
-                    let c = if name_h == H_HOST {
-                        b.to_ascii_lowercase()
-                    } else {
-                        b
-                    };
-                    h = fnv_step(h, c);
-                    h_trim = h;
-                    st = St::Value;
-                }
-            }
-            St::EndLf => {
-                if b != b'\n' {
-                    return Err(HttpError::Malformed);
-                }
-                r.head_len = (i + 1) as u16;
-                return Ok(r);
-            }
+        // `get`, not indexing: no panic path for the verifier to refuse.
+        let Some(&b) = buf.get(i) else {
+            break;
+        };
+        if step(r, b, i)? {
+            set!(r.head_len, (i + 1) as u16);
+            return Ok(());
         }
         i += 1;
     }
     // The head did not end inside what we saw (every byte so far was
     // valid): split across segments, or longer than the window.
     Err(HttpError::Unsupported)
+}
+
+const VERSION: &[u8; 8] = b"HTTP/1.1";
+
+/// One byte at offset `i`; `Ok(true)` when it ends the head.
+#[inline(always)]
+fn step(r: &mut Request, byte: u8, i: usize) -> Result<bool, HttpError> {
+    set!(r.cur.b, byte);
+    let state = get!(r.cur.st);
+    if state == st::METHOD {
+        let mlen = get!(r.cur.mlen);
+        if bb!(r) == b' ' {
+            if mlen == 0 {
+                return Err(HttpError::Malformed);
+            }
+            set!(r.method, method_index(nonzero(get!(r.cur.h))));
+            set!(r.cur.st, st::PATH);
+            set!(r.path_start, (i + 1) as u16);
+            set!(r.cur.h, FNV_BASIS);
+        } else if is_tchar(bb!(r)) && mlen < MAX_METHOD as u32 {
+            set!(r.cur.h, fnv_step(get!(r.cur.h), bb!(r)));
+            set!(r.cur.mlen, mlen + 1);
+        } else {
+            return Err(HttpError::Malformed);
+        }
+    } else if state == st::PATH {
+        path_byte(r, i)?;
+    } else if state == st::QUERY {
+        if bb!(r) == b' ' {
+            set!(r.cur.st, st::VERSION);
+        } else if bb!(r) <= b' ' || bb!(r) >= 0x7f {
+            return Err(HttpError::Malformed);
+        }
+    } else if state == st::VERSION {
+        let v = get!(r.cur.version);
+        if v < 7 {
+            if Some(&bb!(r)) != VERSION.get(v as usize) {
+                return Err(HttpError::Malformed);
+            }
+            set!(r.cur.version, v + 1);
+        } else if v == 7 {
+            if bb!(r) != b'0' && bb!(r) != b'1' {
+                return Err(HttpError::Malformed);
+            }
+            set!(r.cur.version, 8);
+        } else if bb!(r) == b'\r' {
+            set!(r.cur.st, st::LF);
+        } else {
+            return Err(HttpError::Malformed);
+        }
+    } else if state == st::LF {
+        if bb!(r) != b'\n' {
+            return Err(HttpError::Malformed);
+        }
+        set!(r.cur.st, st::LINE_START);
+    } else if state == st::LINE_START {
+        if bb!(r) == b'\r' {
+            set!(r.cur.st, st::END_LF);
+        } else if is_tchar(bb!(r)) {
+            set!(r.cur.h, fnv_step(FNV_BASIS, bb!(r).to_ascii_lowercase()));
+            set!(r.cur.st, st::NAME);
+        } else {
+            // obs-fold (leading blank), bare LF, other bytes.
+            return Err(HttpError::Malformed);
+        }
+    } else if state == st::NAME {
+        if bb!(r) == b':' {
+            let name_h = nonzero(get!(r.cur.h));
+            set!(r.cur.name_h, name_h);
+            if name_h == H_TRANSFER_ENCODING {
+                return Err(HttpError::Unsupported);
+            }
+            if name_h == H_CONTENT_LENGTH {
+                if get!(r.cur.cl_seen) != 0 {
+                    return Err(HttpError::Malformed);
+                }
+                set!(r.cur.cl_seen, 1);
+            }
+            let h = fnv_step(get!(r.cur.h), b':');
+            set!(r.cur.h, h);
+            set!(r.cur.h_trim, h);
+            set!(r.cur.st, st::VALUE_LEAD);
+        } else if is_tchar(bb!(r)) {
+            set!(r.cur.h, fnv_step(get!(r.cur.h), bb!(r).to_ascii_lowercase()));
+        } else {
+            return Err(HttpError::Malformed);
+        }
+    } else if state == st::VALUE_LEAD || state == st::VALUE {
+        value_byte(r, state)?;
+    } else if state == st::END_LF {
+        if bb!(r) != b'\n' {
+            return Err(HttpError::Malformed);
+        }
+        return Ok(true);
+    } else {
+        return Err(HttpError::Malformed);
+    }
+    Ok(false)
+}
+
+#[inline(always)]
+fn path_byte(r: &mut Request, i: usize) -> Result<(), HttpError> {
+    let first = i == get!(r.path_start) as usize;
+    if first && bb!(r) != b'/' {
+        // Absolute form, authority form, `*`: not judged.
+        return if bb!(r) > b' ' && bb!(r) < 0x7f {
+            Err(HttpError::Unsupported)
+        } else {
+            Err(HttpError::Malformed)
+        };
+    }
+    let seg_len = get!(r.cur.seg_len);
+    let seg_dots = get!(r.cur.seg_dots);
+    let pct = get!(r.cur.pct);
+    if bb!(r) == b' ' || bb!(r) == b'?' {
+        if !seg_ok(seg_len, seg_dots) || pct != 0 {
+            return Err(HttpError::Unsupported);
+        }
+        set!(r.path_len, (i - get!(r.path_start) as usize) as u16);
+        set!(r.path, nonzero(get!(r.cur.h)));
+        set!(r.cur.st, if bb!(r) == b' ' { st::VERSION } else { st::QUERY });
+        return Ok(());
+    }
+    if bb!(r) <= b' ' || bb!(r) >= 0x7f || bb!(r) == b'#' {
+        return Err(HttpError::Malformed);
+    }
+    if bb!(r) == b'\\' {
+        return Err(HttpError::Unsupported);
+    }
+    if bb!(r) == b'/' {
+        if !first && (seg_len == 0 || !seg_ok(seg_len, seg_dots)) {
+            // `//`, `/./`, `/../`
+            return Err(HttpError::Unsupported);
+        }
+        if pct != 0 {
+            return Err(HttpError::Unsupported);
+        }
+        let d = get!(r.slashes) as usize;
+        let h = nonzero(get!(r.cur.h));
+        if let Some(slot) = r.prefixes.get_mut(d) {
+            set!(*slot, h);
+            set!(r.slashes, (d + 1) as u8);
+        }
+        set!(r.cur.seg_len, 0);
+        set!(r.cur.seg_dots, 0);
+    } else {
+        set!(r.cur.seg_len, seg_len + 1);
+        if bb!(r) == b'.' {
+            set!(r.cur.seg_dots, seg_dots + 1);
+        }
+        // Encoded '.', '/', '\': %2e %2f %5c.
+        if pct == 1 {
+            set!(r.cur.pct, if bb!(r) == b'2' || bb!(r) == b'5' { 2 } else { 3 });
+            set!(r.cur.pct_hi, bb!(r) as u32);
+        } else if pct == 2 || pct == 3 {
+            let lo = bb!(r) | 0x20;
+            let hi = get!(r.cur.pct_hi);
+            if pct == 2
+                && ((hi == b'2' as u32 && (lo == b'e' || lo == b'f'))
+                    || (hi == b'5' as u32 && lo == b'c'))
+            {
+                return Err(HttpError::Unsupported);
+            }
+            set!(r.cur.pct, 0);
+        } else if bb!(r) == b'%' {
+            set!(r.cur.pct, 1);
+        }
+    }
+    set!(r.cur.h, fnv_step(get!(r.cur.h), bb!(r)));
+    Ok(())
+}
+
+#[inline(always)]
+fn value_byte(r: &mut Request, state: u32) -> Result<(), HttpError> {
+    let name_h = get!(r.cur.name_h);
+    if bb!(r) == b'\r' {
+        finish_header(r, name_h, get!(r.cur.h_trim));
+        if name_h == H_CONTENT_LENGTH {
+            if get!(r.cur.cl_digits) == 0 {
+                return Err(HttpError::Malformed);
+            }
+            set!(r.content_length, get!(r.cur.cl));
+        }
+        set!(r.cur.st, st::LF);
+    } else if bb!(r) == b' ' || bb!(r) == b'\t' {
+        if state == st::VALUE {
+            set!(r.cur.h, fnv_step(get!(r.cur.h), bb!(r)));
+        }
+    } else if bb!(r) < b' ' || bb!(r) == 0x7f {
+        return Err(HttpError::Malformed);
+    } else {
+        let h = get!(r.cur.h);
+        if name_h == H_CONTENT_LENGTH {
+            // Digits only, no blanks inside.
+            let digits = get!(r.cur.cl_digits);
+            if !bb!(r).is_ascii_digit() || digits >= 9 || (state == st::VALUE && h != get!(r.cur.h_trim))
+            {
+                return Err(HttpError::Malformed);
+            }
+            set!(r.cur.cl, get!(r.cur.cl) * 10 + (bb!(r) - b'0') as u32);
+            set!(r.cur.cl_digits, digits + 1);
+        }
+        let c = if name_h == H_HOST {
+            bb!(r).to_ascii_lowercase()
+        } else {
+            bb!(r)
+        };
+        let h = fnv_step(h, c);
+        set!(r.cur.h, h);
+        set!(r.cur.h_trim, h);
+        set!(r.cur.st, st::VALUE);
+    }
+    Ok(())
 }
 
 /// A path segment other than `.` and `..`.
@@ -529,22 +655,21 @@ fn seg_ok(len: u32, dots: u32) -> bool {
 #[inline(always)]
 fn finish_header(r: &mut Request, name_h: u64, value_h: u64) {
     if name_h == H_HOST {
-        // The value hash covers "host:" + value: rehash without the name
-        // prefix is not possible incrementally, so Host conditions are
-        // compiled with the same prefix ([`host_condition`]).
-        if r.host == 0 {
-            r.host = nonzero(value_h);
+        // The value hash covers "host:" + value; `host_condition` hashes
+        // rules' hosts the same way. The first Host counts.
+        if get!(r.host) == 0 {
+            set!(r.host, nonzero(value_h));
         }
         return;
     }
     if name_h == H_CONTENT_LENGTH {
         return;
     }
-    let k = r.headers as usize;
-    if k < MAX_HEADERS {
-        r.names[k] = name_h;
-        r.values[k] = nonzero(value_h);
-        r.headers += 1;
+    let k = get!(r.headers) as usize;
+    if let (Some(n), Some(v)) = (r.names.get_mut(k), r.values.get_mut(k)) {
+        set!(*n, name_h);
+        set!(*v, nonzero(value_h));
+        set!(r.headers, (k + 1) as u8);
     }
 }
 
@@ -622,6 +747,9 @@ pub struct HttpValue {
 pub struct HttpConn {
     /// TCP sequence number where the next request must start.
     pub next_seq: u32,
+    /// Where the last judged request started: only bytes in `[req_start,
+    /// next_seq)` pass unparsed (its body, retransmissions).
+    pub req_start: u32,
     /// The rule set ([`HttpSet`]) recorded when the connection was allowed.
     pub set: HttpSet,
     /// [`conn_state`] value.
@@ -635,12 +763,30 @@ pub mod conn_state {
     pub const DENIED: u32 = 2;
 }
 
+/// `PORIN_HTTPC_V1` key: the connection as its client→server packets
+/// carry it (only those are judged), at endpoint `ifindex`.
+#[inline(always)]
+pub fn conn_key(flow: &Flow, ifindex: u32) -> CtKey {
+    CtKey {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        sport: flow.sport,
+        dport: flow.dport,
+        protocol: flow.protocol,
+        family: flow.family,
+        // Literal, not `[0; 2]`: see `parse::HeaderBuf` on memset.
+        _pad: [0, 0],
+        ifindex,
+    }
+}
+
 /// The state of a connection whose SYN (sequence number `syn_seq`) was
 /// allowed under `set`: its first request starts right after the SYN.
 #[inline(always)]
 pub fn conn_at_syn(syn_seq: u32, set: HttpSet) -> HttpConn {
     HttpConn {
         next_seq: syn_seq.wrapping_add(1),
+        req_start: syn_seq.wrapping_add(1),
         set,
         state: conn_state::OPEN,
     }
@@ -765,7 +911,8 @@ pub fn segment(conn: &HttpConn, seq: u32, len: u32) -> Segment {
     // next request's start.
     let end = seq.wrapping_add(len);
     let before = conn.next_seq.wrapping_sub(end);
-    if (before as i32) >= 0 && (conn.next_seq.wrapping_sub(seq) as i32) > 0 {
+    let after_start = seq.wrapping_sub(conn.req_start);
+    if (before as i32) >= 0 && (after_start as i32) >= 0 {
         Segment::Pass
     } else {
         Segment::Deny(HttpError::Unsupported)
@@ -781,6 +928,7 @@ pub fn advance(conn: &mut HttpConn, seq: u32, len: u32, req: &Request) -> Result
     if len > total {
         return Err(HttpError::Unsupported);
     }
+    conn.req_start = seq;
     conn.next_seq = seq.wrapping_add(total);
     Ok(())
 }
@@ -798,7 +946,7 @@ const _: () = assert!(core::mem::size_of::<HttpSet>() == 8);
 const _: () = assert!(core::mem::size_of::<HttpKey>() == 16);
 const _: () = assert!(core::mem::size_of::<HttpAlt>() == 48);
 const _: () = assert!(core::mem::size_of::<HttpValue>() == 48 * ALTS);
-const _: () = assert!(core::mem::size_of::<HttpConn>() == 16);
+const _: () = assert!(core::mem::size_of::<HttpConn>() == 20);
 
 #[cfg(test)]
 mod tests {
@@ -978,6 +1126,7 @@ mod tests {
             Segment::Deny(HttpError::Unsupported)
         );
         assert_eq!(segment(&c, 0, 10), Segment::Pass); // retransmission
+        assert_eq!(segment(&c, u32::MAX, 2), Segment::Deny(HttpError::Unsupported));
         assert_eq!(segment(&c, end, 1), Segment::Request);
         assert_eq!(
             segment(&c, end + 1, 1),

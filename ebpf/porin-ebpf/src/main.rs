@@ -12,6 +12,7 @@ mod baseline;
 mod conntrack;
 mod counters;
 mod events;
+mod http;
 mod identity;
 mod parse;
 mod policy;

@@ -24,13 +24,13 @@
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use porin_common::{
-    datapath::{Direction, DropReason, EndpointInfo},
+    datapath::{action, Direction, DropReason, EndpointInfo},
     decide::{self, peer_addr},
     flow,
     parse::{Flow, Parsed},
 };
 
-use crate::{conntrack, counters, events, identity, parse, policy};
+use crate::{conntrack, counters, events, http, identity, parse, policy};
 
 /// Attached at TC **ingress** of a container's host-side veth: packets
 /// leaving the container (policy direction egress, peer = destination).
@@ -53,10 +53,15 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let parsed = parse::headers(ctx);
     if let Ok(Parsed::Flow(flow)) = &parsed {
-        if conntrack::established(flow, dir, ifindex) {
+        let ct = conntrack::established(flow, dir, ifindex);
+        if ct == conntrack::HIT {
             let verdict = decide::verdict(Ok(()), None);
             counters::record(&verdict, dir, ctx.len());
             return verdict.action;
+        }
+        // HTTP stage: a request-carrying way of an HTTP-ruled connection.
+        if ct == conntrack::HIT_HTTP {
+            return http::enter(ctx, dir);
         }
     }
     let endpoint = identity::endpoint(ifindex);
@@ -66,7 +71,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
         new_flow: false,
     };
     let result = match &endpoint {
-        Some(ep) => try_handle(parsed, dir, ifindex, ep, &mut seen),
+        Some(ep) => try_handle(ctx, parsed, dir, ifindex, ep, &mut seen),
         None => Err(DropReason::UnknownEndpoint),
     };
     let verdict = decide::verdict(result, endpoint.map(|ep| ep.mode));
@@ -108,6 +113,7 @@ struct Seen {
 /// Everything after a conntrack miss, for a known endpoint.
 #[inline(always)]
 fn try_handle(
+    ctx: &TcContext,
     parsed: Result<Parsed, DropReason>,
     dir: Direction,
     ifindex: u32,
@@ -129,10 +135,23 @@ fn try_handle(
     }
     let peer = identity::of_address(peer_addr(&flow, dir), flow.family);
     seen.peer = peer;
-    if !policy::allows(endpoint.identity, peer, &flow, dir, generation) {
+    let Some((key, action)) = policy::lookup(endpoint.identity, peer, &flow, dir, generation)
+    else {
         return Err(DropReason::PolicyDenied);
+    };
+    if action == action::ALLOW_HTTP {
+        // HTTP stage: record the rule set and where requests start.
+        let t = http::tcp(ctx, flow.family, http::scratch()?)?;
+        http::open(&flow, ifindex, &key, &t)?;
+        conntrack::create(&flow, dir, ifindex, 1)?;
+        seen.new_flow = true;
+        if t.payload_len > 0 {
+            // Picked up mid-stream: where this payload stands is unknown.
+            return Err(DropReason::HttpUnsupported);
+        }
+        return Ok(());
     }
-    conntrack::create(&flow, dir, ifindex)?;
+    conntrack::create(&flow, dir, ifindex, 0)?;
     seen.new_flow = true;
     Ok(())
 }
