@@ -47,7 +47,6 @@ const CLI: Identity = identity::GROUP_BASE + 2;
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const PORT: u16 = 8080;
-const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
 const TCP_PSH: u8 = 0x08;
 
@@ -55,7 +54,12 @@ struct Dp {
     bpf: Ebpf,
 }
 
-fn rule(method: Method, path: &str, host: Option<&str>, headers: &[(&str, Option<&str>)]) -> HttpRule {
+fn rule(
+    method: Method,
+    path: &str,
+    host: Option<&str>,
+    headers: &[(&str, Option<&str>)],
+) -> HttpRule {
     HttpRule {
         method,
         path: HttpPath::parse(path).unwrap(),
@@ -129,7 +133,8 @@ impl Dp {
                 0,
             )
             .unwrap();
-        dp.set_rules(rules).expect("rules within the datapath's limits");
+        dp.set_rules(rules)
+            .expect("rules within the datapath's limits");
         dp
     }
 
@@ -246,7 +251,16 @@ fn allowed_get_passes_unchanged() {
     assert_eq!(v, OK);
     assert_eq!(out, frame, "an allowed request is not touched");
     // A pure ACK and the server's reply pass as conntrack hits.
-    assert_eq!(dp.run(&segment(40000, 1001 + GET_METRICS.len() as u32, packets::TCP_ACK, b"")).0, OK);
+    assert_eq!(
+        dp.run(&segment(
+            40000,
+            1001 + GET_METRICS.len() as u32,
+            packets::TCP_ACK,
+            b""
+        ))
+        .0,
+        OK
+    );
     assert_eq!(dp.drops(DropReason::HttpDenied), 0);
 }
 
@@ -255,7 +269,11 @@ fn denied_post_becomes_a_rst_to_the_server() {
     require_root("denied_post_becomes_a_rst_to_the_server");
     let dp = Dp::new(mode::ENFORCE, &default_rules());
     dp.open(40001, 5000);
-    let (v, out) = dp.run(&request(40001, 5001, b"POST /admin HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n"));
+    let (v, out) = dp.run(&request(
+        40001,
+        5001,
+        b"POST /admin HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n",
+    ));
     assert_eq!(v, OK, "the packet goes on, as a RST");
     assert_rst(&out, 5001);
     assert_eq!(dp.drops(DropReason::HttpDenied), 1);
@@ -281,11 +299,19 @@ fn missing_required_header_is_denied() {
     require_root("missing_required_header_is_denied");
     let dp = Dp::new(mode::ENFORCE, &default_rules());
     dp.open(40003, 1);
-    let (_, out) = dp.run(&request(40003, 2, b"POST /api/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+    let (_, out) = dp.run(&request(
+        40003,
+        2,
+        b"POST /api/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    ));
     assert_rst(&out, 2);
     assert_eq!(dp.drops(DropReason::HttpDenied), 1);
     dp.open(40004, 1);
-    let ok = request(40004, 2, b"POST /api/x HTTP/1.1\r\nX-Key: 1\r\nContent-Length: 0\r\n\r\n");
+    let ok = request(
+        40004,
+        2,
+        b"POST /api/x HTTP/1.1\r\nX-Key: 1\r\nContent-Length: 0\r\n\r\n",
+    );
     assert_eq!(dp.run(&ok), (OK, ok));
 }
 
@@ -370,14 +396,40 @@ fn stage_missing_fails_closed() {
     let full = Dp::new(mode::ENFORCE, &default_rules());
     drop(full);
     dp.hash::<u32, EndpointInfo>("PORIN_ENDP_V1")
-        .insert(EP, EndpointInfo { identity: WEB, mode: mode::ENFORCE, _pad: [0; 3] }, 0)
+        .insert(
+            EP,
+            EndpointInfo {
+                identity: WEB,
+                mode: mode::ENFORCE,
+                _pad: [0; 3],
+            },
+            0,
+        )
         .unwrap();
-    dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1").insert(CLIENT.octets(), CLI, 0).unwrap();
+    dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
+        .insert(CLIENT.octets(), CLI, 0)
+        .unwrap();
     let mut cfg: Array<_, DatapathConfig> =
         Array::try_from(dp.bpf.map_mut("PORIN_CFG_V1").unwrap()).unwrap();
-    cfg.set(0, DatapathConfig { generation: 0, ready: CONFIG_READY }, 0).unwrap();
+    cfg.set(
+        0,
+        DatapathConfig {
+            generation: 0,
+            ready: CONFIG_READY,
+        },
+        0,
+    )
+    .unwrap();
     dp.hash::<PolicyKey, PolicyValue>("PORIN_POL_V1")
-        .insert(key(), PolicyValue { action: action::ALLOW_HTTP, _pad: [0; 3], rule: 1 }, 0)
+        .insert(
+            key(),
+            PolicyValue {
+                action: action::ALLOW_HTTP,
+                _pad: [0; 3],
+                rule: 1,
+            },
+            0,
+        )
         .unwrap();
     dp.set_rules(&default_rules()).unwrap();
     dp.open(40012, 1);
@@ -387,7 +439,10 @@ fn stage_missing_fails_closed() {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
 }
 
 /// The kernel and the host give the same verdict on the same bytes.
@@ -423,5 +478,8 @@ fn differential_kernel_and_host_agree() {
             Ok(())
         })
         .unwrap();
-    assert!(allowed.get() > 0, "the generator must produce allowed requests too");
+    assert!(
+        allowed.get() > 0,
+        "the generator must produce allowed requests too"
+    );
 }

@@ -1,10 +1,12 @@
 //! The L7 maps of HTTP rules (layout in [`porin_common::http`]) and the
 //! HTTP stage programs.
 //!
-//! * `http_from_container` / `http_to_container` are loaded with the main
-//!   programs and put in `PORIN_HTTPP_V1` (indexes by `Direction`): the
-//!   main programs tail-call them for HTTP-ruled connections. Without them
-//!   those packets drop (`Internal`), never pass unjudged.
+//! * `http_from_container` / `http_to_container` (entries, indexes by
+//!   `Direction`), `http_parse` (2: one chunk of the request head per
+//!   call) and `http_finish` (3) are loaded with the main programs and put
+//!   in `PORIN_HTTPP_V1`: the main programs tail-call the entries for
+//!   HTTP-ruled connections. Without them those packets drop (`Internal`),
+//!   never pass unjudged.
 //! * Rule sets follow the policy generations: `PORIN_HTTPS_V1` is keyed by
 //!   the policy key (generation included), so it is written under the
 //!   inactive generation before the flip and purged after, with the policy.
@@ -25,12 +27,17 @@ use crate::policy::Compiled;
 
 pub const HTTP_FROM_CONTAINER: &str = "http_from_container";
 pub const HTTP_TO_CONTAINER: &str = "http_to_container";
+pub const HTTP_PARSE: &str = "http_parse";
+pub const HTTP_FINISH: &str = "http_finish";
 
 /// Loads the HTTP stage programs and registers them for the tail calls.
 pub fn load_stage(bpf: &mut Ebpf) -> Result<(), DatapathError> {
-    for (name, dir) in [
-        (HTTP_FROM_CONTAINER, Direction::Egress),
-        (HTTP_TO_CONTAINER, Direction::Ingress),
+    // Indexes as in the eBPF crate's `http::stage_index`.
+    for (name, index) in [
+        (HTTP_FROM_CONTAINER, Direction::Egress as u32),
+        (HTTP_TO_CONTAINER, Direction::Ingress as u32),
+        (HTTP_PARSE, 2),
+        (HTTP_FINISH, 3),
     ] {
         let fd = ebpf::load_program::<SchedClassifier>(bpf, name)?
             .fd()
@@ -40,15 +47,13 @@ pub fn load_stage(bpf: &mut Ebpf) -> Result<(), DatapathError> {
                 name,
                 source: aya::programs::ProgramError::IOError(e),
             })?;
-        let map = bpf
-            .map_mut("PORIN_HTTPP_V1")
-            .ok_or(LoadError::MissingMap {
-                name: "PORIN_HTTPP_V1",
-            })?;
+        let map = bpf.map_mut("PORIN_HTTPP_V1").ok_or(LoadError::MissingMap {
+            name: "PORIN_HTTPP_V1",
+        })?;
         let mut progs: ProgramArray<&mut MapData> =
             ProgramArray::try_from(map).map_err(map_err("PORIN_HTTPP_V1", "open"))?;
         progs
-            .set(dir as u32, &fd, 0)
+            .set(index, &fd, 0)
             .map_err(map_err("PORIN_HTTPP_V1", "set"))?;
     }
     Ok(())
@@ -62,9 +67,7 @@ pub fn changed(old: &Compiled, new: &Compiled) -> bool {
 /// Before the flip to `next`: the new rules, and the new sets under `next`
 /// (after removing any left there by a failed apply).
 pub fn write_before_flip(bpf: &mut Ebpf, new: &Compiled, next: u32) -> Result<(), DatapathError> {
-    purge::<PolicyKey, HttpSet>(bpf, "PORIN_HTTPS_V1", |k| {
-        u32::from(k.generation) == next
-    })?;
+    purge::<PolicyKey, HttpSet>(bpf, "PORIN_HTTPS_V1", |k| u32::from(k.generation) == next)?;
     write_hash(
         bpf,
         "PORIN_HTTPR_V1",
@@ -91,9 +94,7 @@ pub fn clean_after_flip(
     new: &Compiled,
     active: u32,
 ) -> Result<(), DatapathError> {
-    purge::<PolicyKey, HttpSet>(bpf, "PORIN_HTTPS_V1", |k| {
-        u32::from(k.generation) != active
-    })?;
+    purge::<PolicyKey, HttpSet>(bpf, "PORIN_HTTPS_V1", |k| u32::from(k.generation) != active)?;
     let gone: Vec<HttpKey> = old
         .http_maps
         .rules

@@ -389,8 +389,16 @@ pub fn parse(buf: &[u8], len: usize) -> Result<Request, HttpError> {
 /// large for the stack). Only the scalars are reset: array entries past
 /// `slashes` and `headers` are stale and never read.
 pub fn parse_into(buf: &[u8], len: usize, r: &mut Request) -> Result<(), HttpError> {
-    let n = if len < buf.len() { len } else { buf.len() };
-    let n = if n > WINDOW { WINDOW } else { n };
+    parse_begin(r);
+    match parse_range(buf, len, r, 0, WINDOW) {
+        Some(result) => result,
+        None => Err(HttpError::Unsupported),
+    }
+}
+
+/// Resets `r` for a new head (see [`parse_into`]).
+#[inline(always)]
+pub fn parse_begin(r: &mut Request) {
     set!(r.method, method::NONE);
     set!(r.path_start, 0);
     set!(r.path_len, 0);
@@ -413,8 +421,34 @@ pub fn parse_into(buf: &[u8], len: usize, r: &mut Request) -> Result<(), HttpErr
     set!(r.cur.h, FNV_BASIS);
     set!(r.cur.h_trim, FNV_BASIS);
     set!(r.cur.name_h, 0);
-    let mut i = 0;
-    while i < WINDOW {
+}
+
+/// Bytes one [`parse_range`] call of the kernel's HTTP stage covers (one
+/// tail call each: the verifier walks a loop once per iteration, and a
+/// 256-byte loop over this state machine is past its budget).
+pub const CHUNK: usize = 32;
+
+/// Parses bytes `[from, min(from + count, len, buf.len(), WINDOW))` of a
+/// head begun with [`parse_begin`]: `Some(result)` once decided (the head
+/// ended, or an error), `None` if every byte so far was valid and the head
+/// goes on (or the bytes ran out: the caller decides).
+#[inline(always)]
+pub fn parse_range(
+    buf: &[u8],
+    len: usize,
+    r: &mut Request,
+    from: usize,
+    count: usize,
+) -> Option<Result<(), HttpError>> {
+    let n = if len < buf.len() { len } else { buf.len() };
+    let n = if n > WINDOW { WINDOW } else { n };
+    let from = from & (WINDOW - 1);
+    let mut j = 0;
+    while j < WINDOW {
+        if j >= count {
+            break;
+        }
+        let i = from + j;
         if i >= n {
             break;
         }
@@ -422,15 +456,17 @@ pub fn parse_into(buf: &[u8], len: usize, r: &mut Request) -> Result<(), HttpErr
         let Some(&b) = buf.get(i) else {
             break;
         };
-        if step(r, b, i)? {
-            set!(r.head_len, (i + 1) as u16);
-            return Ok(());
+        match step(r, b, i) {
+            Err(e) => return Some(Err(e)),
+            Ok(true) => {
+                set!(r.head_len, (i + 1) as u16);
+                return Some(Ok(()));
+            }
+            Ok(false) => {}
         }
-        i += 1;
+        j += 1;
     }
-    // The head did not end inside what we saw (every byte so far was
-    // valid): split across segments, or longer than the window.
-    Err(HttpError::Unsupported)
+    None
 }
 
 const VERSION: &[u8; 8] = b"HTTP/1.1";
@@ -514,7 +550,10 @@ fn step(r: &mut Request, byte: u8, i: usize) -> Result<bool, HttpError> {
             set!(r.cur.h_trim, h);
             set!(r.cur.st, st::VALUE_LEAD);
         } else if is_tchar(bb!(r)) {
-            set!(r.cur.h, fnv_step(get!(r.cur.h), bb!(r).to_ascii_lowercase()));
+            set!(
+                r.cur.h,
+                fnv_step(get!(r.cur.h), bb!(r).to_ascii_lowercase())
+            );
         } else {
             return Err(HttpError::Malformed);
         }
@@ -551,7 +590,14 @@ fn path_byte(r: &mut Request, i: usize) -> Result<(), HttpError> {
         }
         set!(r.path_len, (i - get!(r.path_start) as usize) as u16);
         set!(r.path, nonzero(get!(r.cur.h)));
-        set!(r.cur.st, if bb!(r) == b' ' { st::VERSION } else { st::QUERY });
+        set!(
+            r.cur.st,
+            if bb!(r) == b' ' {
+                st::VERSION
+            } else {
+                st::QUERY
+            }
+        );
         return Ok(());
     }
     if bb!(r) <= b' ' || bb!(r) >= 0x7f || bb!(r) == b'#' {
@@ -583,7 +629,14 @@ fn path_byte(r: &mut Request, i: usize) -> Result<(), HttpError> {
         }
         // Encoded '.', '/', '\': %2e %2f %5c.
         if pct == 1 {
-            set!(r.cur.pct, if bb!(r) == b'2' || bb!(r) == b'5' { 2 } else { 3 });
+            set!(
+                r.cur.pct,
+                if bb!(r) == b'2' || bb!(r) == b'5' {
+                    2
+                } else {
+                    3
+                }
+            );
             set!(r.cur.pct_hi, bb!(r) as u32);
         } else if pct == 2 || pct == 3 {
             let lo = bb!(r) | 0x20;
@@ -626,7 +679,9 @@ fn value_byte(r: &mut Request, state: u32) -> Result<(), HttpError> {
         if name_h == H_CONTENT_LENGTH {
             // Digits only, no blanks inside.
             let digits = get!(r.cur.cl_digits);
-            if !bb!(r).is_ascii_digit() || digits >= 9 || (state == st::VALUE && h != get!(r.cur.h_trim))
+            if !bb!(r).is_ascii_digit()
+                || digits >= 9
+                || (state == st::VALUE && h != get!(r.cur.h_trim))
             {
                 return Err(HttpError::Malformed);
             }
@@ -1126,7 +1181,10 @@ mod tests {
             Segment::Deny(HttpError::Unsupported)
         );
         assert_eq!(segment(&c, 0, 10), Segment::Pass); // retransmission
-        assert_eq!(segment(&c, u32::MAX, 2), Segment::Deny(HttpError::Unsupported));
+        assert_eq!(
+            segment(&c, u32::MAX, 2),
+            Segment::Deny(HttpError::Unsupported)
+        );
         assert_eq!(segment(&c, end, 1), Segment::Request);
         assert_eq!(
             segment(&c, end + 1, 1),

@@ -37,8 +37,8 @@ use porin_common::{
     flow,
     flow::HTTP_PATH_BYTES,
     http::{
-        advance, conn_at_syn, conn_key, conn_state, judge, max_entries, parse_into, segment,
-        HttpConn, HttpError, HttpKey, HttpSet, HttpValue, Request, Segment, WINDOW,
+        advance, conn_at_syn, conn_key, conn_state, judge, max_entries, parse_begin, parse_range,
+        segment, HttpConn, HttpError, HttpKey, HttpSet, HttpValue, Request, Segment, CHUNK, WINDOW,
     },
     packet::ETH_HLEN,
     parse::{Flow, Parsed},
@@ -50,7 +50,7 @@ use crate::{counters, events, identity, parse};
 /// The stage runs as a tail call: its own program, with its own stack and
 /// verifier budget, so the main programs stay as they were.
 #[map]
-static PORIN_HTTPP_V1: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static PORIN_HTTPP_V1: ProgramArray = ProgramArray::with_max_entries(4, 0);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_F_INGRESS: u64 = 1;
@@ -95,6 +95,16 @@ pub struct Scratch {
     hdr: [u8; 64],
     /// The request path's first bytes for the event, zero past its end.
     pub path: [u64; HTTP_PATH_BYTES / 8],
+    /// Carried from one stage program to the next (tail calls run on the
+    /// same CPU, one after the other, so the scratch is theirs meanwhile).
+    t: Tcp,
+    dir: u32,
+    /// Payload bytes copied into `buf`.
+    n: u32,
+    /// Next chunk to parse.
+    chunk: u32,
+    /// 0: parsed; 1 + `HttpError` as u32: failed.
+    parsed: u32,
 }
 
 /// This CPU's scratch, or `Internal`.
@@ -111,11 +121,12 @@ pub fn scratch() -> Result<&'static mut Scratch, DropReason> {
 static PORIN_HTTPB_V1: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// The TCP facts of a packet, from its headers.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Tcp {
     pub seq: u32,
     pub ack: u32,
-    pub flags: u8,
+    pub flags: u32,
     pub payload_off: u32,
     pub payload_len: u32,
 }
@@ -150,7 +161,7 @@ pub fn tcp(ctx: &TcContext, family: u8, s: &mut Scratch) -> Result<Tcp, DropReas
     let seq = u32::from_be_bytes([b[t + 4], b[t + 5], b[t + 6], b[t + 7]]);
     let ack = u32::from_be_bytes([b[t + 8], b[t + 9], b[t + 10], b[t + 11]]);
     let doff = u32::from(b[t + 12] >> 4) * 4;
-    let flags = b[t + 13];
+    let flags = u32::from(b[t + 13]);
     if doff < 20 || ip_len < l3 + doff {
         return Err(DropReason::Malformed);
     }
@@ -170,7 +181,7 @@ pub fn open(flow: &Flow, ifindex: u32, key: &PolicyKey, t: &Tcp) -> Result<(), D
     let Some(set) = (unsafe { PORIN_HTTPS_V1.get(key) }) else {
         return Err(DropReason::Internal);
     };
-    let conn = if t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+    let conn = if t.flags & u32::from(TCP_SYN | TCP_ACK) == u32::from(TCP_SYN) {
         conn_at_syn(t.seq, *set)
     } else {
         // Picked up mid-stream (state evicted, daemon restarted): where
@@ -185,102 +196,6 @@ pub fn open(flow: &Flow, ifindex: u32, key: &PolicyKey, t: &Tcp) -> Result<(), D
     PORIN_HTTPC_V1
         .insert(&conn_key(flow, ifindex), &conn, 0)
         .map_err(|_| DropReason::Internal)
-}
-
-/// What [`check`] decided about a packet.
-pub struct Checked {
-    pub result: Result<(), DropReason>,
-    /// A request was parsed (allowed or denied): emit an HTTP event.
-    pub judged: bool,
-    pub method: u8,
-    pub rule: u32,
-    pub path_len: u16,
-}
-
-/// Judges a client→server packet of an HTTP-ruled connection.
-#[inline(always)]
-pub fn check(ctx: &TcContext, flow: &Flow, ifindex: u32, t: &Tcp, s: &mut Scratch) -> Checked {
-    let mut out = Checked {
-        result: Ok(()),
-        judged: false,
-        method: 0,
-        rule: 0,
-        path_len: 0,
-    };
-    out.result = judge_packet(ctx, flow, ifindex, t, s, &mut out);
-    out
-}
-
-#[inline(always)]
-fn judge_packet(
-    ctx: &TcContext,
-    flow: &Flow,
-    ifindex: u32,
-    t: &Tcp,
-    s: &mut Scratch,
-    out: &mut Checked,
-) -> Result<(), DropReason> {
-    let key = conn_key(flow, ifindex);
-    let Some(conn) = PORIN_HTTPC_V1.get_ptr_mut(&key) else {
-        return Err(DropReason::HttpUnsupported);
-    };
-    // SAFETY: the map value, valid for this run; one CPU per packet of a
-    // connection in practice, and a race at worst denies.
-    let conn = unsafe { &mut *conn };
-    if t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        // A new connection on the same tuple (port reuse): start over.
-        *conn = conn_at_syn(t.seq, conn.set);
-        return Ok(());
-    }
-    match segment(conn, t.seq, t.payload_len) {
-        Segment::Pass => return Ok(()),
-        Segment::Deny(e) => {
-            conn.state = conn_state::DENIED;
-            return Err(reason(e));
-        }
-        Segment::Request => {}
-    }
-    let n = if t.payload_len > WINDOW as u32 {
-        WINDOW as u32
-    } else {
-        t.payload_len
-    };
-    // 1..=WINDOW in a form the verifier sees (a plain `n == 0` test is
-    // optimised away: `segment` already excluded empty payloads), equal
-    // to `n` for every n in 1..=WINDOW.
-    let n = ((n.wrapping_sub(1)) & (WINDOW as u32 - 1)) + 1;
-    // SAFETY: `buf` has room for `n <= WINDOW` bytes.
-    let rc = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            t.payload_off,
-            s.buf.as_mut_ptr().cast(),
-            n,
-        )
-    };
-    if rc != 0 {
-        return Err(DropReason::Internal);
-    }
-    out.judged = true;
-    if let Err(e) = parse_into(&s.buf, n as usize, &mut s.req) {
-        conn.state = conn_state::DENIED;
-        return Err(reason(e));
-    }
-    let req = &s.req;
-    out.method = req.method;
-    out.path_len = path_words(&s.buf, req, &mut s.path);
-    // SAFETY: values read at once.
-    let rule = judge(req, &conn.set, |k| unsafe { PORIN_HTTPR_V1.get(k) });
-    out.rule = rule;
-    if rule == 0 {
-        conn.state = conn_state::DENIED;
-        return Err(DropReason::HttpDenied);
-    }
-    if let Err(e) = advance(conn, t.seq, t.payload_len, req) {
-        conn.state = conn_state::DENIED;
-        return Err(reason(e));
-    }
-    Ok(())
 }
 
 #[inline(always)]
@@ -461,7 +376,15 @@ fn csum(bytes: &[u8], seed: u32) -> Option<u32> {
         return None;
     }
     // SAFETY: `bytes` holds `len` bytes; the helper only reads them.
-    let r = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, bytes.as_ptr() as *mut u32, len, seed) };
+    let r = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            bytes.as_ptr() as *mut u32,
+            len,
+            seed,
+        )
+    };
     (r >= 0).then_some(r as u32)
 }
 
@@ -553,50 +476,85 @@ fn write_tcp(o: &mut [u8; OUT], l4: usize, sport: u16, dport: u16, seq: u32, ack
     o[l4 + 19] = 0;
 }
 
-/// Hands the packet to the HTTP stage program for `dir` (a tail call, which
+/// Stage program indexes in `PORIN_HTTPP_V1`.
+pub mod stage_index {
+    // 0 and 1: the entries, by `Direction` (`from_container`,
+    // `to_container`).
+    /// One chunk of the request parse, then itself or the finish.
+    pub const PARSE: u32 = 2;
+    /// Judge, record, answer.
+    pub const FINISH: u32 = 3;
+}
+
+/// Hands the packet to the HTTP stage entry for `dir` (a tail call, which
 /// does not return). If that fails (the stage is not loaded), the packet
 /// drops: `Internal`, fail closed.
 #[inline(always)]
 pub fn enter(ctx: &TcContext, dir: Direction) -> i32 {
+    tail(ctx, dir as u32, dir)
+}
+
+/// Tail-calls stage program `index`; on failure drops (`Internal`).
+#[inline(always)]
+fn tail(ctx: &TcContext, index: u32, dir: Direction) -> i32 {
     // SAFETY: the context is the program's own.
-    unsafe { PORIN_HTTPP_V1.tail_call(ctx, dir as u32) };
+    unsafe { PORIN_HTTPP_V1.tail_call(ctx, index) };
     let verdict = decide::verdict(Err(DropReason::Internal), None);
     counters::record(&verdict, dir, ctx.len());
     verdict.action
 }
 
-/// HTTP stage for `from_container` (tail call target, index 0).
+/// HTTP stage entry for `from_container` (index 0).
 #[classifier]
 pub fn http_from_container(ctx: TcContext) -> i32 {
-    stage(&ctx, Direction::Egress)
+    entry(&ctx, Direction::Egress)
 }
 
-/// HTTP stage for `to_container` (tail call target, index 1).
+/// HTTP stage entry for `to_container` (index 1).
 #[classifier]
 pub fn http_to_container(ctx: TcContext) -> i32 {
-    stage(&ctx, Direction::Ingress)
+    entry(&ctx, Direction::Ingress)
+}
+
+/// The packet's flow (the main program parsed it a moment ago).
+#[inline(always)]
+fn flow_of(ctx: &TcContext) -> Option<Flow> {
+    match parse::headers(ctx) {
+        Ok(Parsed::Flow(f)) => Some(f),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn dir_of(d: u32) -> Direction {
+    if d == Direction::Ingress as u32 {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    }
+}
+
+#[inline(always)]
+fn drop_internal(ctx: &TcContext, dir: Direction) -> i32 {
+    let verdict = decide::verdict(Err(DropReason::Internal), None);
+    counters::record(&verdict, dir, ctx.len());
+    verdict.action
 }
 
 /// A packet of an HTTP-ruled connection going the client→server way
-/// (`conntrack::HIT_HTTP`): packets without payload pass as conntrack hits;
-/// a request is judged and gets an HTTP event; a denied one is answered
-/// ([`deny`]) in enforce mode.
+/// (`conntrack::HIT_HTTP`): where it lies against the next request's start
+/// decides; packets without payload pass as conntrack hits; a request is
+/// copied and parsed chunk by chunk ([`http_parse`]), then judged
+/// ([`http_finish`]).
 #[inline(always)]
-fn stage(ctx: &TcContext, dir: Direction) -> i32 {
+fn entry(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: the context pointer the kernel passed in.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let flow = match parse::headers(ctx) {
-        Ok(Parsed::Flow(f)) => f,
-        // The main program parsed it into a flow a moment ago.
-        _ => {
-            let verdict = decide::verdict(Err(DropReason::Internal), None);
-            counters::record(&verdict, dir, ctx.len());
-            return verdict.action;
-        }
+    let Some(flow) = flow_of(ctx) else {
+        return drop_internal(ctx, dir);
     };
-    let s = match scratch() {
-        Ok(s) => s,
-        Err(_) => return tc_action::SHOT,
+    let Ok(s) = scratch() else {
+        return drop_internal(ctx, dir);
     };
     let t = match tcp(ctx, flow.family, s) {
         Ok(t) => t,
@@ -606,54 +564,207 @@ fn stage(ctx: &TcContext, dir: Direction) -> i32 {
             return verdict.action;
         }
     };
-    let c = check(ctx, &flow, ifindex, &t, s);
-    if c.result.is_ok() && !c.judged {
-        let verdict = decide::verdict(Ok(()), None);
-        counters::record(&verdict, dir, ctx.len());
-        return verdict.action;
+    let Some(conn) = PORIN_HTTPC_V1.get_ptr_mut(&conn_key(&flow, ifindex)) else {
+        return conclude(
+            ctx,
+            &flow,
+            dir,
+            ifindex,
+            &t,
+            s,
+            Err(DropReason::HttpUnsupported),
+            None,
+        );
+    };
+    // SAFETY: the map value, valid for this run.
+    let conn = unsafe { &mut *conn };
+    if t.flags & u32::from(TCP_SYN | TCP_ACK) == u32::from(TCP_SYN) {
+        // A new connection on the same tuple (port reuse): start over.
+        *conn = conn_at_syn(t.seq, conn.set);
+    } else {
+        match segment(conn, t.seq, t.payload_len) {
+            Segment::Pass => {}
+            Segment::Deny(e) => {
+                conn.state = conn_state::DENIED;
+                return conclude(ctx, &flow, dir, ifindex, &t, s, Err(reason(e)), None);
+            }
+            Segment::Request => {
+                let n = if t.payload_len > WINDOW as u32 {
+                    WINDOW as u32
+                } else {
+                    t.payload_len
+                };
+                // 1..=WINDOW in a form the verifier sees (a plain `n == 0`
+                // test is optimised away: `segment` excluded empty
+                // payloads), equal to `n` for every n in 1..=WINDOW.
+                let n = (n.wrapping_sub(1) & (WINDOW as u32 - 1)) + 1;
+                // SAFETY: `buf` has room for `n <= WINDOW` bytes.
+                let rc = unsafe {
+                    bpf_skb_load_bytes(
+                        ctx.skb.skb as *const _,
+                        t.payload_off,
+                        s.buf.as_mut_ptr().cast(),
+                        n,
+                    )
+                };
+                if rc != 0 {
+                    return drop_internal(ctx, dir);
+                }
+                parse_begin(&mut s.req);
+                s.t = t;
+                s.dir = dir as u32;
+                s.n = n;
+                s.chunk = 0;
+                return tail(ctx, stage_index::PARSE, dir);
+            }
+        }
     }
+    let verdict = decide::verdict(Ok(()), None);
+    counters::record(&verdict, dir, ctx.len());
+    verdict.action
+}
+
+/// One [`CHUNK`] of the request head; then itself again, or the finish.
+#[classifier]
+pub fn http_parse(ctx: TcContext) -> i32 {
+    let Ok(s) = scratch() else {
+        return tc_action::SHOT;
+    };
+    let dir = dir_of(s.dir);
+    let k = s.chunk;
+    let from = (k as usize * CHUNK) & (WINDOW - 1);
+    let done = parse_range(&s.buf, s.n as usize, &mut s.req, from, CHUNK);
+    let next = k + 1;
+    match done {
+        Some(Ok(())) => s.parsed = 0,
+        Some(Err(e)) => s.parsed = 1 + e as u32,
+        None if (next as usize) * CHUNK < WINDOW && (next as usize) * CHUNK < s.n as usize => {
+            s.chunk = next;
+            return tail(&ctx, stage_index::PARSE, dir);
+        }
+        // Out of bytes (or of window) before the head ended.
+        None => s.parsed = 1 + HttpError::Unsupported as u32,
+    }
+    tail(&ctx, stage_index::FINISH, dir)
+}
+
+/// Judges the parsed request, moves the connection on, records and
+/// answers.
+#[classifier]
+pub fn http_finish(ctx: TcContext) -> i32 {
+    let Ok(s) = scratch() else {
+        return tc_action::SHOT;
+    };
+    let dir = dir_of(s.dir);
+    // SAFETY: the context pointer the kernel passed in.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(flow) = flow_of(&ctx) else {
+        return drop_internal(&ctx, dir);
+    };
+    let t = s.t;
+    let Some(conn) = PORIN_HTTPC_V1.get_ptr_mut(&conn_key(&flow, ifindex)) else {
+        return drop_internal(&ctx, dir);
+    };
+    // SAFETY: the map value, valid for this run.
+    let conn = unsafe { &mut *conn };
+    let result = if s.parsed != 0 {
+        conn.state = conn_state::DENIED;
+        let e = if s.parsed == 1 + HttpError::Malformed as u32 {
+            HttpError::Malformed
+        } else {
+            HttpError::Unsupported
+        };
+        Err(reason(e))
+    } else {
+        // SAFETY: values read at once.
+        let rule = judge(&s.req, &conn.set, |k| unsafe { PORIN_HTTPR_V1.get(k) });
+        if rule == 0 {
+            conn.state = conn_state::DENIED;
+            Err(DropReason::HttpDenied)
+        } else if let Err(e) = advance(conn, t.seq, t.payload_len, &s.req) {
+            conn.state = conn_state::DENIED;
+            Err(reason(e))
+        } else {
+            s.parsed = 0;
+            Ok(rule)
+        }
+    };
+    let method = s.req.method;
+    let path_len = path_words(&s.buf, &s.req, &mut s.path);
+    let rule = match result {
+        Ok(r) => r,
+        Err(_) => 0,
+    };
+    conclude(
+        &ctx,
+        &flow,
+        dir,
+        ifindex,
+        &t,
+        s,
+        result.map(|_| ()),
+        Some((method, path_len, rule)),
+    )
+}
+
+/// Counts, records and (in enforce mode, for a denial) answers a decision
+/// on a client→server packet; `request` is (method, path length, rule) of
+/// a parsed request (an HTTP event), `None` for other decisions.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn conclude(
+    ctx: &TcContext,
+    flow: &Flow,
+    dir: Direction,
+    ifindex: u32,
+    t: &Tcp,
+    s: &mut Scratch,
+    result: Result<(), DropReason>,
+    request: Option<(u8, u16, u32)>,
+) -> i32 {
     // A decision worth an event: the endpoint's mode and both identities.
     let endpoint = identity::endpoint(ifindex);
-    let mut verdict = decide::verdict(c.result, endpoint.map(|ep| ep.mode));
+    let mut verdict = decide::verdict(result, endpoint.map(|ep| ep.mode));
     counters::record(&verdict, dir, ctx.len());
     let subject = endpoint.map_or(0, |e| e.identity);
-    let peer = identity::of_address(peer_addr(&flow, dir), flow.family);
+    let peer = identity::of_address(peer_addr(flow, dir), flow.family);
     let kind_verdict = events::flow_verdict(&verdict);
-    let reason = verdict.drop.map_or(0, |r| r as u8);
-    if c.judged {
-        let l7 = events::L7 {
-            method: c.method,
-            path_len: c.path_len,
-            path: &s.path,
-        };
-        events::emit_http(
-            kind_verdict,
-            reason,
-            dir,
-            &flow,
-            ifindex,
-            subject,
-            peer,
-            ctx.len(),
-            c.rule,
-            &l7,
-        );
-    } else {
-        events::emit(
+    let why = verdict.drop.map_or(0, |r| r as u8);
+    match request {
+        Some((method, path_len, rule)) => {
+            let l7 = events::L7 {
+                method,
+                path_len,
+                path: &s.path,
+            };
+            events::emit_http(
+                kind_verdict,
+                why,
+                dir,
+                flow,
+                ifindex,
+                subject,
+                peer,
+                ctx.len(),
+                rule,
+                &l7,
+            );
+        }
+        None => events::emit(
             flow::kind::DROP,
             kind_verdict,
-            reason,
+            why,
             dir,
-            Some(&flow),
+            Some(flow),
             ifindex,
             subject,
             peer,
             ctx.len(),
             0,
-            t.flags,
-        );
+            t.flags as u8,
+        ),
     }
-    if verdict.action == tc_action::SHOT && deny(ctx, &flow, dir, ifindex, &t, s) {
+    if verdict.action == tc_action::SHOT && deny(ctx, flow, dir, ifindex, t, s) {
         // The packet is now a RST to the server; the client got a 403.
         verdict.action = tc_action::OK;
     }
