@@ -374,6 +374,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn http_events_carry_method_path_and_reason() {
+        let mut e = drop_event();
+        e.kind = kind::HTTP;
+        e.drop_reason = 12;
+        e.http_method = porin_common::http::method::POST;
+        e.http_path[..6].copy_from_slice(b"/admin");
+        e.http_path_len = 6;
+        let v = FlowRecord::enrich(3, 0, e, &directory()).view();
+        assert_eq!(v.event_type, "L7_HTTP");
+        assert_eq!(v.drop_reason_desc.as_deref(), Some("HTTP_DENIED"));
+        let http = v.l7_http.expect("HTTP fields");
+        assert_eq!(
+            (http.method.as_str(), http.url.as_str()),
+            ("POST", "/admin")
+        );
+        e.http_method = porin_common::http::method::OTHER;
+        let v = FlowRecord::enrich(4, 0, e, &directory()).view();
+        assert_eq!(v.l7_http.unwrap().method, "?");
+    }
+
+    #[test]
     fn decode_checks_the_size() {
         let e = drop_event();
         // SAFETY: viewing a plain-data struct as bytes.
