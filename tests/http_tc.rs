@@ -483,3 +483,44 @@ fn differential_kernel_and_host_agree() {
         "the generator must produce allowed requests too"
     );
 }
+
+#[test]
+fn ipv6_requests_are_judged_and_answered() {
+    require_root("ipv6_requests_are_judged_and_answered");
+    use std::net::Ipv6Addr;
+    let server6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    let client6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+    let mut dp = Dp::new(mode::ENFORCE, &default_rules());
+    dp.hash::<[u8; 16], Identity>("PORIN_IP6_V1")
+        .insert(server6.octets(), WEB, 0)
+        .unwrap();
+    dp.hash::<[u8; 16], Identity>("PORIN_IP6_V1")
+        .insert(client6.octets(), CLI, 0)
+        .unwrap();
+    let seg6 = |seq: u32, flags: u8, payload: &[u8]| {
+        let mut t = packets::tcp(41000, PORT, flags, payload);
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        packets::frame_v6(client6, server6, PROTO_TCP, &t)
+    };
+    assert_eq!(dp.run(&seg6(7, packets::TCP_SYN, b"")).0, OK);
+    let ok = seg6(8, packets::TCP_ACK | TCP_PSH, GET_METRICS);
+    assert_eq!(dp.run(&ok), (OK, ok));
+    let seq = 8 + GET_METRICS.len() as u32;
+    let (v, out) = dp.run(&seg6(
+        seq,
+        packets::TCP_ACK | TCP_PSH,
+        b"GET /admin HTTP/1.1\r\n\r\n",
+    ));
+    assert_eq!(v, OK);
+    assert_eq!(out.len(), 14 + 40 + 20, "a bare RST: {out:?}");
+    assert_eq!(&out[22..38], &client6.octets());
+    assert_eq!(&out[38..54], &server6.octets());
+    assert_eq!(out[54 + 13], TCP_RST);
+    assert_eq!(&out[58..62], &seq.to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&out[22..54]);
+    pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, PROTO_TCP]);
+    pseudo.extend_from_slice(&out[54..74]);
+    assert_eq!(packets::checksum(&pseudo), 0, "TCP checksum");
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
+}
