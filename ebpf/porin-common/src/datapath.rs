@@ -17,6 +17,8 @@
 //! | `PORIN_CT_V1` | LRU hash | [`CtKey`] (IPv6) → [`CtValue`] | programs (likewise) |
 //! | `PORIN_DROPS_V1` | per-CPU array | [`DropReason`] → [`Counter`] | programs |
 //! | `PORIN_FWD_V1` | per-CPU array | [`Direction`] → [`Counter`] | programs |
+//! | `PORIN_HTTPS_V1`, `PORIN_HTTPR_V1`, `PORIN_HTTPC_V1` | HTTP rule sets, rules, connection state | see [`crate::http`] | manager / programs |
+//! | `PORIN_HTTPP_V1`, `PORIN_HTTPB_V1` | program array (HTTP stage), per-CPU scratch | see the eBPF crate's `http.rs` | manager / programs |
 //!
 //! # Atomic policy updates
 //! Policy entries carry a generation (0 or 1). The programs read the active

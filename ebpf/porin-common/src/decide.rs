@@ -6,6 +6,8 @@
 //! | case | verdict | counted as |
 //! | --- | --- | --- |
 //! | conntrack hit (same direction, or reply), checked first | `OK` | forwarded |
+//! | conntrack hit on an HTTP-ruled connection (`CtValue::l7`), going the first packet's way | the HTTP stage decides ([`crate::http`]) | forwarded, or drop `Http*` |
+//! | policy allows with `ALLOW_HTTP` | `OK` (CT entry with `l7`, HTTP state); payload without a seen SYN: drop `HttpUnsupported` | forwarded |
 //! | no `PORIN_ENDP_V1` entry for the ifindex | `SHOT` (any mode) | drop `UnknownEndpoint` |
 //! | ARP, ICMPv6 133-137 | `OK` | forwarded |
 //! | policy allows | `OK` (CT entry made) | forwarded |

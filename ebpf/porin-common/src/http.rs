@@ -38,7 +38,12 @@
 //! [`ALTS`] rules (the Host and header conditions of rules sharing method
 //! and path), checked against the request's hashed headers.
 //!
-//! # Verdicts ([`Judgement`])
+//! # Verdicts
+//! Every deny is, in enforce mode, answered by the eBPF stage: a 403 with
+//! FIN cloned back to the client and the packet rewritten into a RST to the
+//! server (the eBPF crate's `http.rs`); the connection's state becomes
+//! [`conn_state::DENIED`], so any later payload is denied too.
+//!
 //! | input | verdict | reason |
 //! | --- | --- | --- |
 //! | head complete, a rule matches | allow, next request expected after head + Content-Length | — |
@@ -49,7 +54,15 @@
 //! | `Transfer-Encoding` (chunked bodies), target not starting with `/` (absolute form, `*`), dot segments, `//`, `\`, `%2e`/`%2f`/`%5c` in the path (servers normalise these) | deny | `HttpUnsupported` |
 //! | a second (pipelined) request in the same segment | deny | `HttpUnsupported` |
 //! | segment starting after the next request's start (out of order) or straddling it | deny | `HttpUnsupported` |
-//! | segment wholly before the next request's start (body, retransmission) | pass | — |
+//! | segment within the last judged request (body, retransmission) | pass | — |
+//! | payload on a connection whose SYN was not seen (state lost, picked up mid-stream) | deny | `HttpUnsupported` |
+//! | segment without payload | pass | — |
+//!
+//! # In the kernel
+//! The verifier walks a loop once per iteration, so the parser keeps its
+//! state in memory ([`Cursor`], read and written volatile: unknown values to
+//! the verifier, whose states then prune) and the stage parses the head
+//! [`CHUNK`] bytes per tail call ([`parse_range`]).
 //!
 //! # Hashes are not secret
 //! FNV-1a is not collision resistant: a client that can compute a path

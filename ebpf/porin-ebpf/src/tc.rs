@@ -9,6 +9,11 @@
 //!    with the endpoint's mode;
 //! 4. peer identity and policy in the active generation; allowed → CT entry.
 //!
+//! HTTP rules: a conntrack hit on an HTTP-ruled connection going the
+//! client→server way (`conntrack::HIT_HTTP`) is handed to the HTTP stage
+//! by a tail call (`http::enter`); a policy entry `ALLOW_HTTP` records the
+//! connection's rule set (`http::open`) with its CT entry. See `http.rs`.
+//!
 //! Conntrack before the endpoint: a CT entry's key holds the ifindex of an
 //! endpoint whose policy allowed the flow, and the manager detaches the
 //! programs from a removed endpoint's veth before it deletes the endpoint
