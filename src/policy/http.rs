@@ -418,3 +418,30 @@ mod tests {
         assert_ne!(a.http_maps.sets[&k].id, c.http_maps.sets[&k].id);
     }
 }
+
+#[cfg(test)]
+mod host_peer_tests {
+    use crate::config::parse;
+    use crate::policy::compile;
+    use porin_common::datapath::{action, identity as reserved};
+
+    #[test]
+    fn a_host_client_is_http_restricted() {
+        let yaml = "version: 1\ngroups:\n  - name: web\n    select:\n      labels: {app: web}\n\
+            ground_rules:\n  host_ingress: deny\npolicies:\n  - name: scrape\n    from: [host]\n    \
+            to: [web]\n    protocol: tcp\n    ports: [8080]\n    http:\n      - method: GET\n        \
+            path: /metrics\n";
+        let cfg = parse(yaml, "t.yaml").unwrap();
+        let c = compile(&cfg, &[], &[]).unwrap();
+        let e: Vec<_> = c
+            .policy
+            .iter()
+            .filter(|(k, _)| k.peer == reserved::HOST || k.peer == reserved::ANY)
+            .collect();
+        assert!(
+            e.iter()
+                .any(|(k, v)| k.port == 8080 && v.action == action::ALLOW_HTTP),
+            "{e:?}"
+        );
+    }
+}
