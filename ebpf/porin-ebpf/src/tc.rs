@@ -71,7 +71,12 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     }
     let endpoint = identity::endpoint(ifindex);
     let mut seen = Seen {
-        flow: None,
+        // Zeroed, not `None`: with the HTTP path added, LLVM read the flow's
+        // spilled bytes on paths that never wrote them, which 5.10's
+        // verifier refuses (uninitialised stack); written on every path now.
+        // SAFETY: `Flow` is plain data (bytes, u16s, a bool) valid all-zero.
+        flow: unsafe { core::mem::transmute::<[u64; 5], Flow>([0; 5]) },
+        has_flow: false,
         peer: 0,
         new_flow: false,
     };
@@ -94,7 +99,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
             events::flow_verdict(&verdict),
             verdict.drop.map_or(0, |r| r as u8),
             dir,
-            seen.flow.as_ref(),
+            seen.has_flow.then_some(&seen.flow),
             ifindex,
             endpoint.map_or(0, |e| e.identity),
             seen.peer,
@@ -108,7 +113,9 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
 
 /// What the policy step learnt about a packet, for its flow event.
 struct Seen {
-    flow: Option<Flow>,
+    /// Meaningful when `has_flow`.
+    flow: Flow,
+    has_flow: bool,
     /// The peer's identity, 0 when the packet never got that far.
     peer: u32,
     /// A conntrack entry was made: the first packet of an allowed flow.
@@ -129,7 +136,8 @@ fn try_handle(
         Parsed::Pass => return Ok(()),
         Parsed::Flow(flow) => flow,
     };
-    seen.flow = Some(flow);
+    seen.flow = flow;
+    seen.has_flow = true;
     let generation = policy::active_generation()?;
     // A container may only send from its own addresses: the receiving side
     // judges the sender by the source address's identity.
