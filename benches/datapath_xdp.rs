@@ -181,7 +181,7 @@ fn test_run_table() {
     };
     let l = ct4_key(&out, VETH);
     hash::<Ct4Key, CtValue>(&mut bpf, "PORIN_CT4_V1")
-        .insert(l.key, ct_value(1, Direction::Egress, l.origin), 0)
+        .insert(l.key, ct_value(1, Direction::Egress, l.origin, 0), 0)
         .unwrap();
 
     let tcp = |src, dst, sport, dport, flags| {

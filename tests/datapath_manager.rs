@@ -263,3 +263,79 @@ fn every_apply_bumps_the_deny_cache_epoch_after_its_changes() {
     assert_eq!(dp.bump_epoch().unwrap(), 1, "wraps past 0");
     assert_eq!(cfg(&dp).generation, last.generation);
 }
+
+/// The L7 maps follow the policy generations: sets under the active
+/// generation only, rules of the current sets only, across a change of
+/// HTTP rules alone (no L3/L4 change) and their removal.
+#[test]
+fn http_rule_sets_follow_the_policy_generation() {
+    use porin::config::{HttpPath, HttpRule, Loc, Method};
+    use porin::policy::http::compile_rules;
+    use porin_common::http::{HttpKey, HttpSet, HttpValue};
+
+    require_root("http_rule_sets_follow_the_policy_generation");
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
+    let with_rules = |path: &str| {
+        let mut c = compiled(G1, G2, &[8080]);
+        let rule = HttpRule {
+            method: Method::Get,
+            path: HttpPath::parse(path).unwrap(),
+            host: None,
+            headers: vec![],
+            loc: Loc { line: 1, column: 1 },
+        };
+        let set = compile_rules(
+            path.as_bytes(),
+            &[(1, "p", std::slice::from_ref(&rule))],
+            &mut c.http_maps.rules,
+        )
+        .unwrap();
+        for (k, v) in c.policy.iter_mut() {
+            v.action = action::ALLOW_HTTP;
+            c.http_maps.sets.insert(*k, set);
+        }
+        c
+    };
+    let sets = |dp: &Datapath| -> Vec<(u8, HttpSet)> {
+        let m: BpfHashMap<&MapData, PolicyKey, HttpSet> =
+            BpfHashMap::try_from(dp.ebpf().map("PORIN_HTTPS_V1").unwrap()).unwrap();
+        m.iter()
+            .map(|r| r.unwrap())
+            .map(|(k, v)| (k.generation, v))
+            .collect()
+    };
+    let rules = |dp: &Datapath| -> Vec<HttpKey> {
+        let m: BpfHashMap<&MapData, HttpKey, HttpValue> =
+            BpfHashMap::try_from(dp.ebpf().map("PORIN_HTTPR_V1").unwrap()).unwrap();
+        m.keys().map(|k| k.unwrap()).collect()
+    };
+
+    let a = with_rules("/metrics");
+    dp.apply(&a, &[]).expect("apply A");
+    let g = dp.generation() as u8;
+    let set_a = *a.http_maps.sets.values().next().unwrap();
+    assert_eq!(sets(&dp), vec![(g, set_a)]);
+    assert_eq!(
+        rules(&dp),
+        a.http_maps.rules.keys().copied().collect::<Vec<_>>()
+    );
+
+    // Only the HTTP rules change: still a new generation.
+    let b = with_rules("/health");
+    assert_eq!(a.policy, b.policy, "same L3/L4 entries");
+    dp.apply(&b, &[]).expect("apply B");
+    assert_ne!(dp.generation() as u8, g, "the generation flipped");
+    let set_b = *b.http_maps.sets.values().next().unwrap();
+    assert_ne!(set_a.id, set_b.id);
+    assert_eq!(sets(&dp), vec![(dp.generation() as u8, set_b)]);
+    assert_eq!(
+        rules(&dp),
+        b.http_maps.rules.keys().copied().collect::<Vec<_>>()
+    );
+
+    // No HTTP rules any more.
+    dp.apply(&compiled(G1, G2, &[8080]), &[])
+        .expect("apply plain");
+    assert!(sets(&dp).is_empty());
+    assert!(rules(&dp).is_empty());
+}

@@ -338,7 +338,7 @@ fn replies_and_established_connections_pass_without_a_policy() {
     };
     let l = ct4_key(&out, VETH);
     dp.hash::<Ct4Key, CtValue>("PORIN_CT4_V1")
-        .insert(l.key, ct_value(1, Direction::Egress, l.origin), 0)
+        .insert(l.key, ct_value(1, Direction::Egress, l.origin, 0), 0)
         .unwrap();
     let reply = |flags| {
         packets::frame_v4(

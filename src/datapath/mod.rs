@@ -157,6 +157,7 @@ macro_rules! map_mut {
 
 // After `map_mut!`, which they use.
 pub mod gate;
+pub mod http;
 pub mod persist;
 pub mod pin;
 pub mod uplink;
@@ -182,6 +183,12 @@ impl Datapath {
         ebpf::load_program::<SchedClassifier>(&mut bpf, FROM_CONTAINER)?;
         ebpf::load_program::<SchedClassifier>(&mut bpf, TO_CONTAINER)?;
         ebpf::load_program::<Xdp>(&mut bpf, uplink::FROM_UPLINK)?;
+        // Without the HTTP stage, HTTP-ruled connections drop (the main
+        // programs' tail call fails: `Internal`): their ports are closed,
+        // never open to any request.
+        if let Err(e) = http::load_stage(&mut bpf) {
+            warn!("HTTP stage not loaded, ports with HTTP rules are closed: {e}");
+        }
         let mut dp = Datapath {
             bpf,
             tc,
@@ -279,7 +286,7 @@ impl Datapath {
         // under the active generation is what the switch retires, and a
         // second walk after it would cost as much as the writes (one
         // syscall per key).
-        if !d.policy.is_empty() {
+        if !d.policy.is_empty() || http::changed(old, new) {
             let next = 1 - self.generation;
             let keys = policy_keys(&mut self.bpf)?;
             let at = |generation: u32| -> Vec<PolicyKey> {
@@ -290,6 +297,8 @@ impl Datapath {
             };
             let (stale, retired) = (at(next), at(1 - next));
             remove_hash::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", &stale)?;
+            // HTTP rule sets of the new generation (`http`).
+            http::write_before_flip(&mut self.bpf, new, next)?;
             let entries = new.policy.iter().map(|(k, v)| {
                 let key = PolicyKey {
                     generation: next as u8,
@@ -300,6 +309,7 @@ impl Datapath {
             write_hash(&mut self.bpf, "PORIN_POL_V1", "insert", entries)?;
             self.set_generation(next)?;
             remove_hash::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", &retired)?;
+            http::clean_after_flip(&mut self.bpf, old, new, next)?;
         }
 
         // 4. Changed and removed addresses, networks and endpoints.

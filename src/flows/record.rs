@@ -222,6 +222,9 @@ pub fn drop_reason_name(r: u8) -> &'static str {
         10 => "UPLINK_FLOOD",
         11 => "SPOOFED_SOURCE",
         12 => "ROGUE_ROUTER",
+        13 => "HTTP_DENIED",
+        14 => "HTTP_MALFORMED",
+        15 => "HTTP_UNSUPPORTED",
         _ => "UNKNOWN_REASON",
     }
 }
@@ -237,12 +240,10 @@ fn protocol_name(p: u8) -> String {
 }
 
 fn method_name(m: u8) -> &'static str {
-    [
-        "", "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
-    ]
-    .get(usize::from(m))
-    .copied()
-    .unwrap_or("?")
+    porin_common::http::method::NAMES
+        .get(usize::from(m))
+        .copied()
+        .unwrap_or("?")
 }
 
 fn tcp_flags(f: u8) -> Vec<String> {
@@ -371,6 +372,27 @@ pub(crate) mod tests {
         assert_eq!(v.policy, "sensor-to-web");
         assert_eq!(v.source.identity_name, "identity 0x00000063");
         assert_eq!(v.time, "1970-01-01T00:00:00.000000000Z");
+    }
+
+    #[test]
+    fn http_events_carry_method_path_and_reason() {
+        let mut e = drop_event();
+        e.kind = kind::HTTP;
+        e.drop_reason = 12;
+        e.http_method = porin_common::http::method::POST;
+        e.http_path[..6].copy_from_slice(b"/admin");
+        e.http_path_len = 6;
+        let v = FlowRecord::enrich(3, 0, e, &directory()).view();
+        assert_eq!(v.event_type, "L7_HTTP");
+        assert_eq!(v.drop_reason_desc.as_deref(), Some("HTTP_DENIED"));
+        let http = v.l7_http.expect("HTTP fields");
+        assert_eq!(
+            (http.method.as_str(), http.url.as_str()),
+            ("POST", "/admin")
+        );
+        e.http_method = porin_common::http::method::OTHER;
+        let v = FlowRecord::enrich(4, 0, e, &directory()).view();
+        assert_eq!(v.l7_http.unwrap().method, "?");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::config::{Config, Loc};
 use crate::discovery::endpoint::Endpoint;
 
 use super::compiled::{Compiled, Warning};
+use super::http::{self, HttpCompileError};
 use super::identity::{CollisionError, Identities};
 use super::rules::{self, Culprit, Entries, Overflow, POLICY_ENTRIES_PER_GENERATION};
 use super::{addrs, select};
@@ -23,6 +24,8 @@ pub enum CompileError {
     /// The policy map would need more than
     /// [`POLICY_ENTRIES_PER_GENERATION`] entries.
     Overflow(Overflow),
+    /// HTTP rules the datapath cannot hold.
+    Http(HttpCompileError),
     /// A policy names a peer the configuration does not define (a
     /// validated configuration never does).
     UnknownPeer {
@@ -36,6 +39,7 @@ impl fmt::Display for CompileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CompileError::Collision(e) => write!(f, "{e}"),
+            CompileError::Http(e) => write!(f, "{e}"),
             CompileError::Overflow(o) => {
                 write!(
                     f,
@@ -103,10 +107,14 @@ fn compile_with_capacity(
     rules::ground_rules(cfg, &ids, &mut entries)?;
     rules::policies(cfg, &ids, &mut entries)?;
 
+    let http_maps = http::compile(cfg, &entries.http, &entries.plain, &mut entries.map)
+        .map_err(CompileError::Http)?;
+
     let selection = select::select(&cfg.groups, endpoints);
     let mut out = Compiled {
         policy: entries.map,
         http: entries.http,
+        http_maps,
         rules: cfg.policies.iter().map(|p| p.name.clone()).collect(),
         ..Compiled::default()
     };
@@ -114,13 +122,6 @@ fn compile_with_capacity(
         .extend(selection.overlaps.iter().cloned().map(Warning::Overlap));
     addrs::endpoints(cfg, &ids, &selection, host_addrs, &mut out);
     addrs::networks(cfg, &ids, &mut out);
-    out.warnings
-        .extend(cfg.policies.iter().filter(|p| !p.http.is_empty()).map(|p| {
-            Warning::HttpNotEnforced {
-                policy: p.name.clone(),
-                loc: p.loc,
-            }
-        }));
     for id in [
         reserved::ANY,
         reserved::HOST,

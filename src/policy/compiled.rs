@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use porin_common::datapath::{EndpointInfo, Identity, PolicyKey, PolicyValue};
 
-use crate::config::{Cidr, Loc};
+use crate::config::Cidr;
 
 use super::select::Overlap;
 
@@ -86,9 +86,6 @@ pub struct Member {
 pub enum Warning {
     /// Several groups select one endpoint; the first one won.
     Overlap(Overlap),
-    /// The policy's HTTP rules are not enforced yet: its ports are open to
-    /// any request.
-    HttpNotEnforced { policy: String, loc: Loc },
     /// Two identities claim one map key (an address or a host veth); the
     /// kept one wins: the host, then groups in file order, then unmanaged.
     Conflict {
@@ -117,11 +114,6 @@ impl fmt::Display for Warning {
                     .collect::<Vec<_>>()
                     .join(", "),
                 o.groups[0],
-            ),
-            Warning::HttpNotEnforced { policy, loc } => write!(
-                f,
-                "policy `{policy}` ({loc}): HTTP rules are not enforced yet; \
-                 its ports are allowed for any request"
             ),
             Warning::Conflict {
                 what,
@@ -162,6 +154,8 @@ pub struct Compiled {
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
     /// Policy entries that carry HTTP rules, sorted.
     pub http: Vec<HttpTarget>,
+    /// The L7 maps: rule sets of `ALLOW_HTTP` entries and their rules.
+    pub http_maps: super::http::HttpMaps,
     /// Endpoints with an endpoint entry, sorted by endpoint key.
     pub members: Vec<Member>,
     /// Endpoints without one, sorted by endpoint key.

@@ -76,15 +76,13 @@ impl Compiled {
             .rules
             .get(rule as usize - 1)
             .map_or("?", String::as_str);
-        let http = self
-            .http
-            .iter()
-            .any(|t| t.rule == rule && t.key.subject == subject && t.key.peer == peer);
-        let note = if http {
-            ", HTTP rules not enforced yet"
-        } else {
-            ""
-        };
+        let http = self.http.iter().any(|t| {
+            t.rule == rule
+                && t.key.subject == subject
+                && t.key.peer == peer
+                && self.http_maps.sets.contains_key(&t.key)
+        });
+        let note = if http { ", HTTP rules" } else { "" };
         format!("policy {name} (#{rule}{note})")
     }
 

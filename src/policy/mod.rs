@@ -31,7 +31,7 @@
 //! | `unknown_workloads: allow` | (`UNMANAGED`, egress, `ANY`) and (`UNMANAGED`, ingress, `ANY`), all protocols. Groups still need their own rules to talk to unmanaged containers, and none can name them. |
 //! | `unknown_workloads: quarantine` | nothing: unmanaged endpoints are denied everything |
 //! | endpoint's mode | its group's effective mode; unmanaged: `enforcement.mode` |
-//! | policy `http` rules | the L3/L4 entries above, each TCP one also listed in [`Compiled::http`], and a warning: not enforced yet |
+//! | policy `http` rules | the L3/L4 entries above, each TCP one also listed in [`Compiled::http`]; those no plain rule covers become `ALLOW_HTTP` with a rule set in [`Compiled::http_maps`] ([`http`]) |
 //!
 //! When two rules produce one key the first keeps it (ground rules, then
 //! policies in file order), so `rule` names the earliest reason.
@@ -48,6 +48,7 @@ mod addrs;
 pub mod compile;
 pub mod compiled;
 mod explain;
+pub mod http;
 pub mod identity;
 mod rules;
 pub mod select;

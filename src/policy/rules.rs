@@ -5,7 +5,7 @@
 //! exist: an endpoint coming or going changes the endpoint and address maps,
 //! not the policy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use porin_common::datapath::{
     action, identity as reserved, proto, Direction, Identity, PolicyKey, PolicyValue,
@@ -59,6 +59,8 @@ struct Full;
 pub(super) struct Entries {
     pub(super) map: BTreeMap<PolicyKey, PolicyValue>,
     pub(super) http: Vec<HttpTarget>,
+    /// Keys some rule without HTTP rules produced: never HTTP restricted.
+    pub(super) plain: BTreeSet<PolicyKey>,
     capacity: usize,
 }
 
@@ -67,6 +69,7 @@ impl Entries {
         Entries {
             map: BTreeMap::new(),
             http: Vec::new(),
+            plain: BTreeSet::new(),
             capacity,
         }
     }
@@ -75,6 +78,13 @@ impl Entries {
     /// caller knows what it was compiling). Stopping at once keeps memory
     /// bounded even for a configuration that would expand to millions.
     fn allow(&mut self, key: PolicyKey, rule: u32) -> Result<(), Full> {
+        self.plain.insert(key);
+        self.allow_http(key, rule)
+    }
+
+    /// Adds an allow entry for a rule with HTTP rules (listed in `http` by
+    /// the caller).
+    fn allow_http(&mut self, key: PolicyKey, rule: u32) -> Result<(), Full> {
         self.map.entry(key).or_insert(PolicyValue {
             action: action::ALLOW,
             _pad: [0; 3],
@@ -235,9 +245,11 @@ fn compile_policy(p: &Policy, rule: u32, ids: &Identities, out: &mut Entries) ->
             let key_ports: &[u16] = if icmp { &[0] } else { &ports };
             for &port in key_ports {
                 let k = key(subject, peer, dir, protocol, port);
-                out.allow(k, rule)?;
                 if !p.http.is_empty() && protocol == proto::TCP {
+                    out.allow_http(k, rule)?;
                     out.http.push(HttpTarget { key: k, rule });
+                } else {
+                    out.allow(k, rule)?;
                 }
             }
         }

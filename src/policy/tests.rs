@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use porin_common::datapath::{identity as reserved, mode, proto, Identity};
+use porin_common::datapath::{action, identity as reserved, mode, proto, Identity};
 
 use super::compile::compile_small;
 use super::identity::{group_identity, network_identity};
@@ -144,7 +144,10 @@ fn entries(c: &Compiled) -> BTreeSet<Entry> {
         .iter()
         .map(|(k, v)| {
             assert_eq!(k.generation, 0, "the manager sets the generation");
-            assert_eq!(v.action, porin_common::datapath::action::ALLOW);
+            assert!(
+                v.action == action::ALLOW || v.action == action::ALLOW_HTTP,
+                "{v:?}"
+            );
             let dir = if k.direction == 0 { E } else { I };
             (k.subject, dir, k.peer, k.protocol, k.port, v.rule)
         })
@@ -750,18 +753,13 @@ fn iot_gateway_example() {
     assert_eq!(http_rules, [1, 2, 3].into());
     assert_eq!(c.http.len(), 2 + 1 + 9);
     assert!(c.http.iter().all(|t| c.policy[&t.key].rule == t.rule));
-    let http_warnings: Vec<String> = c
-        .warnings
-        .iter()
-        .filter(|w| matches!(w, Warning::HttpNotEnforced { .. }))
-        .map(|w| w.to_string())
-        .collect();
-    assert_eq!(http_warnings.len(), 3);
-    assert!(
-        http_warnings[0].starts_with("policy `sensor-to-web` (")
-            && http_warnings[0].contains("HTTP rules are not enforced yet"),
-        "{http_warnings:?}"
-    );
+    // No plain rule covers them: all are enforced, each with its set.
+    for t in &c.http {
+        assert_eq!(c.policy[&t.key].action, action::ALLOW_HTTP, "{t:?}");
+        assert!(c.http_maps.sets.contains_key(&t.key), "{t:?}");
+    }
+    assert_eq!(c.http_maps.sets.len(), 12);
+    assert!(!c.http_maps.rules.is_empty());
 
     assert_eq!(c.endpoints.len(), 3);
     assert_eq!(c.endpoints[&11].identity, web);
@@ -783,13 +781,13 @@ fn iot_gateway_example() {
          egress  any                      to group web               ground rule same_group\n  \
          egress  udp 53                   to host                    policy dns (#6)\n  \
          ingress tcp 8080                 from group sensor          policy sensor-to-web \
-         (#1, HTTP rules not enforced yet)\n  \
+         (#1, HTTP rules)\n  \
          ingress any                      from group web             ground rule same_group\n  \
          ingress any                      from host                  ground rule host_ingress\n  \
          ingress tcp 8080                 from network lan           policy lan-to-web \
-         (#2, HTTP rules not enforced yet)\n  \
+         (#2, HTTP rules)\n  \
          ingress tcp 9100,9187-9188       from network monitoring    policy prometheus-scrape \
-         (#3, HTTP rules not enforced yet)\n",
+         (#3, HTTP rules)\n",
     ] {
         assert!(text.contains(line), "explain lacks `{line}`:\n{text}");
     }

@@ -18,6 +18,8 @@
 //! | `PORIN_DROPS_V1` | per-CPU array | [`DropReason`] → [`Counter`] | programs |
 //! | `PORIN_FWD_V1` | per-CPU array | [`Direction`] → [`Counter`] | programs |
 //! | `PORIN_DCACHE_V1` | per-CPU array\[[`max_entries::DENY_CACHE`]\] | slot → [`DenyEntry`] (deny cache) | programs (the manager invalidates it by bumping [`DatapathConfig::epoch`]) |
+//! | `PORIN_HTTPS_V1`, `PORIN_HTTPR_V1`, `PORIN_HTTPC_V1` | HTTP rule sets, rules, connection state | see [`crate::http`] | manager / programs |
+//! | `PORIN_HTTPP_V1`, `PORIN_HTTPB_V1` | program array (HTTP stage), per-CPU scratch | see the eBPF crate's `http.rs` | manager / programs |
 //!
 //! # Atomic policy updates
 //! Policy entries carry a generation (0 or 1). The programs read the active
@@ -222,6 +224,10 @@ pub struct PolicyValue {
 pub mod action {
     pub const DENY: u8 = 0;
     pub const ALLOW: u8 = 1;
+    /// Allowed at L3/L4, and every request on the connection is judged by
+    /// the HTTP rule set `PORIN_HTTPS_V1` holds under the same key (see
+    /// [`crate::http`]).
+    pub const ALLOW_HTTP: u8 = 2;
 }
 
 /// `PORIN_CFG_V1` value.
@@ -312,7 +318,11 @@ pub struct CtValue {
     /// [`ct_origin::KEY_SOURCE`] or [`ct_origin::KEY_DESTINATION`]: which
     /// end of the key sent the first packet.
     pub origin: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero: an HTTP-ruled connection (`action::ALLOW_HTTP`): every
+    /// packet going the first packet's way is checked by the HTTP stage
+    /// ([`crate::http`]). One byte test on the hot path.
+    pub l7: u8,
+    pub _pad: u8,
     /// Hits since creation (wrapping; unsynchronised, so concurrent hits on
     /// several CPUs may count once): drives the sampling of `last_seen_ns`.
     pub hits: u32,
@@ -418,10 +428,20 @@ pub enum DropReason {
     /// `from_container`: an ICMPv6 router advertisement or redirect sent
     /// by a container (rogue RA): containers are not routers.
     RogueRouter = 12,
+    /// An HTTP request on an HTTP-ruled connection that no HTTP rule of
+    /// its policy allows (see [`crate::http`]).
+    HttpDenied = 13,
+    /// Payload on an HTTP-ruled connection that is not an HTTP/1.x request
+    /// head (garbage, TLS, bad syntax).
+    HttpMalformed = 14,
+    /// An HTTP request the datapath does not judge, denied (split or
+    /// oversized head, chunked body, pipelining in one segment, paths
+    /// servers normalise, out-of-order segments, lost connection state).
+    HttpUnsupported = 15,
 }
 
 /// Number of drop reasons (size of `PORIN_DROPS_V1`).
-pub const DROP_REASONS: u32 = 13;
+pub const DROP_REASONS: u32 = 16;
 
 impl DropReason {
     /// Every reason, in index order (for counters read by index).
@@ -439,6 +459,9 @@ impl DropReason {
         DropReason::UplinkFlood,
         DropReason::SpoofedSource,
         DropReason::RogueRouter,
+        DropReason::HttpDenied,
+        DropReason::HttpMalformed,
+        DropReason::HttpUnsupported,
     ];
 }
 

@@ -6,6 +6,8 @@
 //! | case | verdict | counted as |
 //! | --- | --- | --- |
 //! | conntrack hit (same direction, or reply), checked first | `OK` | forwarded |
+//! | conntrack hit on an HTTP-ruled connection (`CtValue::l7`), going the first packet's way | the HTTP stage decides ([`crate::http`]) | forwarded, or drop `Http*` |
+//! | policy allows with `ALLOW_HTTP` | `OK` (CT entry with `l7`, HTTP state); payload without a seen SYN: drop `HttpUnsupported` | forwarded |
 //! | deny-cache hit, checked next: the flow's earlier packet was dropped for `PolicyDenied` or `SpoofedSource` in enforce mode, under the current epoch ([`crate::dcache`]) | `SHOT` | drop with that reason (the same flow event) |
 //! | no `PORIN_ENDP_V1` entry for the ifindex | `SHOT` (any mode) | drop `UnknownEndpoint` |
 //! | ARP, ICMPv6 133/135/136 (hop limit 255) | `OK` | forwarded |
@@ -198,13 +200,13 @@ pub fn ct_admits(
 /// Built from two words: a struct literal's zero pad bytes became a call to
 /// bpf-linker's byte-loop `memset` (see `parse::HeaderBuf`).
 #[inline(always)]
-pub fn ct_value(now_ns: u64, dir: Direction, origin: u8) -> CtValue {
-    // Native byte order: direction and origin land at offsets 8 and 9 in
-    // memory; the pad bytes and `hits` (offsets 10..16) are zero, on either
-    // endianness.
+pub fn ct_value(now_ns: u64, dir: Direction, origin: u8, l7: u8) -> CtValue {
+    // Native byte order: direction, origin and l7 land at offsets 8, 9 and
+    // 10 in memory; the pad byte and `hits` (offsets 11..16) are zero, on
+    // either endianness.
     let words: [u64; 2] = [
         now_ns,
-        u64::from_ne_bytes([dir as u8, origin, 0, 0, 0, 0, 0, 0]),
+        u64::from_ne_bytes([dir as u8, origin, l7, 0, 0, 0, 0, 0]),
     ];
     // SAFETY: `CtValue` is `repr(C)`, 16 bytes without implicit padding,
     // valid for any bytes (u64, u8, u8, [u8; 2], u32).
@@ -486,7 +488,7 @@ mod tests {
             for first in &all {
                 for &d0 in &dirs {
                     let (k0, o0, _) = lookup(first, 7);
-                    let entry = ct_value(1, d0, o0);
+                    let entry = ct_value(1, d0, o0, 0);
                     let stored = old_key(first, 7, false);
                     for f in &all {
                         for &dir in &dirs {
@@ -540,16 +542,19 @@ mod tests {
     fn ct_value_matches_the_struct_literal() {
         for dir in [Direction::Egress, Direction::Ingress] {
             for origin in [ct_origin::KEY_SOURCE, ct_origin::KEY_DESTINATION] {
-                assert_eq!(
-                    ct_value(0x0123_4567_89ab_cdef, dir, origin),
-                    CtValue {
-                        last_seen_ns: 0x0123_4567_89ab_cdef,
-                        direction: dir as u8,
-                        origin,
-                        _pad: [0; 2],
-                        hits: 0,
-                    }
-                );
+                for l7 in [0, 1] {
+                    assert_eq!(
+                        ct_value(0x0123_4567_89ab_cdef, dir, origin, l7),
+                        CtValue {
+                            last_seen_ns: 0x0123_4567_89ab_cdef,
+                            direction: dir as u8,
+                            origin,
+                            l7,
+                            _pad: 0,
+                            hits: 0,
+                        }
+                    );
+                }
             }
         }
     }

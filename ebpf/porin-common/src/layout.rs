@@ -14,7 +14,8 @@
 /// | --- | --- |
 /// | 1 | first pinned layout |
 /// | 2 | `PORIN_CFG_V1`'s `DatapathConfig` grew the deny-cache epoch (8 → 16 bytes) |
-pub const LAYOUT: u32 = 2;
+/// | 3 | HTTP rules: three more drop reasons (`PORIN_DROPS_V1` 13 → 16 entries), `CtValue::l7`, `action::ALLOW_HTTP` |
+pub const LAYOUT: u32 = 3;
 
 /// [`MetaRecord::magic`] of a written record ("PORM").
 pub const META_MAGIC: u32 = 0x504F_524D;

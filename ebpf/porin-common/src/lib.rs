@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod dcache;
 pub mod decide;
 pub mod flow;
+pub mod http;
 pub mod layout;
 pub mod packet;
 pub mod parse;

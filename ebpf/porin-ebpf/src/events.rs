@@ -142,6 +142,82 @@ pub fn emit<C: EbpfContext>(
     rule: u32,
     tcp_flags: u8,
 ) {
+    emit_with(
+        ctx,
+        kind,
+        verdict,
+        drop_reason,
+        dir,
+        flow,
+        ifindex,
+        endpoint_identity,
+        peer_identity,
+        bytes,
+        rule,
+        tcp_flags,
+        None,
+    )
+}
+
+/// The HTTP part of an `HTTP` event.
+pub struct L7<'a> {
+    /// `porin_common::http::method` index.
+    pub method: u8,
+    pub path_len: u16,
+    /// The path's first bytes, zero past `path_len`.
+    pub path: &'a [u64; 8],
+}
+
+/// [`emit`] with the HTTP fields filled (`kind` is `flow::kind::HTTP`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn emit_http<C: EbpfContext>(
+    ctx: &C,
+    verdict: u8,
+    drop_reason: u8,
+    dir: Direction,
+    flow: &Flow,
+    ifindex: u32,
+    endpoint_identity: u32,
+    peer_identity: u32,
+    bytes: u32,
+    rule: u32,
+    l7: &L7,
+) {
+    emit_with(
+        ctx,
+        porin_common::flow::kind::HTTP,
+        verdict,
+        drop_reason,
+        dir,
+        Some(flow),
+        ifindex,
+        endpoint_identity,
+        peer_identity,
+        bytes,
+        rule,
+        0,
+        Some(l7),
+    )
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit_with<C: EbpfContext>(
+    ctx: &C,
+    kind: u8,
+    verdict: u8,
+    drop_reason: u8,
+    dir: Direction,
+    flow: Option<&Flow>,
+    ifindex: u32,
+    endpoint_identity: u32,
+    peer_identity: u32,
+    bytes: u32,
+    rule: u32,
+    tcp_flags: u8,
+    l7: Option<&L7>,
+) {
     let Some(now) = admit() else {
         return;
     };
@@ -174,7 +250,8 @@ pub fn emit<C: EbpfContext>(
         | u64::from(dir as u8) << 24
         | u64::from(proto) << 32
         | u64::from(family) << 40
-        | u64::from(tcp_flags) << 48;
+        | u64::from(tcp_flags) << 48
+        | u64::from(l7.map_or(0, |h| h.method)) << 56;
     let p = entry.as_mut_ptr();
     // SAFETY: the reserved record is WORDS aligned words; every one is
     // written before it is submitted.
@@ -190,16 +267,24 @@ pub fn emit<C: EbpfContext>(
         p.add(7)
             .write_volatile(u64::from(bytes) | u64::from(rule) << 32);
         p.add(8).write_volatile(flags);
-        // http_path_len, _pad, http_path: no HTTP data in these events.
-        p.add(9).write_volatile(0);
-        p.add(10).write_volatile(0);
-        p.add(11).write_volatile(0);
-        p.add(12).write_volatile(0);
-        p.add(13).write_volatile(0);
-        p.add(14).write_volatile(0);
-        p.add(15).write_volatile(0);
-        p.add(16).write_volatile(0);
-        p.add(17).write_volatile(0);
+        // http_path_len, _pad, http_path (zero without HTTP data).
+        match l7 {
+            Some(h) => {
+                p.add(9).write_volatile(u64::from(h.path_len));
+                let mut w = 0;
+                while w < 8 {
+                    p.add(10 + w).write_volatile(h.path[w]);
+                    w += 1;
+                }
+            }
+            None => {
+                let mut w = 9;
+                while w < WORDS {
+                    p.add(w).write_volatile(0);
+                    w += 1;
+                }
+            }
+        }
     }
     entry.submit(ctx);
 }

@@ -14,6 +14,7 @@ mod counters;
 mod dcache;
 mod events;
 mod gate;
+mod http;
 mod identity;
 mod meta;
 mod parse;

@@ -40,8 +40,8 @@ pub fn cache_epoch() -> Option<u32> {
     PORIN_CFG_V1.get(0).and_then(porin_common::dcache::epoch)
 }
 
-/// Whether `subject`'s policy allows `flow` to or from `peer`: the first
-/// entry found in the documented order decides; no entry denies.
+/// Whether `subject`'s policy allows `flow` to or from `peer` (at L3/L4:
+/// `ALLOW_HTTP` allows too).
 #[inline(always)]
 pub fn allows(
     subject: Identity,
@@ -50,6 +50,20 @@ pub fn allows(
     dir: Direction,
     generation: u8,
 ) -> bool {
+    lookup(subject, peer, flow, dir, generation).is_some()
+}
+
+/// The entry that allows `flow`, with the key it was found under: the
+/// first entry found in the documented order decides; no entry, or a deny
+/// entry, is `None`.
+#[inline(always)]
+pub fn lookup(
+    subject: Identity,
+    peer: Identity,
+    flow: &Flow,
+    dir: Direction,
+    generation: u8,
+) -> Option<(PolicyKey, u8)> {
     // One key on the stack, its peer and port rewritten per lookup.
     let mut key = decide::policy_key(subject, flow, dir, generation);
     let (lookups, n) = decide::policy_lookups(peer, flow);
@@ -61,8 +75,9 @@ pub fn allows(
         key.port = *port;
         // SAFETY: the value is read at once, under RCU.
         if let Some(v) = unsafe { PORIN_POL_V1.get(&key) } {
-            return v.action == action::ALLOW;
+            let a = v.action;
+            return (a == action::ALLOW || a == action::ALLOW_HTTP).then_some((key, a));
         }
     }
-    false
+    None
 }

@@ -21,6 +21,11 @@
 //! endpoint. Skipping the endpoint lookup on a hit saves a hash lookup
 //! (about 30 ns here), the largest single cost left on the hot path.
 //!
+//! HTTP rules: a conntrack hit on an HTTP-ruled connection going the
+//! client→server way (`conntrack::HIT_HTTP`) is handed to the HTTP stage
+//! by a tail call (`http::enter`); a policy entry `ALLOW_HTTP` records the
+//! connection's rule set (`http::open`) with its CT entry. See `http.rs`.
+//!
 //! `porin_common::decide::verdict` turns the result into the verdict (its
 //! docs have the whole table) and every outcome is counted. A new allowed
 //! flow and every drop also emit a flow event (`events::emit`, rate limited,
@@ -28,13 +33,13 @@
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use porin_common::{
-    datapath::{Direction, DropReason, EndpointInfo},
+    datapath::{action, Direction, DropReason, EndpointInfo},
     decide::{self, peer_addr},
     flow,
     parse::{Flow, Parsed},
 };
 
-use crate::{conntrack, counters, dcache, events, identity, parse, policy};
+use crate::{conntrack, counters, dcache, events, http, identity, parse, policy};
 
 /// Attached at TC **ingress** of a container's host-side veth: packets
 /// leaving the container (policy direction egress, peer = destination).
@@ -60,10 +65,15 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     let mut cache_epoch = 0;
     let mut hit = dcache::Hit::NONE;
     if let Ok(Parsed::Flow(flow)) = &parsed {
-        if conntrack::established(flow, dir, ifindex) {
+        let ct = conntrack::established(flow, dir, ifindex);
+        if ct == conntrack::HIT {
             let verdict = decide::verdict(Ok(()), None);
             counters::record(&verdict, dir, ctx.len());
             return verdict.action;
+        }
+        // HTTP stage: a request-carrying way of an HTTP-ruled connection.
+        if ct == conntrack::HIT_HTTP {
+            return http::enter(ctx, dir);
         }
         cache_epoch = dcache::check(flow, dir, ifindex, &mut hit);
         if hit.found != 0 {
@@ -75,18 +85,31 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     // 0 without an endpoint, from a value written on every path.
     let subject = info.identity;
     let mut seen = Seen {
-        flow: None,
+        // Zeroed, not `None`: with the HTTP path added, LLVM read the flow's
+        // spilled bytes on paths that never wrote them, which 5.10's
+        // verifier refuses (uninitialised stack); written on every path now.
+        // SAFETY: `Flow` is plain data (bytes, u16s, a bool) valid all-zero.
+        flow: unsafe { core::mem::transmute::<[u64; 5], Flow>([0; 5]) },
+        has_flow: false,
         peer: 0,
         new_flow: false,
     };
     let result = match &endpoint {
-        Some(ep) => try_handle(parsed, dir, ifindex, ep, &mut seen),
+        Some(ep) => try_handle(ctx, parsed, dir, ifindex, ep, &mut seen),
         None => Err(DropReason::UnknownEndpoint),
     };
     let verdict = decide::verdict(result, endpoint.map(|ep| ep.mode));
     counters::record(&verdict, dir, ctx.len());
-    if let Some(f) = &seen.flow {
-        dcache::store(f, dir, ifindex, cache_epoch, &verdict, subject, seen.peer);
+    if seen.has_flow {
+        dcache::store(
+            &seen.flow,
+            dir,
+            ifindex,
+            cache_epoch,
+            &verdict,
+            subject,
+            seen.peer,
+        );
     }
     // Flow events: a new allowed connection, or a drop (audited or not).
     // Conntrack hits returned above and emit nothing: one event per flow.
@@ -102,7 +125,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
             events::flow_verdict(&verdict),
             verdict.drop.map_or(0, |r| r as u8),
             dir,
-            seen.flow.as_ref(),
+            seen.has_flow.then_some(&seen.flow),
             ifindex,
             subject,
             seen.peer,
@@ -145,7 +168,9 @@ fn repeat_drop(
 
 /// What the policy step learnt about a packet, for its flow event.
 struct Seen {
-    flow: Option<Flow>,
+    /// Meaningful when `has_flow`.
+    flow: Flow,
+    has_flow: bool,
     /// The peer's identity, 0 when the packet never got that far.
     peer: u32,
     /// A conntrack entry was made: the first packet of an allowed flow.
@@ -155,6 +180,7 @@ struct Seen {
 /// Everything after a conntrack miss, for a known endpoint.
 #[inline(always)]
 fn try_handle(
+    ctx: &TcContext,
     parsed: Result<Parsed, DropReason>,
     dir: Direction,
     ifindex: u32,
@@ -173,7 +199,8 @@ fn try_handle(
         }
         Parsed::Flow(flow) => flow,
     };
-    seen.flow = Some(flow);
+    seen.flow = flow;
+    seen.has_flow = true;
     let generation = policy::active_generation()?;
     // A container may only send from its own addresses: the receiving side
     // judges the sender by the source address's identity.
@@ -184,10 +211,23 @@ fn try_handle(
     }
     let peer = identity::of_address(peer_addr(&flow, dir), flow.family);
     seen.peer = peer;
-    if !policy::allows(endpoint.identity, peer, &flow, dir, generation) {
+    let Some((key, action)) = policy::lookup(endpoint.identity, peer, &flow, dir, generation)
+    else {
         return Err(DropReason::PolicyDenied);
+    };
+    if action == action::ALLOW_HTTP {
+        // HTTP stage: record the rule set and where requests start.
+        let t = http::tcp(ctx, flow.family, http::scratch()?)?;
+        http::open(&flow, ifindex, &key, &t)?;
+        conntrack::create(&flow, dir, ifindex, 1)?;
+        seen.new_flow = true;
+        if t.payload_len > 0 {
+            // Picked up mid-stream: where this payload stands is unknown.
+            return Err(DropReason::HttpUnsupported);
+        }
+        return Ok(());
     }
-    conntrack::create(&flow, dir, ifindex)?;
+    conntrack::create(&flow, dir, ifindex, 0)?;
     seen.new_flow = true;
     Ok(())
 }

@@ -191,7 +191,7 @@ fn try_from_uplink(frame: &PacketFrame, ifindex: u32, seen: &mut Seen) -> Result
     seen.flow = Some(flow);
     let class = match container_veth(&flow) {
         Some(veth) => {
-            if conntrack::established(&flow, Direction::Ingress, veth) {
+            if conntrack::established(&flow, Direction::Ingress, veth) != conntrack::MISS {
                 return Ok(pass::ESTABLISHED);
             }
             container_policy(&flow, veth, seen)?;

@@ -1,0 +1,1209 @@
+//! HTTP/1.x request rules in the datapath: the request parser, the hashed
+//! map keys and values, the matcher and the per-connection sequence
+//! bookkeeping. Pure and `no_std`: the eBPF program runs this code on a
+//! scratch copy of the segment's payload and the host tests (and the
+//! differential test) run the very same functions.
+//!
+//! # What is parsed
+//! A request's head must lie in the first [`WINDOW`] bytes of the segment
+//! that starts it: `METHOD SP path[?query] SP HTTP/1.0|1.1 CRLF`, then header
+//! lines `name: value CRLF`, then `CRLF`. One pass over the bytes hashes
+//! (FNV-1a 64, [`fnv`]):
+//! - the method (an index, [`method`]; any other token is [`method::OTHER`]);
+//! - the path up to `?` (exact key) and each prefix ending before one of
+//!   its first [`MAX_SEGMENTS`] slashes (prefix keys on segment
+//!   boundaries);
+//! - the `Host` value (trimmed, lowercased);
+//! - for the first [`MAX_HEADERS`] other headers, the lowercased name
+//!   (presence conditions) and `name:value` (value conditions, value
+//!   trimmed of spaces and tabs, case kept);
+//! - `Content-Length` (decimal, at most 9 digits), so the bookkeeping knows
+//!   where the next request on the connection starts.
+//!
+//! # Maps (written by the manager, `src/datapath/http.rs`)
+//! | map | type | key → value |
+//! | --- | --- | --- |
+//! | `PORIN_HTTPS_V1` | hash | [`crate::datapath::PolicyKey`] of an `ALLOW_HTTP` entry → [`HttpSet`] |
+//! | `PORIN_HTTPR_V1` | hash | [`HttpKey`] (set, method, path hash) → [`HttpValue`] (up to [`ALTS`] rules) |
+//! | `PORIN_HTTPC_V1` | LRU hash | conntrack key → [`HttpConn`] (where the next request starts) |
+//!
+//! Set ids are derived from the rules' content ([`set_id`]), so a reload
+//! that keeps a set's rules keeps its id and its entries, and connections
+//! that recorded it stay judged by the same rules.
+//!
+//! # Cost
+//! Per request: one pass over at most [`WINDOW`] bytes, then one lookup for
+//! the full path plus one per prefix depth the set's rules use
+//! ([`HttpSet::depths`]), whatever the number of rules. Each hit holds up to
+//! [`ALTS`] rules (the Host and header conditions of rules sharing method
+//! and path), checked against the request's hashed headers.
+//!
+//! # Verdicts
+//! Every deny is, in enforce mode, answered by the eBPF stage: a 403 with
+//! FIN cloned back to the client and the packet rewritten into a RST to the
+//! server (the eBPF crate's `http.rs`); the connection's state becomes
+//! [`conn_state::DENIED`], so any later payload is denied too.
+//!
+//! | input | verdict | reason |
+//! | --- | --- | --- |
+//! | head complete, a rule matches | allow, next request expected after head + Content-Length | — |
+//! | head complete, no rule matches | deny | `HttpDenied` |
+//! | first byte not a method token (garbage, TLS ClientHello `0x16`), bad request line, bad header line, bare LF, obs-fold, duplicate Content-Length | deny | `HttpMalformed` |
+//! | head not ended within the segment (split request line or headers, 1-byte segments) | deny | `HttpUnsupported` |
+//! | head longer than [`WINDOW`] bytes | deny | `HttpUnsupported` |
+//! | `Transfer-Encoding` (chunked bodies), target not starting with `/` (absolute form, `*`), dot segments, `//`, `\`, `%2e`/`%2f`/`%5c` in the path (servers normalise these) | deny | `HttpUnsupported` |
+//! | a second (pipelined) request in the same segment | deny | `HttpUnsupported` |
+//! | segment starting after the next request's start (out of order) or straddling it | deny | `HttpUnsupported` |
+//! | segment within the last judged request (body, retransmission) | pass | — |
+//! | payload on a connection whose SYN was not seen (state lost, picked up mid-stream) | deny | `HttpUnsupported` |
+//! | segment without payload | pass | — |
+//!
+//! # In the kernel
+//! The verifier walks a loop once per iteration, so the parser keeps its
+//! state in memory ([`Cursor`], read and written volatile: unknown values to
+//! the verifier, whose states then prune) and the stage parses the head
+//! [`CHUNK`] bytes per tail call ([`parse_range`]).
+//!
+//! # Hashes are not secret
+//! FNV-1a is not collision resistant: a client that can compute a path
+//! whose 64-bit hash equals an allowed path's would pass. Finding one costs
+//! about 2^32 work per target for a determined attacker; keyed hashing is a
+//! possible hardening (see README).
+
+use crate::{datapath::CtKey, parse::Flow};
+
+/// Bytes of a segment's payload examined for a request head.
+pub const WINDOW: usize = 256;
+/// Slashes of the path whose prefixes are hashed (prefix rules may be at
+/// most this many segments deep: depth = slashes in the rule's prefix).
+pub const MAX_SEGMENTS: usize = 8;
+/// Headers (other than Host, Content-Length, Transfer-Encoding) hashed per
+/// request; later ones are not seen, so a condition on them fails (closed).
+pub const MAX_HEADERS: usize = 8;
+/// Header conditions per rule.
+pub const MAX_CONDITIONS: usize = 4;
+/// Rules per (set, method, path) key.
+pub const ALTS: usize = 4;
+/// Longest method token accepted.
+pub const MAX_METHOD: usize = 16;
+
+/// `max_entries` of the L7 maps.
+pub mod max_entries {
+    /// `PORIN_HTTPS_V1`: like `PORIN_POL_V1` (both generations).
+    pub const SETS: u32 = crate::datapath::max_entries::POLICY;
+    /// `PORIN_HTTPR_V1`: rule entries of every set, during a reload the
+    /// old and the new ones (the compiler allows half per configuration).
+    pub const RULES: u32 = 8192;
+    /// `PORIN_HTTPC_V1` (LRU: an evicted connection loses its state, and
+    /// its next request is denied as `HttpUnsupported`).
+    pub const CONNS: u32 = 16384;
+}
+
+/// Method indexes (as in `FlowEvent::http_method`).
+pub mod method {
+    pub const NONE: u8 = 0;
+    pub const GET: u8 = 1;
+    pub const HEAD: u8 = 2;
+    pub const POST: u8 = 3;
+    pub const PUT: u8 = 4;
+    pub const DELETE: u8 = 5;
+    pub const PATCH: u8 = 6;
+    pub const OPTIONS: u8 = 7;
+    pub const CONNECT: u8 = 8;
+    pub const TRACE: u8 = 9;
+    /// Any other token: only a `"*"` rule allows it.
+    pub const OTHER: u8 = 10;
+    /// Names by index (`OTHER` prints as `?`).
+    pub const NAMES: [&str; 11] = [
+        "", "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "?",
+    ];
+}
+
+const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// One FNV-1a 64 step.
+#[inline(always)]
+pub fn fnv_step(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// Map 0 (reserved for "none" in keys and conditions) to 1.
+#[inline(always)]
+pub fn nonzero(h: u64) -> u64 {
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
+/// FNV-1a 64 of `bytes` (never 0).
+pub fn fnv(bytes: &[u8]) -> u64 {
+    let mut h = FNV_BASIS;
+    for &b in bytes {
+        h = fnv_step(h, b);
+    }
+    nonzero(h)
+}
+
+/// Hash of a path (exact) or a prefix body (`/api` for `/api/*`, empty for
+/// `/*`).
+pub fn path_hash(path: &[u8]) -> u64 {
+    fnv(path)
+}
+
+/// Presence condition: the lowercased header name.
+pub fn header_name_hash(lower_name: &[u8]) -> u64 {
+    fnv(lower_name)
+}
+
+/// Value condition: lowercased name, `:`, exact value.
+pub fn header_value_hash(lower_name: &[u8], value: &[u8]) -> u64 {
+    let mut h = FNV_BASIS;
+    for &b in lower_name {
+        h = fnv_step(h, b);
+    }
+    h = fnv_step(h, b':');
+    for &b in value {
+        h = fnv_step(h, b);
+    }
+    nonzero(h)
+}
+
+/// Host condition: the lowercase host value.
+pub fn host_hash(host: &[u8]) -> u64 {
+    fnv(host)
+}
+
+/// Set id of a rule set: a hash of its canonical text, never 0.
+pub fn set_id(canonical: &[u8]) -> u32 {
+    let h = fnv(canonical);
+    let id = (h ^ (h >> 32)) as u32;
+    if id == 0 {
+        1
+    } else {
+        id
+    }
+}
+
+/// [`fnv`] at compile time, for the names the parser recognises.
+const fn const_fnv(bytes: &[u8]) -> u64 {
+    let mut h = FNV_BASIS;
+    let mut i = 0;
+    while i < bytes.len() {
+        h = (h ^ bytes[i] as u64).wrapping_mul(FNV_PRIME);
+        i += 1;
+    }
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
+const H_HOST: u64 = const_fnv(b"host");
+const H_CONTENT_LENGTH: u64 = const_fnv(b"content-length");
+const H_TRANSFER_ENCODING: u64 = const_fnv(b"transfer-encoding");
+/// Hashes of `method::NAMES[1..10]`, compared with the method token's hash
+/// (no byte-wise compares in the kernel).
+const H_METHODS: [u64; 9] = [
+    const_fnv(b"GET"),
+    const_fnv(b"HEAD"),
+    const_fnv(b"POST"),
+    const_fnv(b"PUT"),
+    const_fnv(b"DELETE"),
+    const_fnv(b"PATCH"),
+    const_fnv(b"OPTIONS"),
+    const_fnv(b"CONNECT"),
+    const_fnv(b"TRACE"),
+];
+
+/// Why a request was not judged by the rules (all deny).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpError {
+    /// Not an HTTP/1.x request head (garbage, TLS, bad syntax).
+    Malformed,
+    /// Well-formed as far as seen, but not something the datapath judges:
+    /// head split across segments or longer than the window, chunked or
+    /// other transfer codings, non-origin-form targets, paths servers would
+    /// normalise, pipelining inside a segment, out-of-order segments.
+    Unsupported,
+}
+
+/// A parsed request head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// [`method`] index.
+    pub method: u8,
+    /// Where the path starts in the payload and its length (no query).
+    pub path_start: u16,
+    pub path_len: u16,
+    /// [`path_hash`] of the whole path.
+    pub path: u64,
+    /// [`path_hash`] of the path before each of its first slashes:
+    /// `prefixes[d]` is the prefix of depth `d` (before slash number `d`,
+    /// 0-based; slash 0 gives the empty prefix).
+    pub prefixes: [u64; MAX_SEGMENTS],
+    /// Valid entries of `prefixes`.
+    pub slashes: u8,
+    /// [`host_hash`] of the Host value, 0 without one.
+    pub host: u64,
+    /// [`header_name_hash`] and [`header_value_hash`] of each header kept.
+    pub names: [u64; MAX_HEADERS],
+    pub values: [u64; MAX_HEADERS],
+    pub headers: u8,
+    /// Bytes of the head, the blank line included.
+    pub head_len: u16,
+    pub content_length: u32,
+    /// The parser's working state ([`Cursor`]).
+    pub cur: Cursor,
+}
+
+impl Request {
+    pub const EMPTY: Request = Request {
+        method: 0,
+        path_start: 0,
+        path_len: 0,
+        path: 0,
+        prefixes: [0; MAX_SEGMENTS],
+        slashes: 0,
+        host: 0,
+        names: [0; MAX_HEADERS],
+        values: [0; MAX_HEADERS],
+        headers: 0,
+        head_len: 0,
+        content_length: 0,
+        cur: Cursor {
+            st: 0,
+            mlen: 0,
+            seg_len: 0,
+            seg_dots: 0,
+            pct: 0,
+            pct_hi: 0,
+            version: 0,
+            cl_seen: 0,
+            cl: 0,
+            cl_digits: 0,
+            b: 0,
+            _pad: [0; 7],
+            h: 0,
+            h_trim: 0,
+            name_h: 0,
+        },
+    };
+
+    /// Bytes of the request: head and body.
+    pub fn total_len(&self) -> u32 {
+        self.head_len as u32 + self.content_length
+    }
+}
+
+#[inline(always)]
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+/// Parser states, one byte at a time ([`Cursor::st`]).
+mod st {
+    pub const METHOD: u32 = 0;
+    pub const PATH: u32 = 1;
+    pub const QUERY: u32 = 2;
+    pub const VERSION: u32 = 3;
+    /// After the CR ending a line.
+    pub const LF: u32 = 4;
+    /// At the start of a header line (or the blank line).
+    pub const LINE_START: u32 = 5;
+    pub const NAME: u32 = 6;
+    /// Leading blanks of a value.
+    pub const VALUE_LEAD: u32 = 7;
+    pub const VALUE: u32 = 8;
+    /// After the CR of the blank line.
+    pub const END_LF: u32 = 9;
+}
+
+/// The parser's state between bytes. It lives in memory (in the request,
+/// which the kernel keeps in a map) and is read and written with volatile
+/// accesses: the verifier then sees unknown values rather than constants
+/// per path, so the states of one loop iteration prune each other and the
+/// 256-byte loop stays far below the instruction limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Cursor {
+    st: u32,
+    mlen: u32,
+    seg_len: u32,
+    seg_dots: u32,
+    /// 0 none, 1 after `%`, 2 after `%2`/`%5`, 3 after `%` + another digit.
+    pct: u32,
+    pct_hi: u32,
+    version: u32,
+    cl_seen: u32,
+    cl: u32,
+    cl_digits: u32,
+    /// The byte being parsed (see `bb!`).
+    b: u8,
+    _pad: [u8; 7],
+    h: u64,
+    /// Value hash up to its last non-blank byte.
+    h_trim: u64,
+    name_h: u64,
+}
+
+macro_rules! get {
+    ($e:expr) => {
+        // SAFETY: a plain field of a live `&mut Request`.
+        unsafe { core::ptr::read_volatile(&$e) }
+    };
+}
+/// The current byte, read afresh for each test: the verifier then never
+/// sees a branch decided by an earlier test on the same value, which would
+/// make it track the byte precisely and stop pruning states.
+macro_rules! bb {
+    ($r:expr) => {
+        get!($r.cur.b)
+    };
+}
+macro_rules! set {
+    ($e:expr, $v:expr) => {{
+        let v = $v;
+        // SAFETY: a plain field of a live `&mut Request`.
+        unsafe { core::ptr::write_volatile(&mut $e, v) }
+    }};
+}
+
+/// Parses the request head at the start of `buf` (the first bytes of a
+/// segment's payload; `buf.len()` may exceed the payload only if `len`
+/// says how much is payload). Never panics, reads only `buf[..min(len,
+/// buf.len(), WINDOW)]`.
+pub fn parse(buf: &[u8], len: usize) -> Result<Request, HttpError> {
+    let mut r = Request::EMPTY;
+    parse_into(buf, len, &mut r).map(|()| r)
+}
+
+/// [`parse`] into `r` (the kernel keeps it in a per-CPU map: it is too
+/// large for the stack). Only the scalars are reset: array entries past
+/// `slashes` and `headers` are stale and never read.
+pub fn parse_into(buf: &[u8], len: usize, r: &mut Request) -> Result<(), HttpError> {
+    parse_begin(r);
+    match parse_range(buf, len, r, 0, WINDOW) {
+        Some(result) => result,
+        None => Err(HttpError::Unsupported),
+    }
+}
+
+/// Resets `r` for a new head (see [`parse_into`]).
+#[inline(always)]
+pub fn parse_begin(r: &mut Request) {
+    set!(r.method, method::NONE);
+    set!(r.path_start, 0);
+    set!(r.path_len, 0);
+    set!(r.path, 0);
+    set!(r.slashes, 0);
+    set!(r.host, 0);
+    set!(r.headers, 0);
+    set!(r.head_len, 0);
+    set!(r.content_length, 0);
+    set!(r.cur.st, st::METHOD);
+    set!(r.cur.mlen, 0);
+    set!(r.cur.seg_len, 0);
+    set!(r.cur.seg_dots, 0);
+    set!(r.cur.pct, 0);
+    set!(r.cur.pct_hi, 0);
+    set!(r.cur.version, 0);
+    set!(r.cur.cl_seen, 0);
+    set!(r.cur.cl, 0);
+    set!(r.cur.cl_digits, 0);
+    set!(r.cur.h, FNV_BASIS);
+    set!(r.cur.h_trim, FNV_BASIS);
+    set!(r.cur.name_h, 0);
+}
+
+/// Bytes one [`parse_range`] call of the kernel's HTTP stage covers (one
+/// tail call each: the verifier walks a loop once per iteration, and a
+/// 256-byte loop over this state machine is past its budget).
+pub const CHUNK: usize = 32;
+
+/// Parses bytes `[from, min(from + count, len, buf.len(), WINDOW))` of a
+/// head begun with [`parse_begin`]: `Some(result)` once decided (the head
+/// ended, or an error), `None` if every byte so far was valid and the head
+/// goes on (or the bytes ran out: the caller decides).
+#[inline(always)]
+pub fn parse_range(
+    buf: &[u8],
+    len: usize,
+    r: &mut Request,
+    from: usize,
+    count: usize,
+) -> Option<Result<(), HttpError>> {
+    let n = if len < buf.len() { len } else { buf.len() };
+    let n = if n > WINDOW { WINDOW } else { n };
+    let from = from & (WINDOW - 1);
+    let mut j = 0;
+    while j < WINDOW {
+        if j >= count {
+            break;
+        }
+        let i = from + j;
+        if i >= n {
+            break;
+        }
+        // `get`, not indexing: no panic path for the verifier to refuse.
+        let Some(&b) = buf.get(i) else {
+            break;
+        };
+        match step(r, b, i) {
+            Err(e) => return Some(Err(e)),
+            Ok(true) => {
+                set!(r.head_len, (i + 1) as u16);
+                return Some(Ok(()));
+            }
+            Ok(false) => {}
+        }
+        j += 1;
+    }
+    None
+}
+
+const VERSION: &[u8; 8] = b"HTTP/1.1";
+
+/// One byte at offset `i`; `Ok(true)` when it ends the head.
+#[inline(always)]
+fn step(r: &mut Request, byte: u8, i: usize) -> Result<bool, HttpError> {
+    set!(r.cur.b, byte);
+    let state = get!(r.cur.st);
+    if state == st::METHOD {
+        let mlen = get!(r.cur.mlen);
+        if bb!(r) == b' ' {
+            if mlen == 0 {
+                return Err(HttpError::Malformed);
+            }
+            set!(r.method, method_index(nonzero(get!(r.cur.h))));
+            set!(r.cur.st, st::PATH);
+            set!(r.path_start, (i + 1) as u16);
+            set!(r.cur.h, FNV_BASIS);
+        } else if is_tchar(bb!(r)) && mlen < MAX_METHOD as u32 {
+            set!(r.cur.h, fnv_step(get!(r.cur.h), bb!(r)));
+            set!(r.cur.mlen, mlen + 1);
+        } else {
+            return Err(HttpError::Malformed);
+        }
+    } else if state == st::PATH {
+        path_byte(r, i)?;
+    } else if state == st::QUERY {
+        if bb!(r) == b' ' {
+            set!(r.cur.st, st::VERSION);
+        } else if bb!(r) <= b' ' || bb!(r) >= 0x7f {
+            return Err(HttpError::Malformed);
+        }
+    } else if state == st::VERSION {
+        let v = get!(r.cur.version);
+        if v < 7 {
+            if Some(&bb!(r)) != VERSION.get(v as usize) {
+                return Err(HttpError::Malformed);
+            }
+            set!(r.cur.version, v + 1);
+        } else if v == 7 {
+            if bb!(r) != b'0' && bb!(r) != b'1' {
+                return Err(HttpError::Malformed);
+            }
+            set!(r.cur.version, 8);
+        } else if bb!(r) == b'\r' {
+            set!(r.cur.st, st::LF);
+        } else {
+            return Err(HttpError::Malformed);
+        }
+    } else if state == st::LF {
+        if bb!(r) != b'\n' {
+            return Err(HttpError::Malformed);
+        }
+        set!(r.cur.st, st::LINE_START);
+    } else if state == st::LINE_START {
+        if bb!(r) == b'\r' {
+            set!(r.cur.st, st::END_LF);
+        } else if is_tchar(bb!(r)) {
+            set!(r.cur.h, fnv_step(FNV_BASIS, bb!(r).to_ascii_lowercase()));
+            set!(r.cur.st, st::NAME);
+        } else {
+            // obs-fold (leading blank), bare LF, other bytes.
+            return Err(HttpError::Malformed);
+        }
+    } else if state == st::NAME {
+        if bb!(r) == b':' {
+            let name_h = nonzero(get!(r.cur.h));
+            set!(r.cur.name_h, name_h);
+            if name_h == H_TRANSFER_ENCODING {
+                return Err(HttpError::Unsupported);
+            }
+            if name_h == H_CONTENT_LENGTH {
+                if get!(r.cur.cl_seen) != 0 {
+                    return Err(HttpError::Malformed);
+                }
+                set!(r.cur.cl_seen, 1);
+            }
+            let h = fnv_step(get!(r.cur.h), b':');
+            set!(r.cur.h, h);
+            set!(r.cur.h_trim, h);
+            set!(r.cur.st, st::VALUE_LEAD);
+        } else if is_tchar(bb!(r)) {
+            set!(
+                r.cur.h,
+                fnv_step(get!(r.cur.h), bb!(r).to_ascii_lowercase())
+            );
+        } else {
+            return Err(HttpError::Malformed);
+        }
+    } else if state == st::VALUE_LEAD || state == st::VALUE {
+        value_byte(r, state)?;
+    } else if state == st::END_LF {
+        if bb!(r) != b'\n' {
+            return Err(HttpError::Malformed);
+        }
+        return Ok(true);
+    } else {
+        return Err(HttpError::Malformed);
+    }
+    Ok(false)
+}
+
+#[inline(always)]
+fn path_byte(r: &mut Request, i: usize) -> Result<(), HttpError> {
+    let first = i == get!(r.path_start) as usize;
+    if first && bb!(r) != b'/' {
+        // Absolute form, authority form, `*`: not judged.
+        return if bb!(r) > b' ' && bb!(r) < 0x7f {
+            Err(HttpError::Unsupported)
+        } else {
+            Err(HttpError::Malformed)
+        };
+    }
+    let seg_len = get!(r.cur.seg_len);
+    let seg_dots = get!(r.cur.seg_dots);
+    let pct = get!(r.cur.pct);
+    if bb!(r) == b' ' || bb!(r) == b'?' {
+        if !seg_ok(seg_len, seg_dots) || pct != 0 {
+            return Err(HttpError::Unsupported);
+        }
+        set!(r.path_len, (i - get!(r.path_start) as usize) as u16);
+        set!(r.path, nonzero(get!(r.cur.h)));
+        set!(
+            r.cur.st,
+            if bb!(r) == b' ' {
+                st::VERSION
+            } else {
+                st::QUERY
+            }
+        );
+        return Ok(());
+    }
+    if bb!(r) <= b' ' || bb!(r) >= 0x7f || bb!(r) == b'#' {
+        return Err(HttpError::Malformed);
+    }
+    if bb!(r) == b'\\' {
+        return Err(HttpError::Unsupported);
+    }
+    if bb!(r) == b'/' {
+        if !first && (seg_len == 0 || !seg_ok(seg_len, seg_dots)) {
+            // `//`, `/./`, `/../`
+            return Err(HttpError::Unsupported);
+        }
+        if pct != 0 {
+            return Err(HttpError::Unsupported);
+        }
+        let d = get!(r.slashes) as usize;
+        let h = nonzero(get!(r.cur.h));
+        if let Some(slot) = r.prefixes.get_mut(d) {
+            set!(*slot, h);
+            set!(r.slashes, (d + 1) as u8);
+        }
+        set!(r.cur.seg_len, 0);
+        set!(r.cur.seg_dots, 0);
+    } else {
+        set!(r.cur.seg_len, seg_len + 1);
+        if bb!(r) == b'.' {
+            set!(r.cur.seg_dots, seg_dots + 1);
+        }
+        // Encoded '.', '/', '\': %2e %2f %5c.
+        if pct == 1 {
+            set!(
+                r.cur.pct,
+                if bb!(r) == b'2' || bb!(r) == b'5' {
+                    2
+                } else {
+                    3
+                }
+            );
+            set!(r.cur.pct_hi, bb!(r) as u32);
+        } else if pct == 2 || pct == 3 {
+            let lo = bb!(r) | 0x20;
+            let hi = get!(r.cur.pct_hi);
+            if pct == 2
+                && ((hi == b'2' as u32 && (lo == b'e' || lo == b'f'))
+                    || (hi == b'5' as u32 && lo == b'c'))
+            {
+                return Err(HttpError::Unsupported);
+            }
+            set!(r.cur.pct, 0);
+        } else if bb!(r) == b'%' {
+            set!(r.cur.pct, 1);
+        }
+    }
+    set!(r.cur.h, fnv_step(get!(r.cur.h), bb!(r)));
+    Ok(())
+}
+
+#[inline(always)]
+fn value_byte(r: &mut Request, state: u32) -> Result<(), HttpError> {
+    let name_h = get!(r.cur.name_h);
+    if bb!(r) == b'\r' {
+        finish_header(r, name_h, get!(r.cur.h_trim));
+        if name_h == H_CONTENT_LENGTH {
+            if get!(r.cur.cl_digits) == 0 {
+                return Err(HttpError::Malformed);
+            }
+            set!(r.content_length, get!(r.cur.cl));
+        }
+        set!(r.cur.st, st::LF);
+    } else if bb!(r) == b' ' || bb!(r) == b'\t' {
+        if state == st::VALUE {
+            set!(r.cur.h, fnv_step(get!(r.cur.h), bb!(r)));
+        }
+    } else if bb!(r) < b' ' || bb!(r) == 0x7f {
+        return Err(HttpError::Malformed);
+    } else {
+        let h = get!(r.cur.h);
+        if name_h == H_CONTENT_LENGTH {
+            // Digits only, no blanks inside.
+            let digits = get!(r.cur.cl_digits);
+            if !bb!(r).is_ascii_digit()
+                || digits >= 9
+                || (state == st::VALUE && h != get!(r.cur.h_trim))
+            {
+                return Err(HttpError::Malformed);
+            }
+            set!(r.cur.cl, get!(r.cur.cl) * 10 + (bb!(r) - b'0') as u32);
+            set!(r.cur.cl_digits, digits + 1);
+        }
+        let c = if name_h == H_HOST {
+            bb!(r).to_ascii_lowercase()
+        } else {
+            bb!(r)
+        };
+        let h = fnv_step(h, c);
+        set!(r.cur.h, h);
+        set!(r.cur.h_trim, h);
+        set!(r.cur.st, st::VALUE);
+    }
+    Ok(())
+}
+
+/// A path segment other than `.` and `..`.
+#[inline(always)]
+fn seg_ok(len: u32, dots: u32) -> bool {
+    !(len == dots && (len == 1 || len == 2))
+}
+
+#[inline(always)]
+fn finish_header(r: &mut Request, name_h: u64, value_h: u64) {
+    if name_h == H_HOST {
+        // The value hash covers "host:" + value; `host_condition` hashes
+        // rules' hosts the same way. The first Host counts.
+        if get!(r.host) == 0 {
+            set!(r.host, nonzero(value_h));
+        }
+        return;
+    }
+    if name_h == H_CONTENT_LENGTH {
+        return;
+    }
+    let k = get!(r.headers) as usize;
+    if let (Some(n), Some(v)) = (r.names.get_mut(k), r.values.get_mut(k)) {
+        set!(*n, name_h);
+        set!(*v, nonzero(value_h));
+        set!(r.headers, (k + 1) as u8);
+    }
+}
+
+/// The hash a `host` rule field compiles to (matches [`Request::host`]).
+pub fn host_condition(host: &[u8]) -> u64 {
+    header_value_hash(b"host", host)
+}
+
+#[inline(always)]
+fn method_index(h: u64) -> u8 {
+    let mut k = 0;
+    while k < H_METHODS.len() {
+        if H_METHODS[k] == h {
+            return (k + 1) as u8;
+        }
+        k += 1;
+    }
+    method::OTHER
+}
+
+/// `PORIN_HTTPS_V1` value: the rule set of an `ALLOW_HTTP` policy entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct HttpSet {
+    /// [`set_id`] of the set.
+    pub id: u32,
+    /// Bit `d`: some prefix rule of the set has depth `d` (slashes in its
+    /// prefix), so prefix `d` of a request path is looked up.
+    pub depths: u32,
+}
+
+/// `PORIN_HTTPR_V1` key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct HttpKey {
+    pub set: u32,
+    /// [`method`] index (a `"*"` rule is stored under every index).
+    pub method: u8,
+    pub _pad: [u8; 3],
+    /// [`path_hash`] of the exact path or of the prefix body.
+    pub path: u64,
+}
+
+/// What kind of path match an [`HttpAlt`] is.
+pub mod alt_kind {
+    pub const EXACT: u8 = 1;
+    pub const PREFIX: u8 = 2;
+}
+
+/// One rule's remaining conditions under an [`HttpKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct HttpAlt {
+    /// [`host_condition`], 0 = any host.
+    pub host: u64,
+    /// [`header_name_hash`] or [`header_value_hash`] conditions; 0 = unused.
+    pub headers: [u64; MAX_CONDITIONS],
+    /// 1-based policy index, for flow events.
+    pub rule: u32,
+    /// [`alt_kind`] bits; 0 = unused slot.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `PORIN_HTTPR_V1` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+pub struct HttpValue {
+    pub alts: [HttpAlt; ALTS],
+}
+
+/// `PORIN_HTTPC_V1` value: one HTTP-ruled connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HttpConn {
+    /// TCP sequence number where the next request must start.
+    pub next_seq: u32,
+    /// Where the last judged request started: only bytes in `[req_start,
+    /// next_seq)` pass unparsed (its body, retransmissions).
+    pub req_start: u32,
+    /// The rule set ([`HttpSet`]) recorded when the connection was allowed.
+    pub set: HttpSet,
+    /// [`conn_state`] value.
+    pub state: u32,
+}
+
+pub mod conn_state {
+    /// Between requests: the next payload byte at `next_seq` starts one.
+    pub const OPEN: u32 = 1;
+    /// A request was denied: every later payload segment is denied too.
+    pub const DENIED: u32 = 2;
+}
+
+/// `PORIN_HTTPC_V1` key: the connection as its client→server packets
+/// carry it (only those are judged), at endpoint `ifindex`.
+#[inline(always)]
+pub fn conn_key(flow: &Flow, ifindex: u32) -> CtKey {
+    CtKey {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        sport: flow.sport,
+        dport: flow.dport,
+        protocol: flow.protocol,
+        family: flow.family,
+        // Literal, not `[0; 2]`: see `parse::HeaderBuf` on memset.
+        _pad: [0, 0],
+        ifindex,
+    }
+}
+
+/// The state of a connection whose SYN (sequence number `syn_seq`) was
+/// allowed under `set`: its first request starts right after the SYN.
+#[inline(always)]
+pub fn conn_at_syn(syn_seq: u32, set: HttpSet) -> HttpConn {
+    HttpConn {
+        next_seq: syn_seq.wrapping_add(1),
+        req_start: syn_seq.wrapping_add(1),
+        set,
+        state: conn_state::OPEN,
+    }
+}
+
+/// Whether `alt` holds for `req`, given the path match `kind`
+/// ([`alt_kind::EXACT`] for the full path, [`alt_kind::PREFIX`] for a
+/// prefix).
+#[inline(always)]
+pub fn alt_matches(alt: &HttpAlt, kind: u8, req: &Request) -> bool {
+    if alt.kind & kind == 0 {
+        return false;
+    }
+    if alt.host != 0 && alt.host != req.host {
+        return false;
+    }
+    let mut c = 0;
+    while c < MAX_CONDITIONS {
+        let want = alt.headers[c];
+        if want != 0 && !has_header(req, want) {
+            return false;
+        }
+        c += 1;
+    }
+    true
+}
+
+#[inline(always)]
+fn has_header(req: &Request, want: u64) -> bool {
+    let mut k = 0;
+    while k < MAX_HEADERS {
+        if k >= req.headers as usize {
+            return false;
+        }
+        if req.names[k] == want || req.values[k] == want {
+            return true;
+        }
+        k += 1;
+    }
+    false
+}
+
+/// The first rule of `v` that holds for `req` with path match `kind`, or 0.
+#[inline(always)]
+pub fn value_matches(v: &HttpValue, kind: u8, req: &Request) -> u32 {
+    let mut a = 0;
+    while a < ALTS {
+        if alt_matches(&v.alts[a], kind, req) {
+            return v.alts[a].rule;
+        }
+        a += 1;
+    }
+    0
+}
+
+/// Judges `req` under `set`: the rule (1-based policy index) that allows
+/// it, or 0. `lookup` reads `PORIN_HTTPR_V1`. At most `1 +
+/// popcount(set.depths)` lookups.
+#[inline(always)]
+pub fn judge<'a, F>(req: &Request, set: &HttpSet, mut lookup: F) -> u32
+where
+    F: FnMut(&HttpKey) -> Option<&'a HttpValue>,
+{
+    let mut key = HttpKey {
+        set: set.id,
+        method: req.method,
+        _pad: [0; 3],
+        path: req.path,
+    };
+    if let Some(v) = lookup(&key) {
+        let rule = value_matches(v, alt_kind::EXACT | alt_kind::PREFIX, req);
+        if rule != 0 {
+            return rule;
+        }
+    }
+    let mut d = 0;
+    while d < MAX_SEGMENTS {
+        if d >= req.slashes as usize {
+            break;
+        }
+        if set.depths & (1 << d) != 0 {
+            key.path = req.prefixes[d];
+            if let Some(v) = lookup(&key) {
+                let rule = value_matches(v, alt_kind::PREFIX, req);
+                if rule != 0 {
+                    return rule;
+                }
+            }
+        }
+        d += 1;
+    }
+    0
+}
+
+/// What to do with a client→server segment of an HTTP-ruled connection
+/// ([`segment`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// Bytes the rules already judged (a body, a retransmission): pass.
+    Pass,
+    /// A request starts here: parse and judge it.
+    Request,
+    /// Deny with this reason.
+    Deny(HttpError),
+}
+
+/// Where `seq` lies against the next request's start: the segment `[seq,
+/// seq + len)` must end at or before it, or start exactly at it.
+#[inline(always)]
+pub fn segment(conn: &HttpConn, seq: u32, len: u32) -> Segment {
+    if len == 0 {
+        // ACKs, FINs, RSTs: no request bytes.
+        return Segment::Pass;
+    }
+    if conn.state != conn_state::OPEN {
+        return Segment::Deny(HttpError::Unsupported);
+    }
+    if seq == conn.next_seq {
+        return Segment::Request;
+    }
+    // Serial-number arithmetic: how far the segment's end lies before the
+    // next request's start.
+    let end = seq.wrapping_add(len);
+    let before = conn.next_seq.wrapping_sub(end);
+    let after_start = seq.wrapping_sub(conn.req_start);
+    if (before as i32) >= 0 && (after_start as i32) >= 0 {
+        Segment::Pass
+    } else {
+        Segment::Deny(HttpError::Unsupported)
+    }
+}
+
+/// After a request at `seq` in a segment of `len` payload bytes was
+/// judged: the connection's new state, or the reason to deny (a second
+/// request inside the same segment).
+#[inline(always)]
+pub fn advance(conn: &mut HttpConn, seq: u32, len: u32, req: &Request) -> Result<(), HttpError> {
+    let total = req.total_len();
+    if len > total {
+        return Err(HttpError::Unsupported);
+    }
+    conn.req_start = seq;
+    conn.next_seq = seq.wrapping_add(total);
+    Ok(())
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)] plain data without implicit padding.
+    unsafe impl aya::Pod for super::HttpSet {}
+    unsafe impl aya::Pod for super::HttpKey {}
+    unsafe impl aya::Pod for super::HttpValue {}
+    unsafe impl aya::Pod for super::HttpConn {}
+}
+
+const _: () = assert!(core::mem::size_of::<HttpSet>() == 8);
+const _: () = assert!(core::mem::size_of::<HttpKey>() == 16);
+const _: () = assert!(core::mem::size_of::<HttpAlt>() == 48);
+const _: () = assert!(core::mem::size_of::<HttpValue>() == 48 * ALTS);
+const _: () = assert!(core::mem::size_of::<HttpConn>() == 20);
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    fn p(s: &[u8]) -> Result<Request, HttpError> {
+        parse(s, s.len())
+    }
+
+    #[test]
+    fn constants_are_the_hashes_of_their_names() {
+        assert_eq!(H_HOST, fnv(b"host"));
+        assert_eq!(H_CONTENT_LENGTH, fnv(b"content-length"));
+        assert_eq!(H_METHODS[2], fnv(b"POST"));
+    }
+
+    #[test]
+    fn parses_a_request_head() {
+        let req = b"GET /api/v1/x?q=1 HTTP/1.1\r\nHost: Web.Local:80\r\nX-Key:  abc \r\nContent-Length: 5\r\n\r\nhello";
+        let r = p(req).unwrap();
+        assert_eq!(r.method, method::GET);
+        assert_eq!(
+            &req[r.path_start as usize..(r.path_start + r.path_len) as usize],
+            b"/api/v1/x"
+        );
+        assert_eq!(r.path, path_hash(b"/api/v1/x"));
+        assert_eq!(r.slashes, 3);
+        assert_eq!(r.prefixes[0], path_hash(b""));
+        assert_eq!(r.prefixes[1], path_hash(b"/api"));
+        assert_eq!(r.prefixes[2], path_hash(b"/api/v1"));
+        assert_eq!(r.host, host_condition(b"web.local:80"));
+        assert_eq!(r.headers, 1);
+        assert_eq!(r.names[0], header_name_hash(b"x-key"));
+        assert_eq!(r.values[0], header_value_hash(b"x-key", b"abc"));
+        assert_eq!(r.content_length, 5);
+        assert_eq!(r.head_len as usize, req.len() - 5);
+    }
+
+    #[test]
+    fn verdicts_of_bad_inputs() {
+        use HttpError::*;
+        let table: &[(&[u8], HttpError)] = &[
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", Malformed),
+            (b"\x00\x01garbage", Malformed),
+            (b"G", Unsupported),
+            (b"GET /metrics HTTP/1.1\r\n", Unsupported),
+            (b"GET http://x/ HTTP/1.1\r\n\r\n", Unsupported),
+            (b"OPTIONS * HTTP/1.1\r\n\r\n", Unsupported),
+            (b"GET /a/../admin HTTP/1.1\r\n\r\n", Unsupported),
+            (b"GET /a/./b HTTP/1.1\r\n\r\n", Unsupported),
+            (b"GET /a//b HTTP/1.1\r\n\r\n", Unsupported),
+            (b"GET /a/%2e%2e/b HTTP/1.1\r\n\r\n", Unsupported),
+            (b"GET /a%2Fb HTTP/1.1\r\n\r\n", Unsupported),
+            (b"GET /a\\b HTTP/1.1\r\n\r\n", Unsupported),
+            (b"GET /a HTTP/2.0\r\n\r\n", Malformed),
+            (b"GET /a HTTP/1.1\n\n", Malformed),
+            (b"GET /a HTTP/1.1\r\n folded\r\n\r\n", Malformed),
+            (b"GET /a HTTP/1.1\r\nNoColon\r\n\r\n", Malformed),
+            (
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Unsupported,
+            ),
+            (
+                b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                Malformed,
+            ),
+            (
+                b"POST /a HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n",
+                Malformed,
+            ),
+            (b"POST /a HTTP/1.1\r\nContent-Length: x\r\n\r\n", Malformed),
+            (
+                b"POST /a HTTP/1.1\r\nContent-Length: 1234567890\r\n\r\n",
+                Malformed,
+            ),
+        ];
+        for (input, want) in table {
+            assert_eq!(
+                p(input),
+                Err(*want),
+                "{:?}",
+                std::string::String::from_utf8_lossy(input)
+            );
+        }
+        let mut long = Vec::from(&b"GET /"[..]);
+        long.resize(300, b'a');
+        long.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+        assert_eq!(p(&long), Err(HttpError::Unsupported));
+    }
+
+    fn alt(kind: u8, rule: u32) -> HttpAlt {
+        HttpAlt {
+            kind,
+            rule,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn judge_exact_prefix_host_headers() {
+        let set = HttpSet {
+            id: 7,
+            depths: 1 << 1,
+        };
+        let mut map = std::collections::BTreeMap::new();
+        let k = |m: u8, path: &[u8]| HttpKey {
+            set: 7,
+            method: m,
+            _pad: [0; 3],
+            path: path_hash(path),
+        };
+        map.insert(
+            k(method::GET, b"/metrics"),
+            HttpValue {
+                alts: [
+                    alt(alt_kind::EXACT, 1),
+                    HttpAlt::default(),
+                    HttpAlt::default(),
+                    HttpAlt::default(),
+                ],
+            },
+        );
+        let mut guarded = alt(alt_kind::PREFIX, 2);
+        guarded.host = host_condition(b"web.local");
+        guarded.headers[0] = header_name_hash(b"x-key");
+        map.insert(
+            k(method::POST, b"/api"),
+            HttpValue {
+                alts: [
+                    guarded,
+                    HttpAlt::default(),
+                    HttpAlt::default(),
+                    HttpAlt::default(),
+                ],
+            },
+        );
+        let judge_s = |s: &[u8]| judge(&p(s).unwrap(), &set, |key| map.get(key));
+        assert_eq!(judge_s(b"GET /metrics HTTP/1.1\r\n\r\n"), 1);
+        assert_eq!(judge_s(b"GET /metrics/ HTTP/1.1\r\n\r\n"), 0);
+        assert_eq!(judge_s(b"POST /metrics HTTP/1.1\r\n\r\n"), 0);
+        let ok = b"POST /api/x HTTP/1.1\r\nHost: WEB.local\r\nX-KEY: 1\r\n\r\n";
+        assert_eq!(judge_s(ok), 2);
+        assert_eq!(
+            judge_s(b"POST /api HTTP/1.1\r\nHost: web.local\r\nx-key: 1\r\n\r\n"),
+            2
+        );
+        assert_eq!(
+            judge_s(b"POST /apix HTTP/1.1\r\nHost: web.local\r\nx-key: 1\r\n\r\n"),
+            0
+        );
+        assert_eq!(
+            judge_s(b"POST /api/x HTTP/1.1\r\nHost: web.local\r\n\r\n"),
+            0
+        );
+        assert_eq!(
+            judge_s(b"POST /api/x HTTP/1.1\r\nHost: other\r\nx-key: 1\r\n\r\n"),
+            0
+        );
+    }
+
+    #[test]
+    fn sequence_bookkeeping() {
+        let mut c = conn_at_syn(u32::MAX, HttpSet::default());
+        assert_eq!(c.next_seq, 0);
+        assert_eq!(segment(&c, 0, 10), Segment::Request);
+        assert_eq!(segment(&c, 1, 10), Segment::Deny(HttpError::Unsupported));
+        assert_eq!(segment(&c, 5, 0), Segment::Pass);
+        let r = p(b"POST /a HTTP/1.1\r\nContent-Length: 100\r\n\r\n").unwrap();
+        assert_eq!(advance(&mut c, 0, 200, &r), Err(HttpError::Unsupported));
+        advance(&mut c, 0, 50, &r).unwrap();
+        let end = r.total_len();
+        assert_eq!(segment(&c, 50, end - 50), Segment::Pass);
+        assert_eq!(
+            segment(&c, 50, end - 49),
+            Segment::Deny(HttpError::Unsupported)
+        );
+        assert_eq!(segment(&c, 0, 10), Segment::Pass); // retransmission
+        assert_eq!(
+            segment(&c, u32::MAX, 2),
+            Segment::Deny(HttpError::Unsupported)
+        );
+        assert_eq!(segment(&c, end, 1), Segment::Request);
+        assert_eq!(
+            segment(&c, end + 1, 1),
+            Segment::Deny(HttpError::Unsupported)
+        );
+        c.state = conn_state::DENIED;
+        assert_eq!(segment(&c, end, 1), Segment::Deny(HttpError::Unsupported));
+    }
+}

@@ -1,0 +1,106 @@
+//! The L7 maps of HTTP rules (layout in [`porin_common::http`]) and the
+//! HTTP stage programs.
+//!
+//! * `http_from_container` / `http_to_container` (entries, indexes by
+//!   `Direction`), `http_parse` (2: one chunk of the request head per
+//!   call) and `http_finish` (3) are loaded with the main programs and put
+//!   in `PORIN_HTTPP_V1`: the main programs tail-call the entries for
+//!   HTTP-ruled connections. Without them those packets drop (`Internal`),
+//!   never pass unjudged.
+//! * Rule sets follow the policy generations: `PORIN_HTTPS_V1` is keyed by
+//!   the policy key (generation included), so it is written under the
+//!   inactive generation before the flip and purged after, with the policy.
+//!   `PORIN_HTTPR_V1` is keyed by content-derived set ids: new sets' rules
+//!   are written before the flip, rules no set uses any more deleted after.
+
+use aya::{
+    maps::{MapData, ProgramArray},
+    programs::SchedClassifier,
+    Ebpf,
+};
+use porin_common::datapath::{Direction, PolicyKey};
+use porin_common::http::{HttpKey, HttpSet, HttpValue};
+
+use super::{map_err, purge, remove_hash, write_hash, DatapathError};
+use crate::ebpf::{self, LoadError};
+use crate::policy::Compiled;
+
+pub const HTTP_FROM_CONTAINER: &str = "http_from_container";
+pub const HTTP_TO_CONTAINER: &str = "http_to_container";
+pub const HTTP_PARSE: &str = "http_parse";
+pub const HTTP_FINISH: &str = "http_finish";
+
+/// Loads the HTTP stage programs and registers them for the tail calls.
+pub fn load_stage(bpf: &mut Ebpf) -> Result<(), DatapathError> {
+    // Indexes as in the eBPF crate's `http::stage_index`.
+    for (name, index) in [
+        (HTTP_FROM_CONTAINER, Direction::Egress as u32),
+        (HTTP_TO_CONTAINER, Direction::Ingress as u32),
+        (HTTP_PARSE, 2),
+        (HTTP_FINISH, 3),
+    ] {
+        let fd = ebpf::load_program::<SchedClassifier>(bpf, name)?
+            .fd()
+            .map_err(|source| LoadError::Program { name, source })?
+            .try_clone()
+            .map_err(|e| LoadError::Program {
+                name,
+                source: aya::programs::ProgramError::IOError(e),
+            })?;
+        let map = bpf.map_mut("PORIN_HTTPP_V1").ok_or(LoadError::MissingMap {
+            name: "PORIN_HTTPP_V1",
+        })?;
+        let mut progs: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(map).map_err(map_err("PORIN_HTTPP_V1", "open"))?;
+        progs
+            .set(index, &fd, 0)
+            .map_err(map_err("PORIN_HTTPP_V1", "set"))?;
+    }
+    Ok(())
+}
+
+/// Whether the L7 maps must be rewritten (with a generation flip).
+pub fn changed(old: &Compiled, new: &Compiled) -> bool {
+    old.http_maps != new.http_maps
+}
+
+/// Before the flip to `next`: the new rules, and the new sets under `next`
+/// (after removing any left there by a failed apply).
+pub fn write_before_flip(bpf: &mut Ebpf, new: &Compiled, next: u32) -> Result<(), DatapathError> {
+    purge::<PolicyKey, HttpSet>(bpf, "PORIN_HTTPS_V1", |k| u32::from(k.generation) == next)?;
+    write_hash(
+        bpf,
+        "PORIN_HTTPR_V1",
+        "insert",
+        new.http_maps.rules.iter().map(|(k, v)| (*k, *v)),
+    )?;
+    let sets = new.http_maps.sets.iter().map(|(k, v)| {
+        (
+            PolicyKey {
+                generation: next as u8,
+                ..*k
+            },
+            *v,
+        )
+    });
+    write_hash(bpf, "PORIN_HTTPS_V1", "insert", sets)
+}
+
+/// After the flip to `active`: the old generation's sets, and the rules no
+/// new set uses.
+pub fn clean_after_flip(
+    bpf: &mut Ebpf,
+    old: &Compiled,
+    new: &Compiled,
+    active: u32,
+) -> Result<(), DatapathError> {
+    purge::<PolicyKey, HttpSet>(bpf, "PORIN_HTTPS_V1", |k| u32::from(k.generation) != active)?;
+    let gone: Vec<HttpKey> = old
+        .http_maps
+        .rules
+        .keys()
+        .filter(|k| !new.http_maps.rules.contains_key(k))
+        .copied()
+        .collect();
+    remove_hash::<HttpKey, HttpValue>(bpf, "PORIN_HTTPR_V1", &gone)
+}

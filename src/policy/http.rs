@@ -1,0 +1,447 @@
+//! HTTP rules → the L7 maps (`PORIN_HTTPS_V1`, `PORIN_HTTPR_V1`; layout and
+//! matching in [`porin_common::http`]).
+//!
+//! Allow semantics are a union, as at L3/L4: a request is allowed if any
+//! policy that allows its connection allows it. So a policy entry is HTTP
+//! restricted (`action::ALLOW_HTTP`) only when no rule without HTTP rules
+//! covers it. "Covers" follows the datapath's lookup order: the entry
+//! `(peer, port)` is found before `(peer, 0)`, `(ANY, port)` and `(ANY, 0)`,
+//! so it answers for all four; its rule set is the union of the HTTP rules
+//! of every policy that produced any of them, and a plain entry among them
+//! leaves it plain.
+//!
+//! A rule set's id is [`porin_common::http::set_id`] of its canonical text
+//! (policy index and rules), so identical sets share entries and a reload
+//! that keeps a set keeps its id.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use porin_common::datapath::{action, identity as reserved, PolicyKey, PolicyValue};
+use porin_common::http::{
+    alt_kind, header_name_hash, header_value_hash, host_condition, method, path_hash, set_id,
+    HttpAlt, HttpKey, HttpSet, HttpValue, ALTS, MAX_CONDITIONS, MAX_SEGMENTS,
+};
+
+use crate::config::{Config, HttpPath, HttpRule, Loc, Method};
+
+use super::compiled::HttpTarget;
+
+/// Entries of `PORIN_HTTPR_V1` one configuration may use: half the map, so
+/// a reload can write the new sets beside the old.
+pub const HTTP_RULE_ENTRIES: usize = porin_common::http::max_entries::RULES as usize / 2;
+
+/// An HTTP rule the datapath cannot hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCompileError {
+    pub policy: String,
+    pub loc: Loc,
+    pub why: String,
+}
+
+impl fmt::Display for HttpCompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "policy `{}` ({}): {}", self.policy, self.loc, self.why)
+    }
+}
+
+/// The L7 maps' contents.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpMaps {
+    /// `PORIN_HTTPS_V1` (generation 0, like the policy entries).
+    pub sets: BTreeMap<PolicyKey, HttpSet>,
+    /// `PORIN_HTTPR_V1`.
+    pub rules: BTreeMap<HttpKey, HttpValue>,
+}
+
+/// The keys whose entry answers for `k` only if `k` itself is absent, and
+/// `k`: `(peer|ANY, port|0)`.
+fn covering(k: &PolicyKey) -> Vec<PolicyKey> {
+    let mut out = Vec::new();
+    for peer in [k.peer, reserved::ANY] {
+        for port in [k.port, 0] {
+            let mut c = *k;
+            c.peer = peer;
+            c.port = port;
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Compiles the HTTP rules of `targets` and turns their policy entries
+/// into `ALLOW_HTTP` ones. `plain` are keys some rule without HTTP rules
+/// produced (ground rules included).
+pub fn compile(
+    cfg: &Config,
+    targets: &[HttpTarget],
+    plain: &BTreeSet<PolicyKey>,
+    policy: &mut BTreeMap<PolicyKey, PolicyValue>,
+) -> Result<HttpMaps, HttpCompileError> {
+    let mut by_key: BTreeMap<PolicyKey, BTreeSet<u32>> = BTreeMap::new();
+    for t in targets {
+        by_key.entry(t.key).or_default().insert(t.rule);
+    }
+    let mut out = HttpMaps::default();
+    let mut done: BTreeMap<Vec<u32>, HttpSet> = BTreeMap::new();
+    for key in by_key.keys() {
+        let cover = covering(key);
+        if cover.iter().any(|c| plain.contains(c)) {
+            continue;
+        }
+        let rules: BTreeSet<u32> = cover
+            .iter()
+            .filter_map(|c| by_key.get(c))
+            .flatten()
+            .copied()
+            .collect();
+        let rules: Vec<u32> = rules.into_iter().collect();
+        let set = match done.get(&rules) {
+            Some(s) => *s,
+            None => {
+                let s = compile_set(cfg, &rules, &mut out.rules)?;
+                done.insert(rules.clone(), s);
+                s
+            }
+        };
+        if let Some(v) = policy.get_mut(key) {
+            v.action = action::ALLOW_HTTP;
+            out.sets.insert(*key, set);
+        }
+    }
+    if out.rules.len() > HTTP_RULE_ENTRIES {
+        let p = &cfg.policies[0];
+        return Err(HttpCompileError {
+            policy: p.name.clone(),
+            loc: p.loc,
+            why: format!(
+                "the HTTP rules need {} map entries, more than the {HTTP_RULE_ENTRIES} \
+                 the datapath holds (a `\"*\"` method costs 10)",
+                out.rules.len()
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// Canonical text of a rule set: its policies' indexes and rules.
+fn canonical(cfg: &Config, rules: &[u32]) -> String {
+    let mut s = String::new();
+    for &r in rules {
+        s.push_str(&format!("#{r}"));
+        for h in &cfg.policies[r as usize - 1].http {
+            s.push_str(&format!(
+                "|{} {} {:?} {:?}",
+                h.method, h.path, h.host, h.headers
+            ));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn compile_set(
+    cfg: &Config,
+    rules: &[u32],
+    out: &mut BTreeMap<HttpKey, HttpValue>,
+) -> Result<HttpSet, HttpCompileError> {
+    let items: Vec<(u32, &str, &[HttpRule])> = rules
+        .iter()
+        .map(|&r| {
+            let p = &cfg.policies[r as usize - 1];
+            (r, p.name.as_str(), p.http.as_slice())
+        })
+        .collect();
+    compile_rules(canonical(cfg, rules).as_bytes(), &items, out)
+}
+
+/// Compiles one rule set: `items` are (1-based policy index, policy name,
+/// its HTTP rules); the set id is [`set_id`] of `canonical`. Public for the
+/// differential tests.
+pub fn compile_rules(
+    canonical: &[u8],
+    items: &[(u32, &str, &[HttpRule])],
+    out: &mut BTreeMap<HttpKey, HttpValue>,
+) -> Result<HttpSet, HttpCompileError> {
+    let id = set_id(canonical);
+    let mut set = HttpSet { id, depths: 0 };
+    for &(r, name, http) in items {
+        for rule in http {
+            let fail = |why: String| HttpCompileError {
+                policy: name.to_owned(),
+                loc: rule.loc,
+                why,
+            };
+            let (path, kind) = match &rule.path {
+                HttpPath::Exact(p) => (p.as_str(), alt_kind::EXACT),
+                HttpPath::Prefix(p) => {
+                    let depth = p.bytes().filter(|&b| b == b'/').count();
+                    if depth >= MAX_SEGMENTS {
+                        return Err(fail(format!(
+                            "prefix `{}` is {depth} segments deep; the datapath matches \
+                             prefixes up to {} segments",
+                            rule.path,
+                            MAX_SEGMENTS - 1
+                        )));
+                    }
+                    set.depths |= 1 << depth;
+                    (p.as_str(), alt_kind::PREFIX)
+                }
+            };
+            let alt = alt_of(rule, r, kind);
+            for m in methods(rule.method) {
+                let key = HttpKey {
+                    set: id,
+                    method: m,
+                    _pad: [0; 3],
+                    path: path_hash(path.as_bytes()),
+                };
+                let v = out.entry(key).or_default();
+                add_alt(v, alt).map_err(|()| {
+                    fail(format!(
+                        "more than {ALTS} rules with method {} and path `{path}` differ in \
+                         host or headers (the datapath keeps {ALTS} per method and path)",
+                        method::NAMES[m as usize]
+                    ))
+                })?;
+            }
+        }
+    }
+    Ok(set)
+}
+
+fn alt_of(rule: &HttpRule, r: u32, kind: u8) -> HttpAlt {
+    let mut headers = [0u64; MAX_CONDITIONS];
+    for (slot, h) in headers.iter_mut().zip(&rule.headers) {
+        *slot = match &h.value {
+            None => header_name_hash(h.name.as_bytes()),
+            Some(v) => header_value_hash(h.name.as_bytes(), v.as_bytes()),
+        };
+    }
+    headers.sort_unstable();
+    HttpAlt {
+        host: rule
+            .host
+            .as_ref()
+            .map_or(0, |h| host_condition(h.as_bytes())),
+        headers,
+        rule: r,
+        kind,
+        _pad: [0; 3],
+    }
+}
+
+/// Adds `alt` to `v`, merging it with one of equal conditions.
+fn add_alt(v: &mut HttpValue, alt: HttpAlt) -> Result<(), ()> {
+    for slot in v.alts.iter_mut() {
+        if slot.kind == 0 {
+            *slot = alt;
+            return Ok(());
+        }
+        if slot.host == alt.host && slot.headers == alt.headers {
+            slot.kind |= alt.kind;
+            return Ok(());
+        }
+    }
+    Err(())
+}
+
+/// Method indexes a rule's method is stored under: `"*"` under all.
+fn methods(m: Method) -> Vec<u8> {
+    let idx = match m {
+        Method::Any => return (method::GET..=method::OTHER).collect(),
+        Method::Get => method::GET,
+        Method::Head => method::HEAD,
+        Method::Post => method::POST,
+        Method::Put => method::PUT,
+        Method::Delete => method::DELETE,
+        Method::Patch => method::PATCH,
+        Method::Options => method::OPTIONS,
+        Method::Connect => method::CONNECT,
+        Method::Trace => method::TRACE,
+    };
+    vec![idx]
+}
+
+/// Host reference model for tests: whether `rules` (the config's own
+/// matching) allow a request. The differential tests compare it with the
+/// compiled maps and `porin_common::http::judge`.
+pub fn reference_allows(
+    rules: &[HttpRule],
+    method_idx: u8,
+    path: &str,
+    host: Option<&str>,
+    headers: &[(String, String)],
+) -> bool {
+    rules.iter().any(|r| {
+        let m_ok = match methods(r.method).as_slice() {
+            [one] => *one == method_idx,
+            _ => true,
+        };
+        let host_ok = match &r.host {
+            None => true,
+            Some(h) => host.is_some_and(|x| x.trim().eq_ignore_ascii_case(h)),
+        };
+        let hdr_ok = r.headers.iter().all(|c| {
+            headers.iter().any(|(n, v)| {
+                n.eq_ignore_ascii_case(&c.name)
+                    && c.value
+                        .as_ref()
+                        .is_none_or(|want| v.trim_matches([' ', '\t']) == want)
+            })
+        });
+        m_ok && r.path.matches(path) && host_ok && hdr_ok
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use crate::policy::compile;
+    use porin_common::datapath::{proto, Direction};
+    use porin_common::http::{judge, parse as parse_request};
+
+    fn compiled(policies: &str) -> Result<crate::policy::Compiled, crate::policy::CompileError> {
+        let yaml = format!(
+            "version: 1\ngroups:\n  - name: web\n    select:\n      labels: {{app: web}}\n  \
+             - name: cli\n    select:\n      labels: {{app: cli}}\n\
+             ground_rules:\n  same_group: deny\n  host_ingress: deny\n\
+             policies:\n{policies}"
+        );
+        let cfg = parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        compile(&cfg, &[], &[])
+    }
+
+    const WEB_METRICS: &str = "  - name: scrape\n    from: [cli]\n    to: [web]\n    \
+        protocol: tcp\n    ports: [8080]\n    http:\n      - method: GET\n        path: /metrics\n";
+
+    /// The ingress entry of `web` from `cli` on port `port`.
+    fn ingress(c: &crate::policy::Compiled, port: u16) -> (PolicyKey, PolicyValue) {
+        c.policy
+            .iter()
+            .find(|(k, _)| {
+                k.direction == Direction::Ingress as u8
+                    && k.port == port
+                    && k.protocol == proto::TCP
+                    && k.peer != reserved::ANY
+            })
+            .map(|(k, v)| (*k, *v))
+            .expect("ingress entry")
+    }
+
+    fn allows(c: &crate::policy::Compiled, key: &PolicyKey, req: &[u8]) -> u32 {
+        let set = c.http_maps.sets[key];
+        let r = parse_request(req, req.len()).expect("request parses");
+        judge(&r, &set, |k| c.http_maps.rules.get(k))
+    }
+
+    #[test]
+    fn http_entries_are_restricted_and_judged() {
+        let c = compiled(WEB_METRICS).unwrap();
+        let (k, v) = ingress(&c, 8080);
+        assert_eq!(v.action, action::ALLOW_HTTP);
+        assert_eq!(allows(&c, &k, b"GET /metrics HTTP/1.1\r\n\r\n"), 1);
+        assert_eq!(allows(&c, &k, b"POST /metrics HTTP/1.1\r\n\r\n"), 0);
+        assert_eq!(allows(&c, &k, b"GET /admin HTTP/1.1\r\n\r\n"), 0);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn a_plain_rule_covering_the_entry_wins() {
+        // Any TCP port from cli, without HTTP rules: the union allows all.
+        let plain = "  - name: all-tcp\n    from: [cli]\n    to: [web]\n    protocol: tcp\n";
+        let c = compiled(&format!("{WEB_METRICS}{plain}")).unwrap();
+        let (k, v) = ingress(&c, 8080);
+        assert_eq!(v.action, action::ALLOW, "{k:?}");
+        assert!(!c.http_maps.sets.contains_key(&k));
+    }
+
+    #[test]
+    fn rules_of_policies_sharing_an_entry_are_united() {
+        let more = "  - name: health\n    from: [cli]\n    to: [web]\n    protocol: tcp\n    \
+            ports: [8080]\n    http:\n      - method: \"*\"\n        path: /health/*\n        \
+            host: web.local\n";
+        let c = compiled(&format!("{WEB_METRICS}{more}")).unwrap();
+        let (k, _) = ingress(&c, 8080);
+        assert_eq!(allows(&c, &k, b"GET /metrics HTTP/1.1\r\n\r\n"), 1);
+        assert_eq!(
+            allows(
+                &c,
+                &k,
+                b"PROPFIND /health/x HTTP/1.1\r\nHost: web.local\r\n\r\n"
+            ),
+            2
+        );
+        assert_eq!(
+            allows(&c, &k, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"),
+            0
+        );
+        assert_eq!(
+            allows(&c, &k, b"GET /healthz HTTP/1.1\r\nHost: web.local\r\n\r\n"),
+            0
+        );
+    }
+
+    #[test]
+    fn limits_are_compile_errors() {
+        let deep = "  - name: deep\n    from: [cli]\n    to: [web]\n    protocol: tcp\n    \
+            ports: [80]\n    http:\n      - method: GET\n        path: /a/b/c/d/e/f/g/h/*\n";
+        let e = compiled(deep).unwrap_err().to_string();
+        assert!(
+            e.contains("policy `deep`") && e.contains("segments deep"),
+            "{e}"
+        );
+        let mut many = String::from(
+            "  - name: many\n    from: [cli]\n    to: [web]\n    protocol: tcp\n    \
+             ports: [80]\n    http:\n",
+        );
+        for i in 0..=ALTS {
+            many.push_str(&format!(
+                "      - method: GET\n        path: /x\n        host: h{i}.local\n"
+            ));
+        }
+        let e = compiled(&many).unwrap_err().to_string();
+        assert!(e.contains("more than 4 rules with method GET"), "{e}");
+    }
+
+    #[test]
+    fn set_ids_follow_content() {
+        let a = compiled(WEB_METRICS).unwrap();
+        let b = compiled(WEB_METRICS).unwrap();
+        assert_eq!(a.http_maps, b.http_maps);
+        let other = WEB_METRICS.replace("/metrics", "/other");
+        let c = compiled(&other).unwrap();
+        let (k, _) = ingress(&a, 8080);
+        assert_ne!(a.http_maps.sets[&k].id, c.http_maps.sets[&k].id);
+    }
+}
+
+#[cfg(test)]
+mod host_peer_tests {
+    use crate::config::parse;
+    use crate::policy::compile;
+    use porin_common::datapath::{action, identity as reserved};
+
+    #[test]
+    fn a_host_client_is_http_restricted() {
+        let yaml = "version: 1\ngroups:\n  - name: web\n    select:\n      labels: {app: web}\n\
+            ground_rules:\n  host_ingress: deny\npolicies:\n  - name: scrape\n    from: [host]\n    \
+            to: [web]\n    protocol: tcp\n    ports: [8080]\n    http:\n      - method: GET\n        \
+            path: /metrics\n";
+        let cfg = parse(yaml, "t.yaml").unwrap();
+        let c = compile(&cfg, &[], &[]).unwrap();
+        let e: Vec<_> = c
+            .policy
+            .iter()
+            .filter(|(k, _)| k.peer == reserved::HOST || k.peer == reserved::ANY)
+            .collect();
+        assert!(
+            e.iter()
+                .any(|(k, v)| k.port == 8080 && v.action == action::ALLOW_HTTP),
+            "{e:?}"
+        );
+    }
+}

@@ -1,0 +1,531 @@
+//! The HTTP stage (`http_from_container` / `http_to_container`, tail-called
+//! by the main TC programs) through `BPF_PROG_TEST_RUN`: connections opened
+//! with a SYN, then request segments; verdicts, the rewritten packet (a RST
+//! to the server after a denial), drop counters, and a differential test
+//! against the host parser and matcher.
+//!
+//! The endpoint under test is `BPF_PROG_TEST_RUN`'s loopback (ifindex 1),
+//! the server of an ingress rule (`to_container`). A denial clones a 403
+//! onto the loopback's ingress (addresses 10.0.0.x, which the stack drops).
+//!
+//! Needs root (CI runs as root); without it each test fails loudly.
+
+mod http_gen;
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+    Ebpf,
+};
+use porin::{
+    config::{HeaderMatch, HttpPath, HttpRule, Loc, Method},
+    datapath::http::load_stage,
+    ebpf,
+    policy::http::compile_rules,
+    testing::{
+        packets::{self, PROTO_TCP},
+        require_root,
+    },
+};
+use porin_common::{
+    datapath::{
+        action, identity, mode, tc_action, Counter, DatapathConfig, Direction, DropReason,
+        EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
+    },
+    http::{HttpKey, HttpSet, HttpValue},
+};
+use proptest::prelude::*;
+
+const OK: u32 = tc_action::OK as u32;
+const SHOT: u32 = tc_action::SHOT as u32;
+const EP: u32 = 1;
+const WEB: Identity = identity::GROUP_BASE + 1;
+const CLI: Identity = identity::GROUP_BASE + 2;
+/// The server (endpoint, identity WEB) and the client (CLI).
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const PORT: u16 = 8080;
+const TCP_RST: u8 = 0x04;
+const TCP_PSH: u8 = 0x08;
+
+struct Dp {
+    bpf: Ebpf,
+}
+
+fn rule(
+    method: Method,
+    path: &str,
+    host: Option<&str>,
+    headers: &[(&str, Option<&str>)],
+) -> HttpRule {
+    HttpRule {
+        method,
+        path: HttpPath::parse(path).unwrap(),
+        host: host.map(str::to_owned),
+        headers: headers
+            .iter()
+            .map(|(n, v)| HeaderMatch {
+                name: n.to_string(),
+                value: v.map(str::to_owned),
+            })
+            .collect(),
+        loc: Loc { line: 1, column: 1 },
+    }
+}
+
+/// GET /metrics; POST /api/* with an `x-key` header.
+fn default_rules() -> Vec<HttpRule> {
+    vec![
+        rule(Method::Get, "/metrics", None, &[]),
+        rule(Method::Post, "/api/*", None, &[("x-key", None)]),
+    ]
+}
+
+impl Dp {
+    /// Server WEB at [`EP`] in `mode`, client CLI, generation 0, the
+    /// ingress entry (WEB, CLI, tcp/8080) `ALLOW_HTTP` with `rules`.
+    fn new(mode: u8, rules: &[HttpRule]) -> Self {
+        let mut bpf = ebpf::open().expect("open eBPF object");
+        for name in ["from_container", "to_container"] {
+            ebpf::load_program::<SchedClassifier>(&mut bpf, name)
+                .unwrap_or_else(|e| panic!("load {name}: {e:?}"));
+        }
+        load_stage(&mut bpf).unwrap_or_else(|e| panic!("load the HTTP stage: {e:?}"));
+        let mut dp = Dp { bpf };
+        dp.hash::<u32, EndpointInfo>("PORIN_ENDP_V1")
+            .insert(
+                EP,
+                EndpointInfo {
+                    identity: WEB,
+                    mode,
+                    _pad: [0; 3],
+                },
+                0,
+            )
+            .unwrap();
+        dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
+            .insert(SERVER.octets(), WEB, 0)
+            .unwrap();
+        dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
+            .insert(CLIENT.octets(), CLI, 0)
+            .unwrap();
+        let mut cfg: Array<_, DatapathConfig> =
+            Array::try_from(dp.bpf.map_mut("PORIN_CFG_V1").unwrap()).unwrap();
+        cfg.set(
+            0,
+            DatapathConfig {
+                generation: 0,
+                ready: CONFIG_READY,
+                // The deny cache on, as the manager runs it.
+                epoch: 1,
+                _pad: 0,
+            },
+            0,
+        )
+        .unwrap();
+        dp.hash::<PolicyKey, PolicyValue>("PORIN_POL_V1")
+            .insert(
+                key(),
+                PolicyValue {
+                    action: action::ALLOW_HTTP,
+                    _pad: [0; 3],
+                    rule: 1,
+                },
+                0,
+            )
+            .unwrap();
+        dp.set_rules(rules)
+            .expect("rules within the datapath's limits");
+        dp
+    }
+
+    /// Replaces the rule set of the entry.
+    fn set_rules(&mut self, rules: &[HttpRule]) -> Option<()> {
+        let mut map = std::collections::BTreeMap::new();
+        let set = compile_rules(b"t", &[(1, "p", rules)], &mut map).ok()?;
+        let mut r = self.hash::<HttpKey, HttpValue>("PORIN_HTTPR_V1");
+        let old: Vec<HttpKey> = r.keys().map(|k| k.unwrap()).collect();
+        for k in old {
+            r.remove(&k).unwrap();
+        }
+        for (k, v) in map {
+            r.insert(k, v, 0).unwrap();
+        }
+        self.hash::<PolicyKey, HttpSet>("PORIN_HTTPS_V1")
+            .insert(key(), set, 0)
+            .unwrap();
+        Some(())
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
+        HashMap::try_from(self.bpf.map_mut(name).expect(name)).expect("a hash map")
+    }
+
+    fn prog(&self, name: &str) -> &SchedClassifier {
+        self.bpf.program(name).unwrap().try_into().unwrap()
+    }
+
+    /// Runs `to_container` on `frame`: the verdict and the packet after.
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        let r = self
+            .prog("to_container")
+            .test_run(opts)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e}"));
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn drops(&self, reason: DropReason) -> u64 {
+        let arr: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.bpf.map("PORIN_DROPS_V1").unwrap()).unwrap();
+        arr.get(&(reason as u32), 0)
+            .unwrap()
+            .iter()
+            .map(|c| c.packets)
+            .sum()
+    }
+
+    /// Opens a connection from `sport` (SYN with sequence `isn`).
+    #[track_caller]
+    fn open(&self, sport: u16, isn: u32) {
+        let (v, _) = self.run(&segment(sport, isn, packets::TCP_SYN, b""));
+        assert_eq!(v, OK, "SYN allowed at L3/L4");
+    }
+}
+
+fn key() -> PolicyKey {
+    PolicyKey {
+        subject: WEB,
+        peer: CLI,
+        port: PORT,
+        protocol: PROTO_TCP,
+        direction: Direction::Ingress as u8,
+        generation: 0,
+        _pad: [0; 3],
+    }
+}
+
+/// A client→server TCP segment.
+fn segment(sport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = packets::tcp(sport, PORT, flags, payload);
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&77u32.to_be_bytes());
+    packets::frame_v4(CLIENT, SERVER, PROTO_TCP, &t)
+}
+
+/// A request segment (ACK + PSH).
+fn request(sport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    segment(sport, seq, packets::TCP_ACK | TCP_PSH, payload)
+}
+
+/// Asserts `out` is a bare RST from the client to the server at `seq`.
+#[track_caller]
+fn assert_rst(out: &[u8], seq: u32) {
+    assert_eq!(out.len(), 14 + 20 + 20, "RST without payload: {out:?}");
+    assert_eq!(&out[26..30], &CLIENT.octets());
+    assert_eq!(&out[30..34], &SERVER.octets());
+    assert_eq!(out[34 + 13], TCP_RST);
+    assert_eq!(&out[38..42], &seq.to_be_bytes());
+    assert_eq!(packets::checksum(&out[14..34]), 0, "IPv4 header checksum");
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&out[26..34]);
+    pseudo.extend_from_slice(&[0, PROTO_TCP, 0, 20]);
+    pseudo.extend_from_slice(&out[34..54]);
+    assert_eq!(packets::checksum(&pseudo), 0, "TCP checksum");
+}
+
+const GET_METRICS: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: web\r\n\r\n";
+
+#[test]
+fn allowed_get_passes_unchanged() {
+    require_root("allowed_get_passes_unchanged");
+    let dp = Dp::new(mode::ENFORCE, &default_rules());
+    dp.open(40000, 1000);
+    let frame = request(40000, 1001, GET_METRICS);
+    let (v, out) = dp.run(&frame);
+    assert_eq!(v, OK);
+    assert_eq!(out, frame, "an allowed request is not touched");
+    // A pure ACK and the server's reply pass as conntrack hits.
+    assert_eq!(
+        dp.run(&segment(
+            40000,
+            1001 + GET_METRICS.len() as u32,
+            packets::TCP_ACK,
+            b""
+        ))
+        .0,
+        OK
+    );
+    assert_eq!(dp.drops(DropReason::HttpDenied), 0);
+}
+
+#[test]
+fn denied_post_becomes_a_rst_to_the_server() {
+    require_root("denied_post_becomes_a_rst_to_the_server");
+    let dp = Dp::new(mode::ENFORCE, &default_rules());
+    dp.open(40001, 5000);
+    let (v, out) = dp.run(&request(
+        40001,
+        5001,
+        b"POST /admin HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n",
+    ));
+    assert_eq!(v, OK, "the packet goes on, as a RST");
+    assert_rst(&out, 5001);
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
+    // Anything later on the connection is denied too.
+    let (_, out) = dp.run(&request(40001, 5001, GET_METRICS));
+    assert_rst(&out, 5001);
+    assert_eq!(dp.drops(DropReason::HttpUnsupported), 1);
+}
+
+#[test]
+fn audit_mode_counts_and_passes() {
+    require_root("audit_mode_counts_and_passes");
+    let dp = Dp::new(mode::AUDIT, &default_rules());
+    dp.open(40002, 1);
+    let frame = request(40002, 2, b"DELETE /metrics HTTP/1.1\r\n\r\n");
+    let (v, out) = dp.run(&frame);
+    assert_eq!((v, out), (OK, frame));
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
+}
+
+#[test]
+fn missing_required_header_is_denied() {
+    require_root("missing_required_header_is_denied");
+    let dp = Dp::new(mode::ENFORCE, &default_rules());
+    dp.open(40003, 1);
+    let (_, out) = dp.run(&request(
+        40003,
+        2,
+        b"POST /api/x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    ));
+    assert_rst(&out, 2);
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
+    dp.open(40004, 1);
+    let ok = request(
+        40004,
+        2,
+        b"POST /api/x HTTP/1.1\r\nX-Key: 1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(dp.run(&ok), (OK, ok));
+}
+
+#[test]
+fn keep_alive_allowed_then_denied_and_bodies() {
+    require_root("keep_alive_allowed_then_denied_and_bodies");
+    let dp = Dp::new(mode::ENFORCE, &default_rules());
+    dp.open(40005, 100);
+    let mut seq = 101u32;
+    // A POST whose body spans two segments.
+    let head = b"POST /api/v1 HTTP/1.1\r\nX-Key: k\r\nContent-Length: 10\r\n\r\n01234";
+    let f = request(40005, seq, head);
+    assert_eq!(dp.run(&f), (OK, f));
+    seq += head.len() as u32;
+    let f = request(40005, seq, b"56789");
+    assert_eq!(dp.run(&f), (OK, f), "the rest of the body");
+    seq += 5;
+    let f = request(40005, seq, GET_METRICS);
+    assert_eq!(dp.run(&f), (OK, f.clone()), "second request");
+    // A retransmission of it passes too.
+    assert_eq!(dp.run(&f), (OK, f), "retransmission");
+    seq += GET_METRICS.len() as u32;
+    let (_, out) = dp.run(&request(40005, seq, b"GET /admin HTTP/1.1\r\n\r\n"));
+    assert_rst(&out, seq);
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
+}
+
+#[test]
+fn pipelined_requests_in_one_segment_are_refused() {
+    require_root("pipelined_requests_in_one_segment_are_refused");
+    let dp = Dp::new(mode::ENFORCE, &default_rules());
+    dp.open(40006, 1);
+    let two = [GET_METRICS, b"GET /admin HTTP/1.1\r\n\r\n"].concat();
+    let (_, out) = dp.run(&request(40006, 2, &two));
+    assert_rst(&out, 2);
+    assert_eq!(dp.drops(DropReason::HttpUnsupported), 1);
+}
+
+#[test]
+fn one_byte_segments_garbage_and_tls_are_refused() {
+    require_root("one_byte_segments_garbage_and_tls_are_refused");
+    let dp = Dp::new(mode::ENFORCE, &default_rules());
+    dp.open(40007, 1);
+    let (_, out) = dp.run(&request(40007, 2, b"G"));
+    assert_rst(&out, 2);
+    assert_eq!(dp.drops(DropReason::HttpUnsupported), 1);
+    dp.open(40008, 1);
+    let (_, out) = dp.run(&request(40008, 2, b"\x00\x01\x02garbage\r\n\r\n"));
+    assert_rst(&out, 2);
+    dp.open(40009, 1);
+    let hello = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\x00\x01\x02\x03";
+    let (_, out) = dp.run(&request(40009, 2, hello));
+    assert_rst(&out, 2);
+    assert_eq!(dp.drops(DropReason::HttpMalformed), 2);
+    // An out-of-order segment after the request start.
+    dp.open(40010, 1);
+    let (_, out) = dp.run(&request(40010, 3, b"ET /metrics HTTP/1.1\r\n\r\n"));
+    assert_rst(&out, 3);
+    assert_eq!(dp.drops(DropReason::HttpUnsupported), 2);
+}
+
+#[test]
+fn mid_stream_payload_without_a_syn_is_refused() {
+    require_root("mid_stream_payload_without_a_syn_is_refused");
+    let dp = Dp::new(mode::ENFORCE, &default_rules());
+    // No SYN seen: the connection is picked up by this very packet.
+    let (v, _) = dp.run(&request(40011, 9, GET_METRICS));
+    assert_eq!(v, SHOT);
+    assert_eq!(dp.drops(DropReason::HttpUnsupported), 1);
+    // Its state says "unknown": later payload is refused as well.
+    let (_, out) = dp.run(&request(40011, 9 + GET_METRICS.len() as u32, GET_METRICS));
+    assert_rst(&out, 9 + GET_METRICS.len() as u32);
+}
+
+#[test]
+fn stage_missing_fails_closed() {
+    require_root("stage_missing_fails_closed");
+    let mut bpf = ebpf::open().unwrap();
+    ebpf::load_program::<SchedClassifier>(&mut bpf, "to_container").unwrap();
+    let mut dp = Dp { bpf };
+    // Same maps as `Dp::new` but without loading the stage programs.
+    let full = Dp::new(mode::ENFORCE, &default_rules());
+    drop(full);
+    dp.hash::<u32, EndpointInfo>("PORIN_ENDP_V1")
+        .insert(
+            EP,
+            EndpointInfo {
+                identity: WEB,
+                mode: mode::ENFORCE,
+                _pad: [0; 3],
+            },
+            0,
+        )
+        .unwrap();
+    dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
+        .insert(CLIENT.octets(), CLI, 0)
+        .unwrap();
+    let mut cfg: Array<_, DatapathConfig> =
+        Array::try_from(dp.bpf.map_mut("PORIN_CFG_V1").unwrap()).unwrap();
+    cfg.set(
+        0,
+        DatapathConfig {
+            generation: 0,
+            ready: CONFIG_READY,
+            epoch: 1,
+            _pad: 0,
+        },
+        0,
+    )
+    .unwrap();
+    dp.hash::<PolicyKey, PolicyValue>("PORIN_POL_V1")
+        .insert(
+            key(),
+            PolicyValue {
+                action: action::ALLOW_HTTP,
+                _pad: [0; 3],
+                rule: 1,
+            },
+            0,
+        )
+        .unwrap();
+    dp.set_rules(&default_rules()).unwrap();
+    dp.open(40012, 1);
+    let (v, _) = dp.run(&request(40012, 2, GET_METRICS));
+    assert_eq!(v, SHOT, "no stage program: drop");
+    assert_eq!(dp.drops(DropReason::Internal), 1);
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
+/// The kernel and the host give the same verdict on the same bytes.
+#[test]
+fn differential_kernel_and_host_agree() {
+    require_root("differential_kernel_and_host_agree");
+    let dp = std::cell::RefCell::new(Dp::new(mode::AUDIT, &default_rules()));
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases(),
+        ..ProptestConfig::default()
+    });
+    let sport = std::cell::Cell::new(1024u16);
+    let allowed = std::cell::Cell::new(0usize);
+    runner
+        .run(&(http_gen::rules(), http_gen::request()), |(rules, req)| {
+            let bytes = req.render();
+            let mut dp = dp.borrow_mut();
+            if bytes.len() > porin_common::http::WINDOW || dp.set_rules(&rules).is_none() {
+                return Ok(());
+            }
+            let next = sport.get().wrapping_add(1).max(1024);
+            sport.set(next);
+            let sport = next;
+            dp.open(sport, 10);
+            let before = dp.drops(DropReason::HttpDenied);
+            // Audit mode: the verdict shows in the counter, the packet passes.
+            let (v, _) = dp.run(&request(sport, 11, &bytes));
+            prop_assert_eq!(v, OK);
+            let kernel = dp.drops(DropReason::HttpDenied) == before;
+            let host = req.reference(&rules);
+            allowed.set(allowed.get() + usize::from(host));
+            prop_assert_eq!(kernel, host, "{}", String::from_utf8_lossy(&bytes));
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        allowed.get() > 0,
+        "the generator must produce allowed requests too"
+    );
+}
+
+#[test]
+fn ipv6_requests_are_judged_and_answered() {
+    require_root("ipv6_requests_are_judged_and_answered");
+    use std::net::Ipv6Addr;
+    let server6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    let client6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+    let mut dp = Dp::new(mode::ENFORCE, &default_rules());
+    dp.hash::<[u8; 16], Identity>("PORIN_IP6_V1")
+        .insert(server6.octets(), WEB, 0)
+        .unwrap();
+    dp.hash::<[u8; 16], Identity>("PORIN_IP6_V1")
+        .insert(client6.octets(), CLI, 0)
+        .unwrap();
+    let seg6 = |seq: u32, flags: u8, payload: &[u8]| {
+        let mut t = packets::tcp(41000, PORT, flags, payload);
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        packets::frame_v6(client6, server6, PROTO_TCP, &t)
+    };
+    assert_eq!(dp.run(&seg6(7, packets::TCP_SYN, b"")).0, OK);
+    let ok = seg6(8, packets::TCP_ACK | TCP_PSH, GET_METRICS);
+    assert_eq!(dp.run(&ok), (OK, ok));
+    let seq = 8 + GET_METRICS.len() as u32;
+    let (v, out) = dp.run(&seg6(
+        seq,
+        packets::TCP_ACK | TCP_PSH,
+        b"GET /admin HTTP/1.1\r\n\r\n",
+    ));
+    assert_eq!(v, OK);
+    assert_eq!(out.len(), 14 + 40 + 20, "a bare RST: {out:?}");
+    assert_eq!(&out[22..38], &client6.octets());
+    assert_eq!(&out[38..54], &server6.octets());
+    assert_eq!(out[54 + 13], TCP_RST);
+    assert_eq!(&out[58..62], &seq.to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&out[22..54]);
+    pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, PROTO_TCP]);
+    pseudo.extend_from_slice(&out[54..74]);
+    assert_eq!(packets::checksum(&pseudo), 0, "TCP checksum");
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
+}
