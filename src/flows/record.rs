@@ -375,10 +375,29 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn every_drop_reason_has_its_own_name() {
+        use porin_common::datapath::DropReason;
+        let names: std::collections::BTreeSet<_> = DropReason::ALL
+            .iter()
+            .map(|&r| drop_reason_name(r as u8))
+            .collect();
+        assert_eq!(names.len(), DropReason::ALL.len(), "{names:?}");
+        assert!(!names.contains("UNKNOWN_REASON"), "{names:?}");
+        assert_eq!(
+            drop_reason_name(DropReason::RogueRouter as u8),
+            "ROGUE_ROUTER"
+        );
+        assert_eq!(
+            drop_reason_name(DropReason::HttpUnsupported as u8),
+            "HTTP_UNSUPPORTED"
+        );
+    }
+
+    #[test]
     fn http_events_carry_method_path_and_reason() {
         let mut e = drop_event();
         e.kind = kind::HTTP;
-        e.drop_reason = 12;
+        e.drop_reason = porin_common::datapath::DropReason::HttpDenied as u8;
         e.http_method = porin_common::http::method::POST;
         e.http_path[..6].copy_from_slice(b"/admin");
         e.http_path_len = 6;
