@@ -73,7 +73,10 @@ fn llvm_objcopy() -> Option<PathBuf> {
         .filter(|o| o.status.success())?;
     let sysroot = PathBuf::from(String::from_utf8(sysroot.stdout).ok()?.trim());
     let host = env::var("HOST").ok()?;
-    let path = sysroot.join("lib/rustlib").join(host).join("bin/llvm-objcopy");
+    let path = sysroot
+        .join("lib/rustlib")
+        .join(host)
+        .join("bin/llvm-objcopy");
     path.exists().then_some(path)
 }
 
