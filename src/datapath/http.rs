@@ -30,8 +30,32 @@ pub const HTTP_TO_CONTAINER: &str = "http_to_container";
 pub const HTTP_PARSE: &str = "http_parse";
 pub const HTTP_FINISH: &str = "http_finish";
 
+/// The stage's slots in `PORIN_HTTPP_V1`, as in the eBPF crate's
+/// `http::stage_index`.
+const STAGE_SLOTS: u32 = 4;
+
 /// Loads the HTTP stage programs and registers them for the tail calls.
+///
+/// On failure the array is emptied: a pinned array adopted from an earlier
+/// daemon may still hold that daemon's stage, and a failed load must leave
+/// HTTP-ruled connections dropping (a tail call to an empty slot fails,
+/// `Internal`), not judged by whatever programs were there before.
 pub fn load_stage(bpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let result = register_stage(bpf);
+    if result.is_err() {
+        if let Some(map) = bpf.map_mut("PORIN_HTTPP_V1") {
+            if let Ok(mut progs) = ProgramArray::<&mut MapData>::try_from(map) {
+                for index in 0..STAGE_SLOTS {
+                    // An empty slot answers ENOENT: nothing to clear.
+                    let _ = progs.clear_index(&index);
+                }
+            }
+        }
+    }
+    result
+}
+
+fn register_stage(bpf: &mut Ebpf) -> Result<(), DatapathError> {
     // Indexes as in the eBPF crate's `http::stage_index`.
     for (name, index) in [
         (HTTP_FROM_CONTAINER, Direction::Egress as u32),

@@ -80,8 +80,8 @@ fn admits<K>(entry: Option<*mut CtValue>, l: &CtLookup<K>, flow: &Flow, dir: Dir
 /// e.g. the connection seen the other way) is kept: the packet passes on
 /// policy's word alone. Failing to record otherwise is an error: in enforce
 /// mode the packet drops rather than pass with no state behind it.
-#[inline(always)]
 /// `l7` marks an HTTP-ruled connection (`CtValue::l7`).
+#[inline(always)]
 pub fn create(flow: &Flow, dir: Direction, ifindex: u32, l7: u8) -> Result<(), DropReason> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -100,10 +100,6 @@ static PORIN_LOST_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::CAU
 /// The `FlowEvent::verdict` of a counted verdict: passed without a drop
 /// reason is FORWARDED, a drop reason with `TC_ACT_OK` is AUDIT.
 #[inline(always)]
-#[allow(
-    dead_code,
-    reason = "for the call sites in tc.rs, added after the merge"
-)]
 pub fn flow_verdict(v: &Verdict) -> u8 {
     match v.drop {
         None => verdict::FORWARDED,
