@@ -3,6 +3,13 @@
 //! says one is readable (epoll through `smol::Async`, no busy polling),
 //! decodes each record, enriches it, and hands it to the history, the flow
 //! log and the per-identity counters.
+//!
+//! A safety tick ([`SAFETY_TICK`]) drains the buffers too when no wake-up
+//! came: a perf buffer's readiness is consumed by the kernel's poll, and a
+//! wake-up for records written while the reader was between its drain and
+//! re-arming its interest can be missed (seen as a few records stuck in a
+//! perf buffer until the next one arrived). Once a second is no polling
+//! cost, and bounds how late such a record can be.
 
 use std::{
     future::poll_fn,
@@ -14,7 +21,7 @@ use std::{
 
 use log::warn;
 use porin_common::flow::FlowEvent;
-use smol::Async;
+use smol::{future::FutureExt, Async};
 
 use super::{
     log::FlowLog,
@@ -25,6 +32,9 @@ use crate::state::{Counters, Shared};
 
 /// Records taken per wake-up before yielding to the other tasks.
 const BATCH: usize = 512;
+
+/// The longest a record can wait in a buffer when its wake-up was missed.
+pub const SAFETY_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Turns `bpf_ktime_get_ns` (CLOCK_MONOTONIC) into wall-clock time.
 #[derive(Clone, Copy, Debug)]
@@ -117,7 +127,7 @@ pub async fn run(mut source: EventSource, mut sink: Sink) -> io::Result<()> {
     loop {
         // Wakes when any buffer has records (one wake-up covers all: every
         // buffer is drained below).
-        poll_fn(|cx| {
+        let readable = poll_fn(|cx| {
             let mut ready = false;
             for w in &watched {
                 match w.poll_readable(cx) {
@@ -131,8 +141,13 @@ pub async fn run(mut source: EventSource, mut sink: Sink) -> io::Result<()> {
             } else {
                 Poll::Pending
             }
-        })
-        .await?;
+        });
+        readable
+            .or(async {
+                smol::Timer::after(SAFETY_TICK).await;
+                Ok(())
+            })
+            .await?;
         while drain(&mut source, &mut sink, &mut batch) == BATCH {
             // More may be waiting: let the control socket and metrics run.
             smol::future::yield_now().await;
