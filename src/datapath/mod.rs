@@ -636,6 +636,24 @@ fn purge<K: aya::Pod, V: aya::Pod>(
     Ok(keys.len())
 }
 
+/// [`purge`] for an LPM trie of `N`-byte keys (identity values).
+fn purge_lpm<const N: usize>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    stale: impl Fn(&Key<[u8; N]>) -> bool,
+) -> Result<usize, DatapathError> {
+    let mut t = map_mut!(bpf, name, LpmTrie<&mut MapData, [u8; N], Identity>);
+    let keys: Vec<Key<[u8; N]>> = t
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| stale(k))
+        .collect();
+    for k in &keys {
+        let _ = t.remove(k);
+    }
+    Ok(keys.len())
+}
+
 /// Every key of the policy map.
 fn policy_keys(bpf: &mut Ebpf) -> Result<Vec<PolicyKey>, DatapathError> {
     let m = map_mut!(bpf, "PORIN_POL_V1", BpfHashMap<&mut MapData, PolicyKey, PolicyValue>);

@@ -33,7 +33,7 @@ use aya::{
         links::{FdLink, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
-        Link, LinkOrder, SchedClassifier, TcAttachType, XdpMode,
+        Link, LinkOrder, SchedClassifier, TcAttachType,
     },
     Ebpf,
 };
@@ -46,6 +46,7 @@ use porin_common::{
 use super::{
     map_err,
     pin::{self, tc_handle, Found, PinDir, TC_PRIORITY},
+    purge, purge_lpm,
     uplink::{key4, key6, EndpointAddresses, UplinkPlan},
     Datapath, DatapathError, Veth, FROM_CONTAINER, TO_CONTAINER,
 };
@@ -545,26 +546,7 @@ impl Datapath {
             source,
         };
         let prog = self.xdp()?;
-        let (id, mode) = match p.mode {
-            config::XdpMode::Native => (
-                prog.attach_to_if_index(ifindex, XdpMode::Driver)
-                    .map_err(attach_err)?,
-                "native",
-            ),
-            config::XdpMode::Generic => (
-                prog.attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map_err(attach_err)?,
-                "generic",
-            ),
-            config::XdpMode::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-                Ok(id) => (id, "native"),
-                Err(_) => (
-                    prog.attach_to_if_index(ifindex, XdpMode::Skb)
-                        .map_err(attach_err)?,
-                    "generic",
-                ),
-            },
-        };
+        let (id, mode) = super::uplink::attach_xdp(prog, ifindex, p)?;
         let link = prog.take_link(id).map_err(attach_err)?;
         let path = pins.xdp_link(mode, &p.interface);
         let pinned = FdLink::try_from(link)
@@ -631,48 +613,21 @@ impl Datapath {
             .values()
             .map(|a| (a.ifindex, a.plan.clone()))
             .collect();
-        {
-            let mut m =
-                map_mut!(self.bpf, "PORIN_UPCFG_V1", BpfHashMap<&mut MapData, u32, UplinkConfig>);
-            let stale: Vec<u32> = m
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !owned.contains_key(k))
-                .collect();
-            for k in stale {
-                let _ = m.remove(&k);
-            }
-        }
-        {
-            let mut t =
-                map_mut!(self.bpf, "PORIN_UPDNY4_V1", LpmTrie<&mut MapData, [u8; 8], Identity>);
-            let keep: BTreeSet<Vec<u8>> = owned
-                .iter()
-                .flat_map(|(i, pl)| pl.deny4.keys().map(|pre| key_bytes(&key4(*i, pre))))
-                .collect();
-            let stale: Vec<_> = t
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !keep.contains(&key_bytes(k)))
-                .collect();
-            for k in stale {
-                let _ = t.remove(&k);
-            }
-        }
-        let mut t =
-            map_mut!(self.bpf, "PORIN_UPDNY6_V1", LpmTrie<&mut MapData, [u8; 20], Identity>);
-        let keep: BTreeSet<Vec<u8>> = owned
+        purge::<u32, UplinkConfig>(&mut self.bpf, "PORIN_UPCFG_V1", |k| !owned.contains_key(k))?;
+        let keep4: BTreeSet<Vec<u8>> = owned
+            .iter()
+            .flat_map(|(i, pl)| pl.deny4.keys().map(|pre| key_bytes(&key4(*i, pre))))
+            .collect();
+        purge_lpm::<8>(&mut self.bpf, "PORIN_UPDNY4_V1", |k| {
+            !keep4.contains(&key_bytes(k))
+        })?;
+        let keep6: BTreeSet<Vec<u8>> = owned
             .iter()
             .flat_map(|(i, pl)| pl.deny6.keys().map(|pre| key_bytes(&key6(*i, pre))))
             .collect();
-        let stale: Vec<_> = t
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keep.contains(&key_bytes(k)))
-            .collect();
-        for k in stale {
-            let _ = t.remove(&k);
-        }
+        purge_lpm::<20>(&mut self.bpf, "PORIN_UPDNY6_V1", |k| {
+            !keep6.contains(&key_bytes(k))
+        })?;
         Ok(())
     }
 

@@ -266,39 +266,7 @@ impl Datapath {
         ifindex: u32,
         p: &UplinkPlan,
     ) -> Result<AttachedUplink, DatapathError> {
-        let attach_err = |source| DatapathError::Attach {
-            program: FROM_UPLINK,
-            ifname: p.interface.clone(),
-            ifindex,
-            source,
-        };
-        let prog = self.xdp()?;
-        let (link, mode) = match p.mode {
-            config::XdpMode::Native => (
-                prog.attach_to_if_index(ifindex, XdpMode::Driver)
-                    .map_err(attach_err)?,
-                "native",
-            ),
-            config::XdpMode::Generic => (
-                prog.attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map_err(attach_err)?,
-                "generic",
-            ),
-            config::XdpMode::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-                Ok(link) => (link, "native"),
-                Err(e) => {
-                    warn!(
-                        "uplink {}: native XDP refused ({e}); using generic XDP",
-                        p.interface
-                    );
-                    (
-                        prog.attach_to_if_index(ifindex, XdpMode::Skb)
-                            .map_err(attach_err)?,
-                        "generic",
-                    )
-                }
-            },
-        };
+        let (link, mode) = attach_xdp(self.xdp()?, ifindex, p)?;
         Ok(AttachedUplink {
             ifindex,
             link: Some(link),
@@ -428,6 +396,48 @@ fn sync<K: aya::Pod + Ord>(
         }
     }
     Ok(())
+}
+
+/// Attaches `prog` to `ifindex` in the mode the plan asks for (`auto`:
+/// native, else generic, with a warning); returns the link and the mode's
+/// name. Shared by the plain and the persistent (pinned link) attachment.
+pub(super) fn attach_xdp(
+    prog: &mut Xdp,
+    ifindex: u32,
+    p: &UplinkPlan,
+) -> Result<(XdpLinkId, &'static str), DatapathError> {
+    let attach_err = |source| DatapathError::Attach {
+        program: FROM_UPLINK,
+        ifname: p.interface.clone(),
+        ifindex,
+        source,
+    };
+    Ok(match p.mode {
+        config::XdpMode::Native => (
+            prog.attach_to_if_index(ifindex, XdpMode::Driver)
+                .map_err(attach_err)?,
+            "native",
+        ),
+        config::XdpMode::Generic => (
+            prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                .map_err(attach_err)?,
+            "generic",
+        ),
+        config::XdpMode::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(link) => (link, "native"),
+            Err(e) => {
+                warn!(
+                    "uplink {}: native XDP refused ({e}); using generic XDP",
+                    p.interface
+                );
+                (
+                    prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                        .map_err(attach_err)?,
+                    "generic",
+                )
+            }
+        },
+    })
 }
 
 pub(super) fn key4(ifindex: u32, p: &Prefix4) -> Key<[u8; 8]> {
