@@ -87,12 +87,19 @@ impl Dp {
     /// Server WEB at [`EP`] in `mode`, client CLI, generation 0, the
     /// ingress entry (WEB, CLI, tcp/8080) `ALLOW_HTTP` with `rules`.
     fn new(mode: u8, rules: &[HttpRule]) -> Self {
+        Self::with_stage(true, mode, rules)
+    }
+
+    /// [`Dp::new`], with or without the HTTP stage programs loaded.
+    fn with_stage(stage: bool, mode: u8, rules: &[HttpRule]) -> Self {
         let mut bpf = ebpf::open().expect("open eBPF object");
         for name in ["from_container", "to_container"] {
             ebpf::load_program::<SchedClassifier>(&mut bpf, name)
                 .unwrap_or_else(|e| panic!("load {name}: {e:?}"));
         }
-        load_stage(&mut bpf).unwrap_or_else(|e| panic!("load the HTTP stage: {e:?}"));
+        if stage {
+            load_stage(&mut bpf).unwrap_or_else(|e| panic!("load the HTTP stage: {e:?}"));
+        }
         let mut dp = Dp { bpf };
         dp.hash::<u32, EndpointInfo>("PORIN_ENDP_V1")
             .insert(
@@ -392,51 +399,8 @@ fn mid_stream_payload_without_a_syn_is_refused() {
 #[test]
 fn stage_missing_fails_closed() {
     require_root("stage_missing_fails_closed");
-    let mut bpf = ebpf::open().unwrap();
-    ebpf::load_program::<SchedClassifier>(&mut bpf, "to_container").unwrap();
-    let mut dp = Dp { bpf };
     // Same maps as `Dp::new` but without loading the stage programs.
-    let full = Dp::new(mode::ENFORCE, &default_rules());
-    drop(full);
-    dp.hash::<u32, EndpointInfo>("PORIN_ENDP_V1")
-        .insert(
-            EP,
-            EndpointInfo {
-                identity: WEB,
-                mode: mode::ENFORCE,
-                _pad: [0; 3],
-            },
-            0,
-        )
-        .unwrap();
-    dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
-        .insert(CLIENT.octets(), CLI, 0)
-        .unwrap();
-    let mut cfg: Array<_, DatapathConfig> =
-        Array::try_from(dp.bpf.map_mut("PORIN_CFG_V1").unwrap()).unwrap();
-    cfg.set(
-        0,
-        DatapathConfig {
-            generation: 0,
-            ready: CONFIG_READY,
-            epoch: 1,
-            _pad: 0,
-        },
-        0,
-    )
-    .unwrap();
-    dp.hash::<PolicyKey, PolicyValue>("PORIN_POL_V1")
-        .insert(
-            key(),
-            PolicyValue {
-                action: action::ALLOW_HTTP,
-                _pad: [0; 3],
-                rule: 1,
-            },
-            0,
-        )
-        .unwrap();
-    dp.set_rules(&default_rules()).unwrap();
+    let dp = Dp::with_stage(false, mode::ENFORCE, &default_rules());
     dp.open(40012, 1);
     let (v, _) = dp.run(&request(40012, 2, GET_METRICS));
     assert_eq!(v, SHOT, "no stage program: drop");
