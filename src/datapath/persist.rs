@@ -10,7 +10,9 @@
 //! read back from `PORIN_CFG_V1` (never reset), and what is applied is read
 //! back from the maps, so the first apply is a normal diff: new entries
 //! written, identity changes parked, one generation flip, stale entries
-//! deleted last. The enforcement loop does not apply before discovery's
+//! deleted last. The HTTP rule maps are not read back (their entries do not
+//! say which configuration they came from): the first apply always flips
+//! and deletes every rule set and rule the new policy does not hold. The enforcement loop does not apply before discovery's
 //! first complete scan ([`crate::enforce`]), so an adopted endpoint is
 //! never removed for not having been seen yet. Conntrack maps are kept:
 //! established connections survive. Endpoints whose veth is gone lose their
@@ -272,6 +274,10 @@ impl Datapath {
                 self.unpin_tcx(ifindex);
             }
         }
+        // The HTTP maps are not read back: the first successful apply
+        // flips, rewrites the sets and sweeps the rules (`Datapath::sweep`
+        // stays set until one succeeds).
+        self.sweep = true;
         info!(
             "adopted policy generation {generation}: {} endpoints, {} policy entries; \
              programs replaced on {} veths{}",
