@@ -398,9 +398,10 @@ fn orphan_rule(i: u64) -> (HttpKey, HttpValue) {
 
 /// After a restart the previous `Compiled` is not known: a daemon that
 /// adopts the pinned maps must still leave exactly its own policy's HTTP
-/// rule sets and rules (the earlier daemon's deleted, and the leftovers
-/// that filled the rule map: deleted before the new rules are written, or
-/// those writes would fail), and its next applies diff as usual.
+/// rule sets and rules (the earlier daemon's deleted after the flip, and
+/// the leftovers that filled the rule map before the new rules are
+/// written, or those writes would fail), and its next applies diff as
+/// usual.
 #[test]
 fn after_adoption_the_http_maps_hold_only_the_new_policy() {
     require_root("after_adoption_the_http_maps_hold_only_the_new_policy");
@@ -438,12 +439,33 @@ fn after_adoption_the_http_maps_hold_only_the_new_policy() {
         "B starts with X's entries and the leftovers"
     );
     let g = b.generation();
+    // Up to the flip (the apply's first half, called alone): the live
+    // generation's sets and rules are all there, next to Y's; the
+    // leftovers are gone already, making room for Y's rules.
+    let t = std::time::Instant::now();
+    let swept = porin::datapath::http::write_before_flip(b.ebpf_mut(), &y, 1 - g, true)
+        .expect("the writes before the flip");
+    let sweep_time = t.elapsed();
+    assert_eq!(swept, room, "exactly the leftovers deleted before the flip");
+    let mut both: BTreeSet<HttpKey> = x.http_maps.rules.keys().copied().collect();
+    both.extend(y.http_maps.rules.keys());
+    assert_eq!(http_rules(&b), both, "before the flip: X's and Y's rules");
+    let live: BTreeSet<(u8, u32)> = http_sets(&b)
+        .iter()
+        .map(|(k, s)| (k.generation, s.id))
+        .collect();
+    let mut want: BTreeSet<(u8, u32)> =
+        x.http_maps.sets.values().map(|s| (g as u8, s.id)).collect();
+    want.extend(y.http_maps.sets.values().map(|s| (1 - g as u8, s.id)));
+    assert_eq!(live, want, "before the flip: X's sets live, Y's next");
+
     b.apply(&y, &[]).expect("B applies Y");
     assert_ne!(b.generation(), g, "one generation flip");
     assert_http_maps_are(&b, &y, "B after Y");
     eprintln!(
         "HTTP maps across adoption: sets {sets0} -> {}, rules {rules0} -> {} \
-         (X: {} sets, {} rules + {room} leftovers; Y: {} sets, {} rules)",
+         (X: {} sets, {} rules + {room} leftovers; Y: {} sets, {} rules); \
+         the {room} leftovers swept before the flip in {sweep_time:?}",
         http_sets(&b).len(),
         http_rules(&b).len(),
         x.http_maps.sets.len(),

@@ -39,10 +39,10 @@
 //! [`Datapath::load`] with a bpffs directory (the daemon) pins every map and
 //! makes attachments that outlive the process; a later load adopts them and
 //! its first apply is an ordinary diff against what the maps hold, except
-//! for the HTTP rule maps, which it sweeps after a forced generation flip
-//! (see [`pin`] for the layout and the start-up decision, [`persist`] for
-//! adoption and removal, [`http`] for the sweep). Without one (tests, benches) everything is
-//! private to the object and goes away with it.
+//! for the HTTP maps, which it sweeps with a forced generation flip (see
+//! [`pin`] for the layout and the start-up decision, [`persist`] for
+//! adoption and removal, [`http`] for the sweep). Without one (tests,
+//! benches) everything is private to the object and goes away with it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
