@@ -542,3 +542,55 @@ fn a_failed_apply_leaves_no_http_rules_behind() {
         "only Y's policy entries, under the live generation"
     );
 }
+
+/// An apply that fails midway (the policy map has no room) after it added
+/// an address and parked one whose identity changes: the next apply, of
+/// the config that stayed applied, must leave the address map exactly as
+/// that config says (nothing added left, nothing left parked on UPDATING).
+#[test]
+fn a_failed_apply_leaves_no_addresses_behind() {
+    require_root("a_failed_apply_leaves_no_addresses_behind");
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
+    let a = compiled(G1, G2, &[8080]);
+    dp.apply(&a, &[]).expect("apply A");
+
+    // PEER changes identity (parked first), a new address appears, and the
+    // policy does not fit.
+    let mut b = compiled(G1, G3, &[8080]);
+    let added = Ipv4Addr::new(10, 231, 250, 10);
+    b.ip4.insert(added.octets(), G9);
+    for i in 0..porin_common::datapath::max_entries::POLICY {
+        b.policy.insert(
+            PolicyKey {
+                subject: G1,
+                peer: G3 + (i >> 16),
+                port: (i & 0xffff) as u16,
+                protocol: 17,
+                direction: Direction::Ingress as u8,
+                generation: 0,
+                _pad: [0; 3],
+            },
+            PolicyValue {
+                action: action::ALLOW,
+                _pad: [0; 3],
+                rule: 2,
+            },
+        );
+    }
+    assert!(dp.apply(&b, &[]).is_err(), "the policy map is too small");
+    let ip4 = |dp: &Datapath| -> BTreeMap<[u8; 4], Identity> {
+        let m: BpfHashMap<&MapData, [u8; 4], Identity> =
+            BpfHashMap::try_from(dp.ebpf().map("PORIN_IP4_V1").unwrap()).unwrap();
+        m.iter().map(|r| r.unwrap()).collect()
+    };
+    let after_failure = ip4(&dp);
+    eprintln!("addresses after the failed apply: {after_failure:?}");
+    assert_ne!(
+        after_failure, a.ip4,
+        "the failed apply changed the address map"
+    );
+
+    dp.apply(&a, &[]).expect("apply A again");
+    assert_eq!(ip4(&dp), a.ip4, "exactly A's addresses and identities");
+    assert_eq!(dp.applied().ip4, a.ip4);
+}

@@ -250,7 +250,27 @@ impl Datapath {
         }
         self.applied = match &result {
             Ok(_) => new.clone(),
-            Err(_) => old,
+            // What the maps hold now: a failed step may have left some of
+            // `new`'s entries (addresses added, identities parked on
+            // UPDATING) that `old` does not list; diffing from `old` would
+            // leave them, and parked addresses would stay parked if the
+            // next config equals `old`. Keeps the rest of `old`'s
+            // bookkeeping (names, rules, members) for reports.
+            Err(_) => match self.read_back() {
+                Ok(held) => Compiled {
+                    endpoints: held.endpoints,
+                    ip4: held.ip4,
+                    ip6: held.ip6,
+                    net4: held.net4,
+                    net6: held.net6,
+                    policy: held.policy,
+                    ..old
+                },
+                Err(e) => {
+                    warn!("reading back the maps after a failed apply: {e}");
+                    old
+                }
+            },
         };
         // A failed apply may have written entries of `new` that neither
         // `old` nor a later `Compiled` lists.

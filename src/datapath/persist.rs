@@ -226,19 +226,7 @@ impl Datapath {
             self.set_generation(0)?;
         }
         let generation = self.generation;
-        let mut a = Compiled {
-            endpoints: read_hash::<u32, EndpointInfo>(&mut self.bpf, "PORIN_ENDP_V1")?,
-            ip4: read_hash(&mut self.bpf, "PORIN_IP4_V1")?,
-            ip6: read_hash(&mut self.bpf, "PORIN_IP6_V1")?,
-            net4: read_lpm(&mut self.bpf, "PORIN_NET4_V1")?,
-            net6: read_lpm(&mut self.bpf, "PORIN_NET6_V1")?,
-            ..Default::default()
-        };
-        a.policy = read_hash::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1")?
-            .into_iter()
-            .filter(|(k, _)| u32::from(k.generation) == generation)
-            .map(|(k, v)| (PolicyKey { generation: 0, ..k }, v))
-            .collect();
+        let a = self.read_back()?;
         let upep = (
             read_hash(&mut self.bpf, "PORIN_UPEP4_V1")?,
             read_hash(&mut self.bpf, "PORIN_UPEP6_V1")?,
@@ -294,6 +282,26 @@ impl Datapath {
         );
         self.applied = a;
         Ok(upep)
+    }
+
+    /// What the maps hold: endpoints, addresses, networks and the policy
+    /// entries of the live generation (not the HTTP maps: see `sweep`).
+    pub(super) fn read_back(&mut self) -> Result<Compiled, DatapathError> {
+        let generation = self.generation;
+        let mut a = Compiled {
+            endpoints: read_hash::<u32, EndpointInfo>(&mut self.bpf, "PORIN_ENDP_V1")?,
+            ip4: read_hash(&mut self.bpf, "PORIN_IP4_V1")?,
+            ip6: read_hash(&mut self.bpf, "PORIN_IP6_V1")?,
+            net4: read_lpm(&mut self.bpf, "PORIN_NET4_V1")?,
+            net6: read_lpm(&mut self.bpf, "PORIN_NET6_V1")?,
+            ..Default::default()
+        };
+        a.policy = read_hash::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1")?
+            .into_iter()
+            .filter(|(k, _)| u32::from(k.generation) == generation)
+            .map(|(k, v)| (PolicyKey { generation: 0, ..k }, v))
+            .collect();
+        Ok(a)
     }
 
     fn classifier_mut(&mut self, name: &'static str) -> Result<&mut SchedClassifier, LoadError> {
