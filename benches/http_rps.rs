@@ -13,7 +13,7 @@ use std::{
 };
 
 use porin::testing::{
-    daemon::Daemon,
+    daemon::{Daemon, Exclusive},
     podman::{PodmanContainer, Spec},
     require_root,
 };
@@ -85,6 +85,9 @@ fn rps(addr: SocketAddr) -> f64 {
 
 fn main() {
     require_root("the HTTP requests-per-second benchmark");
+    // No test daemon of another process may run meanwhile: each one
+    // attaches to every container's veth, this bench's too.
+    let _exclusive = Exclusive::acquire();
     let web = PodmanContainer::run(
         "hrps-web",
         &Spec {
@@ -109,14 +112,83 @@ fn main() {
     // cores with the clients and the server, not the datapath.
     let with = through_porin(addr, "default");
     let quiet = through_porin(addr, "quiet");
+    let proxy = through_haproxy(addr);
+    // The baseline again at the end: the percentages are of the mean of
+    // both, and the two show how much the machine drifted meanwhile.
+    let without_end = rps(addr);
+    println!("  without Porin, first and last: {without:.0} and {without_end:.0} requests/s");
+    let without = (without + without_end) / 2.0;
     println!(
         "HTTP/1.0 GET /metrics, host -> busybox httpd container, {CLIENTS} clients, {SECONDS} s each:\n  \
-         without Porin:                                  {without:>8.0} requests/s\n  \
+         without Porin (mean):                           {without:>8.0} requests/s\n  \
          through Porin, L7 rules, flow events (default): {with:>8.0} requests/s ({:.1} % of without)\n  \
-         through Porin, L7 rules, flow events at 1/s:    {quiet:>8.0} requests/s ({:.1} % of without)",
+         through Porin, L7 rules, flow events at 1/s:    {quiet:>8.0} requests/s ({:.1} % of without)\n  \
+         through HAProxy (tuned), the same rule:         {proxy:>8.0} requests/s ({:.1} % of without)",
         100.0 * with / without,
-        100.0 * quiet / without
+        100.0 * quiet / without,
+        100.0 * proxy / without
     );
+}
+
+/// The peer: an L7 proxy in front of the server enforcing the same rule
+/// (GET /metrics, anything else 403), as a proxy-based gateway (Cilium's
+/// Envoy) would. HAProxy 2.6 from Debian, tuned for this machine: one
+/// thread per core, no logging, no health checks, generous limits. The
+/// clients connect to it on loopback; it opens a connection to the server
+/// per request (busybox httpd closes after each answer).
+fn through_haproxy(backend: SocketAddr) -> f64 {
+    let Ok(out) = std::process::Command::new("haproxy").arg("-v").output() else {
+        panic!("haproxy is not installed (the benchmark's peer): run .ci/setup");
+    };
+    assert!(out.status.success(), "haproxy -v");
+    let dir = std::env::temp_dir().join(format!("porin-b-http-rps-{}-haproxy", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 18481));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let config = format!(
+        "global\n  nbthread {cpus}\n  maxconn 4000\n\n\
+         defaults\n  mode http\n  timeout connect 2s\n  timeout client 5s\n  \
+         timeout server 5s\n  option dontlognull\n  http-reuse always\n\n\
+         frontend porin_bench\n  bind {listen}\n  \
+         http-request deny deny_status 403 unless METH_GET {{ path /metrics }}\n  \
+         default_backend web\n\n\
+         backend web\n  server web {backend}\n"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    let mut child = std::process::Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start haproxy");
+    let started = Instant::now();
+    while TcpStream::connect(listen).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("haproxy exited ({status}) before listening: see its messages above");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "haproxy did not listen on {listen}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        request(listen, "/metrics"),
+        Some(200),
+        "allowed through HAProxy"
+    );
+    assert_eq!(
+        request(listen, "/admin"),
+        Some(403),
+        "denied by HAProxy's rule"
+    );
+    let rate = rps(listen);
+    // Ends only the process this bench started, by its PID.
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    rate
 }
 
 /// Requests per second through a daemon enforcing `CONFIG`, with flow
