@@ -2,13 +2,27 @@
 //! in the maps across policy changes, identity changes and no-op applies.
 //! Needs root.
 
-use std::net::Ipv4Addr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use porin::{datapath::Datapath, kernel::TcAttach, policy::Compiled, testing::require_root};
-use porin_common::datapath::{
-    action, identity, mode, DatapathConfig, Direction, EndpointInfo, Identity, PolicyKey,
-    PolicyValue,
+use porin::{
+    datapath::Datapath,
+    kernel::TcAttach,
+    policy::Compiled,
+    testing::{
+        daemon::{test_bpffs, BpffsGuard},
+        require_root,
+    },
+};
+use porin_common::{
+    datapath::{
+        action, identity, mode, DatapathConfig, Direction, EndpointInfo, Identity, PolicyKey,
+        PolicyValue,
+    },
+    http::{HttpKey, HttpSet, HttpValue},
 };
 
 const G1: Identity = identity::GROUP_BASE + 1;
@@ -264,19 +278,14 @@ fn every_apply_bumps_the_deny_cache_epoch_after_its_changes() {
     assert_eq!(cfg(&dp).generation, last.generation);
 }
 
-/// The L7 maps follow the policy generations: sets under the active
-/// generation only, rules of the current sets only, across a change of
-/// HTTP rules alone (no L3/L4 change) and their removal.
-#[test]
-fn http_rule_sets_follow_the_policy_generation() {
+/// `compiled(G1, G2, ports)` where each `(port, path)` of `http` makes that
+/// port's entry `ALLOW_HTTP` with a rule set of one rule, `GET path`.
+fn with_http(ports: &[u16], http: &[(u16, &str)]) -> Compiled {
     use porin::config::{HttpPath, HttpRule, Loc, Method};
     use porin::policy::http::compile_rules;
-    use porin_common::http::{HttpKey, HttpSet, HttpValue};
 
-    require_root("http_rule_sets_follow_the_policy_generation");
-    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
-    let with_rules = |path: &str| {
-        let mut c = compiled(G1, G2, &[8080]);
+    let mut c = compiled(G1, G2, ports);
+    for &(port, path) in http {
         let rule = HttpRule {
             method: Method::Get,
             path: HttpPath::parse(path).unwrap(),
@@ -290,52 +299,246 @@ fn http_rule_sets_follow_the_policy_generation() {
             &mut c.http_maps.rules,
         )
         .unwrap();
-        for (k, v) in c.policy.iter_mut() {
-            v.action = action::ALLOW_HTTP;
-            c.http_maps.sets.insert(*k, set);
-        }
-        c
-    };
-    let sets = |dp: &Datapath| -> Vec<(u8, HttpSet)> {
-        let m: BpfHashMap<&MapData, PolicyKey, HttpSet> =
-            BpfHashMap::try_from(dp.ebpf().map("PORIN_HTTPS_V1").unwrap()).unwrap();
-        m.iter()
-            .map(|r| r.unwrap())
-            .map(|(k, v)| (k.generation, v))
-            .collect()
-    };
-    let rules = |dp: &Datapath| -> Vec<HttpKey> {
-        let m: BpfHashMap<&MapData, HttpKey, HttpValue> =
-            BpfHashMap::try_from(dp.ebpf().map("PORIN_HTTPR_V1").unwrap()).unwrap();
-        m.keys().map(|k| k.unwrap()).collect()
-    };
+        let (k, v) = c
+            .policy
+            .iter_mut()
+            .find(|(k, _)| k.port == port)
+            .expect("an entry for the HTTP port");
+        v.action = action::ALLOW_HTTP;
+        c.http_maps.sets.insert(*k, set);
+    }
+    c
+}
 
-    let a = with_rules("/metrics");
+/// `PORIN_HTTPS_V1` as it is (keys with their generation).
+fn http_sets(dp: &Datapath) -> BTreeMap<PolicyKey, HttpSet> {
+    let m: BpfHashMap<&MapData, PolicyKey, HttpSet> =
+        BpfHashMap::try_from(dp.ebpf().map("PORIN_HTTPS_V1").unwrap()).unwrap();
+    m.iter().map(|r| r.unwrap()).collect()
+}
+
+/// The keys of `PORIN_HTTPR_V1`.
+fn http_rules(dp: &Datapath) -> BTreeSet<HttpKey> {
+    let m: BpfHashMap<&MapData, HttpKey, HttpValue> =
+        BpfHashMap::try_from(dp.ebpf().map("PORIN_HTTPR_V1").unwrap()).unwrap();
+    m.keys().map(|k| k.unwrap()).collect()
+}
+
+/// Asserts that the L7 maps hold exactly `c`'s rules and `c`'s sets under
+/// the live generation.
+fn assert_http_maps_are(dp: &Datapath, c: &Compiled, what: &str) {
+    let g = dp.generation() as u8;
+    let sets: BTreeMap<PolicyKey, HttpSet> = c
+        .http_maps
+        .sets
+        .iter()
+        .map(|(k, v)| {
+            (
+                PolicyKey {
+                    generation: g,
+                    ..*k
+                },
+                *v,
+            )
+        })
+        .collect();
+    assert_eq!(
+        http_sets(dp),
+        sets,
+        "{what}: the sets of the live generation"
+    );
+    let rules: BTreeSet<HttpKey> = c.http_maps.rules.keys().copied().collect();
+    assert_eq!(http_rules(dp), rules, "{what}: the rules");
+}
+
+/// The L7 maps follow the policy generations: sets under the active
+/// generation only, rules of the current sets only, across a change of
+/// HTTP rules alone (no L3/L4 change) and their removal.
+#[test]
+fn http_rule_sets_follow_the_policy_generation() {
+    require_root("http_rule_sets_follow_the_policy_generation");
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
+
+    let a = with_http(&[8080], &[(8080, "/metrics")]);
     dp.apply(&a, &[]).expect("apply A");
     let g = dp.generation() as u8;
     let set_a = *a.http_maps.sets.values().next().unwrap();
-    assert_eq!(sets(&dp), vec![(g, set_a)]);
-    assert_eq!(
-        rules(&dp),
-        a.http_maps.rules.keys().copied().collect::<Vec<_>>()
-    );
+    assert_http_maps_are(&dp, &a, "A");
 
     // Only the HTTP rules change: still a new generation.
-    let b = with_rules("/health");
+    let b = with_http(&[8080], &[(8080, "/health")]);
     assert_eq!(a.policy, b.policy, "same L3/L4 entries");
     dp.apply(&b, &[]).expect("apply B");
     assert_ne!(dp.generation() as u8, g, "the generation flipped");
     let set_b = *b.http_maps.sets.values().next().unwrap();
     assert_ne!(set_a.id, set_b.id);
-    assert_eq!(sets(&dp), vec![(dp.generation() as u8, set_b)]);
-    assert_eq!(
-        rules(&dp),
-        b.http_maps.rules.keys().copied().collect::<Vec<_>>()
-    );
+    assert_http_maps_are(&dp, &b, "B");
 
     // No HTTP rules any more.
     dp.apply(&compiled(G1, G2, &[8080]), &[])
         .expect("apply plain");
-    assert!(sets(&dp).is_empty());
-    assert!(rules(&dp).is_empty());
+    assert!(http_sets(&dp).is_empty());
+    assert!(http_rules(&dp).is_empty());
+}
+
+/// Rule entry `i` of a set no policy entry uses, as an apply that failed
+/// after writing its rules, or a daemon that forgot to delete them, leaves
+/// behind.
+fn orphan_rule(i: u64) -> (HttpKey, HttpValue) {
+    (
+        HttpKey {
+            set: 0x0bad_05e7,
+            method: 1,
+            _pad: [0; 3],
+            path: i,
+        },
+        HttpValue::default(),
+    )
+}
+
+/// After a restart the previous `Compiled` is not known: a daemon that
+/// adopts the pinned maps must still leave exactly its own policy's HTTP
+/// rule sets and rules (the earlier daemon's deleted after the flip, and
+/// the leftovers that filled the rule map before the new rules are
+/// written, or those writes would fail), and its next applies diff as
+/// usual.
+#[test]
+fn after_adoption_the_http_maps_hold_only_the_new_policy() {
+    require_root("after_adoption_the_http_maps_hold_only_the_new_policy");
+    let bpffs = BpffsGuard::new(test_bpffs("dm-adopt-http"));
+    let dir = bpffs.dir.clone();
+    // X: two HTTP ports; Y: one of them, with another rule set.
+    let x = with_http(&[8080, 9090], &[(8080, "/metrics"), (9090, "/admin/*")]);
+    let y = with_http(&[8080], &[(8080, "/health")]);
+    assert!(x
+        .http_maps
+        .rules
+        .keys()
+        .all(|k| !y.http_maps.rules.contains_key(k)));
+    let room = porin_common::http::max_entries::RULES as usize - x.http_maps.rules.len();
+    {
+        let mut a = Datapath::load(TcAttach::Tcx, Some(&dir)).expect("load daemon A");
+        a.apply(&x, &[]).expect("A applies X");
+        assert_http_maps_are(&a, &x, "A after X");
+        let mut m: BpfHashMap<&mut MapData, HttpKey, HttpValue> =
+            BpfHashMap::try_from(a.ebpf_mut().map_mut("PORIN_HTTPR_V1").unwrap()).unwrap();
+        for i in 0..room as u64 {
+            let (k, v) = orphan_rule(i);
+            m.insert(k, v, 0).unwrap();
+        }
+        let (k, v) = orphan_rule(room as u64);
+        assert!(m.insert(k, v, 0).is_err(), "the rule map is full");
+    } // A stops; its maps stay pinned
+
+    let mut b = Datapath::load(TcAttach::Tcx, Some(&dir)).expect("load daemon B");
+    assert!(b.adopted(), "B adopts A's maps");
+    let (sets0, rules0) = (http_sets(&b).len(), http_rules(&b).len());
+    assert_eq!(
+        (sets0, rules0),
+        (x.http_maps.sets.len(), x.http_maps.rules.len() + room),
+        "B starts with X's entries and the leftovers"
+    );
+    let g = b.generation();
+    // Up to the flip (the apply's first half, called alone): the live
+    // generation's sets and rules are all there, next to Y's; the
+    // leftovers are gone already, making room for Y's rules.
+    let t = std::time::Instant::now();
+    let swept = porin::datapath::http::write_before_flip(b.ebpf_mut(), &y, 1 - g, true)
+        .expect("the writes before the flip");
+    let sweep_time = t.elapsed();
+    assert_eq!(swept, room, "exactly the leftovers deleted before the flip");
+    let mut both: BTreeSet<HttpKey> = x.http_maps.rules.keys().copied().collect();
+    both.extend(y.http_maps.rules.keys());
+    assert_eq!(http_rules(&b), both, "before the flip: X's and Y's rules");
+    let live: BTreeSet<(u8, u32)> = http_sets(&b)
+        .iter()
+        .map(|(k, s)| (k.generation, s.id))
+        .collect();
+    let mut want: BTreeSet<(u8, u32)> =
+        x.http_maps.sets.values().map(|s| (g as u8, s.id)).collect();
+    want.extend(y.http_maps.sets.values().map(|s| (1 - g as u8, s.id)));
+    assert_eq!(live, want, "before the flip: X's sets live, Y's next");
+
+    b.apply(&y, &[]).expect("B applies Y");
+    assert_ne!(b.generation(), g, "one generation flip");
+    assert_http_maps_are(&b, &y, "B after Y");
+    eprintln!(
+        "HTTP maps across adoption: sets {sets0} -> {}, rules {rules0} -> {} \
+         (X: {} sets, {} rules + {room} leftovers; Y: {} sets, {} rules); \
+         the {room} leftovers swept before the flip in {sweep_time:?}",
+        http_sets(&b).len(),
+        http_rules(&b).len(),
+        x.http_maps.sets.len(),
+        x.http_maps.rules.len(),
+        y.http_maps.sets.len(),
+        y.http_maps.rules.len(),
+    );
+
+    // The second apply diffs against Y: nothing to do, no flip.
+    let g = b.generation();
+    b.apply(&y, &[]).expect("B applies Y again");
+    assert_eq!(b.generation(), g, "Y again changes nothing");
+    assert_http_maps_are(&b, &y, "B after Y again");
+
+    // A change of HTTP rules alone after adoption: Y's rules go.
+    let z = with_http(&[8080, 9090], &[(8080, "/health"), (9090, "/z")]);
+    b.apply(&z, &[]).expect("B applies Z");
+    assert_ne!(b.generation(), g);
+    assert_http_maps_are(&b, &z, "B after Z");
+    b.apply(&y, &[]).expect("B applies Y once more");
+    assert_http_maps_are(&b, &y, "B back to Y");
+}
+
+/// An apply that fails after writing its HTTP rules (here: the policy map
+/// has no room for its entries) leaves them behind; the next apply, even
+/// of the policy that stayed applied, deletes them.
+#[test]
+fn a_failed_apply_leaves_no_http_rules_behind() {
+    require_root("a_failed_apply_leaves_no_http_rules_behind");
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
+    let y = with_http(&[8080], &[(8080, "/health")]);
+    dp.apply(&y, &[]).expect("apply Y");
+    let g = dp.generation();
+
+    // More entries than the policy map holds, and HTTP rules of their own.
+    let mut big = with_http(&[8080, 9090], &[(8080, "/health"), (9090, "/big")]);
+    let extra = porin_common::datapath::max_entries::POLICY;
+    for i in 0..extra {
+        big.policy.insert(
+            PolicyKey {
+                subject: G1,
+                peer: G3 + (i >> 16),
+                port: (i & 0xffff) as u16,
+                protocol: 17,
+                direction: Direction::Ingress as u8,
+                generation: 0,
+                _pad: [0; 3],
+            },
+            PolicyValue {
+                action: action::ALLOW,
+                _pad: [0; 3],
+                rule: 2,
+            },
+        );
+    }
+    assert!(dp.apply(&big, &[]).is_err(), "the policy map is too small");
+    assert_eq!(dp.generation(), g, "no flip");
+    let leftovers = http_rules(&dp).len() - y.http_maps.rules.len();
+    assert!(leftovers > 0, "the failed apply wrote its rules");
+
+    dp.apply(&y, &[]).expect("apply Y again");
+    assert_http_maps_are(&dp, &y, "Y after the failed apply");
+    eprintln!(
+        "rules after the failed apply: {}, after the next one: {} (Y: {})",
+        y.http_maps.rules.len() + leftovers,
+        http_rules(&dp).len(),
+        y.http_maps.rules.len()
+    );
+    let m: BpfHashMap<&MapData, PolicyKey, PolicyValue> =
+        BpfHashMap::try_from(dp.ebpf().map("PORIN_POL_V1").unwrap()).unwrap();
+    assert_eq!(
+        m.keys().count(),
+        y.policy.len(),
+        "only Y's policy entries, under the live generation"
+    );
 }

@@ -63,6 +63,9 @@ both_transports! {
     the_reader_wakes_on_new_records_and_fills_the_history_ringbuf,
     the_reader_wakes_on_new_records_and_fills_the_history_perf
         => the_reader_wakes_on_new_records_and_fills_the_history;
+    a_steady_stream_is_read_in_batches_not_per_record_ringbuf,
+    a_steady_stream_is_read_in_batches_not_per_record_perf
+        => a_steady_stream_is_read_in_batches_not_per_record;
 }
 
 fn load(transport: EventsTransport) -> (aya::Ebpf, EventMaps) {
@@ -268,6 +271,79 @@ fn the_reader_wakes_on_new_records_and_fills_the_history(transport: EventsTransp
 /// Perf only: a full perf buffer's losses, as the kernel reports them,
 /// reach the daemon's `ring_full` cause through the reader's own `drain`
 /// (what `porin status` and the metrics read).
+/// The calling thread's voluntary context switches: each is a wake-up
+/// after blocking (in epoll, or on a timer).
+fn own_wakeups() -> u64 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .expect("voluntary_ctxt_switches in /proc")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A record every 200 µs for 0.4 s (2,000 records, as from a busy HTTP
+/// server): the reader takes them every `reader::COALESCE` instead of
+/// waking for each (which cost the daemon CPU the workloads needed).
+fn a_steady_stream_is_read_in_batches_not_per_record(transport: EventsTransport) {
+    require_root("flow event test (BPF_PROG_TEST_RUN)");
+    let (bpf, maps) = load(transport);
+    let (source, mut ctl) = maps.split();
+    ctl.set_cpu_rate(1_000_000, 1_000_000_000).unwrap();
+    let shared = Arc::new(Shared::new("test".into(), vec![], 4096));
+    let sink = Sink {
+        shared: shared.clone(),
+        log: None,
+        clock: Clock::now(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        smol::block_on(async {
+            let _ = reader::run(source, sink)
+                .or(async {
+                    // Wait until told the stream is over, then report.
+                    let start = own_wakeups();
+                    tx.send(start).unwrap();
+                    smol::Timer::after(Duration::from_secs(3)).await;
+                    tx.send(own_wakeups()).unwrap();
+                    Ok(())
+                })
+                .await;
+        })
+    });
+    let start_wakeups = rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let records = 2000;
+    let started = Instant::now();
+    for i in 0..records {
+        prog_run::timed(prog(&bpf), &frame(), 1);
+        let due = started + Duration::from_micros(200 * (i + 1));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let spent = started.elapsed();
+    let end_wakeups = rx.recv().unwrap();
+    reader.join().unwrap();
+    let wakeups = end_wakeups - start_wakeups;
+    let read = shared.history().next_seq() - 1;
+    assert_eq!(read, records, "every record read ({transport:?})");
+    // One wake-up per `COALESCE` while records come (plus the odd one for
+    // the safety tick and the test's own timer), not one per record.
+    let bound = (spent.as_millis() / reader::COALESCE.as_millis()) as u64 * 3 + 20;
+    eprintln!(
+        "{records} records over {spent:?}: {wakeups} reader wake-ups ({transport:?}; bound {bound})"
+    );
+    assert!(
+        wakeups <= bound,
+        "{wakeups} reader wake-ups for {records} records over {spent:?} (at most {bound})"
+    );
+}
+
 #[test]
 fn perf_losses_reach_the_ring_full_cause_through_the_reader() {
     require_root("flow event test (BPF_PROG_TEST_RUN)");
@@ -331,5 +407,8 @@ fn every_program_of_both_objects_loads() {
             ebpf::load_program::<aya::programs::Xdp>(&mut bpf, name)
                 .unwrap_or_else(|e| panic!("{transport:?}: {name}: {e}"));
         }
+        // The HTTP stage's tail-called programs, in both objects.
+        porin::datapath::http::load_stage(&mut bpf)
+            .unwrap_or_else(|e| panic!("{transport:?}: the HTTP stage: {e}"));
     }
 }

@@ -21,7 +21,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     thread::JoinHandle,
     time::Duration,
@@ -33,10 +33,11 @@ use aya::{
     Ebpf,
 };
 use porin::{
+    config::{HttpPath, HttpRule, Loc, Method},
     datapath::{Datapath, Veth, FROM_CONTAINER, TO_CONTAINER},
     ebpf,
     kernel::{KernelFeatures, Support, TcAttach},
-    policy::Compiled,
+    policy::{http::compile_rules, Compiled},
     testing::{rawnet::RawPair, require_root},
 };
 use porin_common::{
@@ -319,6 +320,188 @@ fn policy_is_enforced_between_two_namespaces_with_the_kernels_attach_mode() {
     for p in [FROM_CONTAINER, TO_CONTAINER] {
         assert!(links_of(program_id(dp.ebpf(), p)).is_empty(), "{p} links");
     }
+}
+
+/// An HTTP server inside a namespace: answers every request head with 200
+/// and keeps what it received, so a test can tell a denied request never
+/// reached it. Stopped on drop.
+struct HttpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpServer {
+    fn start(listener: TcpListener) -> Self {
+        listener.set_nonblocking(true).expect("non-blocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (flag, log) = (Arc::clone(&stop), Arc::clone(&seen));
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(ALLOWED_TIMEOUT));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 512];
+                // Until the head's end, EOF, a reset or the timeout.
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                if !head.is_empty() {
+                    log.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+            }
+        });
+        HttpServer {
+            stop,
+            thread: Some(thread),
+            seen,
+        }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `request` in one write to `ip:port`; everything that came back.
+fn http(ip: Ipv4Addr, port: u16, request: &str) -> std::io::Result<String> {
+    let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
+    let mut s = TcpStream::connect_timeout(&addr, ALLOWED_TIMEOUT)?;
+    s.set_read_timeout(Some(ALLOWED_TIMEOUT))?;
+    s.write_all(request.as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// HTTP rules on real connections through the veth, both ways: the
+/// container as client (judged by `from_container`, the 403 sent down the
+/// veth to it) and as server (judged by `to_container`, the 403 sent back
+/// up the veth to the client). The denied request never reaches either
+/// server. Runs on every kernel of the VM matrix.
+#[test]
+fn http_rules_answer_denied_requests_with_403_both_ways() {
+    require_root("http_rules_answer_denied_requests_with_403_both_ways");
+    let strategy = KernelFeatures::probe().attach_strategy();
+    let net = RawPair::new("eth0", "hveth", 3);
+    let (ctr, node) = (&net.a, &net.b);
+    let (ctr_ip, node_ip) = (net.ip_a, net.ip_b);
+    let in_node = HttpServer::start(
+        node.run_in(|| TcpListener::bind((node_ip, ALLOWED)).expect("bind the HTTP port in node")),
+    );
+    let in_ctr =
+        HttpServer::start(ctr.run_in(|| {
+            TcpListener::bind((ctr_ip, INGRESS_PORT)).expect("bind the HTTP port in ctr")
+        }));
+    const GET: &str = "GET /metrics HTTP/1.0\r\nHost: web\r\n\r\n";
+    const POST: &str = "POST /admin HTTP/1.0\r\nHost: web\r\nContent-Length: 0\r\n\r\n";
+    let from_ctr = |req| ctr.run_in(|| http(node_ip, ALLOWED, req));
+    let from_node = |req| node.run_in(|| http(ctr_ip, INGRESS_PORT, req));
+    // Without Porin both requests are served: later refusals are Porin's.
+    for req in [GET, POST] {
+        assert!(from_ctr(req)
+            .expect("baseline ctr → node")
+            .contains("200 OK"));
+        assert!(from_node(req)
+            .expect("baseline node → ctr")
+            .contains("200 OK"));
+    }
+    let served = (in_node.seen().len(), in_ctr.seen().len());
+
+    let rules = vec![HttpRule {
+        method: Method::Get,
+        path: HttpPath::parse("/metrics").unwrap(),
+        host: None,
+        headers: vec![],
+        loc: Loc { line: 1, column: 1 },
+    }];
+    let mut policy = Compiled::default();
+    policy
+        .endpoints
+        .insert(net.index_b, endpoint(mode::ENFORCE));
+    policy.ip4.insert(ctr_ip.octets(), WEB);
+    policy.ip4.insert(node_ip.octets(), SERVER);
+    let set = compile_rules(b"vm", &[(1, "scrape", &rules)], &mut policy.http_maps.rules)
+        .expect("compile the HTTP rules");
+    for (dir, port) in [
+        (Direction::Egress, ALLOWED),
+        (Direction::Ingress, INGRESS_PORT),
+    ] {
+        let (key, mut value) = allow(dir, port);
+        value.action = action::ALLOW_HTTP;
+        policy.policy.insert(key, value);
+        policy.http_maps.sets.insert(key, set);
+    }
+    let veths = [Veth {
+        ifindex: net.index_b,
+        name: net.if_b.to_owned(),
+    }];
+    let mut dp = Datapath::load(strategy.tc, None).expect("load the datapath");
+    node.run_in(|| dp.apply(&policy, &veths).expect("apply the HTTP policy"));
+
+    for (side, client, ip, port, server, before) in [
+        (
+            "ctr → node (from_container)",
+            ctr,
+            node_ip,
+            ALLOWED,
+            &in_node,
+            served.0,
+        ),
+        (
+            "node → ctr (to_container)",
+            node,
+            ctr_ip,
+            INGRESS_PORT,
+            &in_ctr,
+            served.1,
+        ),
+    ] {
+        let ask = |req: &str| client.run_in(|| http(ip, port, req));
+        let ok = ask(GET).unwrap_or_else(|e| panic!("{side}: allowed GET: {e}"));
+        assert!(ok.contains("200 OK"), "{side}: allowed GET answered {ok:?}");
+        let denied = ask(POST).unwrap_or_else(|e| panic!("{side}: denied POST: {e}"));
+        assert!(
+            denied.starts_with("HTTP/1.1 403 Forbidden"),
+            "{side}: the client gets Porin's 403, got {denied:?}"
+        );
+        // What the server got under the policy.
+        let seen = server.seen().split_off(before);
+        assert!(
+            seen.first().is_some_and(|r| r.starts_with("GET /metrics")),
+            "{side}: the allowed request reached the server: {seen:?}"
+        );
+        assert!(
+            !seen.iter().any(|r| r.starts_with("POST")),
+            "{side}: the denied request reached the server: {seen:?}"
+        );
+    }
+    assert_eq!(
+        (in_node.seen().len(), in_ctr.seen().len()),
+        (served.0 + 1, served.1 + 1),
+        "each server got exactly the one allowed request under the policy"
+    );
+    assert!(drops(dp.ebpf(), DropReason::HttpDenied) >= 2);
 }
 
 /// The daemon's persistent mode on this kernel: after the datapath is

@@ -12,9 +12,19 @@
 //!   inactive generation before the flip and purged after, with the policy.
 //!   `PORIN_HTTPR_V1` is keyed by content-derived set ids: new sets' rules
 //!   are written before the flip, rules no set uses any more deleted after.
+//! * Rules are normally deleted by the difference between the previous
+//!   and the new `Compiled`. When the map may hold rules no `Compiled`
+//!   lists (maps adopted from an earlier daemon, which wrote rules this
+//!   process never saw; a failed apply, which wrote new rules and then
+//!   kept the old `Compiled`), the manager asks for a sweep: the map is
+//!   walked and every rule the new state does not hold is deleted, those
+//!   no live set uses before the flip (so leftovers cannot fill the map
+//!   and make the new rules' writes fail), the others after it.
+
+use std::collections::BTreeSet;
 
 use aya::{
-    maps::{MapData, ProgramArray},
+    maps::{HashMap as BpfHashMap, MapData, ProgramArray},
     programs::SchedClassifier,
     Ebpf,
 };
@@ -89,9 +99,27 @@ pub fn changed(old: &Compiled, new: &Compiled) -> bool {
 }
 
 /// Before the flip to `next`: the new rules, and the new sets under `next`
-/// (after removing any left there by a failed apply).
-pub fn write_before_flip(bpf: &mut Ebpf, new: &Compiled, next: u32) -> Result<(), DatapathError> {
+/// (after removing any left there by a failed apply). With `sweep`, first
+/// deletes every rule that neither a set of the live generation nor `new`
+/// uses; returns how many.
+pub fn write_before_flip(
+    bpf: &mut Ebpf,
+    new: &Compiled,
+    next: u32,
+    sweep: bool,
+) -> Result<usize, DatapathError> {
     purge::<PolicyKey, HttpSet>(bpf, "PORIN_HTTPS_V1", |k| u32::from(k.generation) == next)?;
+    let mut swept = 0;
+    if sweep {
+        // What the live generation's sets use stays until the flip; the
+        // rest (a retired set's rules, leftovers of a failed apply) no
+        // policy entry leads to. Connections opened under a retired set
+        // lose its rules, as they do after every flip.
+        let live = live_sets(bpf, 1 - next)?;
+        swept = purge::<HttpKey, HttpValue>(bpf, "PORIN_HTTPR_V1", |k| {
+            !live.contains(&k.set) && !new.http_maps.rules.contains_key(k)
+        })?;
+    }
     write_hash(
         bpf,
         "PORIN_HTTPR_V1",
@@ -107,18 +135,40 @@ pub fn write_before_flip(bpf: &mut Ebpf, new: &Compiled, next: u32) -> Result<()
             *v,
         )
     });
-    write_hash(bpf, "PORIN_HTTPS_V1", "insert", sets)
+    write_hash(bpf, "PORIN_HTTPS_V1", "insert", sets)?;
+    Ok(swept)
+}
+
+/// Ids of the sets in `PORIN_HTTPS_V1` under `generation`.
+fn live_sets(bpf: &mut Ebpf, generation: u32) -> Result<BTreeSet<u32>, DatapathError> {
+    let m = map_mut!(bpf, "PORIN_HTTPS_V1", BpfHashMap<&mut MapData, PolicyKey, HttpSet>);
+    let mut ids = BTreeSet::new();
+    for r in m.iter() {
+        // An unreadable map fails the apply: nothing is deleted unseen.
+        let (k, set) = r.map_err(map_err("PORIN_HTTPS_V1", "read"))?;
+        if u32::from(k.generation) == generation {
+            ids.insert(set.id);
+        }
+    }
+    Ok(ids)
 }
 
 /// After the flip to `active`: the old generation's sets, and the rules no
-/// new set uses.
+/// new set uses: those `old` lists, or with `sweep` every one in the map
+/// (returns how many the sweep deleted).
 pub fn clean_after_flip(
     bpf: &mut Ebpf,
     old: &Compiled,
     new: &Compiled,
     active: u32,
-) -> Result<(), DatapathError> {
+    sweep: bool,
+) -> Result<usize, DatapathError> {
     purge::<PolicyKey, HttpSet>(bpf, "PORIN_HTTPS_V1", |k| u32::from(k.generation) != active)?;
+    if sweep {
+        return purge::<HttpKey, HttpValue>(bpf, "PORIN_HTTPR_V1", |k| {
+            !new.http_maps.rules.contains_key(k)
+        });
+    }
     let gone: Vec<HttpKey> = old
         .http_maps
         .rules
@@ -126,5 +176,6 @@ pub fn clean_after_flip(
         .filter(|k| !new.http_maps.rules.contains_key(k))
         .copied()
         .collect();
-    remove_hash::<HttpKey, HttpValue>(bpf, "PORIN_HTTPR_V1", &gone)
+    remove_hash::<HttpKey, HttpValue>(bpf, "PORIN_HTTPR_V1", &gone)?;
+    Ok(0)
 }

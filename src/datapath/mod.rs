@@ -38,10 +38,11 @@
 //! # Persistence
 //! [`Datapath::load`] with a bpffs directory (the daemon) pins every map and
 //! makes attachments that outlive the process; a later load adopts them and
-//! its first apply is an ordinary diff against what the maps hold (see
+//! its first apply is an ordinary diff against what the maps hold, except
+//! for the HTTP maps, which it sweeps with a forced generation flip (see
 //! [`pin`] for the layout and the start-up decision, [`persist`] for
-//! adoption and removal). Without one (tests, benches) everything is
-//! private to the object and goes away with it.
+//! adoption and removal, [`http`] for the sweep). Without one (tests,
+//! benches) everything is private to the object and goes away with it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -116,6 +117,12 @@ pub struct Datapath {
     /// Set when maps and attachments outlive the process (`porin run`):
     /// see [`pin`] and [`persist`].
     persist: Option<persist::Persist>,
+    /// The generation-bound maps may hold entries `applied` does not list:
+    /// adopted from an earlier daemon (whose HTTP rules this process never
+    /// saw), or written by an apply that then failed. The next apply flips
+    /// the generation even when nothing changed and sweeps the HTTP rules
+    /// ([`http`]); cleared by a successful apply.
+    sweep: bool,
 }
 
 struct Attached {
@@ -198,6 +205,7 @@ impl Datapath {
             uplinks: BTreeMap::new(),
             missing_uplinks: BTreeSet::new(),
             persist: None,
+            sweep: false,
         };
         match found {
             None => dp.set_generation(0)?,
@@ -244,6 +252,9 @@ impl Datapath {
             Ok(_) => new.clone(),
             Err(_) => old,
         };
+        // A failed apply may have written entries of `new` that neither
+        // `old` nor a later `Compiled` lists.
+        self.sweep = result.is_err();
         if result.is_ok() {
             self.applied_once();
         }
@@ -285,8 +296,9 @@ impl Datapath {
         // the policy map (the programs only read it), so what the walk saw
         // under the active generation is what the switch retires, and a
         // second walk after it would cost as much as the writes (one
-        // syscall per key).
-        if !d.policy.is_empty() || http::changed(old, new) {
+        // syscall per key). With `sweep` the flip happens even when nothing
+        // changed: the HTTP rules are only swept along with one.
+        if !d.policy.is_empty() || http::changed(old, new) || self.sweep {
             let next = 1 - self.generation;
             let keys = policy_keys(&mut self.bpf)?;
             let at = |generation: u32| -> Vec<PolicyKey> {
@@ -298,7 +310,7 @@ impl Datapath {
             let (stale, retired) = (at(next), at(1 - next));
             remove_hash::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", &stale)?;
             // HTTP rule sets of the new generation (`http`).
-            http::write_before_flip(&mut self.bpf, new, next)?;
+            let mut swept = http::write_before_flip(&mut self.bpf, new, next, self.sweep)?;
             let entries = new.policy.iter().map(|(k, v)| {
                 let key = PolicyKey {
                     generation: next as u8,
@@ -309,7 +321,10 @@ impl Datapath {
             write_hash(&mut self.bpf, "PORIN_POL_V1", "insert", entries)?;
             self.set_generation(next)?;
             remove_hash::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", &retired)?;
-            http::clean_after_flip(&mut self.bpf, old, new, next)?;
+            swept += http::clean_after_flip(&mut self.bpf, old, new, next, self.sweep)?;
+            if swept > 0 {
+                info!("deleted {swept} HTTP rule entries no applied policy listed");
+            }
         }
 
         // 4. Changed and removed addresses, networks and endpoints.

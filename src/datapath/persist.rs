@@ -10,11 +10,15 @@
 //! read back from `PORIN_CFG_V1` (never reset), and what is applied is read
 //! back from the maps, so the first apply is a normal diff: new entries
 //! written, identity changes parked, one generation flip, stale entries
-//! deleted last. The enforcement loop does not apply before discovery's
-//! first complete scan ([`crate::enforce`]), so an adopted endpoint is
-//! never removed for not having been seen yet. Conntrack maps are kept:
-//! established connections survive. Endpoints whose veth is gone lose their
-//! entries and connections at the first apply.
+//! deleted last. The HTTP maps are the exception: not read back (the rule
+//! map may hold rules no set lists, left by a failed apply), they are swept
+//! instead: the first apply always flips the generation and deletes every
+//! rule set and rule the new policy does not hold. The enforcement loop
+//! does not apply before discovery's first complete scan
+//! ([`crate::enforce`]), so an adopted endpoint is never removed for not
+//! having been seen yet. Conntrack maps are kept: established connections
+//! survive. Endpoints whose veth is gone lose their entries and
+//! connections at the first apply.
 //!
 //! XDP links pinned under `links/` are taken over when their uplink is
 //! applied (after its map entries are written): `bpf_link_update` swaps the
@@ -272,6 +276,10 @@ impl Datapath {
                 self.unpin_tcx(ifindex);
             }
         }
+        // The HTTP maps are not read back: the first successful apply
+        // flips, rewrites the sets and sweeps the rules (`Datapath::sweep`
+        // stays set until one succeeds).
+        self.sweep = true;
         info!(
             "adopted policy generation {generation}: {} endpoints, {} policy entries; \
              programs replaced on {} veths{}",

@@ -330,30 +330,46 @@ fn store(ctx: &TcContext, o: &[u8; OUT], len: u32) -> bool {
 /// zero): the pseudo-header's sum and the segment's, for [`tcp_checksum`].
 #[inline(always)]
 fn checksums(o: &mut [u8; OUT], v4: bool, l4: usize, tcp_len: usize) -> Option<(u32, u32)> {
-    let mut pseudo = [0u32; 10];
+    // Not zero-initialised: LLVM makes `[0u32; 10]` a call to `memset`, a
+    // BPF-to-BPF call, and before 6.0 only x86-64's JIT allows those in a
+    // program that also tail-calls (the HTTP entries do): arm64 5.10
+    // refused the stage. Only the `plen` bytes written below are read.
+    let mut pseudo = core::mem::MaybeUninit::<[u32; 10]>::uninit();
+    let words = pseudo.as_mut_ptr().cast::<u32>();
+    // SAFETY: index < 10, inside `pseudo`.
+    let put = |i: usize, w: u32| unsafe { words.add(i).write_volatile(w) };
     let plen: u32;
     if v4 {
         let sum = csum(&o[14..34], 0)?;
         let c = fold(sum).to_ne_bytes();
         o[24] = c[0];
         o[25] = c[1];
-        pseudo[0] = u32::from_ne_bytes([o[26], o[27], o[28], o[29]]);
-        pseudo[1] = u32::from_ne_bytes([o[30], o[31], o[32], o[33]]);
-        pseudo[2] = u32::from_ne_bytes([0, 6, (tcp_len >> 8) as u8, tcp_len as u8]);
+        put(0, u32::from_ne_bytes([o[26], o[27], o[28], o[29]]));
+        put(1, u32::from_ne_bytes([o[30], o[31], o[32], o[33]]));
+        put(
+            2,
+            u32::from_ne_bytes([0, 6, (tcp_len >> 8) as u8, tcp_len as u8]),
+        );
         plen = 12;
     } else {
         let mut w = 0;
         while w < 8 {
             let at = 22 + w * 4;
-            pseudo[w] = u32::from_ne_bytes([o[at], o[at + 1], o[at + 2], o[at + 3]]);
+            put(
+                w,
+                u32::from_ne_bytes([o[at], o[at + 1], o[at + 2], o[at + 3]]),
+            );
             w += 1;
         }
-        pseudo[8] = u32::from_ne_bytes([0, 0, (tcp_len >> 8) as u8, tcp_len as u8]);
-        pseudo[9] = u32::from_ne_bytes([0, 0, 0, 6]);
+        put(
+            8,
+            u32::from_ne_bytes([0, 0, (tcp_len >> 8) as u8, tcp_len as u8]),
+        );
+        put(9, u32::from_ne_bytes([0, 0, 0, 6]));
         plen = 40;
     }
-    // SAFETY: `pseudo` holds `plen <= 40` bytes.
-    let p = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, pseudo.as_mut_ptr(), plen, 0) };
+    // SAFETY: the first `plen` bytes of `pseudo` were written above.
+    let p = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, words, plen, 0) };
     if p < 0 {
         return None;
     }
