@@ -4,9 +4,14 @@
 //! to the server after a denial), drop counters, and a differential test
 //! against the host parser and matcher.
 //!
-//! The endpoint under test is `BPF_PROG_TEST_RUN`'s loopback (ifindex 1),
-//! the server of an ingress rule (`to_container`). A denial clones a 403
-//! onto the loopback's ingress (addresses 10.0.0.x, which the stack drops).
+//! The endpoint under test is `BPF_PROG_TEST_RUN`'s loopback (ifindex 1):
+//! the server of an ingress rule (`to_container`), or the client of an
+//! egress rule toward a server outside, `world` or `host`
+//! (`from_container`, [`Dp::client`]). A denial clones a 403 onto the
+//! loopback (its ingress for `to_container`, its egress for
+//! `from_container`; addresses 10.0.0.x, which the stack drops); the tests
+//! that check the 403 itself run in a namespace of their own and read it
+//! from a packet socket on that namespace's loopback.
 //!
 //! Needs root (CI runs as root); without it each test fails loudly.
 
