@@ -4,15 +4,24 @@
 //! to the server after a denial), drop counters, and a differential test
 //! against the host parser and matcher.
 //!
-//! The endpoint under test is `BPF_PROG_TEST_RUN`'s loopback (ifindex 1),
-//! the server of an ingress rule (`to_container`). A denial clones a 403
-//! onto the loopback's ingress (addresses 10.0.0.x, which the stack drops).
+//! The endpoint under test is `BPF_PROG_TEST_RUN`'s loopback (ifindex 1):
+//! the server of an ingress rule (`to_container`), or the client of an
+//! egress rule toward a server outside, `world` or `host`
+//! (`from_container`, [`Dp::client`]). A denial clones a 403 onto the
+//! loopback (its ingress for `to_container`, its egress for
+//! `from_container`; addresses 10.0.0.x, which the stack drops); the tests
+//! that check the 403 itself run in a namespace of their own and read it
+//! from a packet socket on that namespace's loopback.
 //!
 //! Needs root (CI runs as root); without it each test fails loudly.
 
 mod http_gen;
 
-use std::net::Ipv4Addr;
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
@@ -26,6 +35,7 @@ use porin::{
     policy::http::compile_rules,
     testing::{
         packets::{self, PROTO_TCP},
+        rawnet::RawNetns,
         require_root,
     },
 };
@@ -52,6 +62,11 @@ const TCP_PSH: u8 = 0x08;
 
 struct Dp {
     bpf: Ebpf,
+    /// The program the endpoint's requests go through: `to_container` on
+    /// the server's veth, `from_container` on the client's.
+    prog: &'static str,
+    /// The `ALLOW_HTTP` entry the rules hang off.
+    key: PolicyKey,
 }
 
 fn rule(
@@ -92,32 +107,74 @@ impl Dp {
 
     /// [`Dp::new`], with or without the HTTP stage programs loaded.
     fn with_stage(stage: bool, mode: u8, rules: &[HttpRule]) -> Self {
-        let mut bpf = ebpf::open().expect("open eBPF object");
-        for name in ["from_container", "to_container"] {
-            ebpf::load_program::<SchedClassifier>(&mut bpf, name)
-                .unwrap_or_else(|e| panic!("load {name}: {e:?}"));
-        }
-        if stage {
-            load_stage(&mut bpf).unwrap_or_else(|e| panic!("load the HTTP stage: {e:?}"));
-        }
-        let mut dp = Dp { bpf };
-        dp.hash::<u32, EndpointInfo>("PORIN_ENDP_V1")
-            .insert(
-                EP,
-                EndpointInfo {
-                    identity: WEB,
-                    mode,
-                    _pad: [0; 3],
-                },
-                0,
-            )
-            .unwrap();
+        let mut dp = Dp {
+            bpf: loaded(stage),
+            prog: "to_container",
+            key: key(),
+        };
+        dp.endpoint(WEB, mode);
         dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
             .insert(SERVER.octets(), WEB, 0)
             .unwrap();
         dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
             .insert(CLIENT.octets(), CLI, 0)
             .unwrap();
+        dp.configure(rules);
+        dp
+    }
+
+    /// The client's side: the client CLI at [`EP`] in `mode`, the server
+    /// outside (its address unknown: `world`, or the host's with `peer`
+    /// [`identity::HOST`]), the egress entry (CLI, `peer`, tcp/8080)
+    /// `ALLOW_HTTP` with `rules`, keyed as the compiler keys a policy
+    /// `from: [cli] to: [world|host]`. Requests are judged at
+    /// `from_container`.
+    fn client(mode: u8, peer: Identity, rules: &[HttpRule]) -> Self {
+        let mut dp = Dp {
+            bpf: loaded(true),
+            prog: "from_container",
+            key: PolicyKey {
+                subject: CLI,
+                peer,
+                port: PORT,
+                protocol: PROTO_TCP,
+                direction: Direction::Egress as u8,
+                generation: 0,
+                _pad: [0; 3],
+            },
+        };
+        dp.endpoint(CLI, mode);
+        // The client's own address: `from_container` checks the source.
+        dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
+            .insert(CLIENT.octets(), CLI, 0)
+            .unwrap();
+        if peer == identity::HOST {
+            dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
+                .insert(SERVER.octets(), identity::HOST, 0)
+                .unwrap();
+        }
+        dp.configure(rules);
+        dp
+    }
+
+    /// The endpoint at [`EP`].
+    fn endpoint(&mut self, identity: Identity, mode: u8) {
+        self.hash::<u32, EndpointInfo>("PORIN_ENDP_V1")
+            .insert(
+                EP,
+                EndpointInfo {
+                    identity,
+                    mode,
+                    _pad: [0; 3],
+                },
+                0,
+            )
+            .unwrap();
+    }
+
+    /// Generation 0 ready, the entry `ALLOW_HTTP` with `rules`.
+    fn configure(&mut self, rules: &[HttpRule]) {
+        let dp = self;
         let mut cfg: Array<_, DatapathConfig> =
             Array::try_from(dp.bpf.map_mut("PORIN_CFG_V1").unwrap()).unwrap();
         cfg.set(
@@ -132,9 +189,10 @@ impl Dp {
             0,
         )
         .unwrap();
+        let key = dp.key;
         dp.hash::<PolicyKey, PolicyValue>("PORIN_POL_V1")
             .insert(
-                key(),
+                key,
                 PolicyValue {
                     action: action::ALLOW_HTTP,
                     _pad: [0; 3],
@@ -145,7 +203,6 @@ impl Dp {
             .unwrap();
         dp.set_rules(rules)
             .expect("rules within the datapath's limits");
-        dp
     }
 
     /// Replaces the rule set of the entry.
@@ -160,8 +217,9 @@ impl Dp {
         for (k, v) in map {
             r.insert(k, v, 0).unwrap();
         }
+        let key = self.key;
         self.hash::<PolicyKey, HttpSet>("PORIN_HTTPS_V1")
-            .insert(key(), set, 0)
+            .insert(key, set, 0)
             .unwrap();
         Some(())
     }
@@ -174,8 +232,14 @@ impl Dp {
         self.bpf.program(name).unwrap().try_into().unwrap()
     }
 
-    /// Runs `to_container` on `frame`: the verdict and the packet after.
+    /// Runs the endpoint's request-side program on `frame`: the verdict
+    /// and the packet after.
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_prog(self.prog, frame)
+    }
+
+    /// Runs program `name` on `frame`.
+    fn run_prog(&self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
@@ -183,7 +247,7 @@ impl Dp {
             ..Default::default()
         };
         let r = self
-            .prog("to_container")
+            .prog(name)
             .test_run(opts)
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e}"));
         out.truncate(r.data_size_out as usize);
@@ -206,6 +270,19 @@ impl Dp {
         let (v, _) = self.run(&segment(sport, isn, packets::TCP_SYN, b""));
         assert_eq!(v, OK, "SYN allowed at L3/L4");
     }
+}
+
+/// The object with both TC programs loaded, and the HTTP stage if `stage`.
+fn loaded(stage: bool) -> Ebpf {
+    let mut bpf = ebpf::open().expect("open eBPF object");
+    for name in ["from_container", "to_container"] {
+        ebpf::load_program::<SchedClassifier>(&mut bpf, name)
+            .unwrap_or_else(|e| panic!("load {name}: {e:?}"));
+    }
+    if stage {
+        load_stage(&mut bpf).unwrap_or_else(|e| panic!("load the HTTP stage: {e:?}"));
+    }
+    bpf
 }
 
 fn key() -> PolicyKey {
@@ -456,7 +533,6 @@ fn differential_kernel_and_host_agree() {
 #[test]
 fn ipv6_requests_are_judged_and_answered() {
     require_root("ipv6_requests_are_judged_and_answered");
-    use std::net::Ipv6Addr;
     let server6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
     let client6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
     let mut dp = Dp::new(mode::ENFORCE, &default_rules());
@@ -492,4 +568,352 @@ fn ipv6_requests_are_judged_and_answered() {
     pseudo.extend_from_slice(&out[54..74]);
     assert_eq!(packets::checksum(&pseudo), 0, "TCP checksum");
     assert_eq!(dp.drops(DropReason::HttpDenied), 1);
+}
+
+// The client's side: egress rules toward a server outside (world, host),
+// judged at `from_container`. A denial clones the 403 to the veth's egress
+// (`bpf_clone_redirect` flags 0), which here is the loopback's; the tests
+// that look at the 403 run in a namespace of their own and read it from a
+// packet socket on that namespace's loopback.
+
+const TCP_FIN: u8 = 0x01;
+/// The server's sequence number (the client's acknowledgement number in
+/// [`segment`]).
+const SERVER_SEQ: u32 = 77;
+const FORBIDDEN: &[u8] =
+    b"HTTP/1.1 403 Forbidden\r\nContent-Length: 15\r\nConnection: close\r\n\r\nDenied by Porin";
+const POST_ADMIN: &[u8] = b"POST /admin HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n";
+
+/// A server→client TCP segment.
+fn reply(sport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = packets::tcp(PORT, sport, flags, payload);
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    packets::frame_v4(SERVER, CLIENT, PROTO_TCP, &t)
+}
+
+fn peers() -> [(Identity, &'static str); 2] {
+    [(identity::WORLD, "world"), (identity::HOST, "host")]
+}
+
+#[test]
+fn client_side_allowed_get_passes_unchanged() {
+    require_root("client_side_allowed_get_passes_unchanged");
+    for (i, (peer, name)) in peers().into_iter().enumerate() {
+        let dp = Dp::client(mode::ENFORCE, peer, &default_rules());
+        let sport = 42000 + i as u16;
+        dp.open(sport, 1000);
+        let frame = request(sport, 1001, GET_METRICS);
+        assert_eq!(dp.run(&frame), (OK, frame), "GET /metrics to {name}");
+        let ack = segment(
+            sport,
+            1001 + GET_METRICS.len() as u32,
+            packets::TCP_ACK,
+            b"",
+        );
+        assert_eq!(dp.run(&ack), (OK, ack), "a pure ACK to {name}");
+        // The server's answers reach the client untouched and unjudged
+        // (`to_container`, a reply on the connection), even one that
+        // looks like a denied request.
+        for r in [
+            reply(
+                sport,
+                SERVER_SEQ - 1,
+                packets::TCP_SYN | packets::TCP_ACK,
+                b"",
+            ),
+            reply(sport, SERVER_SEQ, packets::TCP_ACK | TCP_PSH, POST_ADMIN),
+        ] {
+            assert_eq!(
+                dp.run_prog("to_container", &r),
+                (OK, r),
+                "a reply from {name}"
+            );
+        }
+        assert_eq!(dp.drops(DropReason::HttpDenied), 0, "{name}");
+        assert_eq!(dp.drops(DropReason::PolicyDenied), 0, "{name}");
+    }
+}
+
+#[test]
+fn client_side_denied_request_becomes_a_rst_to_the_server() {
+    require_root("client_side_denied_request_becomes_a_rst_to_the_server");
+    for (i, (peer, name)) in peers().into_iter().enumerate() {
+        let dp = Dp::client(mode::ENFORCE, peer, &default_rules());
+        let sport = 42010 + i as u16;
+        dp.open(sport, 5000);
+        let (v, out) = dp.run(&request(sport, 5001, POST_ADMIN));
+        assert_eq!(v, OK, "to {name}: the packet goes on, as a RST");
+        assert_rst(&out, 5001);
+        assert_eq!(&out[34..36], &sport.to_be_bytes(), "from the client's port");
+        assert_eq!(&out[36..38], &PORT.to_be_bytes(), "to the server's port");
+        assert_eq!(dp.drops(DropReason::HttpDenied), 1, "{name}");
+        // Anything later on the connection is denied too: a retransmission
+        // and an allowed request after it.
+        let (_, out) = dp.run(&request(sport, 5001, GET_METRICS));
+        assert_rst(&out, 5001);
+        let later = 5001 + POST_ADMIN.len() as u32;
+        let (_, out) = dp.run(&request(sport, later, GET_METRICS));
+        assert_rst(&out, later);
+        assert_eq!(dp.drops(DropReason::HttpUnsupported), 2, "{name}");
+        // The rule set is the entry's: a fresh connection is judged anew.
+        dp.open(sport + 100, 1);
+        let ok = request(sport + 100, 2, GET_METRICS);
+        assert_eq!(dp.run(&ok), (OK, ok), "{name}");
+    }
+}
+
+#[test]
+fn client_side_audit_mode_counts_and_passes() {
+    require_root("client_side_audit_mode_counts_and_passes");
+    let dp = Dp::client(mode::AUDIT, identity::WORLD, &default_rules());
+    dp.open(42020, 1);
+    let frame = request(42020, 2, b"DELETE /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(dp.run(&frame), (OK, frame));
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
+    // What follows passes too, counted as enforce mode would refuse it (a
+    // denied connection's later payload).
+    let frame = request(42020, 2 + 28, GET_METRICS);
+    assert_eq!(dp.run(&frame), (OK, frame));
+    assert_eq!(dp.drops(DropReason::HttpUnsupported), 1);
+}
+
+#[test]
+fn client_side_mid_stream_payload_is_refused() {
+    require_root("client_side_mid_stream_payload_is_refused");
+    let dp = Dp::client(mode::ENFORCE, identity::WORLD, &default_rules());
+    // No SYN seen (state lost): the first packet carries payload.
+    let (v, _) = dp.run(&request(42030, 9, GET_METRICS));
+    assert_eq!(v, SHOT);
+    assert_eq!(dp.drops(DropReason::HttpUnsupported), 1);
+}
+
+/// A packet socket on the loopback of the calling thread's namespace.
+struct Tap(OwnedFd);
+
+impl Tap {
+    fn open() -> Self {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain system calls on a descriptor owned here.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
+            assert!(fd >= 0, "packet socket: {}", io::Error::last_os_error());
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = 1;
+            let rc = libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(rc, 0, "bind to lo: {}", io::Error::last_os_error());
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 300_000,
+            };
+            let rc = libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            assert_eq!(rc, 0, "SO_RCVTIMEO: {}", io::Error::last_os_error());
+            Tap(fd)
+        }
+    }
+
+    /// The frames seen until 300 ms pass without one.
+    fn frames(&self) -> Vec<Vec<u8>> {
+        let mut all = Vec::new();
+        loop {
+            let mut buf = vec![0u8; 2048];
+            // SAFETY: `buf` has room for the length given.
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                return all;
+            }
+            buf.truncate(n as usize);
+            all.push(buf);
+        }
+    }
+}
+
+/// Asserts `answer` is Porin's 403 to `request` (a client→server frame
+/// with `payload_len` bytes of payload, IPv4 or IPv6): Ethernet addresses
+/// swapped, IP addresses and ports swapped, the server's sequence number,
+/// the request acknowledged, ACK+PSH+FIN, the 403 text, checksums right.
+#[track_caller]
+fn assert_forbidden(answer: &[u8], request: &[u8], payload_len: usize) {
+    let v4 = request[12..14] == [0x08, 0x00];
+    let (l3, addr, alen) = if v4 { (20, 26, 4) } else { (40, 22, 16) };
+    let l4 = 14 + l3;
+    assert_eq!(
+        answer.len(),
+        l4 + 20 + FORBIDDEN.len(),
+        "the 403: {answer:?}"
+    );
+    assert_eq!(&answer[0..6], &request[6..12], "to the client's MAC");
+    assert_eq!(&answer[6..12], &request[0..6], "from the server's MAC");
+    assert_eq!(&answer[12..14], &request[12..14], "the same family");
+    let (src, dst) = (addr..addr + alen, addr + alen..addr + 2 * alen);
+    assert_eq!(
+        &answer[src.clone()],
+        &request[dst.clone()],
+        "from the server"
+    );
+    assert_eq!(&answer[dst.clone()], &request[src.clone()], "to the client");
+    assert_eq!(&answer[l4..l4 + 2], &request[l4 + 2..l4 + 4], "server port");
+    assert_eq!(&answer[l4 + 2..l4 + 4], &request[l4..l4 + 2], "client port");
+    assert_eq!(
+        &answer[l4 + 4..l4 + 8],
+        &request[l4 + 8..l4 + 12],
+        "at the sequence number the client expects"
+    );
+    let seq = u32::from_be_bytes(request[l4 + 4..l4 + 8].try_into().unwrap());
+    assert_eq!(
+        &answer[l4 + 8..l4 + 12],
+        &seq.wrapping_add(payload_len as u32).to_be_bytes(),
+        "acknowledging the request"
+    );
+    assert_eq!(answer[l4 + 13], packets::TCP_ACK | TCP_PSH | TCP_FIN);
+    assert_eq!(&answer[l4 + 20..], FORBIDDEN);
+    let tcp_len = (20 + FORBIDDEN.len()) as u16;
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&answer[addr..addr + 2 * alen]);
+    if v4 {
+        assert_eq!(
+            packets::checksum(&answer[14..34]),
+            0,
+            "IPv4 header checksum"
+        );
+        pseudo.extend_from_slice(&[0, PROTO_TCP]);
+        pseudo.extend_from_slice(&tcp_len.to_be_bytes());
+    } else {
+        pseudo.extend_from_slice(&[0, 0]);
+        pseudo.extend_from_slice(&tcp_len.to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, PROTO_TCP]);
+    }
+    pseudo.extend_from_slice(&answer[l4..]);
+    assert_eq!(packets::checksum(&pseudo), 0, "TCP checksum");
+}
+
+/// Runs a denial on `dp` in a namespace of its own: the verdict, the
+/// packet after, and the frames cloned onto the loopback whose source
+/// port is the server's.
+fn deny_and_tap(
+    make: impl FnOnce() -> Dp + Send,
+    open: &[u8],
+    denied: &[u8],
+) -> (u32, Vec<u8>, Vec<Vec<u8>>) {
+    RawNetns::new().run_in(|| {
+        let dp = make();
+        let tap = Tap::open();
+        assert_eq!(dp.run(open).0, OK, "SYN allowed at L3/L4");
+        let (v, out) = dp.run(denied);
+        let v4 = denied[12..14] == [0x08, 0x00];
+        let l4 = if v4 { 34 } else { 54 };
+        let from_server = tap
+            .frames()
+            .into_iter()
+            .filter(|f| f.len() > l4 + 2 && f[l4..l4 + 2] == PORT.to_be_bytes())
+            .collect();
+        (v, out, from_server)
+    })
+}
+
+#[test]
+fn client_side_denial_answers_the_client_with_a_403() {
+    require_root("client_side_denial_answers_the_client_with_a_403");
+    for (peer, name) in peers() {
+        let denied = request(42040, 5001, POST_ADMIN);
+        let (v, out, answers) = deny_and_tap(
+            || Dp::client(mode::ENFORCE, peer, &default_rules()),
+            &segment(42040, 5000, packets::TCP_SYN, b""),
+            &denied,
+        );
+        assert_eq!(v, OK, "to {name}");
+        assert_rst(&out, 5001);
+        // Sent on the loopback's egress, a packet socket sees it going out
+        // and coming back in: once or twice, never anything else.
+        assert!(
+            (1..=2).contains(&answers.len()),
+            "to {name}: one 403 on the wire, got {answers:?}"
+        );
+        for a in &answers {
+            assert_forbidden(a, &denied, POST_ADMIN.len());
+        }
+    }
+}
+
+#[test]
+fn client_side_ipv6_requests_are_judged_and_answered() {
+    require_root("client_side_ipv6_requests_are_judged_and_answered");
+    let server6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    let client6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+    let make = || {
+        let mut dp = Dp::client(mode::ENFORCE, identity::WORLD, &default_rules());
+        // The server's address is in no map: `world`.
+        dp.hash::<[u8; 16], Identity>("PORIN_IP6_V1")
+            .insert(client6.octets(), CLI, 0)
+            .unwrap();
+        dp
+    };
+    let seg6 = |seq: u32, flags: u8, payload: &[u8]| {
+        let mut t = packets::tcp(42050, PORT, flags, payload);
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&SERVER_SEQ.to_be_bytes());
+        packets::frame_v6(client6, server6, PROTO_TCP, &t)
+    };
+    // Allowed, then denied, on one connection.
+    let dp = make();
+    assert_eq!(dp.run(&seg6(7, packets::TCP_SYN, b"")).0, OK);
+    let ok = seg6(8, packets::TCP_ACK | TCP_PSH, GET_METRICS);
+    assert_eq!(dp.run(&ok), (OK, ok));
+    let seq = 8 + GET_METRICS.len() as u32;
+    let (v, out) = dp.run(&seg6(
+        seq,
+        packets::TCP_ACK | TCP_PSH,
+        b"GET /admin HTTP/1.1\r\n\r\n",
+    ));
+    assert_eq!(v, OK);
+    assert_eq!(out.len(), 14 + 40 + 20, "a bare RST: {out:?}");
+    assert_eq!(&out[22..38], &client6.octets());
+    assert_eq!(&out[38..54], &server6.octets());
+    assert_eq!(out[54 + 13], TCP_RST);
+    assert_eq!(&out[58..62], &seq.to_be_bytes());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&out[22..54]);
+    pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, PROTO_TCP]);
+    pseudo.extend_from_slice(&out[54..74]);
+    assert_eq!(packets::checksum(&pseudo), 0, "TCP checksum");
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
+    drop(dp);
+    // The 403 the client gets.
+    let denied = seg6(8, packets::TCP_ACK | TCP_PSH, POST_ADMIN);
+    let (v, _, answers) = deny_and_tap(make, &seg6(7, packets::TCP_SYN, b""), &denied);
+    assert_eq!(v, OK);
+    assert!((1..=2).contains(&answers.len()), "{answers:?}");
+    for a in &answers {
+        assert_forbidden(a, &denied, POST_ADMIN.len());
+    }
+}
+
+/// The server's side answers through the same code with the other clone
+/// direction (the veth's ingress): the same 403.
+#[test]
+fn server_side_denial_answers_the_client_with_a_403() {
+    require_root("server_side_denial_answers_the_client_with_a_403");
+    let denied = request(40050, 5001, POST_ADMIN);
+    let (v, out, answers) = deny_and_tap(
+        || Dp::new(mode::ENFORCE, &default_rules()),
+        &segment(40050, 5000, packets::TCP_SYN, b""),
+        &denied,
+    );
+    assert_eq!(v, OK);
+    assert_rst(&out, 5001);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_forbidden(&answers[0], &denied, POST_ADMIN.len());
 }

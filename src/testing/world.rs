@@ -92,6 +92,11 @@ impl WorldHost {
         host
     }
 
+    /// The host-side end of the namespace's veth (a port of `podman0`).
+    pub fn veth(&self) -> &str {
+        &self.veth
+    }
+
     fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         let url = format!("http://127.0.0.1:{}/", self.port);

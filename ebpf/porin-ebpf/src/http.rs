@@ -24,8 +24,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_clone_redirect, bpf_csum_diff, bpf_skb_change_tail, bpf_skb_load_bytes,
-        bpf_skb_store_bytes,
+        bpf_clone_redirect, bpf_csum_diff, bpf_l4_csum_replace, bpf_skb_change_tail,
+        bpf_skb_load_bytes, bpf_skb_store_bytes,
     },
     macros::{classifier, map},
     maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray},
@@ -54,6 +54,8 @@ static PORIN_HTTPP_V1: ProgramArray = ProgramArray::with_max_entries(4, 0);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_F_INGRESS: u64 = 1;
+/// `bpf_l4_csum_replace`: the change is to the pseudo-header.
+const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -276,11 +278,11 @@ pub fn deny(
         o[l4 + 20 + k] = FORBIDDEN[k];
         k += 1;
     }
-    if !checksums(o, v4, l4, 20 + FORBIDDEN.len()) {
+    let Some(sums) = checksums(o, v4, l4, 20 + FORBIDDEN.len()) else {
         return false;
-    }
+    };
     let total = (l4 + 20 + FORBIDDEN.len()) as u32;
-    if !store(ctx, o, total) {
+    if !store(ctx, o, total) || !tcp_checksum(ctx, l4, sums) {
         return false;
     }
     let flags = match dir {
@@ -304,10 +306,10 @@ pub fn deny(
     }
     write_ip(o, flow, v4, false, 20);
     write_tcp(o, l4, flow.sport, flow.dport, t.seq, 0, TCP_RST);
-    if !checksums(o, v4, l4, 20) {
+    let Some(sums) = checksums(o, v4, l4, 20) else {
         return false;
-    }
-    store(ctx, o, (l4 + 20) as u32)
+    };
+    store(ctx, o, (l4 + 20) as u32) && tcp_checksum(ctx, l4, sums)
 }
 
 /// Resizes the packet to `len` bytes and writes `o[..len]` over it.
@@ -323,10 +325,11 @@ fn store(ctx: &TcContext, o: &[u8; OUT], len: u32) -> bool {
     }
 }
 
-/// Fills the IPv4 header checksum and the TCP checksum of the `tcp_len`
-/// bytes at `l4` (a multiple of 4).
+/// Fills the IPv4 header checksum; returns the two parts of the TCP
+/// checksum of the `tcp_len` bytes at `l4` (a multiple of 4, checksum field
+/// zero): the pseudo-header's sum and the segment's, for [`tcp_checksum`].
 #[inline(always)]
-fn checksums(o: &mut [u8; OUT], v4: bool, l4: usize, tcp_len: usize) -> bool {
+fn checksums(o: &mut [u8; OUT], v4: bool, l4: usize, tcp_len: usize) -> Option<(u32, u32)> {
     // Not zero-initialised: LLVM makes `[0u32; 10]` a call to `memset`, a
     // BPF-to-BPF call, and before 6.0 only x86-64's JIT allows those in a
     // program that also tail-calls (the HTTP entries do): arm64 5.10
@@ -337,8 +340,7 @@ fn checksums(o: &mut [u8; OUT], v4: bool, l4: usize, tcp_len: usize) -> bool {
     let put = |i: usize, w: u32| unsafe { words.add(i).write_volatile(w) };
     let plen: u32;
     if v4 {
-        let sum = csum(&o[14..34], 0);
-        let Some(sum) = sum else { return false };
+        let sum = csum(&o[14..34], 0)?;
         let c = fold(sum).to_ne_bytes();
         o[24] = c[0];
         o[25] = c[1];
@@ -369,19 +371,34 @@ fn checksums(o: &mut [u8; OUT], v4: bool, l4: usize, tcp_len: usize) -> bool {
     // SAFETY: the first `plen` bytes of `pseudo` were written above.
     let p = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, words, plen, 0) };
     if p < 0 {
-        return false;
+        return None;
     }
     let l4 = l4 & 63;
     if tcp_len != 20 && tcp_len != 20 + FORBIDDEN.len() {
-        return false;
+        return None;
     }
-    let Some(sum) = csum(&o[l4..l4 + tcp_len], p as u32) else {
-        return false;
-    };
-    let c = fold(sum).to_ne_bytes();
-    o[l4 + 16] = c[0];
-    o[l4 + 17] = c[1];
-    true
+    let segment = csum(&o[l4..l4 + tcp_len], 0)?;
+    Some((p as u32, segment))
+}
+
+/// Writes the TCP checksum of the packet just stored (its field zero) from
+/// its parts `(pseudo-header, segment)`, in the form the skb's checksum
+/// state needs. The packet was a container's TCP segment, which on a veth
+/// is usually `CHECKSUM_PARTIAL`: its field must hold only the
+/// pseudo-header's sum, the device (or `skb_checksum_help` on the way out
+/// of a port without offload, a real uplink's NIC) adds the segment's. A
+/// whole checksum there came out corrupt wherever the sum was completed:
+/// the RST never reset a server in the world. `bpf_l4_csum_replace` knows
+/// the state: it adds the pseudo-header part (`BPF_F_PSEUDO_HDR`) in
+/// either case, and the segment's only when the checksum is not partial.
+#[inline(always)]
+fn tcp_checksum(ctx: &TcContext, l4: usize, (pseudo, segment): (u32, u32)) -> bool {
+    let at = ((l4 & 63) + 16) as u32;
+    // SAFETY: the context's skb; the helper checks the offset.
+    unsafe {
+        bpf_l4_csum_replace(ctx.skb.skb, at, 0, u64::from(pseudo), BPF_F_PSEUDO_HDR) == 0
+            && bpf_l4_csum_replace(ctx.skb.skb, at, 0, u64::from(segment), 0) == 0
+    }
 }
 
 /// `bpf_csum_diff` over `bytes` (a multiple of 4 long) from `seed`.
