@@ -275,6 +275,8 @@ fn http_rule_sets_follow_the_policy_generation() {
 
     require_root("http_rule_sets_follow_the_policy_generation");
     let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
+    let key = dp.http_key();
+    assert!(!key.is_zero(), "a new datapath has a hash key");
     let with_rules = |path: &str| {
         let mut c = compiled(G1, G2, &[8080]);
         let rule = HttpRule {
@@ -285,6 +287,7 @@ fn http_rule_sets_follow_the_policy_generation() {
             loc: Loc { line: 1, column: 1 },
         };
         let set = compile_rules(
+            &key,
             path.as_bytes(),
             &[(1, "p", std::slice::from_ref(&rule))],
             &mut c.http_maps.rules,
