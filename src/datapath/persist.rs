@@ -13,7 +13,9 @@
 //! deleted last. The enforcement loop does not apply before discovery's
 //! first complete scan ([`crate::enforce`]), so an adopted endpoint is
 //! never removed for not having been seen yet. Conntrack maps are kept:
-//! established connections survive. Endpoints whose veth is gone lose their
+//! established connections survive. The HTTP hash key (`PORIN_HTTPK_V1`)
+//! is kept too (`http::ensure_key` only draws a new one into an empty
+//! map), so the HTTP rule keys in the adopted maps stay valid. Endpoints whose veth is gone lose their
 //! entries and connections at the first apply.
 //!
 //! XDP links pinned under `links/` are taken over when their uplink is
