@@ -272,10 +272,15 @@ pub struct Request {
     pub path: u64,
     /// [`path_hash`] of the path before each of its first slashes:
     /// `prefixes[d]` is the prefix of depth `d` (before slash number `d`,
-    /// 0-based; slash 0 gives the empty prefix).
+    /// 0-based; slash 0 gives the empty prefix). Only the depths in
+    /// `depths` are hashed; the other entries are stale.
     pub prefixes: [u64; MAX_SEGMENTS],
-    /// Valid entries of `prefixes`.
+    /// Slashes seen, at most [`MAX_SEGMENTS`].
     pub slashes: u8,
+    /// Bit `d`: hash prefix `d` ([`parse_begin`]; the kernel passes the
+    /// rule set's [`HttpSet::depths`], the only ones [`judge`] reads, and
+    /// saves a SipHash finalisation per other slash).
+    pub depths: u32,
     /// [`host_condition`] of the Host value, 0 without one.
     pub host: u64,
     /// [`header_name_hash`] and [`header_value_hash`] of each header kept.
@@ -299,6 +304,7 @@ impl Request {
         path: 0,
         prefixes: [0; MAX_SEGMENTS],
         slashes: 0,
+        depths: 0,
         host: 0,
         names: [0; MAX_HEADERS],
         values: [0; MAX_HEADERS],
@@ -482,21 +488,26 @@ pub fn parse(buf: &[u8], len: usize, key: &SipKey) -> Result<Request, HttpError>
 /// large for the stack). Only the scalars are reset: array entries past
 /// `slashes` and `headers` are stale and never read.
 pub fn parse_into(buf: &[u8], len: usize, r: &mut Request, key: &SipKey) -> Result<(), HttpError> {
-    parse_begin(r, key);
+    parse_begin(r, key, ALL_DEPTHS);
     match parse_range(buf, len, r, 0, WINDOW) {
         Some(result) => result,
         None => Err(HttpError::Unsupported),
     }
 }
 
-/// Resets `r` for a new head hashed under `key` (see [`parse_into`]).
+/// [`parse_begin`]'s `depths` for every prefix.
+pub const ALL_DEPTHS: u32 = u32::MAX;
+
+/// Resets `r` for a new head hashed under `key`, hashing the path
+/// prefixes of the depths in `depths` (see [`parse_into`]).
 #[inline(always)]
-pub fn parse_begin(r: &mut Request, key: &SipKey) {
+pub fn parse_begin(r: &mut Request, key: &SipKey, depths: u32) {
     set!(r.method, method::NONE);
     set!(r.path_start, 0);
     set!(r.path_len, 0);
     set!(r.path, 0);
     set!(r.slashes, 0);
+    set!(r.depths, depths);
     set!(r.host, 0);
     set!(r.headers, 0);
     set!(r.head_len, 0);
@@ -670,8 +681,11 @@ fn step(r: &mut Request, byte: u8, i: usize) -> Result<bool, HttpError> {
                 }
                 set!(r.cur.cl_seen, 1);
             }
-            // The name's hash, then ':' and the value go on the same hash.
-            set!(r.cur.fin, fin::NAME);
+            // The name's hash (conditions never name the headers the
+            // parser handles), then ':' and the value go on the same hash.
+            if k == known::NONE && (get!(r.headers) as usize) < MAX_HEADERS {
+                set!(r.cur.fin, fin::NAME);
+            }
             absorb(r, b':');
             set!(r.cur.blank, 0);
             set!(r.cur.st, st::VALUE_LEAD);
@@ -713,10 +727,10 @@ fn hash_phase(r: &mut Request) {
         if f == fin::PATH {
             set!(r.path, h);
         } else if f == fin::PREFIX {
-            let d = get!(r.slashes) as usize;
+            // `path_byte` counted the slash already.
+            let d = (get!(r.slashes) as usize).wrapping_sub(1);
             if let Some(slot) = r.prefixes.get_mut(d) {
                 set!(*slot, h);
-                set!(r.slashes, (d + 1) as u8);
             }
         } else if f == fin::NAME {
             set!(r.cur.name_h, h);
@@ -783,8 +797,15 @@ fn path_byte(r: &mut Request, i: usize) -> Result<(), HttpError> {
         if pct != 0 {
             return Err(HttpError::Unsupported);
         }
-        // The prefix before this slash, then the slash is hashed.
-        set!(r.cur.fin, fin::PREFIX);
+        // The prefix before this slash (if a rule may want it), then the
+        // slash is hashed.
+        let d = get!(r.slashes) as u32;
+        if d < MAX_SEGMENTS as u32 {
+            if get!(r.depths) & (1 << d) != 0 {
+                set!(r.cur.fin, fin::PREFIX);
+            }
+            set!(r.slashes, (d + 1) as u8);
+        }
         set!(r.cur.seg_len, 0);
         set!(r.cur.seg_dots, 0);
     } else {
@@ -830,8 +851,11 @@ fn value_byte(r: &mut Request, state: u32) -> Result<(), HttpError> {
                 return Err(HttpError::Malformed);
             }
             set!(r.content_length, get!(r.cur.cl));
+        } else if k == known::HOST || (get!(r.headers) as usize) < MAX_HEADERS {
+            // Not for Content-Length (no condition names it) nor past the
+            // headers kept.
+            set!(r.cur.fin, fin::VALUE);
         }
-        set!(r.cur.fin, fin::VALUE);
         set!(r.cur.st, st::LF);
     } else if bb!(r) == b' ' || bb!(r) == b'\t' {
         if state == st::VALUE {
@@ -1259,6 +1283,44 @@ mod tests {
         assert_eq!(
             path_hash(&K, b"/a"),
             nonzero(crate::sip::siphash(&K, b"/a"))
+        );
+    }
+
+    #[test]
+    fn only_the_wanted_prefix_depths_are_hashed() {
+        let req = b"GET /api/v1/x HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut r = Request::EMPTY;
+        parse_begin(&mut r, &K, 1 << 1);
+        assert_eq!(parse_range(req, req.len(), &mut r, 0, WINDOW), Some(Ok(())));
+        assert_eq!(r.slashes, 3);
+        assert_eq!(r.prefixes[1], path_hash(&K, b"/api"));
+        assert_eq!((r.prefixes[0], r.prefixes[2]), (0, 0), "not hashed");
+        assert_eq!(r.path, path_hash(&K, b"/api/v1/x"));
+        assert_eq!(r.host, host_condition(&K, b"a"));
+        // Deeper than MAX_SEGMENTS: counted up to it, never past.
+        let deep = b"GET /1/2/3/4/5/6/7/8/9/10 HTTP/1.1\r\n\r\n";
+        let r = p(deep).unwrap();
+        assert_eq!(r.slashes as usize, MAX_SEGMENTS);
+        assert_eq!(r.prefixes[7], path_hash(&K, b"/1/2/3/4/5/6/7"));
+    }
+
+    #[test]
+    fn headers_past_the_kept_ones_are_ignored() {
+        let mut req = std::string::String::from("GET / HTTP/1.1\r\n");
+        for i in 0..MAX_HEADERS + 2 {
+            req.push_str(&std::format!("X-{i}: {i}\r\n"));
+        }
+        req.push_str("Host: h\r\n\r\n");
+        let r = p(req.as_bytes()).unwrap();
+        assert_eq!(r.headers as usize, MAX_HEADERS);
+        assert_eq!(
+            r.values[MAX_HEADERS - 1],
+            header_value_hash(&K, b"x-7", b"7")
+        );
+        assert_eq!(
+            r.host,
+            host_condition(&K, b"h"),
+            "Host after them still counts"
         );
     }
 

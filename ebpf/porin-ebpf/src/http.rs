@@ -645,7 +645,7 @@ fn entry(ctx: &TcContext, dir: Direction) -> i32 {
                 if rc != 0 {
                     return drop_internal(ctx, dir);
                 }
-                parse_begin(&mut s.req, key);
+                parse_begin(&mut s.req, key, conn.set.depths);
                 s.t = t;
                 s.dir = dir as u32;
                 s.n = n;
