@@ -182,5 +182,5 @@ pub(super) fn compile_small(
     endpoints: &[Endpoint],
     capacity: usize,
 ) -> Result<Compiled, CompileError> {
-    compile_with_capacity(cfg, endpoints, &[], capacity)
+    compile_with_capacity(cfg, endpoints, &[], &super::http::ANY_KEY, capacity)
 }
