@@ -744,7 +744,11 @@ fn hash_phase(r: &mut Request) {
             k0: get!(r.key.k0),
             k1: get!(r.key.k1),
         };
-        r.cur.sip = Sip::new(&key);
+        // Field by field, volatile: a struct store became a `memset` call
+        // for the two zero words, a BPF-to-BPF call that 5.10's arm64 JIT
+        // refuses next to tail calls.
+        let fresh = Sip::new(&key);
+        copy_sip(&mut r.cur.sip, &fresh);
     }
     let a = get!(r.cur.absorb);
     if a != 0 {
@@ -1134,6 +1138,12 @@ where
         _pad: [0; 3],
         path: req.path,
     };
+    // The padding again, volatile: LLVM turns the three zero bytes above
+    // into a `memset` call, a BPF-to-BPF call that 5.10's arm64 JIT
+    // refuses in programs with tail calls; a volatile store it must keep
+    // as it is, and the store above is then dead.
+    // SAFETY: a field of a local.
+    unsafe { core::ptr::write_volatile(&mut key._pad, [0, 0, 0]) };
     if let Some(v) = lookup(&key) {
         let rule = value_matches(v, alt_kind::EXACT | alt_kind::PREFIX, req);
         if rule != 0 {
