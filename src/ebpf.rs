@@ -126,3 +126,33 @@ impl Loadable for aya::programs::SchedClassifier {
         self.load()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No program may hold a BPF-to-BPF call: 5.10's arm64 JIT refuses
+    /// them in programs that tail-call ("tail_calls are not allowed in
+    /// non-JITed programs with bpf-to-bpf calls"), the HTTP stage then
+    /// fails to load there, and LLVM makes such calls without a word from
+    /// a zero-fill it turns into `memset` (see `parse::HeaderBuf`).
+    #[test]
+    fn no_program_makes_bpf_to_bpf_calls() {
+        const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
+        const PSEUDO_CALL: u8 = 1; // src_reg of a call to a subprogram
+        for t in [EventsTransport::RingBuf, EventsTransport::Perf] {
+            let obj = aya_obj::Object::parse(object_for(t).expect("object embedded"))
+                .expect("the object parses");
+            assert!(obj.programs.contains_key("http_parse"));
+            for (name, prog) in &obj.programs {
+                let f = &obj.functions[&prog.function_key()];
+                let calls = f
+                    .instructions
+                    .iter()
+                    .filter(|i| i.code == CALL && i.src_reg() == PSEUDO_CALL)
+                    .count();
+                assert_eq!(calls, 0, "{t:?} object, program {name}: BPF-to-BPF calls");
+            }
+        }
+    }
+}
