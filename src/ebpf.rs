@@ -141,8 +141,10 @@ mod tests {
         const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
         const PSEUDO_CALL: u8 = 1; // src_reg of a call to a subprogram
         for t in [EventsTransport::RingBuf, EventsTransport::Perf] {
-            let obj = aya_obj::Object::parse(object_for(t).expect("object embedded"))
-                .expect("the object parses");
+            let Ok(bytes) = object_for(t) else {
+                return; // AYA_BUILD_SKIP build
+            };
+            let obj = aya_obj::Object::parse(bytes).expect("the object parses");
             assert!(obj.programs.contains_key("http_parse"));
             for (name, prog) in &obj.programs {
                 let f = &obj.functions[&prog.function_key()];
