@@ -22,7 +22,7 @@ use aya::{
 };
 use porin::{
     config::{HttpPath, HttpRule, Loc, Method},
-    datapath::http::load_stage,
+    datapath::http::{ensure_key, load_stage},
     ebpf,
     policy::http::compile_rules,
     testing::{packets, prog_run, require_root},
@@ -224,8 +224,9 @@ fn setup(bpf: &mut Ebpf, extra: usize) -> HttpSet {
     };
     let mut rules = vec![rule(Method::Get, "/metrics"), rule(Method::Post, "/api/*")];
     rules.extend((0..extra).map(|i| rule(Method::Get, &format!("/r{i}"))));
+    let (hash_key, _) = ensure_key(bpf).expect("the hash key");
     let mut map = BTreeMap::new();
-    let set = compile_rules(b"bench", &[(1, "bench", &rules)], &mut map).unwrap();
+    let set = compile_rules(&hash_key, b"bench", &[(1, "bench", &rules)], &mut map).unwrap();
     for (k, v) in map {
         hash::<HttpKey, HttpValue>(bpf, "PORIN_HTTPR_V1")
             .insert(k, v, 0)

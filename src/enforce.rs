@@ -233,13 +233,14 @@ impl Enforcer {
     pub fn sync(&mut self) -> Result<ApplyReport, EnforceError> {
         let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
         let host = host_addresses().map_err(EnforceError::HostAddresses)?;
-        let compiled = policy::compile(&self.cfg, &endpoints, &host).map_err(|e| match e {
-            CompileError::Collision(mut c) => {
-                c.file = self.file.clone();
-                CompileError::Collision(c)
-            }
-            other => other,
-        })?;
+        let compiled = policy::compile(&self.cfg, &endpoints, &host, &self.datapath.http_key())
+            .map_err(|e| match e {
+                CompileError::Collision(mut c) => {
+                    c.file = self.file.clone();
+                    CompileError::Collision(c)
+                }
+                other => other,
+            })?;
         for w in &compiled.warnings {
             warn!("policy: {w}");
         }

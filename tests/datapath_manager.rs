@@ -23,6 +23,7 @@ use porin_common::{
         PolicyValue,
     },
     http::{HttpKey, HttpSet, HttpValue},
+    sip::SipKey,
 };
 
 const G1: Identity = identity::GROUP_BASE + 1;
@@ -279,8 +280,9 @@ fn every_apply_bumps_the_deny_cache_epoch_after_its_changes() {
 }
 
 /// `compiled(G1, G2, ports)` where each `(port, path)` of `http` makes that
-/// port's entry `ALLOW_HTTP` with a rule set of one rule, `GET path`.
-fn with_http(ports: &[u16], http: &[(u16, &str)]) -> Compiled {
+/// port's entry `ALLOW_HTTP` with a rule set of one rule, `GET path`,
+/// hashed under `key`.
+fn with_http(key: &SipKey, ports: &[u16], http: &[(u16, &str)]) -> Compiled {
     use porin::config::{HttpPath, HttpRule, Loc, Method};
     use porin::policy::http::compile_rules;
 
@@ -294,6 +296,7 @@ fn with_http(ports: &[u16], http: &[(u16, &str)]) -> Compiled {
             loc: Loc { line: 1, column: 1 },
         };
         let set = compile_rules(
+            key,
             path.as_bytes(),
             &[(1, "p", std::slice::from_ref(&rule))],
             &mut c.http_maps.rules,
@@ -359,14 +362,15 @@ fn http_rule_sets_follow_the_policy_generation() {
     require_root("http_rule_sets_follow_the_policy_generation");
     let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
 
-    let a = with_http(&[8080], &[(8080, "/metrics")]);
+    assert!(!dp.http_key().is_zero(), "a new datapath has a hash key");
+    let a = with_http(&dp.http_key(), &[8080], &[(8080, "/metrics")]);
     dp.apply(&a, &[]).expect("apply A");
     let g = dp.generation() as u8;
     let set_a = *a.http_maps.sets.values().next().unwrap();
     assert_http_maps_are(&dp, &a, "A");
 
     // Only the HTTP rules change: still a new generation.
-    let b = with_http(&[8080], &[(8080, "/health")]);
+    let b = with_http(&dp.http_key(), &[8080], &[(8080, "/health")]);
     assert_eq!(a.policy, b.policy, "same L3/L4 entries");
     dp.apply(&b, &[]).expect("apply B");
     assert_ne!(dp.generation() as u8, g, "the generation flipped");
@@ -407,9 +411,15 @@ fn after_adoption_the_http_maps_hold_only_the_new_policy() {
     require_root("after_adoption_the_http_maps_hold_only_the_new_policy");
     let bpffs = BpffsGuard::new(test_bpffs("dm-adopt-http"));
     let dir = bpffs.dir.clone();
+    let mut a = Datapath::load(TcAttach::Tcx, Some(&dir)).expect("load daemon A");
+    let key = a.http_key();
     // X: two HTTP ports; Y: one of them, with another rule set.
-    let x = with_http(&[8080, 9090], &[(8080, "/metrics"), (9090, "/admin/*")]);
-    let y = with_http(&[8080], &[(8080, "/health")]);
+    let x = with_http(
+        &key,
+        &[8080, 9090],
+        &[(8080, "/metrics"), (9090, "/admin/*")],
+    );
+    let y = with_http(&key, &[8080], &[(8080, "/health")]);
     assert!(x
         .http_maps
         .rules
@@ -417,7 +427,6 @@ fn after_adoption_the_http_maps_hold_only_the_new_policy() {
         .all(|k| !y.http_maps.rules.contains_key(k)));
     let room = porin_common::http::max_entries::RULES as usize - x.http_maps.rules.len();
     {
-        let mut a = Datapath::load(TcAttach::Tcx, Some(&dir)).expect("load daemon A");
         a.apply(&x, &[]).expect("A applies X");
         assert_http_maps_are(&a, &x, "A after X");
         let mut m: BpfHashMap<&mut MapData, HttpKey, HttpValue> =
@@ -428,10 +437,16 @@ fn after_adoption_the_http_maps_hold_only_the_new_policy() {
         }
         let (k, v) = orphan_rule(room as u64);
         assert!(m.insert(k, v, 0).is_err(), "the rule map is full");
-    } // A stops; its maps stay pinned
+    }
+    drop(a); // A stops; its maps stay pinned
 
     let mut b = Datapath::load(TcAttach::Tcx, Some(&dir)).expect("load daemon B");
     assert!(b.adopted(), "B adopts A's maps");
+    assert_eq!(
+        b.http_key(),
+        key,
+        "B keeps A's hash key: X's and Y's keys stay valid"
+    );
     let (sets0, rules0) = (http_sets(&b).len(), http_rules(&b).len());
     assert_eq!(
         (sets0, rules0),
@@ -481,7 +496,7 @@ fn after_adoption_the_http_maps_hold_only_the_new_policy() {
     assert_http_maps_are(&b, &y, "B after Y again");
 
     // A change of HTTP rules alone after adoption: Y's rules go.
-    let z = with_http(&[8080, 9090], &[(8080, "/health"), (9090, "/z")]);
+    let z = with_http(&key, &[8080, 9090], &[(8080, "/health"), (9090, "/z")]);
     b.apply(&z, &[]).expect("B applies Z");
     assert_ne!(b.generation(), g);
     assert_http_maps_are(&b, &z, "B after Z");
@@ -496,12 +511,16 @@ fn after_adoption_the_http_maps_hold_only_the_new_policy() {
 fn a_failed_apply_leaves_no_http_rules_behind() {
     require_root("a_failed_apply_leaves_no_http_rules_behind");
     let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
-    let y = with_http(&[8080], &[(8080, "/health")]);
+    let y = with_http(&dp.http_key(), &[8080], &[(8080, "/health")]);
     dp.apply(&y, &[]).expect("apply Y");
     let g = dp.generation();
 
     // More entries than the policy map holds, and HTTP rules of their own.
-    let mut big = with_http(&[8080, 9090], &[(8080, "/health"), (9090, "/big")]);
+    let mut big = with_http(
+        &dp.http_key(),
+        &[8080, 9090],
+        &[(8080, "/health"), (9090, "/big")],
+    );
     let extra = porin_common::datapath::max_entries::POLICY;
     for i in 0..extra {
         big.policy.insert(

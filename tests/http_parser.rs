@@ -6,6 +6,7 @@
 
 mod http_gen;
 
+use porin::policy::http::ANY_KEY as KEY;
 use porin_common::http::{
     header_value_hash, host_condition, judge, parse, path_hash, HttpError, Request, WINDOW,
 };
@@ -28,7 +29,7 @@ proptest! {
     /// points inside what it was given.
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), len in 0usize..500) {
-        if let Ok(r) = parse(&bytes, len) {
+        if let Ok(r) = parse(&bytes, len, &KEY) {
             let end = len.min(bytes.len()).min(WINDOW);
             prop_assert!(r.head_len as usize <= end);
             prop_assert!((r.path_start + r.path_len) as usize <= end);
@@ -41,7 +42,7 @@ proptest! {
         let mut bytes = req.render();
         let i = at % bytes.len();
         bytes[i] = b;
-        let _ = parse(&bytes, bytes.len());
+        let _ = parse(&bytes, bytes.len(), &KEY);
     }
 
     /// parse(render(request)) gives back what was rendered.
@@ -49,21 +50,21 @@ proptest! {
     fn round_trip(req in http_gen::request()) {
         let bytes = req.render();
         prop_assume!(bytes.len() <= WINDOW);
-        let r: Request = parse(&bytes, bytes.len()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        let r: Request = parse(&bytes, bytes.len(), &KEY).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         prop_assert_eq!(r.method, req.method_index());
         let path = &bytes[r.path_start as usize..(r.path_start + r.path_len) as usize];
         prop_assert_eq!(path, req.path.as_bytes());
-        prop_assert_eq!(r.path, path_hash(req.path.as_bytes()));
-        prop_assert_eq!(r.host, req.host.as_ref().map_or(0, |h| host_condition(h.to_ascii_lowercase().as_bytes())));
+        prop_assert_eq!(r.path, path_hash(&KEY, req.path.as_bytes()));
+        prop_assert_eq!(r.host, req.host.as_ref().map_or(0, |h| host_condition(&KEY, h.to_ascii_lowercase().as_bytes())));
         prop_assert_eq!(r.headers as usize, req.headers.len());
         for (i, (n, v)) in req.headers.iter().enumerate() {
-            prop_assert_eq!(r.values[i], header_value_hash(n.to_ascii_lowercase().as_bytes(), v.as_bytes()));
+            prop_assert_eq!(r.values[i], header_value_hash(&KEY, n.to_ascii_lowercase().as_bytes(), v.as_bytes()));
         }
         prop_assert_eq!(r.content_length, req.content_length.unwrap_or(0));
         prop_assert_eq!(r.head_len as usize, bytes.len());
         // Every truncation is an explicit "unsupported" (split head).
         for cut in [1, bytes.len() / 2, bytes.len() - 1] {
-            prop_assert_eq!(parse(&bytes, cut), Err(HttpError::Unsupported));
+            prop_assert_eq!(parse(&bytes, cut, &KEY), Err(HttpError::Unsupported));
         }
     }
 
@@ -76,8 +77,8 @@ proptest! {
         prop_assume!(bytes.len() <= WINDOW);
         // `%41` in a path is fine for both sides; nothing generated is
         // something the parser refuses.
-        let Some((set, map)) = http_gen::compile(&rules) else { return Ok(()); };
-        let r = parse(&bytes, bytes.len()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        let Some((set, map)) = http_gen::compile(&KEY, &rules) else { return Ok(()); };
+        let r = parse(&bytes, bytes.len(), &KEY).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         let got = judge(&r, &set, |k| map.get(k)) != 0;
         prop_assert_eq!(got, req.reference(&rules), "{}", String::from_utf8_lossy(&bytes));
     }

@@ -2,7 +2,8 @@
 //! by the main TC programs) through `BPF_PROG_TEST_RUN`: connections opened
 //! with a SYN, then request segments; verdicts, the rewritten packet (a RST
 //! to the server after a denial), drop counters, and a differential test
-//! against the host parser and matcher.
+//! against the host parser and matcher (both hashing under the key the
+//! test writes to `PORIN_HTTPK_V1`).
 //!
 //! The endpoint under test is `BPF_PROG_TEST_RUN`'s loopback (ifindex 1):
 //! the server of an ingress rule (`to_container`), or the client of an
@@ -30,7 +31,7 @@ use aya::{
 };
 use porin::{
     config::{HeaderMatch, HttpPath, HttpRule, Loc, Method},
-    datapath::http::load_stage,
+    datapath::http::{load_stage, write_key},
     ebpf,
     policy::http::compile_rules,
     testing::{
@@ -45,6 +46,7 @@ use porin_common::{
         EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
     },
     http::{HttpKey, HttpSet, HttpValue},
+    sip::SipKey,
 };
 use proptest::prelude::*;
 
@@ -67,7 +69,19 @@ struct Dp {
     prog: &'static str,
     /// The `ALLOW_HTTP` entry the rules hang off.
     key: PolicyKey,
+    /// The key in `PORIN_HTTPK_V1`, which `set_rules` compiles under.
+    hash_key: SipKey,
 }
+
+/// The hash key the tests install (any non-zero key).
+const KEY_A: SipKey = SipKey {
+    k0: 0x1122_3344_5566_7788,
+    k1: 0x99aa_bbcc_ddee_ff00,
+};
+const KEY_B: SipKey = SipKey {
+    k0: 0x1122_3344_5566_7788,
+    k1: 0x99aa_bbcc_ddee_ff01,
+};
 
 fn rule(
     method: Method,
@@ -111,6 +125,7 @@ impl Dp {
             bpf: loaded(stage),
             prog: "to_container",
             key: key(),
+            hash_key: KEY_A,
         };
         dp.endpoint(WEB, mode);
         dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
@@ -142,6 +157,7 @@ impl Dp {
                 generation: 0,
                 _pad: [0; 3],
             },
+            hash_key: KEY_A,
         };
         dp.endpoint(CLI, mode);
         // The client's own address: `from_container` checks the source.
@@ -205,10 +221,17 @@ impl Dp {
             .expect("rules within the datapath's limits");
     }
 
-    /// Replaces the rule set of the entry.
+    /// Replaces the rule set of the entry (compiled under the key the
+    /// programs have).
     fn set_rules(&mut self, rules: &[HttpRule]) -> Option<()> {
+        let hash_key = self.hash_key;
+        self.set_rules_under(&hash_key, rules)
+    }
+
+    /// Replaces the rule set of the entry, compiled under `key`.
+    fn set_rules_under(&mut self, hash_key: &SipKey, rules: &[HttpRule]) -> Option<()> {
         let mut map = std::collections::BTreeMap::new();
-        let set = compile_rules(b"t", &[(1, "p", rules)], &mut map).ok()?;
+        let set = compile_rules(hash_key, b"t", &[(1, "p", rules)], &mut map).ok()?;
         let mut r = self.hash::<HttpKey, HttpValue>("PORIN_HTTPR_V1");
         let old: Vec<HttpKey> = r.keys().map(|k| k.unwrap()).collect();
         for k in old {
@@ -282,6 +305,7 @@ fn loaded(stage: bool) -> Ebpf {
     if stage {
         load_stage(&mut bpf).unwrap_or_else(|e| panic!("load the HTTP stage: {e:?}"));
     }
+    write_key(&mut bpf, &KEY_A).expect("write the hash key");
     bpf
 }
 
@@ -482,6 +506,50 @@ fn stage_missing_fails_closed() {
     let (v, _) = dp.run(&request(40012, 2, GET_METRICS));
     assert_eq!(v, SHOT, "no stage program: drop");
     assert_eq!(dp.drops(DropReason::Internal), 1);
+}
+
+#[test]
+fn rules_compiled_under_another_key_do_not_match() {
+    require_root("rules_compiled_under_another_key_do_not_match");
+    let mut dp = Dp::new(mode::ENFORCE, &default_rules());
+    // The kernel hashes under KEY_A; the rules are hashed under KEY_B.
+    dp.set_rules_under(&KEY_B, &default_rules()).unwrap();
+    dp.open(40020, 1);
+    let (_, out) = dp.run(&request(40020, 2, GET_METRICS));
+    assert_rst(&out, 2);
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
+    // The same rules under the kernel's key allow it.
+    dp.set_rules_under(&KEY_A, &default_rules()).unwrap();
+    dp.open(40021, 1);
+    let ok = request(40021, 2, GET_METRICS);
+    assert_eq!(dp.run(&ok), (OK, ok));
+    // And once the kernel's key is KEY_B, the KEY_B rules match.
+    write_key(&mut dp.bpf, &KEY_B).unwrap();
+    dp.set_rules_under(&KEY_B, &default_rules()).unwrap();
+    dp.open(40022, 1);
+    let ok = request(40022, 2, GET_METRICS);
+    assert_eq!(dp.run(&ok), (OK, ok));
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
+}
+
+#[test]
+fn zero_key_denies_every_request() {
+    require_root("zero_key_denies_every_request");
+    let mut dp = Dp::new(mode::ENFORCE, &default_rules());
+    // All zeroes: the key was never written (rules compiled under a zero
+    // key must not count either).
+    write_key(&mut dp.bpf, &SipKey::ZERO).unwrap();
+    dp.set_rules_under(&SipKey::ZERO, &default_rules()).unwrap();
+    dp.open(40023, 1);
+    let (v, out) = dp.run(&request(40023, 2, GET_METRICS));
+    assert_eq!(v, OK, "the packet goes on, as a RST");
+    assert_rst(&out, 2);
+    assert_eq!(dp.drops(DropReason::Internal), 1);
+    // The connection stays denied once a key is there.
+    write_key(&mut dp.bpf, &KEY_A).unwrap();
+    let (_, out) = dp.run(&request(40023, 2, GET_METRICS));
+    assert_rst(&out, 2);
+    assert_eq!(dp.drops(DropReason::HttpUnsupported), 1);
 }
 
 fn cases() -> u32 {

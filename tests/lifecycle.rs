@@ -1034,11 +1034,13 @@ fn persistent_clsact_filters_are_adopted_and_replaced_in_place() {
             ifindex,
             name: ifname.to_string(),
         }];
-        {
+        let key = {
             let mut dp = Datapath::load(TcAttach::ClsactNetlink, Some(&dir)).expect("load");
             let r = dp.apply(&c, &veth).expect("apply");
             assert_eq!(r.attached, [ifname.to_string()]);
-        }
+            dp.http_key()
+        };
+        assert!(!key.is_zero(), "a fresh install gets an HTTP hash key");
         let before = netlink_filters(ifname);
         assert_eq!(
             before.len(),
@@ -1049,6 +1051,13 @@ fn persistent_clsact_filters_are_adopted_and_replaced_in_place() {
         let mut dp = Datapath::load(TcAttach::ClsactNetlink, Some(&dir)).expect("load again");
         assert!(dp.adopted());
         assert_eq!(dp.attached(), [ifname], "the veth is adopted");
+        // The rule keys in the adopted maps were hashed under this key.
+        assert_eq!(dp.http_key(), key, "adoption keeps the HTTP hash key");
+        assert_eq!(
+            porin::datapath::http::read_key(dp.ebpf()).expect("read the key map"),
+            key,
+            "and the programs read the same one"
+        );
         let after = netlink_filters(ifname);
         assert_eq!(after.len(), 2, "still two filters, none added: {after:?}");
         for (b, a) in before.iter().zip(&after) {
@@ -1059,5 +1068,11 @@ fn persistent_clsact_filters_are_adopted_and_replaced_in_place() {
         dp.remove_everything();
         assert!(netlink_filters(ifname).is_empty(), "detach removes them");
         assert!(!dir.exists(), "and the pins");
+        // A new install (nothing pinned) draws a new key.
+        let mut dp = Datapath::load(TcAttach::ClsactNetlink, Some(&dir)).expect("fresh load");
+        assert!(!dp.adopted());
+        assert!(!dp.http_key().is_zero());
+        assert_ne!(dp.http_key(), key, "a new install, a new key");
+        dp.remove_everything();
     });
 }

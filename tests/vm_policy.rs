@@ -441,8 +441,14 @@ fn http_rules_answer_denied_requests_with_403_both_ways() {
         .insert(net.index_b, endpoint(mode::ENFORCE));
     policy.ip4.insert(ctr_ip.octets(), WEB);
     policy.ip4.insert(node_ip.octets(), SERVER);
-    let set = compile_rules(b"vm", &[(1, "scrape", &rules)], &mut policy.http_maps.rules)
-        .expect("compile the HTTP rules");
+    let mut dp = Datapath::load(strategy.tc, None).expect("load the datapath");
+    let set = compile_rules(
+        &dp.http_key(),
+        b"vm",
+        &[(1, "scrape", &rules)],
+        &mut policy.http_maps.rules,
+    )
+    .expect("compile the HTTP rules");
     for (dir, port) in [
         (Direction::Egress, ALLOWED),
         (Direction::Ingress, INGRESS_PORT),
@@ -456,7 +462,6 @@ fn http_rules_answer_denied_requests_with_403_both_ways() {
         ifindex: net.index_b,
         name: net.if_b.to_owned(),
     }];
-    let mut dp = Datapath::load(strategy.tc, None).expect("load the datapath");
     node.run_in(|| dp.apply(&policy, &veths).expect("apply the HTTP policy"));
 
     for (side, client, ip, port, server, before) in [

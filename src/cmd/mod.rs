@@ -34,7 +34,7 @@ pub fn config_or_defaults(path: Option<&Path>) -> Result<config::Config, config:
 /// `check-config`, at start, and on reload. The error is ready to print.
 pub fn load_checked(path: &Path) -> Result<config::Config, String> {
     let cfg = config::load(path).map_err(|errors| errors.to_string())?;
-    match crate::policy::compile(&cfg, &[], &[]) {
+    match crate::policy::compile(&cfg, &[], &[], &crate::policy::http::ANY_KEY) {
         Ok(_) => Ok(cfg),
         Err(crate::policy::CompileError::Collision(mut c)) => {
             c.file = path.display().to_string();

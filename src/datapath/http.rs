@@ -7,6 +7,11 @@
 //!   in `PORIN_HTTPP_V1`: the main programs tail-call the entries for
 //!   HTTP-ruled connections. Without them those packets drop (`Internal`),
 //!   never pass unjudged.
+//! * The rule keys are hashed under a secret key per install
+//!   ([`porin_common::sip`]), held in `PORIN_HTTPK_V1` ([`ensure_key`]):
+//!   a fresh map gets 16 bytes from getrandom(2); adopted pinned maps keep
+//!   theirs, so the rules in them stay valid. The stage denies every
+//!   request while the key is all zeroes.
 //! * Rule sets follow the policy generations: `PORIN_HTTPS_V1` is keyed by
 //!   the policy key (generation included), so it is written under the
 //!   inactive generation before the flip and purged after, with the policy.
@@ -24,12 +29,13 @@
 use std::collections::BTreeSet;
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, ProgramArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, ProgramArray},
     programs::SchedClassifier,
     Ebpf,
 };
 use porin_common::datapath::{Direction, PolicyKey};
 use porin_common::http::{HttpKey, HttpSet, HttpValue};
+use porin_common::sip::SipKey;
 
 use super::{map_err, purge, remove_hash, write_hash, DatapathError};
 use crate::ebpf::{self, LoadError};
@@ -39,6 +45,66 @@ pub const HTTP_FROM_CONTAINER: &str = "http_from_container";
 pub const HTTP_TO_CONTAINER: &str = "http_to_container";
 pub const HTTP_PARSE: &str = "http_parse";
 pub const HTTP_FINISH: &str = "http_finish";
+
+/// The hash key's map (one entry).
+pub const KEY_MAP: &str = "PORIN_HTTPK_V1";
+
+/// 16 bytes from getrandom(2) (blocking until the kernel's pool is
+/// initialised, which it is long before a daemon starts), never all zero.
+pub fn random_key() -> Result<SipKey, DatapathError> {
+    loop {
+        let mut b = [0u8; 16];
+        let mut got = 0;
+        while got < b.len() {
+            // SAFETY: writes at most `16 - got` bytes into `b[got..]`.
+            let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(DatapathError::Random(e));
+            }
+            got += n as usize;
+        }
+        let key = SipKey::from_bytes(b);
+        if !key.is_zero() {
+            return Ok(key);
+        }
+    }
+}
+
+/// The key in `PORIN_HTTPK_V1` (all zeroes: not written).
+pub fn read_key(bpf: &Ebpf) -> Result<SipKey, DatapathError> {
+    let map = bpf
+        .map(KEY_MAP)
+        .ok_or(LoadError::MissingMap { name: KEY_MAP })?;
+    let a: Array<&MapData, SipKey> = Array::try_from(map).map_err(map_err(KEY_MAP, "open"))?;
+    a.get(&0, 0).map_err(map_err(KEY_MAP, "read"))
+}
+
+/// Writes `key` to `PORIN_HTTPK_V1`.
+pub fn write_key(bpf: &mut Ebpf, key: &SipKey) -> Result<(), DatapathError> {
+    let map = bpf
+        .map_mut(KEY_MAP)
+        .ok_or(LoadError::MissingMap { name: KEY_MAP })?;
+    let mut a: Array<&mut MapData, SipKey> =
+        Array::try_from(map).map_err(map_err(KEY_MAP, "open"))?;
+    a.set(0, key, 0).map_err(map_err(KEY_MAP, "write"))
+}
+
+/// The key the programs hash with: the one in the map if there is one
+/// (adopted pinned maps: their rules were compiled under it), else a new
+/// random one, written. Returns it and whether it was kept.
+pub fn ensure_key(bpf: &mut Ebpf) -> Result<(SipKey, bool), DatapathError> {
+    let found = read_key(bpf)?;
+    if !found.is_zero() {
+        return Ok((found, true));
+    }
+    let key = random_key()?;
+    write_key(bpf, &key)?;
+    Ok((key, false))
+}
 
 /// The stage's slots in `PORIN_HTTPP_V1`, as in the eBPF crate's
 /// `http::stage_index`.

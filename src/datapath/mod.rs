@@ -58,6 +58,7 @@ use porin_common::{
         PolicyKey, PolicyValue, CONFIG_READY,
     },
     dcache::next_epoch,
+    sip::SipKey,
 };
 
 use crate::{
@@ -84,6 +85,8 @@ pub enum DatapathError {
     },
     #[error(transparent)]
     Pin(#[from] pin::PinError),
+    #[error("getrandom(2) for the HTTP hash key: {0}")]
+    Random(#[source] std::io::Error),
     #[error("attaching `{program}` to {ifname} (ifindex {ifindex}): {source}")]
     Attach {
         program: &'static str,
@@ -123,6 +126,8 @@ pub struct Datapath {
     /// the generation even when nothing changed and sweeps the HTTP rules
     /// ([`http`]); cleared by a successful apply.
     sweep: bool,
+    /// The HTTP rule hash key in `PORIN_HTTPK_V1` ([`http::ensure_key`]).
+    http_key: SipKey,
 }
 
 struct Attached {
@@ -206,11 +211,26 @@ impl Datapath {
             missing_uplinks: BTreeSet::new(),
             persist: None,
             sweep: false,
+            http_key: SipKey::ZERO,
         };
         match found {
             None => dp.set_generation(0)?,
             Some(p) => dp.start_persistent(p)?,
         }
+        // Before any rule is written (the first apply): adopted maps keep
+        // their key, so the rule keys in them stay valid.
+        let (key, kept) = http::ensure_key(&mut dp.bpf)?;
+        if pins.is_some() {
+            info!(
+                "HTTP rule hash key: {}",
+                if kept {
+                    "kept from the pinned maps"
+                } else {
+                    "new"
+                }
+            );
+        }
+        dp.http_key = key;
         // Whatever the deny cache holds (maps adopted from an earlier run)
         // was made under other maps.
         dp.bump_epoch()?;
@@ -225,6 +245,12 @@ impl Datapath {
     /// failed or foreign writer could have left them.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.bpf
+    }
+
+    /// The key HTTP rules must be compiled under
+    /// ([`crate::policy::compile`]) for this datapath's programs.
+    pub fn http_key(&self) -> SipKey {
+        self.http_key
     }
 
     pub fn generation(&self) -> u32 {

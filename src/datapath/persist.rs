@@ -13,7 +13,10 @@
 //! deleted last. The HTTP maps are the exception: not read back (the rule
 //! map may hold rules no set lists, left by a failed apply), they are swept
 //! instead: the first apply always flips the generation and deletes every
-//! rule set and rule the new policy does not hold. The enforcement loop
+//! rule set and rule the new policy does not hold. The HTTP hash key
+//! (`PORIN_HTTPK_V1`) is kept (`http::ensure_key` only draws a new one into
+//! an empty map), so the rule keys the new policy compiles to match what
+//! the adopted connections were judged with. The enforcement loop
 //! does not apply before discovery's first complete scan
 //! ([`crate::enforce`]), so an adopted endpoint is never removed for not
 //! having been seen yet. Conntrack maps are kept: established connections

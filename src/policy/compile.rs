@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use porin_common::datapath::identity as reserved;
+use porin_common::sip::SipKey;
 
 use crate::config::{Config, Loc};
 use crate::discovery::endpoint::Endpoint;
@@ -85,19 +86,30 @@ impl From<Overflow> for CompileError {
 
 /// Compiles the configuration for the current endpoints. `host_addrs` are
 /// the node's own addresses (e.g. the bridge gateways) that get
-/// `identity::HOST`. Pure: the same input gives the same output.
+/// `identity::HOST`; `http_key` is the datapath's hash key for HTTP rule
+/// keys ([`crate::datapath::Datapath::http_key`]; any key, e.g.
+/// [`http::ANY_KEY`], when nothing is written to a datapath). Pure: the
+/// same input gives the same output.
 pub fn compile(
     cfg: &Config,
     endpoints: &[Endpoint],
     host_addrs: &[IpAddr],
+    http_key: &SipKey,
 ) -> Result<Compiled, CompileError> {
-    compile_with_capacity(cfg, endpoints, host_addrs, POLICY_ENTRIES_PER_GENERATION)
+    compile_with_capacity(
+        cfg,
+        endpoints,
+        host_addrs,
+        http_key,
+        POLICY_ENTRIES_PER_GENERATION,
+    )
 }
 
 fn compile_with_capacity(
     cfg: &Config,
     endpoints: &[Endpoint],
     host_addrs: &[IpAddr],
+    http_key: &SipKey,
     capacity: usize,
 ) -> Result<Compiled, CompileError> {
     let ids = Identities::derive(cfg, "")?;
@@ -107,8 +119,14 @@ fn compile_with_capacity(
     rules::ground_rules(cfg, &ids, &mut entries)?;
     rules::policies(cfg, &ids, &mut entries)?;
 
-    let http_maps = http::compile(cfg, &entries.http, &entries.plain, &mut entries.map)
-        .map_err(CompileError::Http)?;
+    let http_maps = http::compile(
+        cfg,
+        http_key,
+        &entries.http,
+        &entries.plain,
+        &mut entries.map,
+    )
+    .map_err(CompileError::Http)?;
 
     let selection = select::select(&cfg.groups, endpoints);
     let mut out = Compiled {
@@ -164,5 +182,5 @@ pub(super) fn compile_small(
     endpoints: &[Endpoint],
     capacity: usize,
 ) -> Result<Compiled, CompileError> {
-    compile_with_capacity(cfg, endpoints, &[], capacity)
+    compile_with_capacity(cfg, endpoints, &[], &super::http::ANY_KEY, capacity)
 }

@@ -13,6 +13,11 @@
 //! A rule set's id is [`porin_common::http::set_id`] of its canonical text
 //! (policy index and rules), so identical sets share entries and a reload
 //! that keeps a set keeps its id.
+//!
+//! Paths, hosts and header conditions are hashed under the datapath's
+//! secret key ([`porin_common::sip`]; the daemon passes
+//! `Datapath::http_key`), so the map keys are only valid for the datapath
+//! that holds that key.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -22,10 +27,18 @@ use porin_common::http::{
     alt_kind, header_name_hash, header_value_hash, host_condition, method, path_hash, set_id,
     HttpAlt, HttpKey, HttpSet, HttpValue, ALTS, MAX_CONDITIONS, MAX_SEGMENTS,
 };
+use porin_common::sip::SipKey;
 
 use crate::config::{Config, HttpPath, HttpRule, Loc, Method};
 
 use super::compiled::HttpTarget;
+
+/// A key for compiling without a datapath (`check-config`, tests): the
+/// rule hashes it gives match no datapath's, whose keys are random.
+pub const ANY_KEY: SipKey = SipKey {
+    k0: 0x706f_7269_6e2d_6368,
+    k1: 0x6563_6b2d_6f6e_6c79,
+};
 
 /// Entries of `PORIN_HTTPR_V1` one configuration may use: half the map, so
 /// a reload can write the new sets beside the old.
@@ -76,6 +89,7 @@ fn covering(k: &PolicyKey) -> Vec<PolicyKey> {
 /// produced (ground rules included).
 pub fn compile(
     cfg: &Config,
+    hash_key: &SipKey,
     targets: &[HttpTarget],
     plain: &BTreeSet<PolicyKey>,
     policy: &mut BTreeMap<PolicyKey, PolicyValue>,
@@ -101,7 +115,7 @@ pub fn compile(
         let set = match done.get(&rules) {
             Some(s) => *s,
             None => {
-                let s = compile_set(cfg, &rules, &mut out.rules)?;
+                let s = compile_set(cfg, hash_key, &rules, &mut out.rules)?;
                 done.insert(rules.clone(), s);
                 s
             }
@@ -144,6 +158,7 @@ fn canonical(cfg: &Config, rules: &[u32]) -> String {
 
 fn compile_set(
     cfg: &Config,
+    key: &SipKey,
     rules: &[u32],
     out: &mut BTreeMap<HttpKey, HttpValue>,
 ) -> Result<HttpSet, HttpCompileError> {
@@ -154,13 +169,14 @@ fn compile_set(
             (r, p.name.as_str(), p.http.as_slice())
         })
         .collect();
-    compile_rules(canonical(cfg, rules).as_bytes(), &items, out)
+    compile_rules(key, canonical(cfg, rules).as_bytes(), &items, out)
 }
 
-/// Compiles one rule set: `items` are (1-based policy index, policy name,
-/// its HTTP rules); the set id is [`set_id`] of `canonical`. Public for the
-/// differential tests.
+/// Compiles one rule set, hashed under `key`: `items` are (1-based policy
+/// index, policy name, its HTTP rules); the set id is [`set_id`] of
+/// `canonical`. Public for the differential tests.
 pub fn compile_rules(
+    key: &SipKey,
     canonical: &[u8],
     items: &[(u32, &str, &[HttpRule])],
     out: &mut BTreeMap<HttpKey, HttpValue>,
@@ -190,13 +206,13 @@ pub fn compile_rules(
                     (p.as_str(), alt_kind::PREFIX)
                 }
             };
-            let alt = alt_of(rule, r, kind);
+            let alt = alt_of(key, rule, r, kind);
             for m in methods(rule.method) {
                 let key = HttpKey {
                     set: id,
                     method: m,
                     _pad: [0; 3],
-                    path: path_hash(path.as_bytes()),
+                    path: path_hash(key, path.as_bytes()),
                 };
                 let v = out.entry(key).or_default();
                 add_alt(v, alt).map_err(|()| {
@@ -212,12 +228,12 @@ pub fn compile_rules(
     Ok(set)
 }
 
-fn alt_of(rule: &HttpRule, r: u32, kind: u8) -> HttpAlt {
+fn alt_of(key: &SipKey, rule: &HttpRule, r: u32, kind: u8) -> HttpAlt {
     let mut headers = [0u64; MAX_CONDITIONS];
     for (slot, h) in headers.iter_mut().zip(&rule.headers) {
         *slot = match &h.value {
-            None => header_name_hash(h.name.as_bytes()),
-            Some(v) => header_value_hash(h.name.as_bytes(), v.as_bytes()),
+            None => header_name_hash(key, h.name.as_bytes()),
+            Some(v) => header_value_hash(key, h.name.as_bytes(), v.as_bytes()),
         };
     }
     headers.sort_unstable();
@@ -225,7 +241,7 @@ fn alt_of(rule: &HttpRule, r: u32, kind: u8) -> HttpAlt {
         host: rule
             .host
             .as_ref()
-            .map_or(0, |h| host_condition(h.as_bytes())),
+            .map_or(0, |h| host_condition(key, h.as_bytes())),
         headers,
         rule: r,
         kind,
@@ -312,7 +328,7 @@ mod tests {
              policies:\n{policies}"
         );
         let cfg = parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-        compile(&cfg, &[], &[])
+        compile(&cfg, &[], &[], &ANY_KEY)
     }
 
     const WEB_METRICS: &str = "  - name: scrape\n    from: [cli]\n    to: [web]\n    \
@@ -334,7 +350,7 @@ mod tests {
 
     fn allows(c: &crate::policy::Compiled, key: &PolicyKey, req: &[u8]) -> u32 {
         let set = c.http_maps.sets[key];
-        let r = parse_request(req, req.len()).expect("request parses");
+        let r = parse_request(req, req.len(), &ANY_KEY).expect("request parses");
         judge(&r, &set, |k| c.http_maps.rules.get(k))
     }
 
@@ -408,6 +424,18 @@ mod tests {
     }
 
     #[test]
+    fn rules_compiled_under_one_key_do_not_match_under_another() {
+        let c = compiled(WEB_METRICS).unwrap();
+        let (k, _) = ingress(&c, 8080);
+        let set = c.http_maps.sets[&k];
+        let req = b"GET /metrics HTTP/1.1\r\n\r\n";
+        let other = SipKey { k0: 1, k1: 2 };
+        let r = parse_request(req, req.len(), &other).unwrap();
+        assert_eq!(judge(&r, &set, |k| c.http_maps.rules.get(k)), 0);
+        assert_eq!(allows(&c, &k, req), 1, "under its own key it matches");
+    }
+
+    #[test]
     fn set_ids_follow_content() {
         let a = compiled(WEB_METRICS).unwrap();
         let b = compiled(WEB_METRICS).unwrap();
@@ -421,6 +449,7 @@ mod tests {
 
 #[cfg(test)]
 mod host_peer_tests {
+    use super::ANY_KEY;
     use crate::config::parse;
     use crate::policy::compile;
     use porin_common::datapath::{action, identity as reserved};
@@ -432,7 +461,7 @@ mod host_peer_tests {
             to: [web]\n    protocol: tcp\n    ports: [8080]\n    http:\n      - method: GET\n        \
             path: /metrics\n";
         let cfg = parse(yaml, "t.yaml").unwrap();
-        let c = compile(&cfg, &[], &[]).unwrap();
+        let c = compile(&cfg, &[], &[], &ANY_KEY).unwrap();
         let e: Vec<_> = c
             .policy
             .iter()

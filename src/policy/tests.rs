@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use porin_common::datapath::{action, identity as reserved, mode, proto, Identity};
 
 use super::compile::compile_small;
+use super::http::ANY_KEY;
 use super::identity::{group_identity, network_identity};
 use super::*;
 use crate::config::{parse, Config};
@@ -127,7 +128,7 @@ fn cfg(yaml: &str) -> Config {
 }
 
 fn ok(cfg: &Config, endpoints: &[Endpoint]) -> Compiled {
-    match compile(cfg, endpoints, &[]) {
+    match compile(cfg, endpoints, &[], &ANY_KEY) {
         Ok(c) => c,
         Err(e) => panic!("compile failed: {e}"),
     }
@@ -467,6 +468,7 @@ fn address_entries() {
             "fd00::1".parse().unwrap(),
             "fe80::1".parse().unwrap(),
         ],
+        &ANY_KEY,
     )
     .unwrap();
     let v4 = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap().octets();
@@ -557,7 +559,7 @@ fn address_conflicts() {
     ];
     for (what, eps, want, warned) in table {
         let eps: Vec<Endpoint> = eps.into_iter().map(endpoint).collect();
-        let c = compile(&two_groups(""), &eps, &host).unwrap();
+        let c = compile(&two_groups(""), &eps, &host, &ANY_KEY).unwrap();
         assert_eq!(c.ip4[&[10, 88, 0, 1]], want, "{what}");
         assert_eq!(!c.warnings.is_empty(), warned, "{what}: {:?}", c.warnings);
     }
@@ -577,7 +579,7 @@ fn address_conflicts() {
                     .veth(30, &["10.88.0.30"]),
             ),
         ];
-        let c = compile(&two_groups(""), &eps, &[]).unwrap();
+        let c = compile(&two_groups(""), &eps, &[], &ANY_KEY).unwrap();
         assert_eq!(c.endpoints[&30].identity, b());
         assert_eq!(c.ip4[&[10, 88, 0, 30]], b());
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
@@ -588,7 +590,7 @@ fn address_conflicts() {
         endpoint(EndpointSpec::new("b1").veth(40, &["10.88.0.40"])),
         endpoint(EndpointSpec::new("a1").veth(40, &["10.88.0.40"])),
     ];
-    let c = compile(&two_groups(""), &eps, &[]).unwrap();
+    let c = compile(&two_groups(""), &eps, &[], &ANY_KEY).unwrap();
     assert_eq!(c.endpoints[&40].identity, a());
     let text: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
     assert_eq!(
@@ -706,7 +708,7 @@ fn iot_gateway_example() {
                 .veth(12, &["10.88.0.12"]),
         ),
     ];
-    let c = compile(&cfg, &eps, &["10.88.0.1".parse().unwrap()]).unwrap();
+    let c = compile(&cfg, &eps, &["10.88.0.1".parse().unwrap()], &ANY_KEY).unwrap();
     let got = entries(&c);
     let tcp = proto::TCP;
     let want = set(vec![
@@ -815,9 +817,9 @@ fn output_is_deterministic_whatever_the_endpoint_order() {
                 .veth(13, &["10.88.0.13", "fd00::13"]),
         ),
     ];
-    let first = compile(&cfg, &eps, &[]).unwrap();
+    let first = compile(&cfg, &eps, &[], &ANY_KEY).unwrap();
     eps.reverse();
-    let second = compile(&cfg, &eps, &[]).unwrap();
+    let second = compile(&cfg, &eps, &[], &ANY_KEY).unwrap();
     assert_eq!(first, second);
     assert_eq!(first.explain(), second.explain());
 }
@@ -909,7 +911,7 @@ fn capacity_overflow_names_the_policy() {
   - {name: fine, from: [a], to: [b], ports: [80]}
   - {name: huge, from: [a, lan], to: [b], ports: [\"1000-30000\"]}",
     );
-    let err = compile(&c, &[], &[]).unwrap_err();
+    let err = compile(&c, &[], &[], &ANY_KEY).unwrap_err();
     let CompileError::Overflow(o) = &err else {
         panic!("{err:?}");
     };
@@ -952,7 +954,7 @@ groups:
   - {name: g809, select: {name: a}}
   - {name: g45280, select: {name: b}}
 ");
-    let err = compile(&c, &[], &[]).unwrap_err();
+    let err = compile(&c, &[], &[], &ANY_KEY).unwrap_err();
     let CompileError::Collision(mut e) = err else {
         panic!("{err:?}");
     };

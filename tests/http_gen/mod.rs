@@ -160,9 +160,13 @@ pub fn rules() -> impl Strategy<Value = Vec<HttpRule>> {
     proptest::collection::vec(rule(), 1..5)
 }
 
-/// Compiles `rules` as policy 1's; `None` when they exceed a datapath limit.
-pub fn compile(rules: &[HttpRule]) -> Option<(HttpSet, BTreeMap<HttpKey, HttpValue>)> {
+/// Compiles `rules` as policy 1's under `key`; `None` when they exceed a
+/// datapath limit.
+pub fn compile(
+    key: &porin_common::sip::SipKey,
+    rules: &[HttpRule],
+) -> Option<(HttpSet, BTreeMap<HttpKey, HttpValue>)> {
     let mut map = BTreeMap::new();
-    let set = compile_rules(b"test", &[(1, "p", rules)], &mut map).ok()?;
+    let set = compile_rules(key, b"test", &[(1, "p", rules)], &mut map).ok()?;
     Some((set, map))
 }

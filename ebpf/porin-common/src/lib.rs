@@ -16,4 +16,5 @@ pub mod layout;
 pub mod packet;
 pub mod parse;
 pub mod probe;
+pub mod sip;
 pub mod uplink;

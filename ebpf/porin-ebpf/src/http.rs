@@ -12,6 +12,11 @@
 //! any client; client-side egress entries to servers outside (world,
 //! networks, the host) are judged at `from_container` the same way.
 //!
+//! # The hash key
+//! Rule keys are SipHash values under a per-install secret key
+//! (`PORIN_HTTPK_V1`, written by the manager before any rule). Until it is
+//! written (all zeroes) every request is denied as `Internal`.
+//!
 //! # A denied request
 //! In enforce mode the request never reaches the server: [`deny`] turns the
 //! packet into an `HTTP/1.1 403` with FIN from the server, clones it back
@@ -28,7 +33,7 @@ use aya_ebpf::{
         bpf_skb_load_bytes, bpf_skb_store_bytes,
     },
     macros::{classifier, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::TcContext,
 };
 use porin_common::{
@@ -42,6 +47,7 @@ use porin_common::{
     },
     packet::ETH_HLEN,
     parse::{Flow, Parsed},
+    sip::SipKey,
 };
 
 use crate::{counters, events, identity, parse};
@@ -73,6 +79,21 @@ static PORIN_HTTPR_V1: HashMap<HttpKey, HttpValue> =
 #[map]
 static PORIN_HTTPC_V1: LruHashMap<CtKey, HttpConn> =
     LruHashMap::with_max_entries(max_entries::CONNS, 0);
+
+/// The SipHash key of the rule hashes (`porin_common::sip`): the
+/// manager writes it before any rule; all zeroes (not written) denies
+/// every request (`Internal`).
+#[map]
+static PORIN_HTTPK_V1: Array<SipKey> = Array::with_max_entries(1, 0);
+
+/// The hash key, or None while it is not written.
+#[inline(always)]
+fn hash_key() -> Option<&'static SipKey> {
+    match PORIN_HTTPK_V1.get(0) {
+        Some(k) if !k.is_zero() => Some(k),
+        _ => None,
+    }
+}
 
 /// Bytes of the payload copy: the window plus room to read the path's
 /// event words past its end without a bounds check per byte.
@@ -622,6 +643,20 @@ fn entry(ctx: &TcContext, dir: Direction) -> i32 {
                 return conclude(ctx, &flow, dir, ifindex, &t, s, Err(reason(e)), None);
             }
             Segment::Request => {
+                let Some(key) = hash_key() else {
+                    // No key yet: nothing can be judged (fail closed).
+                    conn.state = conn_state::DENIED;
+                    return conclude(
+                        ctx,
+                        &flow,
+                        dir,
+                        ifindex,
+                        &t,
+                        s,
+                        Err(DropReason::Internal),
+                        None,
+                    );
+                };
                 let n = if t.payload_len > WINDOW as u32 {
                     WINDOW as u32
                 } else {
@@ -643,7 +678,7 @@ fn entry(ctx: &TcContext, dir: Direction) -> i32 {
                 if rc != 0 {
                     return drop_internal(ctx, dir);
                 }
-                parse_begin(&mut s.req);
+                parse_begin(&mut s.req, key, conn.set.depths);
                 s.t = t;
                 s.dir = dir as u32;
                 s.n = n;
