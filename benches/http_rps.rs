@@ -1,8 +1,10 @@
 //! HTTP requests per second from the host to a busybox `httpd` container,
-//! without Porin and then through Porin with L7 rules on the port, in the
-//! same run: `cargo bench --bench http_rps` (as root, needs podman).
-//! Each request is a new connection (`HTTP/1.0`, like most scrapers):
-//! SYN, the request (judged by the HTTP stage), the response.
+//! without Porin, through Porin with L7 rules on the port, and through the
+//! peer (HAProxy enforcing the same rule), in rounds of the same run:
+//! `cargo bench --bench http_rps` (as root, needs podman and haproxy;
+//! `PORIN_BENCH_ROUNDS=N`, default 3). Each request is a new connection
+//! (`HTTP/1.0`, like most scrapers): SYN, the request (judged by the HTTP
+//! stage), the response.
 
 use std::{
     io::{Read, Write},
@@ -104,39 +106,70 @@ fn main() {
     let addr = SocketAddr::from((ip, 8080));
     std::thread::sleep(Duration::from_millis(500));
     let _ = rps(addr); // warm up
-    let without = rps(addr);
 
-    // Flow events at the default rate limit (10,000/s: each request is a
-    // new connection, so a NEW_FLOW and an L7_HTTP event), then nearly off:
-    // the difference is the daemon's event handling competing for the
-    // cores with the clients and the server, not the datapath.
-    let with = through_porin(addr, "default");
-    let quiet = through_porin(addr, "quiet");
-    let proxy = through_haproxy(addr);
-    // The baseline again at the end: the percentages are of the mean of
-    // both, and the two show how much the machine drifted meanwhile.
-    let without_end = rps(addr);
-    println!("  without Porin, first and last: {without:.0} and {without_end:.0} requests/s");
-    let without = (without + without_end) / 2.0;
+    // Rounds of: no policy; Porin with flow events at the default rate
+    // limit (10,000/s: each request is a new connection, so a NEW_FLOW and
+    // an L7_HTTP event); Porin with events nearly off (the datapath alone);
+    // the proxy peer. 5 s windows on 2 shared cores swing by about 10 %
+    // from one to the next, so each figure is the median of the rounds,
+    // each ratio the median of the per-round ratios (a round's paths run
+    // minutes apart at most).
+    let rounds: usize = std::env::var("PORIN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rows: Vec<[f64; 5]> = Vec::new();
+    for round in 1..=rounds {
+        let row = [
+            rps(addr),
+            through_porin(addr, "default"),
+            through_porin(addr, "quiet"),
+            through_haproxy(addr, 1),
+            through_haproxy(addr, cpus),
+        ];
+        println!(
+            "  round {round}: without {:.0}, Porin (events default) {:.0}, Porin (events at 1/s) {:.0}, \
+             HAProxy (1 thread) {:.0}, HAProxy ({cpus} threads) {:.0} requests/s",
+            row[0], row[1], row[2], row[3], row[4]
+        );
+        rows.push(row);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rate = |c: usize| median(rows.iter().map(|r| r[c]).collect());
+    let ratio = |c: usize| median(rows.iter().map(|r| 100.0 * r[c] / r[0]).collect());
     println!(
-        "HTTP/1.0 GET /metrics, host -> busybox httpd container, {CLIENTS} clients, {SECONDS} s each:\n  \
-         without Porin (mean):                           {without:>8.0} requests/s\n  \
-         through Porin, L7 rules, flow events (default): {with:>8.0} requests/s ({:.1} % of without)\n  \
-         through Porin, L7 rules, flow events at 1/s:    {quiet:>8.0} requests/s ({:.1} % of without)\n  \
-         through HAProxy (tuned), the same rule:         {proxy:>8.0} requests/s ({:.1} % of without)",
-        100.0 * with / without,
-        100.0 * quiet / without,
-        100.0 * proxy / without
+        "HTTP/1.0 GET /metrics, host -> busybox httpd container, {CLIENTS} clients, {SECONDS} s \
+         windows, medians of {rounds} rounds:\n  \
+         without Porin:                                  {:>8.0} requests/s\n  \
+         through Porin, L7 rules, flow events (default): {:>8.0} requests/s ({:.1} % of without)\n  \
+         through Porin, L7 rules, flow events at 1/s:    {:>8.0} requests/s ({:.1} % of without)\n  \
+         through HAProxy, the same rule, 1 thread:       {:>8.0} requests/s ({:.1} % of without)\n  \
+         through HAProxy, the same rule, {cpus} threads:      {:>8.0} requests/s ({:.1} % of without)",
+        rate(0),
+        rate(1),
+        ratio(1),
+        rate(2),
+        ratio(2),
+        rate(3),
+        ratio(3),
+        rate(4),
+        ratio(4)
     );
 }
 
 /// The peer: an L7 proxy in front of the server enforcing the same rule
 /// (GET /metrics, anything else 403), as a proxy-based gateway (Cilium's
-/// Envoy) would. HAProxy 2.6 from Debian, tuned for this machine: one
-/// thread per core, no logging, no health checks, generous limits. The
+/// Envoy) would. HAProxy 2.6 from Debian, tuned for this machine: no
+/// logging, no health checks, generous limits, run with one thread and
+/// with one per core (on 2 cores shared with the clients and the server
+/// neither is always ahead, so both are reported). The
 /// clients connect to it on loopback; it opens a connection to the server
 /// per request (busybox httpd closes after each answer).
-fn through_haproxy(backend: SocketAddr) -> f64 {
+fn through_haproxy(backend: SocketAddr, threads: usize) -> f64 {
     let Ok(out) = std::process::Command::new("haproxy").arg("-v").output() else {
         panic!("haproxy is not installed (the benchmark's peer): run .ci/setup");
     };
@@ -144,9 +177,8 @@ fn through_haproxy(backend: SocketAddr) -> f64 {
     let dir = std::env::temp_dir().join(format!("porin-b-http-rps-{}-haproxy", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 18481));
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let config = format!(
-        "global\n  nbthread {cpus}\n  maxconn 4000\n\n\
+        "global\n  nbthread {threads}\n  maxconn 4000\n\n\
          defaults\n  mode http\n  timeout connect 2s\n  timeout client 5s\n  \
          timeout server 5s\n  option dontlognull\n  http-reuse always\n\n\
          frontend porin_bench\n  bind {listen}\n  \
