@@ -121,13 +121,19 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows: Vec<[f64; 5]> = Vec::new();
     for round in 1..=rounds {
-        let row = [
-            rps(addr),
-            through_porin(addr, "default"),
-            through_porin(addr, "quiet"),
-            through_haproxy(addr, 1),
-            through_haproxy(addr, cpus),
-        ];
+        // Each round starts with another path, so none always runs first
+        // (or last) in the machine's drift.
+        let mut row = [0.0; 5];
+        for i in 0..row.len() {
+            let path = (i + round - 1) % row.len();
+            row[path] = match path {
+                0 => rps(addr),
+                1 => through_porin(addr, "default"),
+                2 => through_porin(addr, "quiet"),
+                3 => through_haproxy(addr, 1),
+                _ => through_haproxy(addr, cpus),
+            };
+        }
         println!(
             "  round {round}: without {:.0}, Porin (events default) {:.0}, Porin (events at 1/s) {:.0}, \
              HAProxy (1 thread) {:.0}, HAProxy ({cpus} threads) {:.0} requests/s",
@@ -289,22 +295,21 @@ struct DaemonUse {
 
 impl DaemonUse {
     fn of(pid: u32) -> Self {
-        let mut cpu_s = 0.0;
+        // SAFETY: sysconf has no memory effects.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        // The process's own stat counts every thread, exited ones too:
+        // utime and stime are the 12th and 13th fields after the command's
+        // closing parenthesis.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        // Context switches are per thread only (threads alive now).
         let mut wakeups = 0;
-        let tick = 100.0; // USER_HZ on Linux
         for t in std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
             .flatten()
         {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            // Fields after the command's closing parenthesis: utime is the
-            // 12th, stime the 13th.
-            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            if f.len() > 12 {
-                let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-                cpu_s += ticks / tick;
-            }
             let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
             for l in status.lines() {
                 if let Some(v) = l.strip_prefix("voluntary_ctxt_switches:") {
@@ -312,7 +317,10 @@ impl DaemonUse {
                 }
             }
         }
-        DaemonUse { cpu_s, wakeups }
+        DaemonUse {
+            cpu_s: ticks / tick,
+            wakeups,
+        }
     }
 
     fn since(&self, before: &DaemonUse) -> DaemonUse {

@@ -141,7 +141,11 @@ mod tests {
         const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
         const PSEUDO_CALL: u8 = 1; // src_reg of a call to a subprogram
         for t in [EventsTransport::RingBuf, EventsTransport::Perf] {
-            let bytes = object_for(t).expect("the objects are embedded (not AYA_BUILD_SKIP)");
+            let Ok(bytes) = object_for(t) else {
+                // Host-only work (docs/DEVELOPING.md); CI always builds them.
+                eprintln!("SKIPPED: no eBPF objects in an AYA_BUILD_SKIP build");
+                return;
+            };
             let obj = aya_obj::Object::parse(bytes).expect("the object parses");
             assert!(obj.programs.contains_key("http_parse"));
             for (name, prog) in &obj.programs {

@@ -268,9 +268,6 @@ fn the_reader_wakes_on_new_records_and_fills_the_history(transport: EventsTransp
     drop(reader);
 }
 
-/// Perf only: a full perf buffer's losses, as the kernel reports them,
-/// reach the daemon's `ring_full` cause through the reader's own `drain`
-/// (what `porin status` and the metrics read).
 /// The calling thread's voluntary context switches: each is a wake-up
 /// after blocking (in epoll, or on a timer).
 fn own_wakeups() -> u64 {
@@ -327,6 +324,17 @@ fn a_steady_stream_is_read_in_batches_not_per_record(transport: EventsTransport)
         }
     }
     let spent = started.elapsed();
+    // Batched, not late: all of them in the history within a few pauses
+    // of the last one (the safety tick, 1 s, would be far later).
+    while shared.history().next_seq() <= records {
+        assert!(
+            started.elapsed() < spent + reader::SAFETY_TICK / 4,
+            "{} of {records} records in the history {:?} after the last",
+            shared.history().next_seq() - 1,
+            started.elapsed() - spent
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let end_wakeups = rx.recv().unwrap();
     reader.join().unwrap();
     let wakeups = end_wakeups - start_wakeups;
@@ -344,6 +352,9 @@ fn a_steady_stream_is_read_in_batches_not_per_record(transport: EventsTransport)
     );
 }
 
+/// Perf only: a full perf buffer's losses, as the kernel reports them,
+/// reach the daemon's `ring_full` cause through the reader's own `drain`
+/// (what `porin status` and the metrics read).
 #[test]
 fn perf_losses_reach_the_ring_full_cause_through_the_reader() {
     require_root("flow event test (BPF_PROG_TEST_RUN)");

@@ -12,8 +12,10 @@
 //! written, identity changes parked, one generation flip, stale entries
 //! deleted last. The HTTP maps are the exception: not read back (the rule
 //! map may hold rules no set lists, left by a failed apply), they are swept
-//! instead: the first apply always flips the generation and deletes every
-//! rule set and rule the new policy does not hold. The HTTP hash key
+//! instead: the first apply always flips the generation; before the flip
+//! it deletes the rules neither the live sets nor the new policy use, after
+//! it the old sets and every rule the new policy does not hold. The HTTP
+//! hash key
 //! (`PORIN_HTTPK_V1`) is kept (`http::ensure_key` only draws a new one into
 //! an empty map), so the rule keys the new policy compiles to match what
 //! the adopted connections were judged with. The enforcement loop

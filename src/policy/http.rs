@@ -435,6 +435,38 @@ mod tests {
         assert_eq!(allows(&c, &k, req), 1, "under its own key it matches");
     }
 
+    /// The parse scratch is reused from request to request: a prefix
+    /// depth the parse was not asked to hash holds an earlier request's
+    /// hash, and `judge` must never read it (the connection's set could
+    /// change between the parse and the judgement).
+    #[test]
+    fn a_depth_the_parse_did_not_hash_is_never_read() {
+        use porin_common::http::{parse_begin, parse_range, Request, WINDOW};
+        let api = "  - name: api\n    from: [cli]\n    to: [web]\n    protocol: tcp\n    \
+            ports: [8080]\n    http:\n      - method: GET\n        path: /api/*\n";
+        let c = compiled(api).unwrap();
+        let (k, _) = ingress(&c, 8080);
+        let set = c.http_maps.sets[&k];
+        assert_ne!(set.depths, 0, "a prefix rule");
+        let mut r = Request::EMPTY;
+        let first = b"GET /api/x HTTP/1.1\r\n\r\n";
+        parse_begin(&mut r, &ANY_KEY, set.depths);
+        assert_eq!(
+            parse_range(first, first.len(), &mut r, 0, WINDOW),
+            Some(Ok(()))
+        );
+        assert_ne!(judge(&r, &set, |k| c.http_maps.rules.get(k)), 0);
+        // The same scratch, a request under a set wanting no prefix: its
+        // depth entries keep /api's hashes.
+        let second = b"GET /admin/x HTTP/1.1\r\n\r\n";
+        parse_begin(&mut r, &ANY_KEY, 0);
+        assert_eq!(
+            parse_range(second, second.len(), &mut r, 0, WINDOW),
+            Some(Ok(()))
+        );
+        assert_eq!(judge(&r, &set, |k| c.http_maps.rules.get(k)), 0);
+    }
+
     #[test]
     fn set_ids_follow_content() {
         let a = compiled(WEB_METRICS).unwrap();

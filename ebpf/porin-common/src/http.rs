@@ -1155,7 +1155,13 @@ where
         if d >= req.slashes as usize {
             break;
         }
-        if set.depths & (1 << d) != 0 {
+        // Only depths both wanted by `set` and hashed by the parse: the
+        // parse hashed the depths of the set it was started with, and the
+        // other entries of `prefixes` hold an earlier request's hashes
+        // (the scratch is per CPU, not per connection). Should the
+        // connection's set change between the parse and the judgement,
+        // an unhashed depth is skipped, never read stale.
+        if set.depths & req.depths & (1 << d) != 0 {
             key.path = req.prefixes[d];
             if let Some(v) = lookup(&key) {
                 let rule = value_matches(v, alt_kind::PREFIX, req);
