@@ -521,25 +521,7 @@ fn a_failed_apply_leaves_no_http_rules_behind() {
         &[8080, 9090],
         &[(8080, "/health"), (9090, "/big")],
     );
-    let extra = porin_common::datapath::max_entries::POLICY;
-    for i in 0..extra {
-        big.policy.insert(
-            PolicyKey {
-                subject: G1,
-                peer: G3 + (i >> 16),
-                port: (i & 0xffff) as u16,
-                protocol: 17,
-                direction: Direction::Ingress as u8,
-                generation: 0,
-                _pad: [0; 3],
-            },
-            PolicyValue {
-                action: action::ALLOW,
-                _pad: [0; 3],
-                rule: 2,
-            },
-        );
-    }
+    overfill(&mut big);
     assert!(dp.apply(&big, &[]).is_err(), "the policy map is too small");
     assert_eq!(dp.generation(), g, "no flip");
     let leftovers = http_rules(&dp).len() - y.http_maps.rules.len();
@@ -578,24 +560,7 @@ fn a_failed_apply_leaves_no_addresses_behind() {
     let mut b = compiled(G1, G3, &[8080]);
     let added = Ipv4Addr::new(10, 231, 250, 10);
     b.ip4.insert(added.octets(), G9);
-    for i in 0..porin_common::datapath::max_entries::POLICY {
-        b.policy.insert(
-            PolicyKey {
-                subject: G1,
-                peer: G3 + (i >> 16),
-                port: (i & 0xffff) as u16,
-                protocol: 17,
-                direction: Direction::Ingress as u8,
-                generation: 0,
-                _pad: [0; 3],
-            },
-            PolicyValue {
-                action: action::ALLOW,
-                _pad: [0; 3],
-                rule: 2,
-            },
-        );
-    }
+    overfill(&mut b);
     assert!(dp.apply(&b, &[]).is_err(), "the policy map is too small");
     let ip4 = |dp: &Datapath| -> BTreeMap<[u8; 4], Identity> {
         let m: BpfHashMap<&MapData, [u8; 4], Identity> =
@@ -612,4 +577,27 @@ fn a_failed_apply_leaves_no_addresses_behind() {
     dp.apply(&a, &[]).expect("apply A again");
     assert_eq!(ip4(&dp), a.ip4, "exactly A's addresses and identities");
     assert_eq!(dp.applied().ip4, a.ip4);
+}
+
+/// Adds as many policy entries as the policy map holds, so an apply of
+/// `c` fails when it writes them (after its earlier steps).
+fn overfill(c: &mut Compiled) {
+    for i in 0..porin_common::datapath::max_entries::POLICY {
+        c.policy.insert(
+            PolicyKey {
+                subject: G1,
+                peer: G3 + (i >> 16),
+                port: (i & 0xffff) as u16,
+                protocol: 17,
+                direction: Direction::Ingress as u8,
+                generation: 0,
+                _pad: [0; 3],
+            },
+            PolicyValue {
+                action: action::ALLOW,
+                _pad: [0; 3],
+                rule: 2,
+            },
+        );
+    }
 }
