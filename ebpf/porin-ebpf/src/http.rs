@@ -277,13 +277,7 @@ pub fn deny(
         return false;
     }
     // The answer: Ethernet addresses swapped, IP and TCP from the server.
-    let mut i = 0;
-    while i < 6 {
-        let a = o[i];
-        o[i] = o[6 + i];
-        o[6 + i] = a;
-        i += 1;
-    }
+    swap_macs(o);
     write_ip(o, flow, v4, true, 20 + FORBIDDEN.len());
     write_tcp(
         o,
@@ -299,11 +293,7 @@ pub fn deny(
         o[l4 + 20 + k] = FORBIDDEN[k];
         k += 1;
     }
-    let Some(sums) = checksums(o, v4, l4, 20 + FORBIDDEN.len()) else {
-        return false;
-    };
-    let total = (l4 + 20 + FORBIDDEN.len()) as u32;
-    if !store(ctx, o, total) || !tcp_checksum(ctx, l4, sums) {
+    if !put_packet(ctx, o, v4, l4, 20 + FORBIDDEN.len()) {
         return false;
     }
     let flags = match dir {
@@ -318,6 +308,15 @@ pub fn deny(
     }
     // The original: a RST from the client at the request's sequence
     // number, which the server accepts and closes on.
+    swap_macs(o);
+    write_ip(o, flow, v4, false, 20);
+    write_tcp(o, l4, flow.sport, flow.dport, t.seq, 0, TCP_RST);
+    put_packet(ctx, o, v4, l4, 20)
+}
+
+/// Swaps the Ethernet destination and source of `o`.
+#[inline(always)]
+fn swap_macs(o: &mut [u8; OUT]) {
     let mut i = 0;
     while i < 6 {
         let a = o[i];
@@ -325,12 +324,17 @@ pub fn deny(
         o[6 + i] = a;
         i += 1;
     }
-    write_ip(o, flow, v4, false, 20);
-    write_tcp(o, l4, flow.sport, flow.dport, t.seq, 0, TCP_RST);
-    let Some(sums) = checksums(o, v4, l4, 20) else {
+}
+
+/// Makes the packet `o[..l4 + tcp_len]`: the IPv4 header checksum in `o`,
+/// the bytes stored over the packet, then the TCP checksum in the form
+/// the skb's checksum state needs ([`tcp_checksum`]).
+#[inline(always)]
+fn put_packet(ctx: &TcContext, o: &mut [u8; OUT], v4: bool, l4: usize, tcp_len: usize) -> bool {
+    let Some(sums) = checksums(o, v4, l4, tcp_len) else {
         return false;
     };
-    store(ctx, o, (l4 + 20) as u32) && tcp_checksum(ctx, l4, sums)
+    store(ctx, o, (l4 + tcp_len) as u32) && tcp_checksum(ctx, l4, sums)
 }
 
 /// Resizes the packet to `len` bytes and writes `o[..len]` over it.
@@ -553,9 +557,7 @@ pub fn enter(ctx: &TcContext, dir: Direction) -> i32 {
 fn tail(ctx: &TcContext, index: u32, dir: Direction) -> i32 {
     // SAFETY: the context is the program's own.
     unsafe { PORIN_HTTPP_V1.tail_call(ctx, index) };
-    let verdict = decide::verdict(Err(DropReason::Internal), None);
-    counters::record(&verdict, dir, ctx.len());
-    verdict.action
+    drop_internal(ctx, dir)
 }
 
 /// HTTP stage entry for `from_container` (index 0).
@@ -588,11 +590,18 @@ fn dir_of(d: u32) -> Direction {
     }
 }
 
+/// Counts `result` (no endpoint mode: a pass or a drop, not audited) and
+/// returns its action; for the stage's decisions that carry no event.
 #[inline(always)]
-fn drop_internal(ctx: &TcContext, dir: Direction) -> i32 {
-    let verdict = decide::verdict(Err(DropReason::Internal), None);
+fn settle(ctx: &TcContext, dir: Direction, result: Result<(), DropReason>) -> i32 {
+    let verdict = decide::verdict(result, None);
     counters::record(&verdict, dir, ctx.len());
     verdict.action
+}
+
+#[inline(always)]
+fn drop_internal(ctx: &TcContext, dir: Direction) -> i32 {
+    settle(ctx, dir, Err(DropReason::Internal))
 }
 
 /// A packet of an HTTP-ruled connection going the client→server way
@@ -612,11 +621,7 @@ fn entry(ctx: &TcContext, dir: Direction) -> i32 {
     };
     let t = match tcp(ctx, flow.family, s) {
         Ok(t) => t,
-        Err(r) => {
-            let verdict = decide::verdict(Err(r), None);
-            counters::record(&verdict, dir, ctx.len());
-            return verdict.action;
-        }
+        Err(r) => return settle(ctx, dir, Err(r)),
     };
     let Some(conn) = PORIN_HTTPC_V1.get_ptr_mut(&conn_key(&flow, ifindex)) else {
         return conclude(
@@ -687,9 +692,7 @@ fn entry(ctx: &TcContext, dir: Direction) -> i32 {
             }
         }
     }
-    let verdict = decide::verdict(Ok(()), None);
-    counters::record(&verdict, dir, ctx.len());
-    verdict.action
+    settle(ctx, dir, Ok(()))
 }
 
 /// One [`CHUNK`] of the request head; then itself again, or the finish.
