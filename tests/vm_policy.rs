@@ -68,15 +68,22 @@ struct Server {
 impl Server {
     /// `listener` was bound inside its namespace; the socket stays there.
     fn start(listener: TcpListener) -> Self {
+        Self::serve(listener, |mut s| {
+            let _ = s.write_all(b"ok");
+        })
+    }
+
+    /// Runs `handle` on every accepted connection (blocking socket).
+    fn serve(listener: TcpListener, handle: impl Fn(TcpStream) + Send + 'static) -> Self {
         listener.set_nonblocking(true).expect("non-blocking");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut s, _)) => {
+                    Ok((s, _)) => {
                         let _ = s.set_nonblocking(false);
-                        let _ = s.write_all(b"ok");
+                        handle(s);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -326,60 +333,40 @@ fn policy_is_enforced_between_two_namespaces_with_the_kernels_attach_mode() {
 /// and keeps what it received, so a test can tell a denied request never
 /// reached it. Stopped on drop.
 struct HttpServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: Server,
     seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl HttpServer {
     fn start(listener: TcpListener) -> Self {
-        listener.set_nonblocking(true).expect("non-blocking");
-        let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (flag, log) = (Arc::clone(&stop), Arc::clone(&seen));
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                let Ok((mut s, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_read_timeout(Some(ALLOWED_TIMEOUT));
-                let mut head = Vec::new();
-                let mut buf = [0u8; 512];
-                // Until the head's end, EOF, a reset or the timeout.
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => break,
-                    }
+        let log = Arc::clone(&seen);
+        let server = Server::serve(listener, move |mut s| {
+            let _ = s.set_read_timeout(Some(ALLOWED_TIMEOUT));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            // Until the head's end, EOF, a reset or the timeout.
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => break,
                 }
-                if !head.is_empty() {
-                    log.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&head).into_owned());
-                    let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
-                }
+            }
+            if !head.is_empty() {
+                log.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
             }
         });
         HttpServer {
-            stop,
-            thread: Some(thread),
+            _server: server,
             seen,
         }
     }
 
     fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
