@@ -6,7 +6,7 @@
 //! source keeps sending. Needs root and podman.
 //!
 //! Addresses: 10.235.7.1/24 on the host end (`pu-up7`), .2-.5 in the
-//! outside namespace, which routes Podman's 10.88.0.0/16 through the host
+//! outside namespace, which routes Podman's subnet (10.88.0.0/16) through the host
 //! (Podman enables forwarding). Nothing leaves the test's namespaces and
 //! Podman's bridge.
 
@@ -103,11 +103,12 @@ impl Outside {
             ns.exec_ok(&["ip", "addr", "add", &format!("{a}/24"), "dev", "eth0"]);
         }
         ns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+        let podman = porin::testing::podman::PodmanNetwork::default_network();
         ns.exec_ok(&[
             "ip",
             "route",
             "add",
-            "10.88.0.0/16",
+            &format!("{}/{}", podman.subnet, podman.prefix),
             "via",
             &HOST.to_string(),
         ]);

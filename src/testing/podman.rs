@@ -17,49 +17,24 @@ pub const IMAGE: &str = "localhost/porin-bb:2";
 /// Prefix of every container the harness starts.
 pub const NAME_PREFIX: &str = "porin-t-";
 
-/// Builds [`IMAGE`] if it is missing (once per test process).
+/// Builds [`IMAGE`] if it is missing (once per test process), with
+/// `.ci/harness-image`: the same recipe `.ci/setup`'s smoke check uses.
 pub fn ensure_image() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        if podman(&["image", "exists", IMAGE]).status.success() {
-            return;
-        }
-        let busybox = Path::new("/bin/busybox");
-        assert!(
-            busybox.exists(),
-            "/bin/busybox is missing: install busybox-static (.ci/setup does)"
-        );
-        let dir = std::env::temp_dir().join(format!("porin-bb-image-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("bin")).expect("mkdir image/bin");
-        std::fs::create_dir_all(dir.join("www")).expect("mkdir image/www");
-        std::fs::create_dir_all(dir.join("tmp")).expect("mkdir image/tmp");
-        std::fs::copy(busybox, dir.join("bin/busybox")).expect("copy busybox");
-        for applet in [
-            "sh", "httpd", "nc", "wget", "sleep", "cat", "ls", "ip", "ping", "echo", "printf",
-            "timeout",
-        ] {
-            std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))
-                .expect("applet symlink");
-        }
-        std::fs::write(dir.join("www/index.html"), "porin test page\n").expect("index.html");
-        let tar = dir.with_extension("tar");
-        let out = Command::new("tar")
-            .arg("-C")
-            .arg(&dir)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/harness-image");
+        let out = Command::new("bash")
+            .arg(&script)
             .output()
-            .expect("run tar");
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
         assert!(
             out.status.success(),
-            "tar failed: {}",
+            "{} failed ({}): {}{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        podman_ok(&["import", tar.to_str().expect("utf-8 path"), IMAGE]);
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_file(&tar);
     });
 }
 
@@ -190,4 +165,121 @@ pub fn podman_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Podman's default network (`podman`) as Podman reports it: the harness
+/// never assumes a bridge name, since the CNI backend (Debian 12's Podman
+/// without netavark) calls it `cni-podman0` and netavark `podman0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodmanNetwork {
+    /// `cni` or `netavark` (`podman info`'s `NetworkBackend`).
+    pub backend: String,
+    /// The host-side bridge, e.g. `cni-podman0` or `podman0`.
+    pub bridge: String,
+    /// The IPv4 subnet's network address and prefix length.
+    pub subnet: Ipv4Addr,
+    pub prefix: u8,
+    /// The bridge's own address (the containers' gateway).
+    pub gateway: Ipv4Addr,
+}
+
+impl PodmanNetwork {
+    /// Asks Podman (`podman info`, `podman network inspect podman`), once
+    /// per test process. With `PORIN_TEST_PODMAN_BACKEND` set (`.ci/test`
+    /// sets it for each backend's pass), a different backend fails the test:
+    /// a pass meant for netavark never quietly runs on CNI.
+    pub fn default_network() -> &'static PodmanNetwork {
+        static NET: OnceLock<PodmanNetwork> = OnceLock::new();
+        NET.get_or_init(|| {
+            let backend = podman_ok(&["info", "--format", "{{.Host.NetworkBackend}}"])
+                .trim()
+                .to_owned();
+            if let Ok(want) = std::env::var("PORIN_TEST_PODMAN_BACKEND") {
+                assert_eq!(
+                    backend,
+                    want,
+                    "PORIN_TEST_PODMAN_BACKEND={want} but Podman uses {backend} \
+                     (CONTAINERS_CONF={:?})",
+                    std::env::var("CONTAINERS_CONF").ok()
+                );
+            }
+            let json = podman_ok(&["network", "inspect", "podman"]);
+            parse_network(&backend, &json)
+                .unwrap_or_else(|e| panic!("`podman network inspect podman`: {e}: {json}"))
+        })
+    }
+
+    /// The address `offset` (host order) inside the subnet.
+    pub fn addr(&self, offset: u32) -> Ipv4Addr {
+        let host_bits = 32 - u32::from(self.prefix);
+        assert!(
+            host_bits == 32 || offset < (1u32 << host_bits),
+            "offset {offset} outside {}/{}",
+            self.subnet,
+            self.prefix
+        );
+        Ipv4Addr::from(u32::from(self.subnet) | offset)
+    }
+}
+
+/// Reads the bridge and the first IPv4 subnet out of `podman network
+/// inspect`'s JSON (the same shape for both backends since Podman 4).
+fn parse_network(backend: &str, json: &str) -> Result<PodmanNetwork, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let net = v.get(0).ok_or("no network in the answer")?;
+    let bridge = net["network_interface"]
+        .as_str()
+        .ok_or("no network_interface")?
+        .to_owned();
+    let subnets = net["subnets"].as_array().ok_or("no subnets")?;
+    for s in subnets {
+        let Some((addr, prefix)) = s["subnet"].as_str().and_then(|c| c.split_once('/')) else {
+            continue;
+        };
+        let (Ok(subnet), Ok(prefix)) = (addr.parse::<Ipv4Addr>(), prefix.parse::<u8>()) else {
+            continue; // an IPv6 subnet
+        };
+        let gateway = s["gateway"]
+            .as_str()
+            .ok_or("subnet without gateway")?
+            .parse()
+            .map_err(|e| format!("gateway: {e}"))?;
+        return Ok(PodmanNetwork {
+            backend: backend.to_owned(),
+            bridge,
+            subnet,
+            prefix,
+            gateway,
+        });
+    }
+    Err("no IPv4 subnet".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_is_read_from_both_backends_inspect_output() {
+        // Podman 4.3 with CNI (Debian 12 without netavark).
+        let cni = r#"[{"name":"podman","id":"2f25","driver":"bridge",
+            "network_interface":"cni-podman0","created":"2026-12-03T10:40:00Z",
+            "subnets":[{"subnet":"10.88.0.0/16","gateway":"10.88.0.1"}],
+            "ipv6_enabled":false,"internal":false,"dns_enabled":false,
+            "ipam_options":{"driver":"host-local"}}]"#;
+        let n = parse_network("cni", cni).unwrap();
+        assert_eq!(n.bridge, "cni-podman0");
+        assert_eq!((n.subnet, n.prefix), (Ipv4Addr::new(10, 88, 0, 0), 16));
+        assert_eq!(n.gateway, Ipv4Addr::new(10, 88, 0, 1));
+        assert_eq!(n.addr(250 << 8 | 7), Ipv4Addr::new(10, 88, 250, 7));
+        // netavark, dual stack, IPv6 first.
+        let nv = r#"[{"name":"podman","network_interface":"podman0",
+            "subnets":[{"subnet":"fd00::/64","gateway":"fd00::1"},
+                       {"subnet":"10.89.0.0/24","gateway":"10.89.0.1"}]}]"#;
+        let n = parse_network("netavark", nv).unwrap();
+        assert_eq!(n.bridge, "podman0");
+        assert_eq!((n.subnet, n.prefix), (Ipv4Addr::new(10, 89, 0, 0), 24));
+        assert!(parse_network("cni", "[]").is_err());
+        assert!(parse_network("cni", r#"[{"network_interface":"x","subnets":[]}]"#).is_err());
+    }
 }

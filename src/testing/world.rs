@@ -1,10 +1,11 @@
 //! A stand-in for "the internet" in end-to-end tests: a network namespace
-//! plugged into Podman's bridge (`podman0`) with an address of Podman's
-//! network that no container has, running a busybox HTTP server. To Porin it
-//! is a peer that is neither an endpoint nor the host: `world`.
+//! plugged into Podman's bridge with an address of Podman's network that no
+//! container has, running a busybox HTTP server. To Porin it is a peer that
+//! is neither an endpoint nor the host: `world`. The bridge and subnet are
+//! Podman's own answer (`cni-podman0` with CNI, `podman0` with netavark).
 //!
-//! Only Podman's own bridge network (10.88.0.0/16) and the test's namespace
-//! are used; nothing is routed anywhere else.
+//! Only Podman's own bridge network (10.88.0.0/16 by default) and the test's
+//! namespace are used; nothing is routed anywhere else.
 
 use std::{
     net::Ipv4Addr,
@@ -12,10 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::netns::{ip_ok, Netns};
-
-/// Podman's default bridge.
-pub const PODMAN_BRIDGE: &str = "podman0";
+use super::{
+    netns::{ip_ok, Netns},
+    podman::PodmanNetwork,
+};
 
 /// A namespace on Podman's bridge serving HTTP on `port`.
 pub struct WorldHost {
@@ -27,20 +28,31 @@ pub struct WorldHost {
 }
 
 impl WorldHost {
-    /// `host_octet` picks the address `10.88.250.<host_octet>`, far above
-    /// what Podman's IPAM hands out in tests; unique per test.
+    /// `host_octet` picks the address `<subnet>.250.<host_octet>` (e.g.
+    /// 10.88.250.x), far above what Podman's IPAM hands out in tests; unique
+    /// per test. Start a container first: netavark makes its bridge only
+    /// while a container is on it.
     pub fn start(tag: &str, host_octet: u8, port: u16) -> Self {
         assert!(
             tag.len() <= 10,
             "tag {tag:?} too long for an interface name"
         );
-        // Without the bridge, 10.88.250.x would follow the default route off
+        let net = PodmanNetwork::default_network();
+        assert!(
+            net.prefix <= 16,
+            "Podman's network {}/{} is too small for the world host's address",
+            net.subnet,
+            net.prefix
+        );
+        // Without the bridge, the address would follow the default route off
         // the machine: refuse rather than send traffic anywhere else.
         assert!(
             std::path::Path::new("/sys/class/net")
-                .join(PODMAN_BRIDGE)
+                .join(&net.bridge)
                 .exists(),
-            "{PODMAN_BRIDGE} does not exist: start a Podman container first"
+            "Podman's bridge {} ({} backend) does not exist: start a Podman container first",
+            net.bridge,
+            net.backend
         );
         let netns = Netns::create(&format!("world-{tag}"));
         let veth = format!("pw-{tag}");
@@ -57,9 +69,16 @@ impl WorldHost {
             "netns",
             netns.name(),
         ]);
-        ip_ok(&["link", "set", &veth, "master", PODMAN_BRIDGE, "up"]);
-        let ip = Ipv4Addr::new(10, 88, 250, host_octet);
-        netns.exec_ok(&["ip", "addr", "add", &format!("{ip}/16"), "dev", "eth0"]);
+        ip_ok(&["link", "set", &veth, "master", &net.bridge, "up"]);
+        let ip = net.addr(250 << 8 | u32::from(host_octet));
+        netns.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip}/{}", net.prefix),
+            "dev",
+            "eth0",
+        ]);
         netns.exec_ok(&["ip", "link", "set", "eth0", "up"]);
         let www = std::env::temp_dir().join(format!("porin-t-world-{tag}"));
         std::fs::create_dir_all(&www).expect("www dir");
@@ -92,7 +111,7 @@ impl WorldHost {
         host
     }
 
-    /// The host-side end of the namespace's veth (a port of `podman0`).
+    /// The host-side end of the namespace's veth (a port of Podman's bridge).
     pub fn veth(&self) -> &str {
         &self.veth
     }

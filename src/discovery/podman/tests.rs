@@ -168,6 +168,9 @@ fn podman(args: &[&str]) -> String {
 #[test]
 fn live_podman_container_is_read_from_the_database() {
     crate::testing::require_root("reading the live Podman database (podman create)");
+    // The harness's image, built here if this is the machine's first container.
+    crate::testing::podman::ensure_image();
+    let image = crate::testing::podman::IMAGE;
     let name = format!("wst-{}", std::process::id());
     let id = podman(&[
         "create",
@@ -177,7 +180,7 @@ fn live_podman_container_is_read_from_the_database() {
         "app=wst",
         "--label",
         "porin.test=live",
-        "localhost/bb:latest",
+        image,
         "sleep",
         "1",
     ]);
@@ -189,7 +192,7 @@ fn live_podman_container_is_read_from_the_database() {
         .get(&id)
         .unwrap_or_else(|| panic!("{id} not in {all:#?}"));
     assert_eq!(meta.name, name);
-    assert_eq!(meta.image, "localhost/bb:latest");
+    assert_eq!(meta.image, image);
     assert_eq!(
         meta.labels,
         labels(&[("app", "wst"), ("porin.test", "live")])
