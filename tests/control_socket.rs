@@ -179,8 +179,14 @@ fn status_policy_and_flows_answer_and_bad_clients_are_refused() {
 
     // A user that is neither root nor the daemon's: the file mode (0600)
     // refuses the connection ...
+    // The client binary is copied where nobody may run it: the build tree
+    // may sit under a private directory (CI clones into a 0700 mktemp -d).
+    let client = dir.join("porin-client");
+    std::fs::copy(env!("CARGO_BIN_EXE_porin"), &client).expect("copy porin for nobody");
+    std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let nobody = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_porin"))
+        Command::new(&client)
             .args(args)
             .uid(65534)
             .gid(65534)
