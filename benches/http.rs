@@ -32,7 +32,8 @@ use porin_common::{
         action, identity, mode, tc_action, CtKey, DatapathConfig, Direction, EndpointInfo,
         Identity, PolicyKey, PolicyValue, CONFIG_READY,
     },
-    http::{conn_state, HttpConn, HttpKey, HttpSet, HttpValue},
+    http::{HttpKey, HttpSet, HttpValue},
+    http_stream::{conn_at_syn, HttpConn},
 };
 
 const REPEAT: u32 = 1_000_000;
@@ -120,12 +121,7 @@ fn single(bpf: &mut Ebpf, name: &str, frame: &[u8], set: HttpSet) -> f64 {
         _pad: [0; 2],
         ifindex: 1,
     };
-    let conn = HttpConn {
-        next_seq: 100,
-        req_start: 100,
-        set,
-        state: conn_state::OPEN,
-    };
+    let conn = conn_at_syn(99, set);
     let mut v = Vec::with_capacity(SINGLE_RUNS);
     for _ in 0..SINGLE_RUNS {
         hash::<CtKey, HttpConn>(bpf, "PORIN_HTTPC_V1")

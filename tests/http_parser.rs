@@ -8,7 +8,7 @@ mod http_gen;
 
 use porin::policy::http::ANY_KEY as KEY;
 use porin_common::http::{
-    header_value_hash, host_condition, judge, parse, path_hash, HttpError, Request, WINDOW,
+    header_value_hash, host_condition, judge, parse, path_hash, HttpError, Request, MAX_HEAD,
 };
 use proptest::prelude::*;
 
@@ -30,7 +30,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), len in 0usize..500) {
         if let Ok(r) = parse(&bytes, len, &KEY) {
-            let end = len.min(bytes.len()).min(WINDOW);
+            let end = len.min(bytes.len());
             prop_assert!(r.head_len as usize <= end);
             prop_assert!((r.path_start + r.path_len) as usize <= end);
         }
@@ -49,11 +49,16 @@ proptest! {
     #[test]
     fn round_trip(req in http_gen::request()) {
         let bytes = req.render();
-        prop_assume!(bytes.len() <= WINDOW);
+        prop_assume!(bytes.len() <= MAX_HEAD as usize);
         let r: Request = parse(&bytes, bytes.len(), &KEY).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         prop_assert_eq!(r.method, req.method_index());
         let path = &bytes[r.path_start as usize..(r.path_start + r.path_len) as usize];
         prop_assert_eq!(path, req.path.as_bytes());
+        // The event's copy of the path: its first bytes, zero past them.
+        let kept: Vec<u8> = r.path_bytes.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let n = path.len().min(kept.len());
+        prop_assert_eq!(&kept[..n], &path[..n]);
+        prop_assert!(kept[n..].iter().all(|b| *b == 0));
         prop_assert_eq!(r.path, path_hash(&KEY, req.path.as_bytes()));
         prop_assert_eq!(r.host, req.host.as_ref().map_or(0, |h| host_condition(&KEY, h.to_ascii_lowercase().as_bytes())));
         prop_assert_eq!(r.headers as usize, req.headers.len());
@@ -62,7 +67,8 @@ proptest! {
         }
         prop_assert_eq!(r.content_length, req.content_length.unwrap_or(0));
         prop_assert_eq!(r.head_len as usize, bytes.len());
-        // Every truncation is an explicit "unsupported" (split head).
+        // A truncated head is not complete: `parse` says `Unsupported`
+        // (the stream goes on in the next segment: `http_stream`).
         for cut in [1, bytes.len() / 2, bytes.len() - 1] {
             prop_assert_eq!(parse(&bytes, cut, &KEY), Err(HttpError::Unsupported));
         }
@@ -74,7 +80,7 @@ proptest! {
     #[test]
     fn compiled_rules_agree_with_the_reference(rules in http_gen::rules(), req in http_gen::request()) {
         let bytes = req.render();
-        prop_assume!(bytes.len() <= WINDOW);
+        prop_assume!(bytes.len() <= MAX_HEAD as usize);
         // `%41` in a path is fine for both sides; nothing generated is
         // something the parser refuses.
         let Some((set, map)) = http_gen::compile(&KEY, &rules) else { return Ok(()); };

@@ -46,6 +46,7 @@ use porin_common::{
         EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
     },
     http::{HttpKey, HttpSet, HttpValue},
+    http_stream::MAX_TAILS,
     sip::SipKey,
 };
 use proptest::prelude::*;
@@ -61,6 +62,7 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const PORT: u16 = 8080;
 const TCP_RST: u8 = 0x04;
 const TCP_PSH: u8 = 0x08;
+const TCP_URG: u8 = 0x20;
 
 struct Dp {
     bpf: Ebpf,
@@ -453,12 +455,18 @@ fn keep_alive_allowed_then_denied_and_bodies() {
     assert_eq!(dp.run(&f), (OK, f));
     seq += head.len() as u32;
     let f = request(40005, seq, b"56789");
-    assert_eq!(dp.run(&f), (OK, f), "the rest of the body");
+    assert_eq!(dp.run(&f), (OK, f.clone()), "the rest of the body");
+    // The body again, other bytes: they are body bytes whatever they hold.
+    let f2 = request(40005, seq, b"GET /");
+    assert_eq!(dp.run(&f2), (OK, f2), "a body retransmission");
     seq += 5;
     let f = request(40005, seq, GET_METRICS);
     assert_eq!(dp.run(&f), (OK, f.clone()), "second request");
-    // A retransmission of it passes too.
-    assert_eq!(dp.run(&f), (OK, f), "retransmission");
+    // A retransmission of head bytes is dropped without an answer: the
+    // server has them (its first copy wins) or never gets them.
+    let (v, _) = dp.run(&f);
+    assert_eq!(v, SHOT, "a retransmission of head bytes");
+    assert_eq!(dp.drops(DropReason::HttpStream), 1);
     seq += GET_METRICS.len() as u32;
     let (_, out) = dp.run(&request(40005, seq, b"GET /admin HTTP/1.1\r\n\r\n"));
     assert_rst(&out, seq);
@@ -466,24 +474,119 @@ fn keep_alive_allowed_then_denied_and_bodies() {
 }
 
 #[test]
-fn pipelined_requests_in_one_segment_are_refused() {
-    require_root("pipelined_requests_in_one_segment_are_refused");
+fn pipelined_requests_in_one_segment_are_each_judged() {
+    require_root("pipelined_requests_in_one_segment_are_each_judged");
     let dp = Dp::new(mode::ENFORCE, &default_rules());
     dp.open(40006, 1);
+    // The body holds a forbidden request's bytes: skipped, never parsed.
+    let body = b"GET /admin HTTP/1.1\r\n\r\n";
+    let post = format!(
+        "POST /api/x HTTP/1.1\r\nX-Key: 1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let ok = [GET_METRICS, post.as_bytes(), body, GET_METRICS].concat();
+    let f = request(40006, 2, &ok);
+    assert_eq!(dp.run(&f), (OK, f));
+    assert_eq!(dp.all_drops(), 0);
+    // An allowed request, then a denied one: the whole segment is refused.
+    dp.open(40106, 1);
     let two = [GET_METRICS, b"GET /admin HTTP/1.1\r\n\r\n"].concat();
-    let (_, out) = dp.run(&request(40006, 2, &two));
+    let (_, out) = dp.run(&request(40106, 2, &two));
     assert_rst(&out, 2);
-    assert_eq!(dp.drops(DropReason::HttpUnsupported), 1);
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
 }
 
 #[test]
-fn one_byte_segments_garbage_and_tls_are_refused() {
-    require_root("one_byte_segments_garbage_and_tls_are_refused");
+fn heads_split_across_segments_are_judged_when_complete() {
+    require_root("heads_split_across_segments_are_judged_when_complete");
     let dp = Dp::new(mode::ENFORCE, &default_rules());
-    dp.open(40007, 1);
-    let (_, out) = dp.run(&request(40007, 2, b"G"));
+    // One byte per segment: every segment but the last passes, the last
+    // completes the head and is judged.
+    for (sport, head, allowed) in [
+        (40020u16, GET_METRICS, true),
+        (
+            40021,
+            &b"GET /admin HTTP/1.1\r\nHost: web\r\n\r\n"[..],
+            false,
+        ),
+    ] {
+        dp.open(sport, 1);
+        for (i, b) in head.iter().enumerate() {
+            let f = request(sport, 2 + i as u32, &[*b]);
+            let (v, out) = dp.run(&f);
+            if i + 1 < head.len() || allowed {
+                assert_eq!((v, out), (OK, f), "byte {i} of {sport}");
+            } else {
+                assert_rst(&out, 2 + i as u32);
+            }
+        }
+    }
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
+    // A long head (a Prometheus-sized one, ~300 bytes) in two writes that
+    // split a header value: the parser's state crosses segments.
+    let mut long = Vec::from(&b"GET /metrics HTTP/1.1\r\nHost: web\r\nUser-Agent: Prometheus/2.42.0\r\nAccept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\nAccept-Encoding: gzip\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n"[..]);
+    long.extend_from_slice(b"\r\n");
+    assert!(long.len() > 256);
+    for cut in [1, 31, 32, 33, 100, long.len() - 1] {
+        let sport = 40030 + cut as u16;
+        dp.open(sport, 1);
+        let a = request(sport, 2, &long[..cut]);
+        assert_eq!(dp.run(&a), (OK, a), "first part, cut {cut}");
+        let b = request(sport, 2 + cut as u32, &long[cut..]);
+        assert_eq!(dp.run(&b), (OK, b), "second part, cut {cut}");
+    }
+    // The same in one segment.
+    dp.open(40029, 1);
+    let f = request(40029, 2, &long);
+    assert_eq!(dp.run(&f), (OK, f));
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1, "no other denial");
+}
+
+#[test]
+fn stream_evasions_are_refused() {
+    require_root("stream_evasions_are_refused");
+    let dp = Dp::new(mode::ENFORCE, &default_rules());
+    // Urgent data: the server's socket would not read the urgent byte.
+    dp.open(40040, 1);
+    let mut urg = packets::tcp(
+        40040,
+        PORT,
+        packets::TCP_ACK | TCP_PSH | TCP_URG,
+        b"GET /metrics",
+    );
+    urg[4..8].copy_from_slice(&2u32.to_be_bytes());
+    urg[18..20].copy_from_slice(&1u16.to_be_bytes());
+    let (_, out) = dp.run(&packets::frame_v4(CLIENT, SERVER, PROTO_TCP, &urg));
     assert_rst(&out, 2);
-    assert_eq!(dp.drops(DropReason::HttpUnsupported), 1);
+    assert_eq!(dp.drops(DropReason::HttpStream), 1);
+    // Data on a SYN of a known 4-tuple (TCP Fast Open).
+    dp.open(40041, 1);
+    let mut syn = packets::tcp(
+        40041,
+        PORT,
+        packets::TCP_SYN,
+        b"GET /admin HTTP/1.1\r\n\r\n",
+    );
+    syn[4..8].copy_from_slice(&50u32.to_be_bytes());
+    let (_, out) = dp.run(&packets::frame_v4(CLIENT, SERVER, PROTO_TCP, &syn));
+    assert_rst(&out, 50);
+    assert_eq!(dp.drops(DropReason::HttpStream), 2);
+    // Head bytes out of order (past the next byte): dropped, no answer,
+    // and the connection goes on when they come in order.
+    dp.open(40042, 1);
+    let (v, _) = dp.run(&request(40042, 3, b"ET /metrics HTTP/1.1\r\n\r\n"));
+    assert_eq!(v, SHOT);
+    assert_eq!(dp.drops(DropReason::HttpStream), 3);
+    let f = request(40042, 2, GET_METRICS);
+    assert_eq!(dp.run(&f), (OK, f));
+    // Half a head, then the same bytes again with other content: dropped.
+    dp.open(40043, 1);
+    let a = request(40043, 2, b"GET /metrics HTTP/1.1\r\n");
+    assert_eq!(dp.run(&a), (OK, a));
+    let (v, _) = dp.run(&request(40043, 2, b"GET /admin/ HTTP/1.1\r\n\r\n"));
+    assert_eq!(v, SHOT);
+    assert_eq!(dp.drops(DropReason::HttpStream), 4);
+    // Garbage and TLS are refused at once.
     dp.open(40008, 1);
     let (_, out) = dp.run(&request(40008, 2, b"\x00\x01\x02garbage\r\n\r\n"));
     assert_rst(&out, 2);
@@ -492,11 +595,43 @@ fn one_byte_segments_garbage_and_tls_are_refused() {
     let (_, out) = dp.run(&request(40009, 2, hello));
     assert_rst(&out, 2);
     assert_eq!(dp.drops(DropReason::HttpMalformed), 2);
-    // An out-of-order segment after the request start.
-    dp.open(40010, 1);
-    let (_, out) = dp.run(&request(40010, 3, b"ET /metrics HTTP/1.1\r\n\r\n"));
-    assert_rst(&out, 3);
-    assert_eq!(dp.drops(DropReason::HttpUnsupported), 2);
+}
+
+#[test]
+fn head_limits_are_enforced() {
+    require_root("head_limits_are_enforced");
+    let dp = Dp::new(mode::ENFORCE, &default_rules());
+    // Past 8 KiB over many segments: HttpHeadTooLarge.
+    dp.open(40050, 1);
+    let mut seq = 2u32;
+    let first = b"GET /metrics HTTP/1.1\r\nCookie: ";
+    let f = request(40050, seq, first);
+    assert_eq!(dp.run(&f), (OK, f));
+    seq += first.len() as u32;
+    let filler = [b'a'; 512];
+    let mut denied = false;
+    for _ in 0..20 {
+        let f = request(40050, seq, &filler);
+        let (v, out) = dp.run(&f);
+        if out != f {
+            assert_rst(&out, seq);
+            assert_eq!(v, OK);
+            denied = true;
+            break;
+        }
+        seq += filler.len() as u32;
+    }
+    assert!(denied, "a head over 8 KiB is refused");
+    assert!(seq - 2 + 512 > porin_common::http::MAX_HEAD);
+    assert_eq!(dp.drops(DropReason::HttpHeadTooLarge), 1);
+    // More head bytes in one packet than the stage parses per packet.
+    dp.open(40051, 1);
+    let mut big = Vec::from(&b"GET /metrics HTTP/1.1\r\nCookie: "[..]);
+    big.resize(2000, b'c');
+    big.extend_from_slice(b"\r\n\r\n");
+    let (_, out) = dp.run(&request(40051, 2, &big));
+    assert_rst(&out, 2);
+    assert_eq!(dp.drops(DropReason::HttpUnsupported), 1);
 }
 
 #[test]
@@ -589,7 +724,9 @@ fn differential_kernel_and_host_agree() {
         .run(&(http_gen::rules(), http_gen::request()), |(rules, req)| {
             let bytes = req.render();
             let mut dp = dp.borrow_mut();
-            if bytes.len() > porin_common::http::WINDOW || dp.set_rules(&rules).is_none() {
+            // Heads past one packet's parse budget are denied by design.
+            let budget = (MAX_TAILS as usize - 1) * porin_common::http::CHUNK;
+            if bytes.len() > budget || dp.set_rules(&rules).is_none() {
                 return Ok(());
             }
             let next = sport.get().wrapping_add(1).max(1024);

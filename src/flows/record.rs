@@ -225,6 +225,8 @@ pub fn drop_reason_name(r: u8) -> &'static str {
         13 => "HTTP_DENIED",
         14 => "HTTP_MALFORMED",
         15 => "HTTP_UNSUPPORTED",
+        16 => "HTTP_HEAD_TOO_LARGE",
+        17 => "HTTP_STREAM",
         _ => "UNKNOWN_REASON",
     }
 }

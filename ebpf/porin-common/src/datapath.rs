@@ -434,14 +434,21 @@ pub enum DropReason {
     /// Payload on an HTTP-ruled connection that is not an HTTP/1.x request
     /// head (garbage, TLS, bad syntax).
     HttpMalformed = 14,
-    /// An HTTP request the datapath does not judge, denied (split or
-    /// oversized head, chunked body, pipelining in one segment, paths
-    /// servers normalise, out-of-order segments, lost connection state).
+    /// An HTTP request the datapath does not judge, denied (chunked body,
+    /// paths servers normalise, more head bytes in one packet than the
+    /// stage parses per packet, lost connection state).
     HttpUnsupported = 15,
+    /// An HTTP request head longer than the limit (8 KiB by default).
+    HttpHeadTooLarge = 16,
+    /// A segment that would make Porin's view of an HTTP-ruled stream
+    /// differ from the server's: urgent data or data on a SYN (denied), a
+    /// retransmission touching head bytes or head bytes out of order
+    /// (dropped without an answer). See `crate::http_stream`.
+    HttpStream = 17,
 }
 
 /// Number of drop reasons (size of `PORIN_DROPS_V1`).
-pub const DROP_REASONS: u32 = 16;
+pub const DROP_REASONS: u32 = 18;
 
 impl DropReason {
     /// Every reason, in index order (for counters read by index).
@@ -462,6 +469,8 @@ impl DropReason {
         DropReason::HttpDenied,
         DropReason::HttpMalformed,
         DropReason::HttpUnsupported,
+        DropReason::HttpHeadTooLarge,
+        DropReason::HttpStream,
     ];
 }
 

@@ -5,9 +5,10 @@
 //! differential test) run the very same functions.
 //!
 //! # What is parsed
-//! A request's head must lie in the first [`WINDOW`] bytes of the segment
-//! that starts it: `METHOD SP path[?query] SP HTTP/1.0|1.1 CRLF`, then header
-//! lines `name: value CRLF`, then `CRLF`. One pass over the bytes hashes
+//! A request head of at most [`MAX_HEAD`] bytes, in any number of
+//! segments (the stream bookkeeping is [`crate::http_stream`]):
+//! `METHOD SP path[?query] SP HTTP/1.0|1.1 CRLF`, then header lines
+//! `name: value CRLF`, then `CRLF`. One pass over the bytes hashes
 //! (SipHash-2-4 under the install's secret key, [`crate::sip`]):
 //! - the method (an index, [`method`], recognised by its bytes; any other
 //!   token is [`method::OTHER`]);
@@ -30,7 +31,8 @@
 //! | --- | --- | --- |
 //! | `PORIN_HTTPS_V1` | hash | [`crate::datapath::PolicyKey`] of an `ALLOW_HTTP` entry → [`HttpSet`] |
 //! | `PORIN_HTTPR_V1` | hash | [`HttpKey`] (set, method, path hash) → [`HttpValue`] (up to [`ALTS`] rules) |
-//! | `PORIN_HTTPC_V1` | LRU hash | conntrack key → [`HttpConn`] (where the next request starts) |
+//! | `PORIN_HTTPC_V1` | LRU hash | conntrack key → [`crate::http_stream::HttpConn`] (the stream consumed so far) |
+//! | `PORIN_HTTPH_V1` | LRU hash | conntrack key → [`Request`] (the parser's state of a head that spans segments) |
 //! | `PORIN_HTTPK_V1` | array\[1\] | the hash key ([`crate::sip::SipKey`]; all zeroes: not written, every request denied `Internal`) |
 //!
 //! Set ids are derived from the rules' content ([`set_id`]), so a reload
@@ -38,7 +40,7 @@
 //! that recorded it stay judged by the same rules.
 //!
 //! # Cost
-//! Per request: one pass over at most [`WINDOW`] bytes, then one lookup for
+//! Per request: one pass over its head's bytes, then one lookup for
 //! the full path plus one per prefix depth the set's rules use
 //! ([`HttpSet::depths`]), whatever the number of rules. Each hit holds up to
 //! [`ALTS`] rules (the Host and header conditions of rules sharing method
@@ -48,27 +50,29 @@
 //! Every deny is, in enforce mode, answered by the eBPF stage: a 403 with
 //! FIN cloned back to the client and the packet rewritten into a RST to the
 //! server (the eBPF crate's `http.rs`); the connection's state becomes
-//! [`conn_state::DENIED`], so any later payload is denied too.
+//! `DENIED`, so any later payload is denied too.
 //!
 //! | input | verdict | reason |
 //! | --- | --- | --- |
 //! | head complete, a rule matches | allow, next request expected after head + Content-Length | — |
 //! | head complete, no rule matches | deny | `HttpDenied` |
 //! | first byte not a method token (garbage, TLS ClientHello `0x16`), bad request line, bad header line, bare LF, obs-fold, duplicate Content-Length | deny | `HttpMalformed` |
-//! | head not ended within the segment (split request line or headers, 1-byte segments) | deny | `HttpUnsupported` |
-//! | head longer than [`WINDOW`] bytes | deny | `HttpUnsupported` |
+//! | segment ending inside a head (any split: 1-byte writes, headers over several writes) | pass (the server acts on no incomplete head) | — |
+//! | several requests in one segment (pipelining) | each judged; one denial denies the segment | as for each |
+//! | head longer than [`MAX_HEAD`] bytes | deny | `HttpHeadTooLarge` |
+//! | more head bytes in one packet than the stage parses per packet (see the eBPF crate) | deny | `HttpUnsupported` |
 //! | `Transfer-Encoding` (chunked bodies), target not starting with `/` (absolute form, `*`), dot segments, `//`, `\`, `%2e`/`%2f`/`%5c` in the path (servers normalise these) | deny | `HttpUnsupported` |
-//! | a second (pipelined) request in the same segment | deny | `HttpUnsupported` |
-//! | segment starting after the next request's start (out of order) or straddling it | deny | `HttpUnsupported` |
-//! | segment within the last judged request (body, retransmission) | pass | — |
-//! | payload on a connection whose SYN was not seen (state lost, picked up mid-stream) | deny | `HttpUnsupported` |
+//! | urgent data (URG), data on a SYN (TCP Fast Open) | deny | `HttpStream` |
+//! | retransmitted or overlapping bytes that touch head bytes already consumed, head bytes out of order | drop, no answer | `HttpStream` |
+//! | retransmitted body bytes, out-of-order bytes inside the current body | pass | — |
+//! | payload on a connection whose SYN was not seen (state lost, picked up mid-stream), or whose kept head state was evicted | deny | `HttpUnsupported` |
 //! | segment without payload | pass | — |
 //!
 //! # In the kernel
 //! The verifier walks a loop once per iteration, so the parser keeps its
 //! state in memory ([`Cursor`], read and written volatile: unknown values to
 //! the verifier, whose states then prune) and the stage parses the head
-//! [`CHUNK`] bytes per tail call ([`parse_range`]).
+//! [`CHUNK`] bytes per tail call ([`feed`]).
 //!
 //! # Keyed hashes
 //! A verdict depends on the hashes only, so they must not be predictable:
@@ -92,12 +96,16 @@
 
 use crate::{
     datapath::CtKey,
+    flow::HTTP_PATH_BYTES,
     parse::Flow,
     sip::{Sip, SipKey},
 };
 
-/// Bytes of a segment's payload examined for a request head.
-pub const WINDOW: usize = 256;
+/// Longest request head judged (the blank line included), by default:
+/// a longer one is denied (`HttpHeadTooLarge`). Real heads are far
+/// shorter (curl ~80 bytes, Prometheus ~290, a browser 400-800, a JWT
+/// and cookies a few KiB); Apache and nginx refuse heads of 8 KiB lines too.
+pub const MAX_HEAD: u32 = 8192;
 /// Slashes of the path whose prefixes are hashed (prefix rules may be at
 /// most this many segments deep: depth = slashes in the rule's prefix).
 pub const MAX_SEGMENTS: usize = 8;
@@ -121,6 +129,10 @@ pub mod max_entries {
     /// `PORIN_HTTPC_V1` (LRU: an evicted connection loses its state, and
     /// its next request is denied as `HttpUnsupported`).
     pub const CONNS: u32 = 16384;
+    /// `PORIN_HTTPH_V1`: heads in progress across segments (LRU, 512
+    /// bytes each: 2 MiB preallocated; an evicted head's connection is
+    /// denied at its next segment, as `HttpUnsupported`).
+    pub const HEADS: u32 = 4096;
 }
 
 /// Method indexes (as in `FlowEvent::http_method`).
@@ -254,46 +266,60 @@ pub enum HttpError {
     /// Not an HTTP/1.x request head (garbage, TLS, bad syntax).
     Malformed,
     /// Well-formed as far as seen, but not something the datapath judges:
-    /// head split across segments or longer than the window, chunked or
-    /// other transfer codings, non-origin-form targets, paths servers would
-    /// normalise, pipelining inside a segment, out-of-order segments.
+    /// chunked or other transfer codings, non-origin-form targets, paths
+    /// servers would normalise, more head bytes in one packet than the
+    /// stage parses per packet, lost connection state.
     Unsupported,
+    /// A head longer than the limit ([`MAX_HEAD`] by default).
+    TooLarge,
+    /// Segments that would make Porin's view of the stream differ from
+    /// the server's: urgent data, data on a SYN (see
+    /// [`crate::http_stream`]).
+    Stream,
 }
 
-/// A parsed request head.
+/// A parsed request head, or one being parsed: the parser's whole state,
+/// which the kernel keeps between the segments of a head
+/// (`PORIN_HTTPH_V1`).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
-    /// [`method`] index.
-    pub method: u8,
-    /// Where the path starts in the payload and its length (no query).
-    pub path_start: u16,
-    pub path_len: u16,
     /// [`path_hash`] of the whole path.
     pub path: u64,
+    /// The path's first [`HTTP_PATH_BYTES`] bytes (for flow events), packed
+    /// little-endian into words, zero past its end.
+    pub path_bytes: [u64; HTTP_PATH_BYTES / 8],
     /// [`path_hash`] of the path before each of its first slashes:
     /// `prefixes[d]` is the prefix of depth `d` (before slash number `d`,
     /// 0-based; slash 0 gives the empty prefix). Only the depths in
     /// `depths` are hashed; the other entries are stale.
     pub prefixes: [u64; MAX_SEGMENTS],
-    /// Slashes seen, at most [`MAX_SEGMENTS`].
-    pub slashes: u8,
-    /// Bit `d`: hash prefix `d` ([`parse_begin`]; the kernel passes the
-    /// rule set's [`HttpSet::depths`], the only ones [`judge`] reads, and
-    /// saves a SipHash finalisation per other slash).
-    pub depths: u32,
     /// [`host_condition`] of the Host value, 0 without one.
     pub host: u64,
     /// [`header_name_hash`] and [`header_value_hash`] of each header kept.
     pub names: [u64; MAX_HEADERS],
     pub values: [u64; MAX_HEADERS],
-    pub headers: u8,
-    /// Bytes of the head, the blank line included.
-    pub head_len: u16,
-    pub content_length: u32,
     /// The hash key the head is parsed under ([`parse_begin`]).
     pub key: SipKey,
     /// The parser's working state ([`Cursor`]).
     pub cur: Cursor,
+    /// Bit `d`: hash prefix `d` ([`parse_begin`]; the kernel passes the
+    /// rule set's [`HttpSet::depths`], the only ones [`judge`] reads, and
+    /// saves a SipHash finalisation per other slash).
+    pub depths: u32,
+    pub content_length: u32,
+    /// Where the path starts in the head and its length (no query).
+    pub path_start: u16,
+    pub path_len: u16,
+    /// Bytes of the head, the blank line included.
+    pub head_len: u16,
+    /// [`method`] index.
+    pub method: u8,
+    /// Slashes seen, at most [`MAX_SEGMENTS`].
+    pub slashes: u8,
+    pub headers: u8,
+    /// Explicit: no implicit padding in a map value.
+    pub _pad: [u8; 7],
 }
 
 impl Request {
@@ -302,6 +328,7 @@ impl Request {
         path_start: 0,
         path_len: 0,
         path: 0,
+        path_bytes: [0; HTTP_PATH_BYTES / 8],
         prefixes: [0; MAX_SEGMENTS],
         slashes: 0,
         depths: 0,
@@ -311,9 +338,11 @@ impl Request {
         headers: 0,
         head_len: 0,
         content_length: 0,
+        _pad: [0; 7],
         key: SipKey::ZERO,
         cur: Cursor {
             st: 0,
+            pos: 0,
             mlen: 0,
             seg_len: 0,
             seg_dots: 0,
@@ -329,7 +358,7 @@ impl Request {
             reset: 0,
             absorb: 0,
             b: 0,
-            _pad: [0; 3],
+            _pad: [0; 7],
             name_h: 0,
             tok: [0; 3],
             sip: Sip {
@@ -419,6 +448,9 @@ mod fin {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Cursor {
     st: u32,
+    /// Bytes of the head parsed so far: the offset of the next byte from
+    /// the head's first, whatever segments carried them.
+    pos: u32,
     /// Bytes of the current token (method, header name).
     mlen: u32,
     seg_len: u32,
@@ -443,7 +475,7 @@ pub struct Cursor {
     absorb: u32,
     /// The byte being parsed (see `bb!`).
     b: u8,
-    _pad: [u8; 3],
+    _pad: [u8; 7],
     /// Hash of the header line's lowercased name.
     name_h: u64,
     /// The current token's first [`TOK_BYTES`] bytes (header names
@@ -475,37 +507,43 @@ macro_rules! set {
     }};
 }
 
-/// Parses the request head at the start of `buf` (the first bytes of a
-/// segment's payload; `buf.len()` may exceed the payload only if `len`
-/// says how much is payload), hashing under `key`. Never panics, reads
-/// only `buf[..min(len, buf.len(), WINDOW)]`.
+/// Parses the request head at the start of `buf[..len]` (the whole head
+/// in one buffer), hashing under `key`, [`CHUNK`] bytes per [`feed`] as
+/// the kernel does. A head that does not end within the bytes given is
+/// `Unsupported`. Never panics.
 pub fn parse(buf: &[u8], len: usize, key: &SipKey) -> Result<Request, HttpError> {
     let mut r = Request::EMPTY;
-    parse_into(buf, len, &mut r, key).map(|()| r)
-}
-
-/// [`parse`] into `r` (the kernel keeps it in a per-CPU map: it is too
-/// large for the stack). Only the scalars are reset: array entries past
-/// `slashes` and `headers` are stale and never read.
-pub fn parse_into(buf: &[u8], len: usize, r: &mut Request, key: &SipKey) -> Result<(), HttpError> {
-    parse_begin(r, key, ALL_DEPTHS);
-    match parse_range(buf, len, r, 0, WINDOW) {
-        Some(result) => result,
-        None => Err(HttpError::Unsupported),
+    parse_begin(&mut r, key, ALL_DEPTHS);
+    let n = len.min(buf.len());
+    let mut at = 0;
+    while at < n {
+        let end = (at + CHUNK).min(n);
+        if let Some(done) = feed(&buf[at..end], end - at, &mut r) {
+            return done.map(|_| r);
+        }
+        at = end;
     }
+    Err(HttpError::Unsupported)
 }
 
 /// [`parse_begin`]'s `depths` for every prefix.
 pub const ALL_DEPTHS: u32 = u32::MAX;
 
 /// Resets `r` for a new head hashed under `key`, hashing the path
-/// prefixes of the depths in `depths` (see [`parse_into`]).
+/// prefixes of the depths in `depths`. Only the scalars and the event
+/// path are reset: array entries past `slashes` and `headers` are stale
+/// and never read.
 #[inline(always)]
 pub fn parse_begin(r: &mut Request, key: &SipKey, depths: u32) {
     set!(r.method, method::NONE);
     set!(r.path_start, 0);
     set!(r.path_len, 0);
     set!(r.path, 0);
+    let mut w = 0;
+    while w < HTTP_PATH_BYTES / 8 {
+        set!(r.path_bytes[w], 0);
+        w += 1;
+    }
     set!(r.slashes, 0);
     set!(r.depths, depths);
     set!(r.host, 0);
@@ -515,6 +553,7 @@ pub fn parse_begin(r: &mut Request, key: &SipKey, depths: u32) {
     set!(r.key.k0, key.k0);
     set!(r.key.k1, key.k1);
     set!(r.cur.st, st::METHOD);
+    set!(r.cur.pos, 0);
     set!(r.cur.mlen, 0);
     set!(r.cur.seg_len, 0);
     set!(r.cur.seg_dots, 0);
@@ -535,47 +574,45 @@ pub fn parse_begin(r: &mut Request, key: &SipKey, depths: u32) {
     set!(r.cur.tok[2], 0);
 }
 
-/// Bytes one [`parse_range`] call of the kernel's HTTP stage covers (one
-/// tail call each: the verifier walks a loop once per iteration, and a
-/// 256-byte loop over this state machine is past its budget).
+/// Most bytes one [`feed`] parses: one tail call of the kernel's HTTP
+/// stage (the verifier walks a loop once per iteration, and a long loop
+/// over this state machine is past its budget).
 pub const CHUNK: usize = 32;
 
-/// Parses bytes `[from, min(from + count, len, buf.len(), WINDOW))` of a
-/// head begun with [`parse_begin`]: `Some(result)` once decided (the head
-/// ended, or an error), `None` if every byte so far was valid and the head
-/// goes on (or the bytes ran out: the caller decides).
+/// Bytes of the head parsed so far (of a head begun with [`parse_begin`]).
 #[inline(always)]
-pub fn parse_range(
-    buf: &[u8],
-    len: usize,
-    r: &mut Request,
-    from: usize,
-    count: usize,
-) -> Option<Result<(), HttpError>> {
-    let n = if len < buf.len() { len } else { buf.len() };
-    let n = if n > WINDOW { WINDOW } else { n };
-    let from = from & (WINDOW - 1);
+pub fn head_pos(r: &Request) -> u32 {
+    get!(r.cur.pos)
+}
+
+/// Feeds the head's next bytes, `buf[..min(n, buf.len(), CHUNK)]`, in
+/// stream order, whatever segment they came in, to a head begun with
+/// [`parse_begin`]. `Some(Ok(k))` once the head ended with byte `k - 1`
+/// of `buf` (the bytes after it are the body or the next request),
+/// `Some(Err(_))` on an error, `None` if every byte was valid and the head
+/// goes on.
+#[inline(always)]
+pub fn feed(buf: &[u8], n: usize, r: &mut Request) -> Option<Result<usize, HttpError>> {
     let mut j = 0;
-    while j < WINDOW {
-        if j >= count {
-            break;
-        }
-        let i = from + j;
-        if i >= n {
+    while j < CHUNK {
+        if j >= n {
             break;
         }
         // `get`, not indexing: no panic path for the verifier to refuse.
-        let Some(&b) = buf.get(i) else {
+        let Some(&b) = buf.get(j) else {
             break;
         };
-        match step(r, b, i) {
+        let pos = get!(r.cur.pos);
+        match step(r, b, pos as usize) {
             Err(e) => return Some(Err(e)),
             Ok(true) => {
-                set!(r.head_len, (i + 1) as u16);
-                return Some(Ok(()));
+                set!(r.cur.pos, pos + 1);
+                set!(r.head_len, (pos + 1) as u16);
+                return Some(Ok(j + 1));
             }
             Ok(false) => hash_phase(r),
         }
+        set!(r.cur.pos, pos + 1);
         j += 1;
     }
     None
@@ -842,6 +879,13 @@ fn path_byte(r: &mut Request, i: usize) -> Result<(), HttpError> {
             set!(r.cur.pct, 1);
         }
     }
+    // The path's first bytes for flow events.
+    let k = i.wrapping_sub(get!(r.path_start) as usize);
+    if k < HTTP_PATH_BYTES {
+        if let Some(w) = r.path_bytes.get_mut(k >> 3) {
+            set!(*w, get!(*w) | (u64::from(bb!(r)) << ((k & 7) * 8)));
+        }
+    }
     absorb(r, bb!(r));
     Ok(())
 }
@@ -1023,28 +1067,6 @@ pub struct HttpValue {
     pub alts: [HttpAlt; ALTS],
 }
 
-/// `PORIN_HTTPC_V1` value: one HTTP-ruled connection.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct HttpConn {
-    /// TCP sequence number where the next request must start.
-    pub next_seq: u32,
-    /// Where the last judged request started: only bytes in `[req_start,
-    /// next_seq)` pass unparsed (its body, retransmissions).
-    pub req_start: u32,
-    /// The rule set ([`HttpSet`]) recorded when the connection was allowed.
-    pub set: HttpSet,
-    /// [`conn_state`] value.
-    pub state: u32,
-}
-
-pub mod conn_state {
-    /// Between requests: the next payload byte at `next_seq` starts one.
-    pub const OPEN: u32 = 1;
-    /// A request was denied: every later payload segment is denied too.
-    pub const DENIED: u32 = 2;
-}
-
 /// `PORIN_HTTPC_V1` key: the connection as its client→server packets
 /// carry it (only those are judged), at endpoint `ifindex`.
 #[inline(always)]
@@ -1059,18 +1081,6 @@ pub fn conn_key(flow: &Flow, ifindex: u32) -> CtKey {
         // Literal, not `[0; 2]`: see `parse::HeaderBuf` on memset.
         _pad: [0, 0],
         ifindex,
-    }
-}
-
-/// The state of a connection whose SYN (sequence number `syn_seq`) was
-/// allowed under `set`: its first request starts right after the SYN.
-#[inline(always)]
-pub fn conn_at_syn(syn_seq: u32, set: HttpSet) -> HttpConn {
-    HttpConn {
-        next_seq: syn_seq.wrapping_add(1),
-        req_start: syn_seq.wrapping_add(1),
-        set,
-        state: conn_state::OPEN,
     }
 }
 
@@ -1175,72 +1185,18 @@ where
     0
 }
 
-/// What to do with a client→server segment of an HTTP-ruled connection
-/// ([`segment`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Segment {
-    /// Bytes the rules already judged (a body, a retransmission): pass.
-    Pass,
-    /// A request starts here: parse and judge it.
-    Request,
-    /// Deny with this reason.
-    Deny(HttpError),
-}
-
-/// Where `seq` lies against the next request's start: the segment `[seq,
-/// seq + len)` must end at or before it, or start exactly at it.
-#[inline(always)]
-pub fn segment(conn: &HttpConn, seq: u32, len: u32) -> Segment {
-    if len == 0 {
-        // ACKs, FINs, RSTs: no request bytes.
-        return Segment::Pass;
-    }
-    if conn.state != conn_state::OPEN {
-        return Segment::Deny(HttpError::Unsupported);
-    }
-    if seq == conn.next_seq {
-        return Segment::Request;
-    }
-    // Serial-number arithmetic: how far the segment's end lies before the
-    // next request's start.
-    let end = seq.wrapping_add(len);
-    let before = conn.next_seq.wrapping_sub(end);
-    let after_start = seq.wrapping_sub(conn.req_start);
-    if (before as i32) >= 0 && (after_start as i32) >= 0 {
-        Segment::Pass
-    } else {
-        Segment::Deny(HttpError::Unsupported)
-    }
-}
-
-/// After a request at `seq` in a segment of `len` payload bytes was
-/// judged: the connection's new state, or the reason to deny (a second
-/// request inside the same segment).
-#[inline(always)]
-pub fn advance(conn: &mut HttpConn, seq: u32, len: u32, req: &Request) -> Result<(), HttpError> {
-    let total = req.total_len();
-    if len > total {
-        return Err(HttpError::Unsupported);
-    }
-    conn.req_start = seq;
-    conn.next_seq = seq.wrapping_add(total);
-    Ok(())
-}
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: #[repr(C)] plain data without implicit padding.
     unsafe impl aya::Pod for super::HttpSet {}
     unsafe impl aya::Pod for super::HttpKey {}
     unsafe impl aya::Pod for super::HttpValue {}
-    unsafe impl aya::Pod for super::HttpConn {}
 }
 
 const _: () = assert!(core::mem::size_of::<HttpSet>() == 8);
 const _: () = assert!(core::mem::size_of::<HttpKey>() == 16);
 const _: () = assert!(core::mem::size_of::<HttpAlt>() == 48);
 const _: () = assert!(core::mem::size_of::<HttpValue>() == 48 * ALTS);
-const _: () = assert!(core::mem::size_of::<HttpConn>() == 20);
 
 #[cfg(test)]
 mod tests {
@@ -1307,7 +1263,10 @@ mod tests {
         let req = b"GET /api/v1/x HTTP/1.1\r\nHost: a\r\n\r\n";
         let mut r = Request::EMPTY;
         parse_begin(&mut r, &K, 1 << 1);
-        assert_eq!(parse_range(req, req.len(), &mut r, 0, WINDOW), Some(Ok(())));
+        assert_eq!(feed(&req[..CHUNK], CHUNK, &mut r), None);
+        let rest = &req[CHUNK..];
+        assert_eq!(feed(rest, rest.len(), &mut r), Some(Ok(rest.len())));
+        assert_eq!(r.head_len as usize, req.len());
         assert_eq!(r.slashes, 3);
         assert_eq!(r.prefixes[1], path_hash(&K, b"/api"));
         assert_eq!((r.prefixes[0], r.prefixes[2]), (0, 0), "not hashed");
@@ -1426,10 +1385,31 @@ mod tests {
                 std::string::String::from_utf8_lossy(input)
             );
         }
+        // A long path parses (the event keeps its first bytes).
         let mut long = Vec::from(&b"GET /"[..]);
-        long.resize(300, b'a');
+        long.resize(3000, b'a');
         long.extend_from_slice(b" HTTP/1.1\r\n\r\n");
-        assert_eq!(p(&long), Err(HttpError::Unsupported));
+        let r = p(&long).unwrap();
+        assert_eq!(r.path_len, 2996);
+        let mut want = [0u64; HTTP_PATH_BYTES / 8];
+        for (k, b) in long[4..4 + HTTP_PATH_BYTES].iter().enumerate() {
+            want[k / 8] |= u64::from(*b) << ((k % 8) * 8);
+        }
+        assert_eq!(r.path_bytes, want);
+    }
+
+    #[test]
+    fn feeding_stops_at_the_head_end() {
+        let two = b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        let mut r = Request::EMPTY;
+        parse_begin(&mut r, &K, ALL_DEPTHS);
+        assert_eq!(feed(&two[..CHUNK], CHUNK, &mut r), Some(Ok(19)));
+        assert_eq!(r.path, path_hash(&K, b"/a"));
+        assert_eq!(head_pos(&r), 19);
+        // Bytes past `n` are not read.
+        parse_begin(&mut r, &K, ALL_DEPTHS);
+        assert_eq!(feed(two, 3, &mut r), None);
+        assert_eq!(head_pos(&r), 3);
     }
 
     fn alt(kind: u8, rule: u32) -> HttpAlt {
@@ -1500,35 +1480,5 @@ mod tests {
             judge_s(b"POST /api/x HTTP/1.1\r\nHost: other\r\nx-key: 1\r\n\r\n"),
             0
         );
-    }
-
-    #[test]
-    fn sequence_bookkeeping() {
-        let mut c = conn_at_syn(u32::MAX, HttpSet::default());
-        assert_eq!(c.next_seq, 0);
-        assert_eq!(segment(&c, 0, 10), Segment::Request);
-        assert_eq!(segment(&c, 1, 10), Segment::Deny(HttpError::Unsupported));
-        assert_eq!(segment(&c, 5, 0), Segment::Pass);
-        let r = p(b"POST /a HTTP/1.1\r\nContent-Length: 100\r\n\r\n").unwrap();
-        assert_eq!(advance(&mut c, 0, 200, &r), Err(HttpError::Unsupported));
-        advance(&mut c, 0, 50, &r).unwrap();
-        let end = r.total_len();
-        assert_eq!(segment(&c, 50, end - 50), Segment::Pass);
-        assert_eq!(
-            segment(&c, 50, end - 49),
-            Segment::Deny(HttpError::Unsupported)
-        );
-        assert_eq!(segment(&c, 0, 10), Segment::Pass); // retransmission
-        assert_eq!(
-            segment(&c, u32::MAX, 2),
-            Segment::Deny(HttpError::Unsupported)
-        );
-        assert_eq!(segment(&c, end, 1), Segment::Request);
-        assert_eq!(
-            segment(&c, end + 1, 1),
-            Segment::Deny(HttpError::Unsupported)
-        );
-        c.state = conn_state::DENIED;
-        assert_eq!(segment(&c, end, 1), Segment::Deny(HttpError::Unsupported));
     }
 }

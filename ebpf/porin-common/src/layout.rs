@@ -16,7 +16,8 @@
 /// | 2 | `PORIN_CFG_V1`'s `DatapathConfig` grew the deny-cache epoch (8 → 16 bytes) |
 /// | 3 | HTTP rules: three more drop reasons (`PORIN_DROPS_V1` 13 → 16 entries), `CtValue::l7`, `action::ALLOW_HTTP` |
 /// | 4 | HTTP rule keys are SipHash-2-4 under the key in the new `PORIN_HTTPK_V1` (were FNV-1a: layout-3 rules would never match) |
-pub const LAYOUT: u32 = 4;
+/// | 5 | HTTP judged on the stream: `PORIN_HTTPC_V1`'s `HttpConn` 20 → 32 bytes, the new `PORIN_HTTPH_V1` (heads spanning segments), two more drop reasons (`PORIN_DROPS_V1` 16 → 18 entries) |
+pub const LAYOUT: u32 = 5;
 
 /// [`MetaRecord::magic`] of a written record ("PORM").
 pub const META_MAGIC: u32 = 0x504F_524D;

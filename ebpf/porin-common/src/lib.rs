@@ -12,6 +12,7 @@ pub mod dcache;
 pub mod decide;
 pub mod flow;
 pub mod http;
+pub mod http_stream;
 pub mod layout;
 pub mod packet;
 pub mod parse;

@@ -42,8 +42,12 @@ use porin_common::{
     flow,
     flow::HTTP_PATH_BYTES,
     http::{
-        advance, conn_at_syn, conn_key, conn_state, judge, max_entries, parse_begin, parse_range,
-        segment, HttpConn, HttpError, HttpKey, HttpSet, HttpValue, Request, Segment, CHUNK, WINDOW,
+        conn_key, feed, judge, max_entries, parse_begin, HttpError, HttpKey, HttpSet, HttpValue,
+        Request, CHUNK, MAX_HEAD,
+    },
+    http_stream::{
+        allowed, conn_at_syn, conn_lost, conn_state, next, parsed, plan, HttpConn, Next, Plan,
+        MAX_TAILS,
     },
     packet::ETH_HLEN,
     parse::{Flow, Parsed},
@@ -80,6 +84,12 @@ static PORIN_HTTPR_V1: HashMap<HttpKey, HttpValue> =
 static PORIN_HTTPC_V1: LruHashMap<CtKey, HttpConn> =
     LruHashMap::with_max_entries(max_entries::CONNS, 0);
 
+/// The parser's state of heads that span segments, by connection (LRU: an
+/// evicted head's connection is denied at its next segment).
+#[map]
+static PORIN_HTTPH_V1: LruHashMap<CtKey, Request> =
+    LruHashMap::with_max_entries(max_entries::HEADS, 0);
+
 /// The SipHash key of the rule hashes (`porin_common::sip`): the
 /// manager writes it before any rule; all zeroes (not written) denies
 /// every request (`Internal`).
@@ -95,10 +105,6 @@ fn hash_key() -> Option<&'static SipKey> {
     }
 }
 
-/// Bytes of the payload copy: the window plus room to read the path's
-/// event words past its end without a bounds check per byte.
-const COPY: usize = WINDOW + HTTP_PATH_BYTES;
-
 /// The 403 answer: 80 bytes (a multiple of 4, for `bpf_csum_diff`).
 const FORBIDDEN: &[u8; 80] =
     b"HTTP/1.1 403 Forbidden\r\nContent-Length: 15\r\nConnection: close\r\n\r\nDenied by Porin";
@@ -107,27 +113,57 @@ const FORBIDDEN: &[u8; 80] =
 /// rounded up so offsets masked to 63 stay inside.
 const OUT: usize = 192;
 
-/// Per-CPU scratch: too large for the 512-byte stack.
+/// Per-CPU scratch: too large for the 512-byte stack. Carried from one
+/// stage program to the next (tail calls run on the same CPU, one after
+/// the other, so the scratch is theirs meanwhile).
 #[repr(C)]
 pub struct Scratch {
-    buf: [u8; COPY],
+    /// The payload bytes of one [`feed`].
+    buf: [u8; CHUNK],
+    /// The head being parsed (restored from `PORIN_HTTPH_V1` when it began
+    /// in an earlier segment).
     req: Request,
+    /// The connection's state as this packet moves it; written back to
+    /// `PORIN_HTTPC_V1` only when the packet passes.
+    conn: HttpConn,
+    /// The connection's key.
+    ckey: CtKey,
     /// The answer being built: Ethernet + IPv6 + TCP + 403 at most.
     out: [u8; OUT],
     /// IP + TCP headers of the packet.
     hdr: [u8; 64],
-    /// The request path's first bytes for the event, zero past its end.
+    /// The event's request path: its first bytes, zero past its end.
     pub path: [u64; HTTP_PATH_BYTES / 8],
-    /// Carried from one stage program to the next (tail calls run on the
-    /// same CPU, one after the other, so the scratch is theirs meanwhile).
     t: Tcp,
     dir: u32,
-    /// Payload bytes copied into `buf`.
-    n: u32,
-    /// Next chunk to parse.
-    chunk: u32,
-    /// 0: parsed; 1 + `HttpError` as u32: failed.
-    parsed: u32,
+    /// Payload offset of the next byte to consume.
+    off: u32,
+    /// Tail calls into [`http_parse`] and [`http_finish`] so far.
+    tails: u32,
+    /// What [`http_finish`] does: [`finish::JUDGE`], [`finish::PASS`] or
+    /// `finish::FAIL + HttpError`.
+    finish: u32,
+    /// 1 once `req` holds the current head's state (begun or restored in
+    /// this packet).
+    restored: u32,
+    /// 1 when the connection was inside a head when the packet came.
+    was_head: u32,
+    /// The event to send with the verdict: 1 for a request's (the
+    /// connection's first, or a denied one), with these fields.
+    ev: u32,
+    ev_method: u32,
+    ev_path_len: u32,
+    ev_rule: u32,
+}
+
+/// [`Scratch::finish`] values.
+mod finish {
+    /// A head ended: judge it.
+    pub const JUDGE: u32 = 0;
+    /// Every byte consumed: write the state back and pass.
+    pub const PASS: u32 = 1;
+    /// Deny with `HttpError` `e`: `FAIL + e`.
+    pub const FAIL: u32 = 16;
 }
 
 /// This CPU's scratch, or `Internal`.
@@ -209,12 +245,7 @@ pub fn open(flow: &Flow, ifindex: u32, key: &PolicyKey, t: &Tcp) -> Result<(), D
     } else {
         // Picked up mid-stream (state evicted, daemon restarted): where
         // requests start is unknown, so payload is denied.
-        HttpConn {
-            next_seq: 0,
-            req_start: 0,
-            set: *set,
-            state: 0,
-        }
+        conn_lost(*set)
     };
     PORIN_HTTPC_V1
         .insert(&conn_key(flow, ifindex), &conn, 0)
@@ -226,34 +257,23 @@ fn reason(e: HttpError) -> DropReason {
     match e {
         HttpError::Malformed => DropReason::HttpMalformed,
         HttpError::Unsupported => DropReason::HttpUnsupported,
+        HttpError::TooLarge => DropReason::HttpHeadTooLarge,
+        HttpError::Stream => DropReason::HttpStream,
     }
 }
 
-/// The path's first bytes as event words, zero past its end.
+/// [`HttpError`] from its `u32` (a [`Scratch::finish`] after `FAIL`).
 #[inline(always)]
-fn path_words(buf: &[u8; COPY], req: &Request, path: &mut [u64; HTTP_PATH_BYTES / 8]) -> u16 {
-    let start = (req.path_start as usize) & (WINDOW - 1);
-    let len = if req.path_len as usize > HTTP_PATH_BYTES {
-        HTTP_PATH_BYTES
+fn error_of(e: u32) -> HttpError {
+    if e == HttpError::Malformed as u32 {
+        HttpError::Malformed
+    } else if e == HttpError::TooLarge as u32 {
+        HttpError::TooLarge
+    } else if e == HttpError::Stream as u32 {
+        HttpError::Stream
     } else {
-        req.path_len as usize
-    };
-    let mut w = 0;
-    while w < HTTP_PATH_BYTES / 8 {
-        let at = start + w * 8;
-        // SAFETY: `start < WINDOW`, so `at + 8 <= WINDOW + 64 = COPY`.
-        let word = unsafe { (buf.as_ptr().add(at) as *const u64).read_unaligned() };
-        let have = len.saturating_sub(w * 8);
-        path[w] = if have >= 8 {
-            word
-        } else if have == 0 {
-            0
-        } else {
-            word & ((1u64 << (have * 8)) - 1)
-        };
-        w += 1;
+        HttpError::Unsupported
     }
-    len as u16
 }
 
 /// Answers a denied request (enforce mode): a 403 + FIN cloned back to the
@@ -562,12 +582,14 @@ fn tail(ctx: &TcContext, index: u32, dir: Direction) -> i32 {
 
 /// HTTP stage entry for `from_container` (index 0).
 #[classifier]
+#[inline(always)]
 pub fn http_from_container(ctx: TcContext) -> i32 {
     entry(&ctx, Direction::Egress)
 }
 
 /// HTTP stage entry for `to_container` (index 1).
 #[classifier]
+#[inline(always)]
 pub fn http_to_container(ctx: TcContext) -> i32 {
     entry(&ctx, Direction::Ingress)
 }
@@ -605,10 +627,9 @@ fn drop_internal(ctx: &TcContext, dir: Direction) -> i32 {
 }
 
 /// A packet of an HTTP-ruled connection going the client→server way
-/// (`conntrack::HIT_HTTP`): where it lies against the next request's start
-/// decides; packets without payload pass as conntrack hits; a request is
-/// copied and parsed chunk by chunk ([`http_parse`]), then judged
-/// ([`http_finish`]).
+/// (`conntrack::HIT_HTTP`): [`plan`] decides from where it lies against
+/// the stream consumed so far; new bytes are consumed chunk by chunk
+/// ([`http_parse`]) and each complete head judged ([`http_finish`]).
 #[inline(always)]
 fn entry(ctx: &TcContext, dir: Direction) -> i32 {
     // SAFETY: the context pointer the kernel passed in.
@@ -623,7 +644,9 @@ fn entry(ctx: &TcContext, dir: Direction) -> i32 {
         Ok(t) => t,
         Err(r) => return settle(ctx, dir, Err(r)),
     };
-    let Some(conn) = PORIN_HTTPC_V1.get_ptr_mut(&conn_key(&flow, ifindex)) else {
+    s.ev = 0;
+    let ckey = conn_key(&flow, ifindex);
+    let Some(conn) = PORIN_HTTPC_V1.get_ptr_mut(&ckey) else {
         return conclude(
             ctx,
             &flow,
@@ -632,96 +655,170 @@ fn entry(ctx: &TcContext, dir: Direction) -> i32 {
             &t,
             s,
             Err(DropReason::HttpUnsupported),
-            None,
+            true,
         );
     };
     // SAFETY: the map value, valid for this run.
     let conn = unsafe { &mut *conn };
-    if t.flags & u32::from(TCP_SYN | TCP_ACK) == u32::from(TCP_SYN) {
-        // A new connection on the same tuple (port reuse): start over.
-        *conn = conn_at_syn(t.seq, conn.set);
-    } else {
-        match segment(conn, t.seq, t.payload_len) {
-            Segment::Pass => {}
-            Segment::Deny(e) => {
+    match plan(conn, t.seq, t.payload_len, t.flags as u8) {
+        Plan::Pass => {}
+        Plan::Restart => {
+            let fresh = conn_at_syn(t.seq, conn.set);
+            copy(conn, &fresh);
+        }
+        Plan::Drop => {
+            // No answer: the client's TCP sends the bytes again in order,
+            // or the connection stalls where the server lacks them.
+            return conclude(
+                ctx,
+                &flow,
+                dir,
+                ifindex,
+                &t,
+                s,
+                Err(DropReason::HttpStream),
+                false,
+            );
+        }
+        Plan::Deny(e) => {
+            conn.state = conn_state::DENIED;
+            return conclude(ctx, &flow, dir, ifindex, &t, s, Err(reason(e)), true);
+        }
+        Plan::Consume { skip } => {
+            if hash_key().is_none() {
+                // No key yet: nothing can be judged (fail closed).
                 conn.state = conn_state::DENIED;
-                return conclude(ctx, &flow, dir, ifindex, &t, s, Err(reason(e)), None);
+                return conclude(
+                    ctx,
+                    &flow,
+                    dir,
+                    ifindex,
+                    &t,
+                    s,
+                    Err(DropReason::Internal),
+                    true,
+                );
             }
-            Segment::Request => {
-                let Some(key) = hash_key() else {
-                    // No key yet: nothing can be judged (fail closed).
-                    conn.state = conn_state::DENIED;
-                    return conclude(
-                        ctx,
-                        &flow,
-                        dir,
-                        ifindex,
-                        &t,
-                        s,
-                        Err(DropReason::Internal),
-                        None,
-                    );
-                };
-                let n = if t.payload_len > WINDOW as u32 {
-                    WINDOW as u32
-                } else {
-                    t.payload_len
-                };
-                // 1..=WINDOW in a form the verifier sees (a plain `n == 0`
-                // test is optimised away: `segment` excluded empty
-                // payloads), equal to `n` for every n in 1..=WINDOW.
-                let n = (n.wrapping_sub(1) & (WINDOW as u32 - 1)) + 1;
-                // SAFETY: `buf` has room for `n <= WINDOW` bytes.
-                let rc = unsafe {
-                    bpf_skb_load_bytes(
-                        ctx.skb.skb as *const _,
-                        t.payload_off,
-                        s.buf.as_mut_ptr().cast(),
-                        n,
-                    )
-                };
-                if rc != 0 {
-                    return drop_internal(ctx, dir);
-                }
-                parse_begin(&mut s.req, key, conn.set.depths);
-                s.t = t;
-                s.dir = dir as u32;
-                s.n = n;
-                s.chunk = 0;
-                return tail(ctx, stage_index::PARSE, dir);
-            }
+            copy(&mut s.conn, conn);
+            copy(&mut s.ckey, &ckey);
+            copy(&mut s.t, &t);
+            s.dir = dir as u32;
+            s.off = skip;
+            s.tails = 0;
+            s.restored = 0;
+            s.was_head = u32::from(conn.state == conn_state::HEAD);
+            return tail(ctx, stage_index::PARSE, dir);
         }
     }
     settle(ctx, dir, Ok(()))
 }
 
-/// One [`CHUNK`] of the request head; then itself again, or the finish.
+/// Hands on to [`http_finish`] with `what` to do.
+#[inline(always)]
+fn to_finish(ctx: &TcContext, s: &mut Scratch, what: u32, dir: Direction) -> i32 {
+    s.finish = what;
+    s.tails += 1;
+    tail(ctx, stage_index::FINISH, dir)
+}
+
+/// Consumes the segment's next bytes: skips body bytes, then parses at
+/// most one [`CHUNK`] of a head; then itself again, or the finish (a head
+/// ended, an error, or every byte consumed).
 #[classifier]
+#[inline(always)]
 pub fn http_parse(ctx: TcContext) -> i32 {
     let Ok(s) = scratch() else {
         return tc_action::SHOT;
     };
     let dir = dir_of(s.dir);
-    let k = s.chunk;
-    let from = (k as usize * CHUNK) & (WINDOW - 1);
-    let done = parse_range(&s.buf, s.n as usize, &mut s.req, from, CHUNK);
-    let next = k + 1;
-    match done {
-        Some(Ok(())) => s.parsed = 0,
-        Some(Err(e)) => s.parsed = 1 + e as u32,
-        None if (next as usize) * CHUNK < WINDOW && (next as usize) * CHUNK < s.n as usize => {
-            s.chunk = next;
-            return tail(&ctx, stage_index::PARSE, dir);
-        }
-        // Out of bytes (or of window) before the head ended.
-        None => s.parsed = 1 + HttpError::Unsupported as u32,
+    let len = s.t.payload_len;
+    // A body ends at most once per step: skip it, then look again.
+    let mut step = next(&mut s.conn, s.off, len, MAX_HEAD);
+    if let Next::Skipped(n) = step {
+        s.off += n;
+        step = next(&mut s.conn, s.off, len, MAX_HEAD);
     }
-    tail(&ctx, stage_index::FINISH, dir)
+    let (begin, n) = match step {
+        Next::Parse { begin, n } => (begin, n),
+        Next::Done | Next::Skipped(_) => return to_finish(&ctx, s, finish::PASS, dir),
+        Next::TooLarge => {
+            return to_finish(&ctx, s, finish::FAIL + HttpError::TooLarge as u32, dir)
+        }
+    };
+    if s.tails >= MAX_TAILS {
+        // More head bytes than one packet's parse budget.
+        return to_finish(&ctx, s, finish::FAIL + HttpError::Unsupported as u32, dir);
+    }
+    if begin {
+        let Some(key) = hash_key() else {
+            return to_finish(&ctx, s, finish::FAIL + HttpError::Unsupported as u32, dir);
+        };
+        parse_begin(&mut s.req, key, s.conn.set.depths);
+        // The head's state is in the scratch from now on.
+        s.restored = 1;
+    } else if s.restored == 0 {
+        // The head began in an earlier segment: its parser state is kept.
+        // SAFETY: read at once.
+        let Some(kept) = (unsafe { PORIN_HTTPH_V1.get(&s.ckey) }) else {
+            // Evicted: where the head stands is unknown (fail closed).
+            return to_finish(&ctx, s, finish::FAIL + HttpError::Unsupported as u32, dir);
+        };
+        copy(&mut s.req, kept);
+        s.restored = 1;
+    }
+    // 1..=CHUNK in a form the verifier sees (`next` never returns 0).
+    let n = ((n.wrapping_sub(1)) & (CHUNK as u32 - 1)) + 1;
+    // SAFETY: `buf` has room for `n <= CHUNK` bytes.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            s.t.payload_off + s.off,
+            s.buf.as_mut_ptr().cast(),
+            n,
+        )
+    };
+    if rc != 0 {
+        return drop_internal(&ctx, dir);
+    }
+    match feed(&s.buf, n as usize, &mut s.req) {
+        None => {
+            parsed(&mut s.conn, n);
+            s.off += n;
+            s.tails += 1;
+            tail(&ctx, stage_index::PARSE, dir)
+        }
+        Some(Ok(k)) => {
+            parsed(&mut s.conn, k as u32);
+            s.off += k as u32;
+            to_finish(&ctx, s, finish::JUDGE, dir)
+        }
+        Some(Err(e)) => to_finish(&ctx, s, finish::FAIL + e as u32, dir),
+    }
 }
 
-/// Judges the parsed request, moves the connection on, records and
-/// answers.
+/// `*dst = *src`, word by word and volatile: a struct copy may become a
+/// `memcpy` call, a BPF-to-BPF call that 5.10's arm64 JIT refuses next to
+/// tail calls. For the stage's plain-data structs (a multiple of 4 bytes
+/// long, 4-aligned).
+#[inline(always)]
+fn copy<T: Copy>(dst: &mut T, src: &T) {
+    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    let words = core::mem::size_of::<T>() / 4;
+    let d = (dst as *mut T).cast::<u32>();
+    let s = (src as *const T).cast::<u32>();
+    let mut w = 0;
+    while w < words {
+        // SAFETY: both are whole `T`s, 4-aligned, `words` words long.
+        unsafe { d.add(w).write_volatile(s.add(w).read_volatile()) };
+        w += 1;
+    }
+}
+
+/// Judges a complete head (and goes on with the segment's next bytes), or
+/// concludes the packet: writes the connection's state back and passes,
+/// or denies.
 #[classifier]
+#[inline(always)]
 pub fn http_finish(ctx: TcContext) -> i32 {
     let Ok(s) = scratch() else {
         return tc_action::SHOT;
@@ -732,55 +829,98 @@ pub fn http_finish(ctx: TcContext) -> i32 {
     let Some(flow) = flow_of(&ctx) else {
         return drop_internal(&ctx, dir);
     };
-    let t = s.t;
-    let Some(conn) = PORIN_HTTPC_V1.get_ptr_mut(&conn_key(&flow, ifindex)) else {
+    // Field by field, volatile: a zero-filled or copied struct became a
+    // `memset` / `memcpy` call (see [`copy`]).
+    // SAFETY: fields of the scratch.
+    let t = unsafe {
+        Tcp {
+            seq: core::ptr::read_volatile(&s.t.seq),
+            ack: core::ptr::read_volatile(&s.t.ack),
+            flags: core::ptr::read_volatile(&s.t.flags),
+            payload_off: core::ptr::read_volatile(&s.t.payload_off),
+            payload_len: core::ptr::read_volatile(&s.t.payload_len),
+        }
+    };
+    let Some(conn) = PORIN_HTTPC_V1.get_ptr_mut(&s.ckey) else {
         return drop_internal(&ctx, dir);
     };
     // SAFETY: the map value, valid for this run.
     let conn = unsafe { &mut *conn };
-    let result = if s.parsed != 0 {
-        conn.state = conn_state::DENIED;
-        let e = if s.parsed == 1 + HttpError::Malformed as u32 {
-            HttpError::Malformed
-        } else {
-            HttpError::Unsupported
-        };
-        Err(reason(e))
-    } else {
-        // SAFETY: values read at once.
-        let rule = judge(&s.req, &conn.set, |k| unsafe { PORIN_HTTPR_V1.get(k) });
-        if rule == 0 {
-            conn.state = conn_state::DENIED;
-            Err(DropReason::HttpDenied)
-        } else if let Err(e) = advance(conn, t.seq, t.payload_len, &s.req) {
-            conn.state = conn_state::DENIED;
-            Err(reason(e))
-        } else {
-            s.parsed = 0;
-            Ok(rule)
+    let what = s.finish;
+    let result = if what == finish::PASS {
+        // Every byte consumed: the packet's view becomes the connection's.
+        copy(conn, &s.conn);
+        if s.conn.state == conn_state::HEAD {
+            if PORIN_HTTPH_V1.insert(&s.ckey, &s.req, 0).is_err() {
+                conn.state = conn_state::DENIED;
+                return conclude(
+                    &ctx,
+                    &flow,
+                    dir,
+                    ifindex,
+                    &t,
+                    s,
+                    Err(DropReason::Internal),
+                    true,
+                );
+            }
+        } else if s.was_head != 0 {
+            let _ = PORIN_HTTPH_V1.remove(&s.ckey);
         }
+        Ok(())
+    } else if what == finish::JUDGE {
+        // SAFETY: values read at once.
+        let rule = judge(&s.req, &s.conn.set, |k| unsafe { PORIN_HTTPR_V1.get(k) });
+        if rule == 0 {
+            record_request(s, 0);
+            Err(DropReason::HttpDenied)
+        } else {
+            if s.conn.requests == 0 {
+                // The connection's first request goes out as an event;
+                // later ones are only counted.
+                record_request(s, rule);
+            }
+            allowed(&mut s.conn, &s.req);
+            // The segment's next bytes: a body, or a pipelined request.
+            s.tails += 1;
+            return tail(&ctx, stage_index::PARSE, dir);
+        }
+    } else {
+        let e = error_of(what.wrapping_sub(finish::FAIL));
+        if e == HttpError::Malformed || e == HttpError::Unsupported {
+            record_request(s, 0);
+        }
+        Err(reason(e))
     };
-    let method = s.req.method;
-    let path_len = path_words(&s.buf, &s.req, &mut s.path);
-    let rule = match result {
-        Ok(r) => r,
-        Err(_) => 0,
-    };
-    conclude(
-        &ctx,
-        &flow,
-        dir,
-        ifindex,
-        &t,
-        s,
-        result.map(|_| ()),
-        Some((method, path_len, rule)),
-    )
+    if result.is_err() {
+        conn.state = conn_state::DENIED;
+    }
+    conclude(&ctx, &flow, dir, ifindex, &t, s, result, true)
 }
 
-/// Counts, records and (in enforce mode, for a denial) answers a decision
-/// on a client→server packet; `request` is (method, path length, rule) of
-/// a parsed request (an HTTP event), `None` for other decisions.
+/// Makes the request in `s.req` the packet's event (`rule` 0: denied).
+#[inline(always)]
+fn record_request(s: &mut Scratch, rule: u32) {
+    let mut w = 0;
+    while w < HTTP_PATH_BYTES / 8 {
+        s.path[w] = s.req.path_bytes[w];
+        w += 1;
+    }
+    let len = s.req.path_len as u32;
+    s.ev = 1;
+    s.ev_method = u32::from(s.req.method);
+    s.ev_path_len = if len > HTTP_PATH_BYTES as u32 {
+        HTTP_PATH_BYTES as u32
+    } else {
+        len
+    };
+    s.ev_rule = rule;
+}
+
+/// Counts, records and (in enforce mode, for a denial with `answer`)
+/// answers a decision on a client→server packet. A request recorded in
+/// the scratch ([`record_request`]) goes out as an HTTP event; a denial
+/// without one as a drop event; a pass without one has no event.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn conclude(
@@ -791,8 +931,11 @@ fn conclude(
     t: &Tcp,
     s: &mut Scratch,
     result: Result<(), DropReason>,
-    request: Option<(u8, u16, u32)>,
+    answer: bool,
 ) -> i32 {
+    if result.is_ok() && s.ev == 0 {
+        return settle(ctx, dir, result);
+    }
     // A decision worth an event: the endpoint's mode and both identities.
     let endpoint = identity::endpoint(ifindex);
     let mut verdict = decide::verdict(result, endpoint.map(|ep| ep.mode));
@@ -801,28 +944,27 @@ fn conclude(
     let peer = identity::of_address(peer_addr(flow, dir), flow.family);
     let kind_verdict = events::flow_verdict(&verdict);
     let why = verdict.drop.map_or(0, |r| r as u8);
-    match request {
-        Some((method, path_len, rule)) => {
-            let l7 = events::L7 {
-                method,
-                path_len,
-                path: &s.path,
-            };
-            events::emit_http(
-                ctx,
-                kind_verdict,
-                why,
-                dir,
-                flow,
-                ifindex,
-                subject,
-                peer,
-                ctx.len(),
-                rule,
-                &l7,
-            );
-        }
-        None => events::emit(
+    if s.ev != 0 {
+        let l7 = events::L7 {
+            method: s.ev_method as u8,
+            path_len: s.ev_path_len as u16,
+            path: &s.path,
+        };
+        events::emit_http(
+            ctx,
+            kind_verdict,
+            why,
+            dir,
+            flow,
+            ifindex,
+            subject,
+            peer,
+            ctx.len(),
+            s.ev_rule,
+            &l7,
+        );
+    } else {
+        events::emit(
             ctx,
             flow::kind::DROP,
             kind_verdict,
@@ -835,9 +977,9 @@ fn conclude(
             ctx.len(),
             0,
             t.flags as u8,
-        ),
+        );
     }
-    if verdict.action == tc_action::SHOT && deny(ctx, flow, dir, ifindex, t, s) {
+    if answer && verdict.action == tc_action::SHOT && deny(ctx, flow, dir, ifindex, t, s) {
         // The packet is now a RST to the server; the client got a 403.
         verdict.action = tc_action::OK;
     }

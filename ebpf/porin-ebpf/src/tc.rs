@@ -222,8 +222,14 @@ fn try_handle(
         conntrack::create(&flow, dir, ifindex, 1)?;
         seen.new_flow = true;
         if t.payload_len > 0 {
-            // Picked up mid-stream: where this payload stands is unknown.
-            return Err(DropReason::HttpUnsupported);
+            // Data on the SYN (TCP Fast Open) would reach the server before
+            // any head could be judged; otherwise picked up mid-stream:
+            // where this payload stands is unknown.
+            return Err(if t.flags & 0x02 != 0 {
+                DropReason::HttpStream
+            } else {
+                DropReason::HttpUnsupported
+            });
         }
         return Ok(());
     }
