@@ -577,7 +577,7 @@ pub fn parse_begin(r: &mut Request, key: &SipKey, depths: u32) {
 /// Most bytes one [`feed`] parses: one tail call of the kernel's HTTP
 /// stage (the verifier walks a loop once per iteration, and a long loop
 /// over this state machine is past its budget).
-pub const CHUNK: usize = 32;
+pub const CHUNK: usize = 64;
 
 /// Bytes of the head parsed so far (of a head begun with [`parse_begin`]).
 #[inline(always)]

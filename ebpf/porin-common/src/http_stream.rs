@@ -45,7 +45,7 @@ use crate::http::{feed, head_pos, parse_begin, HttpError, HttpSet, Request, CHUN
 /// 5.19; 33 elsewhere), counting the main program's into the stage's entry
 /// and the entry's into the parse; the chain after a refused parse takes
 /// at most 4 more. So one packet parses at most about `MAX_TAILS *`
-/// [`CHUNK`] head bytes (a single head of up to 832 bytes); a segment
+/// [`CHUNK`] head bytes (a single head of up to 1,664 bytes with 64-byte chunks); a segment
 /// with more is denied (`HttpUnsupported`).
 pub const MAX_TAILS: u32 = 26;
 
