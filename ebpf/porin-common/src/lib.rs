@@ -13,6 +13,7 @@ pub mod decide;
 pub mod flow;
 pub mod http;
 pub mod layout;
+pub mod maps;
 pub mod packet;
 pub mod parse;
 pub mod probe;
