@@ -40,11 +40,7 @@ pub fn open<'a, K, V, H>(bpf: &'a Ebpf, def: MapDef<K, V>) -> Result<H, OpenErro
 where
     H: Holds<K, V> + TryFrom<&'a Map, Error = MapError>,
 {
-    let map = bpf.map(def.name).ok_or(OpenError::Missing(def.name))?;
-    H::try_from(map).map_err(|source| OpenError::Map {
-        name: def.name,
-        source,
-    })
+    handle(bpf.map(def.name).ok_or(OpenError::Missing(def.name))?, def)
 }
 
 /// [`open`] for writing.
@@ -52,11 +48,10 @@ pub fn open_mut<'a, K, V, H>(bpf: &'a mut Ebpf, def: MapDef<K, V>) -> Result<H, 
 where
     H: Holds<K, V> + TryFrom<&'a mut Map, Error = MapError>,
 {
-    let map = bpf.map_mut(def.name).ok_or(OpenError::Missing(def.name))?;
-    H::try_from(map).map_err(|source| OpenError::Map {
-        name: def.name,
-        source,
-    })
+    handle(
+        bpf.map_mut(def.name).ok_or(OpenError::Missing(def.name))?,
+        def,
+    )
 }
 
 /// `def` taken out of `bpf` (the handle owns the map).
@@ -64,7 +59,18 @@ pub fn take<K, V, H>(bpf: &mut Ebpf, def: MapDef<K, V>) -> Result<H, OpenError>
 where
     H: Holds<K, V> + TryFrom<Map, Error = MapError>,
 {
-    let map = bpf.take_map(def.name).ok_or(OpenError::Missing(def.name))?;
+    handle(
+        bpf.take_map(def.name).ok_or(OpenError::Missing(def.name))?,
+        def,
+    )
+}
+
+/// `map` (found under `def`'s name: borrowed, taken, or a new handle on
+/// the same kernel map) as handle `H`.
+pub fn handle<M, K, V, H>(map: M, def: MapDef<K, V>) -> Result<H, OpenError>
+where
+    H: Holds<K, V> + TryFrom<M, Error = MapError>,
+{
     H::try_from(map).map_err(|source| OpenError::Map {
         name: def.name,
         source,
