@@ -371,10 +371,7 @@ impl Datapath {
             // HTTP rule sets of the new generation (`http`).
             let mut swept = http::write_before_flip(&mut self.bpf, new, next, self.sweep)?;
             let entries = new.policy.iter().map(|(k, v)| {
-                let key = PolicyKey {
-                    generation: next as u8,
-                    ..*k
-                };
+                let key = k.at(next as u8);
                 (key, *v)
             });
             write_hash(&mut self.bpf, maps::POLICY, "insert", entries)?;

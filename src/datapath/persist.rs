@@ -47,7 +47,7 @@ use aya::{
     Ebpf,
 };
 use log::{info, warn};
-use porin_common::datapath::{Identity, PolicyKey, CONFIG_READY};
+use porin_common::datapath::{Identity, CONFIG_READY};
 
 use super::{
     map_err,
@@ -304,7 +304,7 @@ impl Datapath {
         a.policy = read_hash(&mut self.bpf, maps::POLICY)?
             .into_iter()
             .filter(|(k, _)| u32::from(k.generation) == generation)
-            .map(|(k, v)| (PolicyKey { generation: 0, ..k }, v))
+            .map(|(k, v)| (k.at(0), v))
             .collect();
         Ok(a)
     }

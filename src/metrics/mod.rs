@@ -11,11 +11,11 @@ pub mod server;
 
 use std::fmt::Write;
 
-use porin_common::datapath::{Counter, DIRECTIONS, DROP_REASONS};
+use porin_common::datapath::{Counter, DropReason, DIRECTIONS, DROP_REASONS};
 
 use crate::{
     control::{proto::MapFill, server::Ctx},
-    flows::{maps::CounterMaps, record::drop_reason_name},
+    flows::maps::CounterMaps,
     state::{lock, Counters},
 };
 
@@ -156,7 +156,7 @@ pub fn render(s: &Sample) -> String {
         let _ = writeln!(
             o,
             "porin_dropped_packets_total{{reason=\"{}\"}} {}",
-            drop_reason_name(i as u8),
+            DropReason::name_of(i as u8),
             c.packets
         );
     }
@@ -170,7 +170,7 @@ pub fn render(s: &Sample) -> String {
         let _ = writeln!(
             o,
             "porin_dropped_bytes_total{{reason=\"{}\"}} {}",
-            drop_reason_name(i as u8),
+            DropReason::name_of(i as u8),
             c.bytes
         );
     }
