@@ -34,6 +34,7 @@
 //! entries / overhead at 10. Targets: overhead < 50 ns, ratio <= 1.1; the
 //! last lines say per path whether they are met (worst size).
 
+use porin::maps;
 use std::net::Ipv4Addr;
 
 use aya::{
@@ -47,8 +48,8 @@ use porin::{
     testing::{packets, prog_run, require_root},
 };
 use porin_common::datapath::{
-    action, identity, max_entries, mode, tc_action, Ct4Key, CtValue, DatapathConfig, DenyEntry,
-    Direction, EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
+    identity, max_entries, mode, tc_action, Ct4Key, CtValue, DatapathConfig, DenyEntry, Direction,
+    EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
 };
 
 const REPEAT: u32 = 2_000_000;
@@ -182,7 +183,7 @@ fn measure(entries: usize) -> Row {
     setup(&mut bpf, entries);
     // Owned, so the epoch can be changed while the programs are borrowed.
     let mut cfg: Array<MapData, DatapathConfig> =
-        Array::try_from(bpf.take_map("PORIN_CFG_V1").expect("cfg")).expect("array");
+        maps::take(&mut bpf, maps::CONFIG).expect("array");
     let prog = |name: &str| -> &SchedClassifier {
         bpf.program(name)
             .expect("program")
@@ -302,24 +303,14 @@ fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
 /// WEB → DB udp/53 and the rest belong to other subjects and ports.
 fn setup(bpf: &mut Ebpf, entries: usize) {
     let mut endp: HashMap<_, u32, EndpointInfo> =
-        HashMap::try_from(bpf.map_mut("PORIN_ENDP_V1").expect("endp")).expect("hash");
-    endp.insert(
-        1,
-        EndpointInfo {
-            identity: WEB,
-            mode: mode::ENFORCE,
-            _pad: [0; 3],
-        },
-        0,
-    )
-    .expect("endpoint");
-    let mut ip4: HashMap<_, [u8; 4], Identity> =
-        HashMap::try_from(bpf.map_mut("PORIN_IP4_V1").expect("ip4")).expect("hash");
+        maps::open_mut(bpf, maps::ENDPOINTS).expect("hash");
+    endp.insert(1, EndpointInfo::new(WEB, mode::ENFORCE), 0)
+        .expect("endpoint");
+    let mut ip4: HashMap<_, [u8; 4], Identity> = maps::open_mut(bpf, maps::IP4).expect("hash");
     for (addr, id) in [(A, WEB), (B, DB), (C, CACHE)] {
         ip4.insert(addr.octets(), id, 0).expect("ip4");
     }
-    let mut cfg: Array<_, DatapathConfig> =
-        Array::try_from(bpf.map_mut("PORIN_CFG_V1").expect("cfg")).expect("array");
+    let mut cfg: Array<_, DatapathConfig> = maps::open_mut(bpf, maps::CONFIG).expect("array");
     cfg.set(
         0,
         DatapathConfig {
@@ -333,21 +324,11 @@ fn setup(bpf: &mut Ebpf, entries: usize) {
     .expect("config");
 
     let mut pol: HashMap<_, PolicyKey, PolicyValue> =
-        HashMap::try_from(bpf.map_mut("PORIN_POL_V1").expect("pol")).expect("hash");
-    let key = |subject, peer, port, protocol| PolicyKey {
-        subject,
-        peer,
-        port,
-        protocol,
-        direction: Direction::Egress as u8,
-        generation: 0,
-        _pad: [0; 3],
+        maps::open_mut(bpf, maps::POLICY).expect("hash");
+    let key = |subject, peer, port, protocol| {
+        PolicyKey::new(subject, peer, Direction::Egress, protocol, port)
     };
-    let allow = PolicyValue {
-        action: action::ALLOW,
-        _pad: [0; 3],
-        rule: 1,
-    };
+    let allow = PolicyValue::allow(1);
     pol.insert(key(WEB, DB, 53, packets::PROTO_UDP), allow, 0)
         .expect("policy");
     for i in 1..entries {
@@ -374,8 +355,7 @@ fn set_epoch(cfg: &mut Array<MapData, DatapathConfig>, epoch: u32) {
 
 /// Deny-cache hits summed over slots and CPUs.
 fn cache_hits(bpf: &Ebpf) -> u64 {
-    let cache: PerCpuArray<_, DenyEntry> =
-        PerCpuArray::try_from(bpf.map("PORIN_DCACHE_V1").expect("dcache")).expect("array");
+    let cache: PerCpuArray<_, DenyEntry> = maps::open(bpf, maps::DENY_CACHE).expect("array");
     (0..max_entries::DENY_CACHE)
         .map(|i| {
             cache
@@ -389,7 +369,6 @@ fn cache_hits(bpf: &Ebpf) -> u64 {
 }
 
 fn ct_entries(bpf: &Ebpf) -> usize {
-    let ct: HashMap<_, Ct4Key, CtValue> =
-        HashMap::try_from(bpf.map("PORIN_CT4_V1").expect("ct4")).expect("LRU hash");
+    let ct: HashMap<_, Ct4Key, CtValue> = maps::open(bpf, maps::CT4).expect("LRU hash");
     ct.keys().count()
 }

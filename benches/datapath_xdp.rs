@@ -16,6 +16,7 @@
 //!    softirq on the same core, so a cheaper drop shows as more packets
 //!    per second.
 
+use porin::maps::{self, MapDef};
 use std::{
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
@@ -33,8 +34,8 @@ use porin::{
 };
 use porin_common::{
     datapath::{
-        action, identity, mode, Counter, Ct4Key, CtValue, DatapathConfig, Direction, DropReason,
-        EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
+        identity, mode, Counter, DatapathConfig, Direction, DropReason, EndpointInfo, Identity,
+        PolicyKey, PolicyValue, CONFIG_READY,
     },
     decide::{ct4_key, ct_value},
     parse::Flow,
@@ -74,20 +75,19 @@ fn load() -> Ebpf {
     bpf
 }
 
-fn hash<'a, K: aya::Pod, V: aya::Pod>(
-    bpf: &'a mut Ebpf,
-    name: &str,
-) -> HashMap<&'a mut MapData, K, V> {
-    HashMap::try_from(bpf.map_mut(name).expect(name)).expect("hash map")
+fn hash<K: aya::Pod, V: aya::Pod>(
+    bpf: &mut Ebpf,
+    def: MapDef<K, V>,
+) -> HashMap<&mut MapData, K, V> {
+    maps::open_mut(bpf, def).expect("hash map")
 }
 
 /// Uplink `ifindex` configured with the deny list and `limits`.
 fn configure(bpf: &mut Ebpf, ifindex: u32, limits: UplinkConfig) {
-    hash::<u32, UplinkConfig>(bpf, "PORIN_UPCFG_V1")
+    hash(bpf, maps::UPLINK_CONFIG)
         .insert(ifindex, limits, 0)
         .unwrap();
-    let mut t: LpmTrie<_, [u8; 8], Identity> =
-        LpmTrie::try_from(bpf.map_mut("PORIN_UPDNY4_V1").unwrap()).unwrap();
+    let mut t: LpmTrie<_, [u8; 8], Identity> = maps::open_mut(bpf, maps::UPLINK_DENY4).unwrap();
     for i in 0..DENY {
         t.insert(
             &Key::new(32 + 24, deny4_key(ifindex, deny_prefix(i))),
@@ -130,36 +130,21 @@ fn test_run_table() {
             udp_burst_ns: 0,
         },
     );
-    hash::<[u8; 4], u32>(&mut bpf, "PORIN_UPEP4_V1")
+    hash(&mut bpf, maps::UPLINK_ENDPOINTS4)
         .insert(WEB_IP.octets(), VETH, 0)
         .unwrap();
-    let ep = EndpointInfo {
-        identity: WEB,
-        mode: mode::ENFORCE,
-        _pad: [0; 3],
-    };
-    hash::<u32, EndpointInfo>(&mut bpf, "PORIN_ENDP_V1")
-        .insert(VETH, ep, 0)
-        .unwrap();
-    let key = PolicyKey {
-        subject: WEB,
-        peer: identity::WORLD,
-        port: 80,
-        protocol: packets::PROTO_TCP,
-        direction: Direction::Ingress as u8,
-        generation: 0,
-        _pad: [0; 3],
-    };
-    let allow = PolicyValue {
-        action: action::ALLOW,
-        _pad: [0; 3],
-        rule: 1,
-    };
-    hash::<PolicyKey, PolicyValue>(&mut bpf, "PORIN_POL_V1")
-        .insert(key, allow, 0)
-        .unwrap();
-    let mut cfg: Array<_, DatapathConfig> =
-        Array::try_from(bpf.map_mut("PORIN_CFG_V1").unwrap()).unwrap();
+    let ep = EndpointInfo::new(WEB, mode::ENFORCE);
+    hash(&mut bpf, maps::ENDPOINTS).insert(VETH, ep, 0).unwrap();
+    let key = PolicyKey::new(
+        WEB,
+        identity::WORLD,
+        Direction::Ingress,
+        packets::PROTO_TCP,
+        80,
+    );
+    let allow = PolicyValue::allow(1);
+    hash(&mut bpf, maps::POLICY).insert(key, allow, 0).unwrap();
+    let mut cfg: Array<_, DatapathConfig> = maps::open_mut(&mut bpf, maps::CONFIG).unwrap();
     cfg.set(
         0,
         DatapathConfig {
@@ -180,7 +165,7 @@ fn test_run_table() {
         may_be_reply: false,
     };
     let l = ct4_key(&out, VETH);
-    hash::<Ct4Key, CtValue>(&mut bpf, "PORIN_CT4_V1")
+    hash(&mut bpf, maps::CT4)
         .insert(l.key, ct_value(1, Direction::Egress, l.origin, 0), 0)
         .unwrap();
 
@@ -387,8 +372,7 @@ fn veth_table() {
 }
 
 fn drops(bpf: &Ebpf) -> u64 {
-    let arr: PerCpuArray<_, Counter> =
-        PerCpuArray::try_from(bpf.map("PORIN_DROPS_V1").unwrap()).unwrap();
+    let arr: PerCpuArray<_, Counter> = maps::open(bpf, maps::DROPS).unwrap();
     arr.get(&(DropReason::UplinkDenyListed as u32), 0)
         .unwrap()
         .iter()

@@ -13,6 +13,7 @@
 //! are timed one run each (repeat = 1) with the state reset from userspace
 //! between runs, and compared with `noop_tc` timed the same way; medians.
 
+use porin::maps::{self, MapDef};
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::{
@@ -32,8 +33,8 @@ use porin_common::{
         action, identity, mode, tc_action, CtKey, DatapathConfig, Direction, EndpointInfo,
         Identity, PolicyKey, PolicyValue, CONFIG_READY,
     },
-    http::{HttpKey, HttpSet, HttpValue},
-    http_stream::{conn_at_syn, HttpConn},
+    http::HttpSet,
+    http_stream::conn_at_syn,
 };
 
 const REPEAT: u32 = 1_000_000;
@@ -124,9 +125,7 @@ fn single(bpf: &mut Ebpf, name: &str, frame: &[u8], set: HttpSet) -> f64 {
     let conn = conn_at_syn(99, set);
     let mut v = Vec::with_capacity(SINGLE_RUNS);
     for _ in 0..SINGLE_RUNS {
-        hash::<CtKey, HttpConn>(bpf, "PORIN_HTTPC_V1")
-            .insert(key, conn, 0)
-            .unwrap();
+        hash(bpf, maps::HTTP_CONNS).insert(key, conn, 0).unwrap();
         let (_, d) = prog_run::timed(prog(bpf, name), frame, 1);
         v.push(d.as_nanos() as f64);
     }
@@ -140,11 +139,11 @@ fn pad(a: Ipv4Addr) -> [u8; 16] {
     out
 }
 
-fn hash<'a, K: aya::Pod, V: aya::Pod>(
-    bpf: &'a mut Ebpf,
-    name: &str,
-) -> HashMap<&'a mut MapData, K, V> {
-    HashMap::try_from(bpf.map_mut(name).unwrap()).unwrap()
+fn hash<K: aya::Pod, V: aya::Pod>(
+    bpf: &mut Ebpf,
+    def: MapDef<K, V>,
+) -> HashMap<&mut MapData, K, V> {
+    maps::open_mut(bpf, def).unwrap()
 }
 
 fn seg(dport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
@@ -154,39 +153,20 @@ fn seg(dport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 fn key(port: u16) -> PolicyKey {
-    PolicyKey {
-        subject: WEB,
-        peer: CLI,
-        port,
-        protocol: 6,
-        direction: Direction::Ingress as u8,
-        generation: 0,
-        _pad: [0; 3],
-    }
+    PolicyKey::new(WEB, CLI, Direction::Ingress, 6, port)
 }
 
 /// Server WEB at ifindex 1 (audit mode, so denials pass and repeat),
 /// client CLI; HTTP rules on 8080 (GET /metrics, POST /api/*, `extra`
 /// more exact paths), plain allow on 9000.
 fn setup(bpf: &mut Ebpf, extra: usize) -> HttpSet {
-    hash::<u32, EndpointInfo>(bpf, "PORIN_ENDP_V1")
-        .insert(
-            1,
-            EndpointInfo {
-                identity: WEB,
-                mode: mode::AUDIT,
-                _pad: [0; 3],
-            },
-            0,
-        )
+    hash(bpf, maps::ENDPOINTS)
+        .insert(1, EndpointInfo::new(WEB, mode::AUDIT), 0)
         .unwrap();
     for (a, id) in [(SERVER, WEB), (CLIENT, CLI)] {
-        hash::<[u8; 4], Identity>(bpf, "PORIN_IP4_V1")
-            .insert(a.octets(), id, 0)
-            .unwrap();
+        hash(bpf, maps::IP4).insert(a.octets(), id, 0).unwrap();
     }
-    let mut cfg: Array<_, DatapathConfig> =
-        Array::try_from(bpf.map_mut("PORIN_CFG_V1").unwrap()).unwrap();
+    let mut cfg: Array<_, DatapathConfig> = maps::open_mut(bpf, maps::CONFIG).unwrap();
     cfg.set(
         0,
         DatapathConfig {
@@ -199,16 +179,8 @@ fn setup(bpf: &mut Ebpf, extra: usize) -> HttpSet {
     )
     .unwrap();
     for (port, act) in [(HTTP_PORT, action::ALLOW_HTTP), (PLAIN_PORT, action::ALLOW)] {
-        hash::<PolicyKey, PolicyValue>(bpf, "PORIN_POL_V1")
-            .insert(
-                key(port),
-                PolicyValue {
-                    action: act,
-                    _pad: [0; 3],
-                    rule: 1,
-                },
-                0,
-            )
+        hash(bpf, maps::POLICY)
+            .insert(key(port), PolicyValue::new(act, 1), 0)
             .unwrap();
     }
     let rule = |m: Method, p: &str| HttpRule {
@@ -224,11 +196,9 @@ fn setup(bpf: &mut Ebpf, extra: usize) -> HttpSet {
     let mut map = BTreeMap::new();
     let set = compile_rules(&hash_key, b"bench", &[(1, "bench", &rules)], &mut map).unwrap();
     for (k, v) in map {
-        hash::<HttpKey, HttpValue>(bpf, "PORIN_HTTPR_V1")
-            .insert(k, v, 0)
-            .unwrap();
+        hash(bpf, maps::HTTP_RULES).insert(k, v, 0).unwrap();
     }
-    hash::<PolicyKey, HttpSet>(bpf, "PORIN_HTTPS_V1")
+    hash(bpf, maps::HTTP_SETS)
         .insert(key(HTTP_PORT), set, 0)
         .unwrap();
     set

@@ -34,7 +34,7 @@ use porin::{
     },
 };
 use porin_common::datapath::{
-    action, identity, mode, Direction, EndpointInfo, Identity, PolicyKey, PolicyValue,
+    identity, mode, Direction, EndpointInfo, Identity, PolicyKey, PolicyValue,
 };
 
 const RELOADS: usize = 30;
@@ -102,14 +102,8 @@ const B: Identity = identity::GROUP_BASE + 102;
 fn compiled(rules: u32, base: u32) -> Compiled {
     let mut c = Compiled::default();
     for (ifindex, id) in [(7_100_001u32, A), (7_100_002, B)] {
-        c.endpoints.insert(
-            ifindex,
-            EndpointInfo {
-                identity: id,
-                mode: mode::ENFORCE,
-                _pad: [0; 3],
-            },
-        );
+        c.endpoints
+            .insert(ifindex, EndpointInfo::new(id, mode::ENFORCE));
     }
     c.ip4.insert(Ipv4Addr::new(10, 231, 251, 1).octets(), A);
     c.ip4.insert(Ipv4Addr::new(10, 231, 251, 2).octets(), B);
@@ -117,20 +111,8 @@ fn compiled(rules: u32, base: u32) -> Compiled {
         let port = u16::try_from(base + i).expect("ports fit");
         for (subject, peer, direction) in [(A, B, Direction::Egress), (B, A, Direction::Ingress)] {
             c.policy.insert(
-                PolicyKey {
-                    subject,
-                    peer,
-                    port,
-                    protocol: 6,
-                    direction: direction as u8,
-                    generation: 0,
-                    _pad: [0; 3],
-                },
-                PolicyValue {
-                    action: action::ALLOW,
-                    _pad: [0; 3],
-                    rule: i + 1,
-                },
+                PolicyKey::new(subject, peer, direction, 6, port),
+                PolicyValue::allow(i + 1),
             );
         }
     }

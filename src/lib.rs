@@ -14,6 +14,7 @@ pub mod enforce;
 pub mod flows;
 pub mod kernel;
 pub mod logging;
+pub mod maps;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -23,6 +23,7 @@ use crate::{
     datapath::ApplyReport,
     discovery::endpoint::{short_id, Endpoint, EndpointKey},
     flows::history::History,
+    maps::{self, MapSpec},
     policy::{select::describe, Compiled},
 };
 
@@ -263,19 +264,18 @@ pub fn snapshot(
         .map(|(id, n)| (*id, Arc::from(short(n))))
         .collect();
     let s = applied.summary();
-    let fill = |name: &str, entries: usize, capacity: u32| MapFill {
-        name: name.into(),
+    let fill = |map: MapSpec, entries: usize| MapFill {
+        name: map.name.into(),
         entries: entries as u64,
-        capacity: u64::from(capacity),
+        capacity: u64::from(map.max_entries),
     };
-    use porin_common::datapath::max_entries as max;
     let maps = vec![
-        fill("PORIN_ENDP_V1", s.endpoints, max::ENDPOINTS),
-        fill("PORIN_IP4_V1", s.ip4, max::ADDRESSES),
-        fill("PORIN_IP6_V1", s.ip6, max::ADDRESSES),
-        fill("PORIN_NET4_V1", s.net4, max::NETWORKS),
-        fill("PORIN_NET6_V1", s.net6, max::NETWORKS),
-        fill("PORIN_POL_V1", s.policy, max::POLICY),
+        fill(maps::ENDPOINTS.spec(), s.endpoints),
+        fill(maps::IP4.spec(), s.ip4),
+        fill(maps::IP6.spec(), s.ip6),
+        fill(maps::NET4.spec(), s.net4),
+        fill(maps::NET6.spec(), s.net6),
+        fill(maps::POLICY.spec(), s.policy),
     ];
     Snapshot {
         gate: String::new(),

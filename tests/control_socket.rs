@@ -6,6 +6,7 @@
 
 mod common;
 
+use porin::maps;
 use std::{
     io::Write,
     os::unix::{fs::PermissionsExt, net::UnixStream, process::CommandExt},
@@ -135,7 +136,7 @@ fn status_policy_and_flows_answer_and_bad_clients_are_refused() {
         "{text}"
     );
     assert!(
-        text.contains("PORIN_CT_V1") && text.contains("PORIN_CT4_V1"),
+        text.contains(maps::CT6.name) && text.contains(maps::CT4.name),
         "{text}"
     );
     assert!(text.contains("ring buffer:"), "kernel features: {text}");
@@ -281,12 +282,13 @@ fn status_policy_and_flows_answer_and_bad_clients_are_refused() {
     // Still serving after all of it, and the metrics count it.
     status_ok(&socket);
     let metrics = scrape(port);
+    let entries = |map: &str| format!("porin_map_entries{{map=\"{map}\"}}");
     for name in [
         "porin_forwarded_packets_total{direction=\"egress\"}",
         "porin_dropped_packets_total{reason=\"POLICY_DENIED\"}",
         "porin_flow_events_lost_total{cause=\"rate_limit\"}",
-        "porin_map_entries{map=\"PORIN_CT_V1\"}",
-        "porin_map_entries{map=\"PORIN_CT4_V1\"}",
+        &entries(maps::CT6.name),
+        &entries(maps::CT4.name),
         "porin_policy_generation ",
         "porin_endpoints ",
     ] {
@@ -294,8 +296,8 @@ fn status_policy_and_flows_answer_and_bad_clients_are_refused() {
     }
     // Each conntrack map with its own capacity (IPv4 and IPv6 differ).
     for (map, cap) in [
-        ("PORIN_CT4_V1", max_entries::CONNTRACK),
-        ("PORIN_CT_V1", max_entries::CONNTRACK6),
+        (maps::CT4.name, max_entries::CONNTRACK),
+        (maps::CT6.name, max_entries::CONNTRACK6),
     ] {
         let name = format!("porin_map_capacity_entries{{map=\"{map}\"}}");
         assert_eq!(metric(&metrics, &name), f64::from(cap), "{name}");

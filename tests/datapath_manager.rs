@@ -2,6 +2,7 @@
 //! in the maps across policy changes, identity changes and no-op applies.
 //! Needs root.
 
+use porin::maps;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -35,31 +36,13 @@ const PEER: Ipv4Addr = Ipv4Addr::new(10, 231, 250, 9);
 
 fn compiled(endpoint: Identity, peer: Identity, ports: &[u16]) -> Compiled {
     let mut c = Compiled::default();
-    c.endpoints.insert(
-        EP,
-        EndpointInfo {
-            identity: endpoint,
-            mode: mode::ENFORCE,
-            _pad: [0; 3],
-        },
-    );
+    c.endpoints
+        .insert(EP, EndpointInfo::new(endpoint, mode::ENFORCE));
     c.ip4.insert(PEER.octets(), peer);
     for &port in ports {
         c.policy.insert(
-            PolicyKey {
-                subject: endpoint,
-                peer,
-                port,
-                protocol: 6,
-                direction: Direction::Egress as u8,
-                generation: 0,
-                _pad: [0; 3],
-            },
-            PolicyValue {
-                action: action::ALLOW,
-                _pad: [0; 3],
-                rule: 1,
-            },
+            PolicyKey::new(endpoint, peer, Direction::Egress, 6, port),
+            PolicyValue::allow(1),
         );
     }
     c
@@ -69,27 +52,26 @@ struct View<'a>(&'a Datapath);
 
 impl View<'_> {
     fn generation(&self) -> u32 {
-        let cfg: Array<&MapData, DatapathConfig> =
-            Array::try_from(self.0.ebpf().map("PORIN_CFG_V1").unwrap()).unwrap();
+        let cfg: Array<&MapData, DatapathConfig> = maps::open(self.0.ebpf(), maps::CONFIG).unwrap();
         cfg.get(&0, 0).unwrap().generation
     }
 
     fn peer_identity(&self) -> Identity {
         let m: BpfHashMap<&MapData, [u8; 4], Identity> =
-            BpfHashMap::try_from(self.0.ebpf().map("PORIN_IP4_V1").unwrap()).unwrap();
+            maps::open(self.0.ebpf(), maps::IP4).unwrap();
         m.get(&PEER.octets(), 0).unwrap()
     }
 
     fn endpoint_identity(&self) -> Identity {
         let m: BpfHashMap<&MapData, u32, EndpointInfo> =
-            BpfHashMap::try_from(self.0.ebpf().map("PORIN_ENDP_V1").unwrap()).unwrap();
+            maps::open(self.0.ebpf(), maps::ENDPOINTS).unwrap();
         m.get(&EP, 0).unwrap().identity
     }
 
     /// Policy keys in the map, with their generation.
     fn policy(&self) -> Vec<PolicyKey> {
         let m: BpfHashMap<&MapData, PolicyKey, PolicyValue> =
-            BpfHashMap::try_from(self.0.ebpf().map("PORIN_POL_V1").unwrap()).unwrap();
+            maps::open(self.0.ebpf(), maps::POLICY).unwrap();
         let mut keys: Vec<PolicyKey> = m.keys().map(Result::unwrap).collect();
         keys.sort();
         keys
@@ -119,23 +101,11 @@ fn apply_switches_generations_and_moves_identities_completely() {
     // What a failed apply may leave behind: an entry in the inactive
     // generation that no compiled policy lists. It must never become active.
     {
-        let map = dp.ebpf_mut().map_mut("PORIN_POL_V1").unwrap();
+        let map = dp.ebpf_mut().map_mut(maps::POLICY.name).unwrap();
         let mut m: BpfHashMap<&mut MapData, PolicyKey, PolicyValue> =
             BpfHashMap::try_from(map).unwrap();
-        let stray = PolicyKey {
-            subject: G9,
-            peer: identity::ANY,
-            port: 0,
-            protocol: 6,
-            direction: Direction::Egress as u8,
-            generation: 0,
-            _pad: [0; 3],
-        };
-        let allow = PolicyValue {
-            action: action::ALLOW,
-            _pad: [0; 3],
-            rule: 9,
-        };
+        let stray = PolicyKey::new(G9, identity::ANY, Direction::Egress, 6, 0);
+        let allow = PolicyValue::allow(9);
         m.insert(stray, allow, 0).unwrap();
     }
 
@@ -168,7 +138,7 @@ fn apply_switches_generations_and_moves_identities_completely() {
     // Removing the endpoint removes its entry.
     dp.apply(&Compiled::default(), &[]).expect("apply empty");
     let m: BpfHashMap<&MapData, u32, EndpointInfo> =
-        BpfHashMap::try_from(dp.ebpf().map("PORIN_ENDP_V1").unwrap()).unwrap();
+        maps::open(dp.ebpf(), maps::ENDPOINTS).unwrap();
     assert!(m.get(&EP, 0).is_err(), "endpoint entry deleted");
     assert!(View(&dp).policy().is_empty());
 }
@@ -199,14 +169,8 @@ fn a_reused_ifindex_is_detached_and_attached_again() {
     let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
     let mut c = compiled(G1, G2, &[80]);
     c.endpoints.clear();
-    c.endpoints.insert(
-        ifindex,
-        EndpointInfo {
-            identity: G1,
-            mode: mode::ENFORCE,
-            _pad: [0; 3],
-        },
-    );
+    c.endpoints
+        .insert(ifindex, EndpointInfo::new(G1, mode::ENFORCE));
     let first = Veth {
         ifindex,
         name: a.to_string(),
@@ -235,8 +199,7 @@ fn every_apply_bumps_the_deny_cache_epoch_after_its_changes() {
     require_root("datapath manager test");
     let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
     let cfg = |dp: &Datapath| -> DatapathConfig {
-        let m: Array<&MapData, DatapathConfig> =
-            Array::try_from(dp.ebpf().map("PORIN_CFG_V1").unwrap()).unwrap();
+        let m: Array<&MapData, DatapathConfig> = maps::open(dp.ebpf(), maps::CONFIG).unwrap();
         m.get(&0, 0).unwrap()
     };
     let loaded = cfg(&dp);
@@ -264,7 +227,7 @@ fn every_apply_bumps_the_deny_cache_epoch_after_its_changes() {
     // whatever is there (maps that outlive a process), and skips 0.
     {
         let mut m: Array<&mut MapData, DatapathConfig> =
-            Array::try_from(dp.ebpf_mut().map_mut("PORIN_CFG_V1").unwrap()).unwrap();
+            maps::open_mut(dp.ebpf_mut(), maps::CONFIG).unwrap();
         m.set(
             0,
             DatapathConfig {
@@ -316,14 +279,14 @@ fn with_http(key: &SipKey, ports: &[u16], http: &[(u16, &str)]) -> Compiled {
 /// `PORIN_HTTPS_V1` as it is (keys with their generation).
 fn http_sets(dp: &Datapath) -> BTreeMap<PolicyKey, HttpSet> {
     let m: BpfHashMap<&MapData, PolicyKey, HttpSet> =
-        BpfHashMap::try_from(dp.ebpf().map("PORIN_HTTPS_V1").unwrap()).unwrap();
+        maps::open(dp.ebpf(), maps::HTTP_SETS).unwrap();
     m.iter().map(|r| r.unwrap()).collect()
 }
 
 /// The keys of `PORIN_HTTPR_V1`.
 fn http_rules(dp: &Datapath) -> BTreeSet<HttpKey> {
     let m: BpfHashMap<&MapData, HttpKey, HttpValue> =
-        BpfHashMap::try_from(dp.ebpf().map("PORIN_HTTPR_V1").unwrap()).unwrap();
+        maps::open(dp.ebpf(), maps::HTTP_RULES).unwrap();
     m.keys().map(|k| k.unwrap()).collect()
 }
 
@@ -430,7 +393,7 @@ fn after_adoption_the_http_maps_hold_only_the_new_policy() {
         a.apply(&x, &[]).expect("A applies X");
         assert_http_maps_are(&a, &x, "A after X");
         let mut m: BpfHashMap<&mut MapData, HttpKey, HttpValue> =
-            BpfHashMap::try_from(a.ebpf_mut().map_mut("PORIN_HTTPR_V1").unwrap()).unwrap();
+            maps::open_mut(a.ebpf_mut(), maps::HTTP_RULES).unwrap();
         for i in 0..room as u64 {
             let (k, v) = orphan_rule(i);
             m.insert(k, v, 0).unwrap();
@@ -536,7 +499,7 @@ fn a_failed_apply_leaves_no_http_rules_behind() {
         y.http_maps.rules.len()
     );
     let m: BpfHashMap<&MapData, PolicyKey, PolicyValue> =
-        BpfHashMap::try_from(dp.ebpf().map("PORIN_POL_V1").unwrap()).unwrap();
+        maps::open(dp.ebpf(), maps::POLICY).unwrap();
     assert_eq!(
         m.keys().count(),
         y.policy.len(),
@@ -563,8 +526,7 @@ fn a_failed_apply_leaves_no_addresses_behind() {
     overfill(&mut b);
     assert!(dp.apply(&b, &[]).is_err(), "the policy map is too small");
     let ip4 = |dp: &Datapath| -> BTreeMap<[u8; 4], Identity> {
-        let m: BpfHashMap<&MapData, [u8; 4], Identity> =
-            BpfHashMap::try_from(dp.ebpf().map("PORIN_IP4_V1").unwrap()).unwrap();
+        let m: BpfHashMap<&MapData, [u8; 4], Identity> = maps::open(dp.ebpf(), maps::IP4).unwrap();
         m.iter().map(|r| r.unwrap()).collect()
     };
     let after_failure = ip4(&dp);
@@ -584,20 +546,14 @@ fn a_failed_apply_leaves_no_addresses_behind() {
 fn overfill(c: &mut Compiled) {
     for i in 0..porin_common::datapath::max_entries::POLICY {
         c.policy.insert(
-            PolicyKey {
-                subject: G1,
-                peer: G3 + (i >> 16),
-                port: (i & 0xffff) as u16,
-                protocol: 17,
-                direction: Direction::Ingress as u8,
-                generation: 0,
-                _pad: [0; 3],
-            },
-            PolicyValue {
-                action: action::ALLOW,
-                _pad: [0; 3],
-                rule: 2,
-            },
+            PolicyKey::new(
+                G1,
+                G3 + (i >> 16),
+                Direction::Ingress,
+                17,
+                (i & 0xffff) as u16,
+            ),
+            PolicyValue::allow(2),
         );
     }
 }

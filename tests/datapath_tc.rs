@@ -11,6 +11,7 @@
 //!
 //! Needs root (CI runs as root); without it each test fails loudly.
 
+use porin::maps::{self, MapDef};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
@@ -109,31 +110,27 @@ impl Dp {
         prog_run::verdict(self.prog(dir), frame)
     }
 
-    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
-        HashMap::try_from(self.bpf.map_mut(name).expect(name)).expect("a hash map")
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, def: MapDef<K, V>) -> HashMap<&mut MapData, K, V> {
+        maps::open_mut(&mut self.bpf, def).expect("a hash map")
     }
 
     fn endpoint(&mut self, ifindex: u32, id: Identity, mode: u8) {
-        let info = EndpointInfo {
-            identity: id,
-            mode,
-            _pad: [0; 3],
-        };
-        self.hash::<u32, EndpointInfo>("PORIN_ENDP_V1")
+        let info = EndpointInfo::new(id, mode);
+        self.hash(maps::ENDPOINTS)
             .insert(ifindex, info, 0)
             .expect("endpoint");
         self.bump_epoch();
     }
 
     fn ip4(&mut self, addr: Ipv4Addr, id: Identity) {
-        self.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
+        self.hash(maps::IP4)
             .insert(addr.octets(), id, 0)
             .expect("ip4");
         self.bump_epoch();
     }
 
     fn ip6(&mut self, addr: Ipv6Addr, id: Identity) {
-        self.hash::<[u8; 16], Identity>("PORIN_IP6_V1")
+        self.hash(maps::IP6)
             .insert(addr.octets(), id, 0)
             .expect("ip6");
         self.bump_epoch();
@@ -141,7 +138,7 @@ impl Dp {
 
     fn net4(&mut self, addr: Ipv4Addr, prefix: u32, id: Identity) {
         let mut trie: LpmTrie<_, [u8; 4], Identity> =
-            LpmTrie::try_from(self.bpf.map_mut("PORIN_NET4_V1").expect("net4")).expect("trie");
+            maps::open_mut(&mut self.bpf, maps::NET4).expect("trie");
         trie.insert(&Key::new(prefix, addr.octets()), id, 0)
             .expect("net4");
         self.bump_epoch();
@@ -149,7 +146,7 @@ impl Dp {
 
     fn net6(&mut self, addr: Ipv6Addr, prefix: u32, id: Identity) {
         let mut trie: LpmTrie<_, [u8; 16], Identity> =
-            LpmTrie::try_from(self.bpf.map_mut("PORIN_NET6_V1").expect("net6")).expect("trie");
+            maps::open_mut(&mut self.bpf, maps::NET6).expect("trie");
         trie.insert(&Key::new(prefix, addr.octets()), id, 0)
             .expect("net6");
         self.bump_epoch();
@@ -157,13 +154,12 @@ impl Dp {
 
     fn write_config(&mut self, cfg: DatapathConfig) {
         let mut arr: Array<_, DatapathConfig> =
-            Array::try_from(self.bpf.map_mut("PORIN_CFG_V1").expect("cfg")).expect("array");
+            maps::open_mut(&mut self.bpf, maps::CONFIG).expect("array");
         arr.set(0, cfg, 0).expect("config");
     }
 
     fn read_config(&self) -> DatapathConfig {
-        let arr: Array<_, DatapathConfig> =
-            Array::try_from(self.bpf.map("PORIN_CFG_V1").expect("cfg")).expect("array");
+        let arr: Array<_, DatapathConfig> = maps::open(&self.bpf, maps::CONFIG).expect("array");
         arr.get(&0, 0).expect("config")
     }
 
@@ -206,29 +202,16 @@ impl Dp {
         act: u8,
         generation: u8,
     ) {
-        let key = PolicyKey {
-            subject,
-            peer,
-            port,
-            protocol,
-            direction: dir as u8,
-            generation,
-            _pad: [0; 3],
-        };
-        let value = PolicyValue {
-            action: act,
-            _pad: [0; 3],
-            rule: 1,
-        };
-        self.hash::<PolicyKey, PolicyValue>("PORIN_POL_V1")
+        let key = PolicyKey::new(subject, peer, dir, protocol, port).at(generation);
+        let value = PolicyValue::new(act, 1);
+        self.hash(maps::POLICY)
             .insert(key, value, 0)
             .expect("policy entry");
         self.bump_epoch();
     }
 
-    fn per_cpu_sum(&self, map: &str, index: u32) -> Counter {
-        let arr: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.bpf.map(map).expect(map)).expect("per-CPU array");
+    fn per_cpu_sum(&self, map: MapDef<u32, Counter>, index: u32) -> Counter {
+        let arr: PerCpuArray<_, _> = maps::open(&self.bpf, map).expect("per-CPU array");
         arr.get(&index, 0)
             .expect("read counter")
             .iter()
@@ -239,7 +222,7 @@ impl Dp {
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
-        self.per_cpu_sum("PORIN_DROPS_V1", reason as u32).packets
+        self.per_cpu_sum(maps::DROPS, reason as u32).packets
     }
 
     /// Every drop reason's packet count, by reason.
@@ -252,29 +235,24 @@ impl Dp {
     }
 
     fn forwarded(&self, dir: Direction) -> Counter {
-        self.per_cpu_sum("PORIN_FWD_V1", dir as u32)
+        self.per_cpu_sum(maps::FORWARDED, dir as u32)
     }
 
     /// The IPv4 conntrack entry under `key` (`PORIN_CT4_V1`).
     fn ct(&self, key: &Ct4Key) -> Option<CtValue> {
-        let map: HashMap<_, Ct4Key, CtValue> =
-            HashMap::try_from(self.bpf.map("PORIN_CT4_V1").expect("ct4")).expect("LRU hash");
+        let map: HashMap<_, Ct4Key, CtValue> = maps::open(&self.bpf, maps::CT4).expect("LRU hash");
         map.get(key, 0).ok()
     }
 
     /// The IPv6 conntrack entry under `key` (`PORIN_CT_V1`).
     fn ct6(&self, key: &CtKey) -> Option<CtValue> {
-        let map: HashMap<_, CtKey, CtValue> =
-            HashMap::try_from(self.bpf.map("PORIN_CT_V1").expect("ct")).expect("LRU hash");
+        let map: HashMap<_, CtKey, CtValue> = maps::open(&self.bpf, maps::CT6).expect("LRU hash");
         map.get(key, 0).ok()
     }
 
     /// Entries in `PORIN_CT4_V1` and in `PORIN_CT_V1`.
     fn ct_counts(&self) -> (usize, usize) {
-        (
-            count::<Ct4Key>(&self.bpf, "PORIN_CT4_V1"),
-            count::<CtKey>(&self.bpf, "PORIN_CT_V1"),
-        )
+        (count(&self.bpf, maps::CT4), count(&self.bpf, maps::CT6))
     }
 
     /// Asserts the verdict of the program for `dir` on `frame`.
@@ -350,9 +328,8 @@ fn ct_key6(proto: u8, s: Ipv6Addr, sport: u16, d: Ipv6Addr, dport: u16, ifindex:
     ct6_key(&f, ifindex).key
 }
 
-fn count<K: aya::Pod>(bpf: &Ebpf, name: &str) -> usize {
-    let map: HashMap<_, K, CtValue> =
-        HashMap::try_from(bpf.map(name).expect(name)).expect("LRU hash");
+fn count<K: aya::Pod>(bpf: &Ebpf, def: MapDef<K, CtValue>) -> usize {
+    let map: HashMap<_, _, _> = maps::open(bpf, def).expect("LRU hash");
     map.keys().count()
 }
 
@@ -1176,7 +1153,7 @@ fn drop_counters_count_bytes() {
     let b = udp4(A, 40000, B, 2);
     dp.expect(EGRESS, &a, SHOT, "denied TCP");
     dp.expect(EGRESS, &b, SHOT, "denied UDP");
-    let c = dp.per_cpu_sum("PORIN_DROPS_V1", DropReason::PolicyDenied as u32);
+    let c = dp.per_cpu_sum(maps::DROPS, DropReason::PolicyDenied as u32);
     assert_eq!((c.packets, c.bytes), (2, (a.len() + b.len()) as u64));
 }
 
@@ -1317,11 +1294,7 @@ fn removing_an_endpoint_forgets_its_connections_in_both_maps() {
     require_root("removing_an_endpoint_forgets_its_connections_in_both_maps");
     let (ns, ep_b) = second_endpoint("dptc-forget");
 
-    let endpoint = |identity| EndpointInfo {
-        identity,
-        mode: mode::ENFORCE,
-        _pad: [0; 3],
-    };
+    let endpoint = |identity| EndpointInfo::new(identity, mode::ENFORCE);
     let mut both = Compiled::default();
     both.endpoints.insert(EP, endpoint(WEB));
     both.endpoints.insert(ep_b, endpoint(DB));
@@ -1332,20 +1305,8 @@ fn removing_an_endpoint_forgets_its_connections_in_both_maps() {
     both.ip6.insert(B6.octets(), DB);
     for subject in [WEB, DB] {
         for protocol in [PROTO_TCP, PROTO_UDP] {
-            let key = PolicyKey {
-                subject,
-                peer: identity::ANY,
-                port: 0,
-                protocol,
-                direction: EGRESS as u8,
-                generation: 0,
-                _pad: [0; 3],
-            };
-            let allow = PolicyValue {
-                action: action::ALLOW,
-                _pad: [0; 3],
-                rule: 1,
-            };
+            let key = PolicyKey::new(subject, identity::ANY, EGRESS, protocol, 0);
+            let allow = PolicyValue::allow(1);
             both.policy.insert(key, allow);
         }
     }
@@ -1368,22 +1329,15 @@ fn removing_an_endpoint_forgets_its_connections_in_both_maps() {
             }
         }
     });
-    let counts = |dp: &Datapath| {
-        (
-            count::<Ct4Key>(dp.ebpf(), "PORIN_CT4_V1"),
-            count::<CtKey>(dp.ebpf(), "PORIN_CT_V1"),
-        )
-    };
+    let counts = |dp: &Datapath| (count(dp.ebpf(), maps::CT4), count(dp.ebpf(), maps::CT6));
     assert_eq!(counts(&dp), (2, 2), "one entry per endpoint and family");
 
     let mut only_b = both.clone();
     only_b.endpoints.remove(&EP);
     dp.apply(&only_b, &[]).expect("apply without endpoint EP");
     assert_eq!(counts(&dp), (1, 1), "EP's entries are gone");
-    let ct4: HashMap<_, Ct4Key, CtValue> =
-        HashMap::try_from(dp.ebpf().map("PORIN_CT4_V1").expect("ct4")).expect("hash");
-    let ct6: HashMap<_, CtKey, CtValue> =
-        HashMap::try_from(dp.ebpf().map("PORIN_CT_V1").expect("ct")).expect("hash");
+    let ct4: HashMap<_, Ct4Key, CtValue> = maps::open(dp.ebpf(), maps::CT4).expect("hash");
+    let ct6: HashMap<_, CtKey, CtValue> = maps::open(dp.ebpf(), maps::CT6).expect("hash");
     assert!(ct4
         .get(&ct_key4(PROTO_UDP, B, 40000, A, 53, ep_b), 0)
         .is_ok());
@@ -1479,8 +1433,7 @@ fn pin_to_this_cpu() -> usize {
 
 /// The deny-cache entry in `slot` on `cpu`.
 fn dcache_slot(bpf: &Ebpf, slot: u32, cpu: usize) -> DenyEntry {
-    let arr: PerCpuArray<_, DenyEntry> =
-        PerCpuArray::try_from(bpf.map("PORIN_DCACHE_V1").expect("dcache")).expect("per-CPU array");
+    let arr: PerCpuArray<_, DenyEntry> = maps::open(bpf, maps::DENY_CACHE).expect("per-CPU array");
     arr.get(&slot, 0).expect("slot")[cpu]
 }
 
@@ -1507,8 +1460,7 @@ impl Dp {
     /// Entries stored on any CPU, in any slot.
     fn cache_entries(&self) -> usize {
         let arr: PerCpuArray<_, DenyEntry> =
-            PerCpuArray::try_from(self.bpf.map("PORIN_DCACHE_V1").expect("dcache"))
-                .expect("per-CPU array");
+            maps::open(&self.bpf, maps::DENY_CACHE).expect("per-CPU array");
         (0..max_entries::DENY_CACHE)
             .map(|i| {
                 arr.get(&i, 0)
@@ -1556,7 +1508,7 @@ fn a_denied_flow_stays_denied_from_the_cache_and_every_packet_counts() {
     dp.expect_drops(&[(DropReason::PolicyDenied, 5)], "five denied packets");
     assert_eq!(dp.forwarded(EGRESS).packets, 0);
     assert_eq!(
-        dp.per_cpu_sum("PORIN_DROPS_V1", DropReason::PolicyDenied as u32)
+        dp.per_cpu_sum(maps::DROPS, DropReason::PolicyDenied as u32)
             .bytes,
         5 * frame.len() as u64,
         "bytes of every packet"
@@ -1620,23 +1572,9 @@ fn a_policy_change_ends_a_cached_denial_once_the_epoch_moves() {
     // An allowing entry written without bumping the epoch (what a manager
     // that forgot the bump would do): the cache keeps repeating the drop.
     // This is the contract the manager keeps by bumping after each change.
-    let key = PolicyKey {
-        subject: WEB,
-        peer: CACHE,
-        port: 5432,
-        protocol: PROTO_TCP,
-        direction: EGRESS as u8,
-        generation: 0,
-        _pad: [0; 3],
-    };
-    let allow = PolicyValue {
-        action: action::ALLOW,
-        _pad: [0; 3],
-        rule: 1,
-    };
-    dp.hash::<PolicyKey, PolicyValue>("PORIN_POL_V1")
-        .insert(key, allow, 0)
-        .expect("policy");
+    let key = PolicyKey::new(WEB, CACHE, EGRESS, PROTO_TCP, 5432);
+    let allow = PolicyValue::allow(1);
+    dp.hash(maps::POLICY).insert(key, allow, 0).expect("policy");
     dp.expect(EGRESS, &frame, SHOT, "stale epoch: still the cached drop");
     assert_eq!(dp.cached(&f4(&frame), EGRESS, cpu).expect("cached").hits, 2);
     dp.bump_epoch();
@@ -1792,32 +1730,14 @@ fn the_manager_ends_cached_denials_when_it_applies_a_new_policy() {
     let cpu = pin_to_this_cpu();
     let compiled = |allowed_peer: Identity| {
         let mut c = porin::policy::Compiled::default();
-        c.endpoints.insert(
-            EP,
-            EndpointInfo {
-                identity: WEB,
-                mode: mode::ENFORCE,
-                _pad: [0; 3],
-            },
-        );
+        c.endpoints
+            .insert(EP, EndpointInfo::new(WEB, mode::ENFORCE));
         c.ip4.insert(A.octets(), WEB);
         c.ip4.insert(B.octets(), DB);
         c.ip4.insert(C.octets(), CACHE);
         c.policy.insert(
-            PolicyKey {
-                subject: WEB,
-                peer: allowed_peer,
-                port: 5432,
-                protocol: PROTO_TCP,
-                direction: EGRESS as u8,
-                generation: 0,
-                _pad: [0; 3],
-            },
-            PolicyValue {
-                action: action::ALLOW,
-                _pad: [0; 3],
-                rule: 1,
-            },
+            PolicyKey::new(WEB, allowed_peer, EGRESS, PROTO_TCP, 5432),
+            PolicyValue::allow(1),
         );
         c
     };

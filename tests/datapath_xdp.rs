@@ -9,6 +9,7 @@
 //!
 //! Needs root (CI runs as root); without it each test fails loudly.
 
+use porin::maps::{self, MapDef};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
@@ -26,8 +27,8 @@ use porin::{
 };
 use porin_common::{
     datapath::{
-        action, identity, mode, Counter, Ct4Key, CtValue, DatapathConfig, Direction, DropReason,
-        EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
+        identity, mode, Counter, DatapathConfig, Direction, DropReason, EndpointInfo, Identity,
+        PolicyKey, PolicyValue, CONFIG_READY,
     },
     decide::{ct4_key, ct_value},
     flow::{kind, verdict},
@@ -76,7 +77,7 @@ impl Dp {
         let mut dp = Dp { bpf };
         dp.uplink(UplinkConfig::default());
         let mut t4: LpmTrie<_, [u8; 8], Identity> =
-            LpmTrie::try_from(dp.bpf.map_mut("PORIN_UPDNY4_V1").unwrap()).unwrap();
+            maps::open_mut(&mut dp.bpf, maps::UPLINK_DENY4).unwrap();
         t4.insert(
             &Key::new(32 + 24, deny4_key(UPLINK, [198, 51, 100, 0])),
             BLOCKED,
@@ -84,36 +85,27 @@ impl Dp {
         )
         .unwrap();
         let mut t6: LpmTrie<_, [u8; 20], Identity> =
-            LpmTrie::try_from(dp.bpf.map_mut("PORIN_UPDNY6_V1").unwrap()).unwrap();
+            maps::open_mut(&mut dp.bpf, maps::UPLINK_DENY6).unwrap();
         let net6 = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 0).octets();
         t6.insert(&Key::new(32 + 48, deny6_key(UPLINK, &net6)), BLOCKED, 0)
             .unwrap();
-        dp.hash::<[u8; 4], u32>("PORIN_UPEP4_V1")
+        dp.hash(maps::UPLINK_ENDPOINTS4)
             .insert(WEB_IP.octets(), VETH, 0)
             .unwrap();
-        dp.hash::<[u8; 16], u32>("PORIN_UPEP6_V1")
+        dp.hash(maps::UPLINK_ENDPOINTS6)
             .insert(WEB_IP6.octets(), VETH, 0)
             .unwrap();
-        let info = EndpointInfo {
-            identity: WEB,
-            mode,
-            _pad: [0; 3],
-        };
-        dp.hash::<u32, EndpointInfo>("PORIN_ENDP_V1")
-            .insert(VETH, info, 0)
-            .unwrap();
-        dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
-            .insert(WEB_IP.octets(), WEB, 0)
-            .unwrap();
-        dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
+        let info = EndpointInfo::new(WEB, mode);
+        dp.hash(maps::ENDPOINTS).insert(VETH, info, 0).unwrap();
+        dp.hash(maps::IP4).insert(WEB_IP.octets(), WEB, 0).unwrap();
+        dp.hash(maps::IP4)
             .insert(NODE.octets(), identity::HOST, 0)
             .unwrap();
         let mut nets: LpmTrie<_, [u8; 4], Identity> =
-            LpmTrie::try_from(dp.bpf.map_mut("PORIN_NET4_V1").unwrap()).unwrap();
+            maps::open_mut(&mut dp.bpf, maps::NET4).unwrap();
         nets.insert(&Key::new(24, [192, 168, 1, 0]), LAN, 0)
             .unwrap();
-        let mut cfg: Array<_, DatapathConfig> =
-            Array::try_from(dp.bpf.map_mut("PORIN_CFG_V1").unwrap()).unwrap();
+        let mut cfg: Array<_, DatapathConfig> = maps::open_mut(&mut dp.bpf, maps::CONFIG).unwrap();
         cfg.set(
             0,
             DatapathConfig {
@@ -127,35 +119,21 @@ impl Dp {
         dp
     }
 
-    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
-        HashMap::try_from(self.bpf.map_mut(name).expect(name)).expect("a hash map")
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, def: MapDef<K, V>) -> HashMap<&mut MapData, K, V> {
+        maps::open_mut(&mut self.bpf, def).expect("a hash map")
     }
 
     fn uplink(&mut self, cfg: UplinkConfig) {
-        self.hash::<u32, UplinkConfig>("PORIN_UPCFG_V1")
+        self.hash(maps::UPLINK_CONFIG)
             .insert(UPLINK, cfg, 0)
             .unwrap();
     }
 
     /// WEB's ingress policy allows `peer` on `proto`/`port` (generation 0).
     fn allow(&mut self, peer: Identity, protocol: u8, port: u16) {
-        let key = PolicyKey {
-            subject: WEB,
-            peer,
-            port,
-            protocol,
-            direction: Direction::Ingress as u8,
-            generation: 0,
-            _pad: [0; 3],
-        };
-        let value = PolicyValue {
-            action: action::ALLOW,
-            _pad: [0; 3],
-            rule: 1,
-        };
-        self.hash::<PolicyKey, PolicyValue>("PORIN_POL_V1")
-            .insert(key, value, 0)
-            .unwrap();
+        let key = PolicyKey::new(WEB, peer, Direction::Ingress, protocol, port);
+        let value = PolicyValue::allow(1);
+        self.hash(maps::POLICY).insert(key, value, 0).unwrap();
     }
 
     fn prog(&self) -> &Xdp {
@@ -177,9 +155,8 @@ impl Dp {
         );
     }
 
-    fn sum(&self, map: &str, index: u32) -> Counter {
-        let arr: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.bpf.map(map).expect(map)).unwrap();
+    fn sum(&self, map: MapDef<u32, Counter>, index: u32) -> Counter {
+        let arr: PerCpuArray<_, _> = maps::open(&self.bpf, map).unwrap();
         arr.get(&index, 0)
             .unwrap()
             .iter()
@@ -192,7 +169,7 @@ impl Dp {
     /// Non-zero drop counters, by reason value.
     fn drops(&self) -> Vec<(u32, u64)> {
         (0..porin_common::datapath::DROP_REASONS)
-            .map(|r| (r, self.sum("PORIN_DROPS_V1", r).packets))
+            .map(|r| (r, self.sum(maps::DROPS, r).packets))
             .filter(|(_, n)| *n > 0)
             .collect()
     }
@@ -200,7 +177,7 @@ impl Dp {
     /// Non-zero pass counters, by class.
     fn passes(&self) -> Vec<(u32, u64)> {
         (0..pass::CLASSES)
-            .map(|c| (c, self.sum("PORIN_UPPASS_V1", c).packets))
+            .map(|c| (c, self.sum(maps::UPLINK_PASSED, c).packets))
             .filter(|(_, n)| *n > 0)
             .collect()
     }
@@ -229,9 +206,7 @@ fn udp(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
 fn the_program_passes_everything_on_an_interface_without_uplink_config() {
     require_root("XDP uplink test");
     let mut dp = Dp::new(mode::ENFORCE);
-    dp.hash::<u32, UplinkConfig>("PORIN_UPCFG_V1")
-        .remove(&UPLINK)
-        .unwrap();
+    dp.hash(maps::UPLINK_CONFIG).remove(&UPLINK).unwrap();
     dp.expect(
         &syn(BAD, WEB_IP, 80),
         XDP_PASS,
@@ -337,7 +312,7 @@ fn replies_and_established_connections_pass_without_a_policy() {
         may_be_reply: false,
     };
     let l = ct4_key(&out, VETH);
-    dp.hash::<Ct4Key, CtValue>("PORIN_CT4_V1")
+    dp.hash(maps::CT4)
         .insert(l.key, ct_value(1, Direction::Egress, l.origin, 0), 0)
         .unwrap();
     let reply = |flags| {

@@ -187,7 +187,7 @@ struct Watch {
 impl Watch {
     fn start(fx: &Fixture) -> Watch {
         let parent = unified().join(&fx.parent[1..]);
-        let map = fx.bpffs.join("maps").join(gate::GATE_MAP);
+        let map = fx.bpffs.join("maps").join(porin::maps::GATE.name);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = thread::spawn(move || {

@@ -18,6 +18,7 @@
 
 mod http_gen;
 
+use porin::maps::{self, MapDef};
 use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr},
@@ -42,10 +43,10 @@ use porin::{
 };
 use porin_common::{
     datapath::{
-        action, identity, mode, tc_action, Counter, DatapathConfig, Direction, DropReason,
-        EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
+        identity, mode, tc_action, Counter, DatapathConfig, Direction, DropReason, EndpointInfo,
+        Identity, PolicyKey, PolicyValue, CONFIG_READY,
     },
-    http::{HttpKey, HttpSet, HttpValue},
+    http::HttpKey,
     http_stream::MAX_TAILS,
     sip::SipKey,
 };
@@ -130,12 +131,8 @@ impl Dp {
             hash_key: KEY_A,
         };
         dp.endpoint(WEB, mode);
-        dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
-            .insert(SERVER.octets(), WEB, 0)
-            .unwrap();
-        dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
-            .insert(CLIENT.octets(), CLI, 0)
-            .unwrap();
+        dp.hash(maps::IP4).insert(SERVER.octets(), WEB, 0).unwrap();
+        dp.hash(maps::IP4).insert(CLIENT.octets(), CLI, 0).unwrap();
         dp.configure(rules);
         dp
     }
@@ -150,24 +147,14 @@ impl Dp {
         let mut dp = Dp {
             bpf: loaded(true),
             prog: "from_container",
-            key: PolicyKey {
-                subject: CLI,
-                peer,
-                port: PORT,
-                protocol: PROTO_TCP,
-                direction: Direction::Egress as u8,
-                generation: 0,
-                _pad: [0; 3],
-            },
+            key: PolicyKey::new(CLI, peer, Direction::Egress, PROTO_TCP, PORT),
             hash_key: KEY_A,
         };
         dp.endpoint(CLI, mode);
         // The client's own address: `from_container` checks the source.
-        dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
-            .insert(CLIENT.octets(), CLI, 0)
-            .unwrap();
+        dp.hash(maps::IP4).insert(CLIENT.octets(), CLI, 0).unwrap();
         if peer == identity::HOST {
-            dp.hash::<[u8; 4], Identity>("PORIN_IP4_V1")
+            dp.hash(maps::IP4)
                 .insert(SERVER.octets(), identity::HOST, 0)
                 .unwrap();
         }
@@ -177,24 +164,15 @@ impl Dp {
 
     /// The endpoint at [`EP`].
     fn endpoint(&mut self, identity: Identity, mode: u8) {
-        self.hash::<u32, EndpointInfo>("PORIN_ENDP_V1")
-            .insert(
-                EP,
-                EndpointInfo {
-                    identity,
-                    mode,
-                    _pad: [0; 3],
-                },
-                0,
-            )
+        self.hash(maps::ENDPOINTS)
+            .insert(EP, EndpointInfo::new(identity, mode), 0)
             .unwrap();
     }
 
     /// Generation 0 ready, the entry `ALLOW_HTTP` with `rules`.
     fn configure(&mut self, rules: &[HttpRule]) {
         let dp = self;
-        let mut cfg: Array<_, DatapathConfig> =
-            Array::try_from(dp.bpf.map_mut("PORIN_CFG_V1").unwrap()).unwrap();
+        let mut cfg: Array<_, DatapathConfig> = maps::open_mut(&mut dp.bpf, maps::CONFIG).unwrap();
         cfg.set(
             0,
             DatapathConfig {
@@ -208,16 +186,8 @@ impl Dp {
         )
         .unwrap();
         let key = dp.key;
-        dp.hash::<PolicyKey, PolicyValue>("PORIN_POL_V1")
-            .insert(
-                key,
-                PolicyValue {
-                    action: action::ALLOW_HTTP,
-                    _pad: [0; 3],
-                    rule: 1,
-                },
-                0,
-            )
+        dp.hash(maps::POLICY)
+            .insert(key, PolicyValue::allow_http(1), 0)
             .unwrap();
         dp.set_rules(rules)
             .expect("rules within the datapath's limits");
@@ -234,7 +204,7 @@ impl Dp {
     fn set_rules_under(&mut self, hash_key: &SipKey, rules: &[HttpRule]) -> Option<()> {
         let mut map = std::collections::BTreeMap::new();
         let set = compile_rules(hash_key, b"t", &[(1, "p", rules)], &mut map).ok()?;
-        let mut r = self.hash::<HttpKey, HttpValue>("PORIN_HTTPR_V1");
+        let mut r = self.hash(maps::HTTP_RULES);
         let old: Vec<HttpKey> = r.keys().map(|k| k.unwrap()).collect();
         for k in old {
             r.remove(&k).unwrap();
@@ -243,14 +213,12 @@ impl Dp {
             r.insert(k, v, 0).unwrap();
         }
         let key = self.key;
-        self.hash::<PolicyKey, HttpSet>("PORIN_HTTPS_V1")
-            .insert(key, set, 0)
-            .unwrap();
+        self.hash(maps::HTTP_SETS).insert(key, set, 0).unwrap();
         Some(())
     }
 
-    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
-        HashMap::try_from(self.bpf.map_mut(name).expect(name)).expect("a hash map")
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, def: MapDef<K, V>) -> HashMap<&mut MapData, K, V> {
+        maps::open_mut(&mut self.bpf, def).expect("a hash map")
     }
 
     fn prog(&self, name: &str) -> &SchedClassifier {
@@ -281,8 +249,7 @@ impl Dp {
 
     /// Drops (or audited would-be drops) of every reason.
     fn all_drops(&self) -> u64 {
-        let arr: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.bpf.map("PORIN_DROPS_V1").unwrap()).unwrap();
+        let arr: PerCpuArray<_, Counter> = maps::open(&self.bpf, maps::DROPS).unwrap();
         (0..porin_common::datapath::DROP_REASONS)
             .map(|r| {
                 arr.get(&r, 0)
@@ -295,8 +262,7 @@ impl Dp {
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
-        let arr: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.bpf.map("PORIN_DROPS_V1").unwrap()).unwrap();
+        let arr: PerCpuArray<_, Counter> = maps::open(&self.bpf, maps::DROPS).unwrap();
         arr.get(&(reason as u32), 0)
             .unwrap()
             .iter()
@@ -327,15 +293,7 @@ fn loaded(stage: bool) -> Ebpf {
 }
 
 fn key() -> PolicyKey {
-    PolicyKey {
-        subject: WEB,
-        peer: CLI,
-        port: PORT,
-        protocol: PROTO_TCP,
-        direction: Direction::Ingress as u8,
-        generation: 0,
-        _pad: [0; 3],
-    }
+    PolicyKey::new(WEB, CLI, Direction::Ingress, PROTO_TCP, PORT)
 }
 
 /// A client→server TCP segment.
@@ -757,12 +715,8 @@ fn ipv6_requests_are_judged_and_answered() {
     let server6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
     let client6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
     let mut dp = Dp::new(mode::ENFORCE, &default_rules());
-    dp.hash::<[u8; 16], Identity>("PORIN_IP6_V1")
-        .insert(server6.octets(), WEB, 0)
-        .unwrap();
-    dp.hash::<[u8; 16], Identity>("PORIN_IP6_V1")
-        .insert(client6.octets(), CLI, 0)
-        .unwrap();
+    dp.hash(maps::IP6).insert(server6.octets(), WEB, 0).unwrap();
+    dp.hash(maps::IP6).insert(client6.octets(), CLI, 0).unwrap();
     let seg6 = |seq: u32, flags: u8, payload: &[u8]| {
         let mut t = packets::tcp(41000, PORT, flags, payload);
         t[4..8].copy_from_slice(&seq.to_be_bytes());
@@ -1077,9 +1031,7 @@ fn client_side_ipv6_requests_are_judged_and_answered() {
     let make = || {
         let mut dp = Dp::client(mode::ENFORCE, identity::WORLD, &default_rules());
         // The server's address is in no map: `world`.
-        dp.hash::<[u8; 16], Identity>("PORIN_IP6_V1")
-            .insert(client6.octets(), CLI, 0)
-            .unwrap();
+        dp.hash(maps::IP6).insert(client6.octets(), CLI, 0).unwrap();
         dp
     };
     let seg6 = |seq: u32, flags: u8, payload: &[u8]| {

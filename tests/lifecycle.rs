@@ -19,6 +19,7 @@
 //! forced panic, restarts, and a replacement of an older pinned layout.
 //! Needs root and podman.
 
+use porin::maps;
 use std::{
     fs::File,
     io::{Read, Write},
@@ -790,7 +791,7 @@ fn a_newer_or_mismatched_pinned_layout_is_refused() {
     assert!(
         d.seen()
             .iter()
-            .any(|l| l.contains("PORIN_EVENTS_V1: pinned with another shape")),
+            .any(|l| l.contains(&format!("{}: pinned with another shape", maps::EVENTS.name))),
         "{}",
         d.seen().join("\n")
     );
@@ -811,11 +812,15 @@ fn a_newer_or_mismatched_pinned_layout_is_refused() {
 
     // Same layout but a map of the wrong type under a name: refused.
     write_meta(&w.bpffs.dir, porin_common::layout::LAYOUT, "x");
-    let maps = w.bpffs.dir.join("maps");
-    std::fs::rename(maps.join("PORIN_CFG_V1"), maps.join("PORIN_ENDP_V1")).unwrap();
+    let pinned = w.bpffs.dir.join("maps");
+    std::fs::rename(
+        pinned.join(maps::CONFIG.name),
+        pinned.join(maps::ENDPOINTS.name),
+    )
+    .unwrap();
     let err = refused(&w.config);
     assert!(
-        err.contains("PORIN_ENDP_V1") && err.contains("does not match"),
+        err.contains(maps::ENDPOINTS.name) && err.contains("does not match"),
         "{err}"
     );
 }
@@ -959,8 +964,7 @@ fn a_pinned_uplink_xdp_link_is_taken_over_and_dropped_when_unconfigured() {
         assert_ne!(second.1, first.1, "its program is the new one");
         // The deny prefix the new plan dropped is gone from the map.
         let deny: aya::maps::LpmTrie<_, [u8; 8], u32> =
-            aya::maps::LpmTrie::try_from(dp.ebpf().map("PORIN_UPDNY4_V1").expect("deny map"))
-                .unwrap();
+            maps::open(dp.ebpf(), maps::UPLINK_DENY4).unwrap();
         assert_eq!(deny.keys().count(), 0, "stale deny entries swept");
         drop(dp);
 
@@ -969,8 +973,7 @@ fn a_pinned_uplink_xdp_link_is_taken_over_and_dropped_when_unconfigured() {
         dp.apply_uplinks(&[]).expect("no uplinks");
         assert!(!link.exists(), "an unconfigured uplink's link is detached");
         let cfg: aya::maps::HashMap<_, u32, UplinkConfig> =
-            aya::maps::HashMap::try_from(dp.ebpf().map("PORIN_UPCFG_V1").expect("cfg map"))
-                .unwrap();
+            maps::open(dp.ebpf(), maps::UPLINK_CONFIG).unwrap();
         assert_eq!(cfg.keys().count(), 0, "and its entries are gone");
     });
 }
@@ -1022,14 +1025,8 @@ fn persistent_clsact_filters_are_adopted_and_replaced_in_place() {
     net.a.run_in(move || {
         let ifindex = porin::datapath::ifindex_of(ifname).expect("veth");
         let mut c = Compiled::default();
-        c.endpoints.insert(
-            ifindex,
-            EndpointInfo {
-                identity: 4242,
-                mode: mode::ENFORCE,
-                _pad: [0; 3],
-            },
-        );
+        c.endpoints
+            .insert(ifindex, EndpointInfo::new(4242, mode::ENFORCE));
         let veth = [Veth {
             ifindex,
             name: ifname.to_string(),

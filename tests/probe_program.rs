@@ -4,6 +4,7 @@
 //!
 //! Needs root (CI runs as root); without it each test fails loudly.
 
+use porin::maps;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
@@ -42,8 +43,7 @@ fn probe(bpf: &Ebpf) -> &Xdp {
 
 /// Sum over CPUs of the counter for `class`.
 fn count(bpf: &Ebpf, class: FrameClass) -> u64 {
-    let map: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(bpf.map("PORIN_PROBE_V1").expect("map")).expect("per-CPU array");
+    let map: PerCpuArray<_, u64> = maps::open(bpf, maps::PROBE).expect("per-CPU array");
     map.get(&(class as u32), 0)
         .expect("read counter")
         .iter()

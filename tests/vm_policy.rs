@@ -16,6 +16,7 @@
 //!
 //! Needs root (CI runs as root; the VMs' init is root).
 
+use porin::maps;
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
@@ -117,35 +118,18 @@ fn exchange(ip: Ipv4Addr, port: u16, timeout: Duration) -> std::io::Result<Strin
 }
 
 fn endpoint(mode: u8) -> EndpointInfo {
-    EndpointInfo {
-        identity: WEB,
-        mode,
-        _pad: [0; 3],
-    }
+    EndpointInfo::new(WEB, mode)
 }
 
 fn allow(dir: Direction, port: u16) -> (PolicyKey, PolicyValue) {
     (
-        PolicyKey {
-            subject: WEB,
-            peer: SERVER,
-            port,
-            protocol: TCP,
-            direction: dir as u8,
-            generation: 0,
-            _pad: [0; 3],
-        },
-        PolicyValue {
-            action: action::ALLOW,
-            _pad: [0; 3],
-            rule: 1,
-        },
+        PolicyKey::new(WEB, SERVER, dir, TCP, port),
+        PolicyValue::allow(1),
     )
 }
 
 fn drops(bpf: &Ebpf, reason: DropReason) -> u64 {
-    let arr: PerCpuArray<_, Counter> =
-        PerCpuArray::try_from(bpf.map("PORIN_DROPS_V1").expect("drops map")).expect("array");
+    let arr: PerCpuArray<_, Counter> = maps::open(bpf, maps::DROPS).expect("array");
     arr.get(&(reason as u32), 0)
         .expect("read counter")
         .iter()
@@ -154,8 +138,7 @@ fn drops(bpf: &Ebpf, reason: DropReason) -> u64 {
 }
 
 fn frames(bpf: &Ebpf, class: FrameClass) -> u64 {
-    let arr: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(bpf.map("PORIN_PROBE_V1").expect("probe map")).expect("array");
+    let arr: PerCpuArray<_, u64> = maps::open(bpf, maps::PROBE).expect("array");
     arr.get(&(class as u32), 0)
         .expect("read counter")
         .iter()

@@ -265,7 +265,7 @@ mod tests {
                 veths: vec!["veth3".into()],
             }],
             maps: vec![MapFill {
-                name: "PORIN_ENDP_V1".into(),
+                name: crate::maps::ENDPOINTS.name.into(),
                 entries: 1,
                 capacity: 4096,
             }],
@@ -281,6 +281,7 @@ mod tests {
             ),
             "{t}"
         );
-        assert!(t.contains("PORIN_ENDP_V1  1        4096      0.0%"), "{t}");
+        let row = format!("{}  1        4096      0.0%", crate::maps::ENDPOINTS.name);
+        assert!(t.contains(&row), "{t}");
     }
 }

@@ -56,30 +56,20 @@ use crate::{
     discovery::cgroup::{CgroupFs, CgroupLayout},
     ebpf,
     kernel::EventsTransport,
+    maps,
 };
 
-/// The map of classified cgroup ids, and its pin under `<bpffs>/maps/`.
-pub const GATE_MAP: &str = "PORIN_GATE_V1";
 pub const GATE_INGRESS: &str = "gate_ingress";
 pub const GATE_EGRESS: &str = "gate_egress";
+
 /// The object's hash, LRU and LPM maps the gate does not use (created with
-/// one entry by the gate's loader).
-const UNUSED_HASH_MAPS: [&str; 14] = [
-    "PORIN_CT4_V1",
-    "PORIN_CT_V1",
-    "PORIN_ENDP_V1",
-    "PORIN_IP4_V1",
-    "PORIN_IP6_V1",
-    "PORIN_NET4_V1",
-    "PORIN_NET6_V1",
-    "PORIN_POL_V1",
-    "PORIN_UPCFG_V1",
-    "PORIN_UPDNY4_V1",
-    "PORIN_UPDNY6_V1",
-    "PORIN_UPEP4_V1",
-    "PORIN_UPEP6_V1",
-    "PORIN_UPFLD_V1",
-];
+/// one entry by the gate's loader): all but `PORIN_GATE_V1`.
+fn unused_keyed_maps() -> impl Iterator<Item = &'static str> {
+    maps::ALL
+        .iter()
+        .filter(|m| m.is_keyed() && m.name != maps::GATE.name)
+        .map(|m| m.name)
+}
 
 /// Directory under `bpffs` holding the pinned links.
 pub const LINK_DIR: &str = "gate";
@@ -99,7 +89,7 @@ pub enum GateError {
         #[source]
         source: io::Error,
     },
-    #[error("map `{GATE_MAP}`: {op}: {source}")]
+    #[error("map `{}`: {op}: {source}", maps::GATE.name)]
     Map {
         op: &'static str,
         #[source]
@@ -259,24 +249,26 @@ impl Gate {
     /// Loads the programs, with `PORIN_GATE_V1` pinned (or reused) at
     /// `<bpffs>/maps/PORIN_GATE_V1`. Attaches nothing yet.
     pub fn load(bpffs: &Path, unified: &Path) -> Result<Gate, GateError> {
-        let maps = bpffs.join("maps");
-        fs::create_dir_all(&maps).map_err(io_err("creating", &maps))?;
+        let pin_dir = bpffs.join("maps");
+        fs::create_dir_all(&pin_dir).map_err(io_err("creating", &pin_dir))?;
         let links = bpffs.join(LINK_DIR);
         fs::create_dir_all(&links).map_err(io_err("creating", &links))?;
-        let pin = maps.join(GATE_MAP);
+        let pin = pin_dir.join(maps::GATE.name);
         let mut loader = EbpfLoader::new();
-        loader.btf(None).map_pin_path(GATE_MAP, pin.as_path());
+        loader
+            .btf(None)
+            .map_pin_path(maps::GATE.name, pin.as_path());
         // This loader creates every map of the object, but the gate uses
         // only its own: the large ones are created at their smallest here
         // (until one loader serves the datapath and the gate).
-        for name in UNUSED_HASH_MAPS {
+        for name in unused_keyed_maps() {
             loader.map_max_entries(name, 1);
         }
         if ebpf::transport() == EventsTransport::RingBuf {
             // A ring buffer's size is a multiple of the page size.
             // SAFETY: sysconf has no preconditions.
             let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-            loader.map_max_entries("PORIN_EVENTS_V1", u32::try_from(page).unwrap_or(4096));
+            loader.map_max_entries(maps::EVENTS.name, u32::try_from(page).unwrap_or(4096));
         }
         let mut bpf = loader
             .load(ebpf::object()?)
@@ -315,11 +307,10 @@ impl Gate {
     }
 
     fn map(&mut self) -> Result<BpfHashMap<&mut MapData, u64, u8>, GateError> {
-        let map = self
-            .bpf
-            .map_mut(GATE_MAP)
-            .ok_or(ebpf::LoadError::MissingMap { name: GATE_MAP })?;
-        BpfHashMap::try_from(map).map_err(|source| GateError::Map { op: "open", source })
+        maps::open_mut(&mut self.bpf, maps::GATE).map_err(|e| match e {
+            maps::OpenError::Missing(name) => ebpf::LoadError::MissingMap { name }.into(),
+            maps::OpenError::Map { source, .. } => GateError::Map { op: "open", source },
+        })
     }
 
     /// Attaches the gate to every parent in `parents` not attached yet by
@@ -631,7 +622,7 @@ pub fn uninstall(bpffs: &Path) -> Result<Removed, GateError> {
     if dir.is_dir() {
         fs::remove_dir(&dir).map_err(io_err("removing", &dir))?;
     }
-    let map = bpffs.join("maps").join(GATE_MAP);
+    let map = bpffs.join("maps").join(maps::GATE.name);
     match fs::remove_file(&map) {
         Ok(()) => removed.map = true,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -39,6 +39,7 @@ use porin_common::sip::SipKey;
 
 use super::{map_err, purge, remove_hash, write_hash, DatapathError};
 use crate::ebpf::{self, LoadError};
+use crate::maps;
 use crate::policy::Compiled;
 
 pub const HTTP_FROM_CONTAINER: &str = "http_from_container";
@@ -47,7 +48,7 @@ pub const HTTP_PARSE: &str = "http_parse";
 pub const HTTP_FINISH: &str = "http_finish";
 
 /// The hash key's map (one entry).
-pub const KEY_MAP: &str = "PORIN_HTTPK_V1";
+pub const KEY_MAP: &str = maps::HTTP_KEY.name;
 
 /// 16 bytes from getrandom(2) (blocking until the kernel's pool is
 /// initialised, which it is long before a daemon starts), never all zero.
@@ -119,7 +120,7 @@ const STAGE_SLOTS: u32 = 4;
 pub fn load_stage(bpf: &mut Ebpf) -> Result<(), DatapathError> {
     let result = register_stage(bpf);
     if result.is_err() {
-        if let Some(map) = bpf.map_mut("PORIN_HTTPP_V1") {
+        if let Some(map) = bpf.map_mut(maps::HTTP_PROGRAMS.name) {
             if let Ok(mut progs) = ProgramArray::<&mut MapData>::try_from(map) {
                 for index in 0..STAGE_SLOTS {
                     // An empty slot answers ENOENT: nothing to clear.
@@ -147,14 +148,16 @@ fn register_stage(bpf: &mut Ebpf) -> Result<(), DatapathError> {
                 name,
                 source: aya::programs::ProgramError::IOError(e),
             })?;
-        let map = bpf.map_mut("PORIN_HTTPP_V1").ok_or(LoadError::MissingMap {
-            name: "PORIN_HTTPP_V1",
-        })?;
+        let map = bpf
+            .map_mut(maps::HTTP_PROGRAMS.name)
+            .ok_or(LoadError::MissingMap {
+                name: maps::HTTP_PROGRAMS.name,
+            })?;
         let mut progs: ProgramArray<&mut MapData> =
-            ProgramArray::try_from(map).map_err(map_err("PORIN_HTTPP_V1", "open"))?;
+            ProgramArray::try_from(map).map_err(map_err(maps::HTTP_PROGRAMS.name, "open"))?;
         progs
             .set(index, &fd, 0)
-            .map_err(map_err("PORIN_HTTPP_V1", "set"))?;
+            .map_err(map_err(maps::HTTP_PROGRAMS.name, "set"))?;
     }
     Ok(())
 }
@@ -174,7 +177,7 @@ pub fn write_before_flip(
     next: u32,
     sweep: bool,
 ) -> Result<usize, DatapathError> {
-    purge::<PolicyKey, HttpSet>(bpf, "PORIN_HTTPS_V1", |k| u32::from(k.generation) == next)?;
+    purge::<PolicyKey, HttpSet>(bpf, maps::HTTP_SETS, |k| u32::from(k.generation) == next)?;
     let mut swept = 0;
     if sweep {
         // What the live generation's sets use stays until the flip; the
@@ -182,13 +185,13 @@ pub fn write_before_flip(
         // policy entry leads to. Connections opened under a retired set
         // lose its rules, as they do after every flip.
         let live = live_sets(bpf, 1 - next)?;
-        swept = purge::<HttpKey, HttpValue>(bpf, "PORIN_HTTPR_V1", |k| {
+        swept = purge::<HttpKey, HttpValue>(bpf, maps::HTTP_RULES, |k| {
             !live.contains(&k.set) && !new.http_maps.rules.contains_key(k)
         })?;
     }
     write_hash(
         bpf,
-        "PORIN_HTTPR_V1",
+        maps::HTTP_RULES,
         "insert",
         new.http_maps.rules.iter().map(|(k, v)| (*k, *v)),
     )?;
@@ -201,17 +204,17 @@ pub fn write_before_flip(
             *v,
         )
     });
-    write_hash(bpf, "PORIN_HTTPS_V1", "insert", sets)?;
+    write_hash(bpf, maps::HTTP_SETS, "insert", sets)?;
     Ok(swept)
 }
 
 /// Ids of the sets in `PORIN_HTTPS_V1` under `generation`.
 fn live_sets(bpf: &mut Ebpf, generation: u32) -> Result<BTreeSet<u32>, DatapathError> {
-    let m = map_mut!(bpf, "PORIN_HTTPS_V1", BpfHashMap<&mut MapData, PolicyKey, HttpSet>);
+    let m = map_mut!(bpf, maps::HTTP_SETS, BpfHashMap<&mut MapData, PolicyKey, HttpSet>);
     let mut ids = BTreeSet::new();
     for r in m.iter() {
         // An unreadable map fails the apply: nothing is deleted unseen.
-        let (k, set) = r.map_err(map_err("PORIN_HTTPS_V1", "read"))?;
+        let (k, set) = r.map_err(map_err(maps::HTTP_SETS.name, "read"))?;
         if u32::from(k.generation) == generation {
             ids.insert(set.id);
         }
@@ -229,9 +232,9 @@ pub fn clean_after_flip(
     active: u32,
     sweep: bool,
 ) -> Result<usize, DatapathError> {
-    purge::<PolicyKey, HttpSet>(bpf, "PORIN_HTTPS_V1", |k| u32::from(k.generation) != active)?;
+    purge::<PolicyKey, HttpSet>(bpf, maps::HTTP_SETS, |k| u32::from(k.generation) != active)?;
     if sweep {
-        return purge::<HttpKey, HttpValue>(bpf, "PORIN_HTTPR_V1", |k| {
+        return purge::<HttpKey, HttpValue>(bpf, maps::HTTP_RULES, |k| {
             !new.http_maps.rules.contains_key(k)
         });
     }
@@ -242,6 +245,6 @@ pub fn clean_after_flip(
         .filter(|k| !new.http_maps.rules.contains_key(k))
         .copied()
         .collect();
-    remove_hash::<HttpKey, HttpValue>(bpf, "PORIN_HTTPR_V1", &gone)?;
+    remove_hash::<HttpKey, HttpValue>(bpf, maps::HTTP_RULES, &gone)?;
     Ok(0)
 }

@@ -47,15 +47,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, MapError},
+    maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapError},
     programs::{tc, SchedClassifier, TcAttachType, Xdp},
     Ebpf,
 };
 use log::{debug, info, warn};
 use porin_common::{
     datapath::{
-        identity::UPDATING, Ct4Key, CtKey, CtValue, DatapathConfig, EndpointInfo, Identity,
-        PolicyKey, PolicyValue, CONFIG_READY,
+        identity::UPDATING, DatapathConfig, EndpointInfo, Identity, PolicyKey, CONFIG_READY,
     },
     dcache::next_epoch,
     sip::SipKey,
@@ -64,6 +63,7 @@ use porin_common::{
 use crate::{
     ebpf::{self, LoadError},
     kernel::TcAttach,
+    maps::{self, MapDef},
     policy::{diff, Compiled, Diff, Prefix},
 };
 
@@ -95,6 +95,19 @@ pub enum DatapathError {
         #[source]
         source: aya::programs::ProgramError,
     },
+}
+
+impl From<maps::OpenError> for DatapathError {
+    fn from(e: maps::OpenError) -> Self {
+        match e {
+            maps::OpenError::Missing(name) => LoadError::MissingMap { name }.into(),
+            maps::OpenError::Map { name, source } => DatapathError::Map {
+                map: name,
+                op: "open",
+                source,
+            },
+        }
+    }
 }
 
 /// How an endpoint's veth is known to the manager.
@@ -154,16 +167,16 @@ pub struct ApplyReport {
     pub attach_failures: Vec<String>,
 }
 
+/// Opens registry entry `$def` (`crate::maps`) of `$bpf` for writing as
+/// handle `$ty`, whose key and value types must be the entry's.
 macro_rules! map_mut {
-    ($bpf:expr, $name:expr, $ty:ty) => {{
+    ($bpf:expr, $def:expr, $ty:ty) => {{
+        let def = $def;
         let map = $bpf
-            .map_mut($name)
-            .ok_or(LoadError::MissingMap { name: $name })?;
-        <$ty>::try_from(map).map_err(|source| DatapathError::Map {
-            map: $name,
-            op: "open",
-            source,
-        })?
+            .map_mut(def.name)
+            .ok_or(LoadError::MissingMap { name: def.name })?;
+        let handle: $ty = crate::maps::handle(map, def)?;
+        handle
     }};
 }
 
@@ -318,18 +331,18 @@ impl Datapath {
         // 1. New addresses and networks.
         write_hash(
             &mut self.bpf,
-            "PORIN_IP4_V1",
+            maps::IP4,
             "insert",
             d.ip4.add.iter().copied(),
         )?;
         write_hash(
             &mut self.bpf,
-            "PORIN_IP6_V1",
+            maps::IP6,
             "insert",
             d.ip6.add.iter().copied(),
         )?;
-        write_lpm(&mut self.bpf, "PORIN_NET4_V1", &d.net4.add)?;
-        write_lpm(&mut self.bpf, "PORIN_NET6_V1", &d.net6.add)?;
+        write_lpm(&mut self.bpf, maps::NET4, &d.net4.add)?;
+        write_lpm(&mut self.bpf, maps::NET6, &d.net6.add)?;
 
         // 2. Park what changes identity (see the module notes).
         self.park(old, &d)?;
@@ -354,19 +367,16 @@ impl Datapath {
                     .collect()
             };
             let (stale, retired) = (at(next), at(1 - next));
-            remove_hash::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", &stale)?;
+            remove_hash(&mut self.bpf, maps::POLICY, &stale)?;
             // HTTP rule sets of the new generation (`http`).
             let mut swept = http::write_before_flip(&mut self.bpf, new, next, self.sweep)?;
             let entries = new.policy.iter().map(|(k, v)| {
-                let key = PolicyKey {
-                    generation: next as u8,
-                    ..*k
-                };
+                let key = k.at(next as u8);
                 (key, *v)
             });
-            write_hash(&mut self.bpf, "PORIN_POL_V1", "insert", entries)?;
+            write_hash(&mut self.bpf, maps::POLICY, "insert", entries)?;
             self.set_generation(next)?;
-            remove_hash::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1", &retired)?;
+            remove_hash(&mut self.bpf, maps::POLICY, &retired)?;
             swept += http::clean_after_flip(&mut self.bpf, old, new, next, self.sweep)?;
             if swept > 0 {
                 info!("deleted {swept} HTTP rule entries no applied policy listed");
@@ -376,24 +386,24 @@ impl Datapath {
         // 4. Changed and removed addresses, networks and endpoints.
         write_hash(
             &mut self.bpf,
-            "PORIN_IP4_V1",
+            maps::IP4,
             "update",
             d.ip4.update.iter().copied(),
         )?;
         write_hash(
             &mut self.bpf,
-            "PORIN_IP6_V1",
+            maps::IP6,
             "update",
             d.ip6.update.iter().copied(),
         )?;
-        remove_hash::<[u8; 4], Identity>(&mut self.bpf, "PORIN_IP4_V1", &d.ip4.remove)?;
-        remove_hash::<[u8; 16], Identity>(&mut self.bpf, "PORIN_IP6_V1", &d.ip6.remove)?;
-        write_lpm(&mut self.bpf, "PORIN_NET4_V1", &d.net4.update)?;
-        write_lpm(&mut self.bpf, "PORIN_NET6_V1", &d.net6.update)?;
-        remove_lpm(&mut self.bpf, "PORIN_NET4_V1", &d.net4.remove)?;
-        remove_lpm(&mut self.bpf, "PORIN_NET6_V1", &d.net6.remove)?;
+        remove_hash(&mut self.bpf, maps::IP4, &d.ip4.remove)?;
+        remove_hash(&mut self.bpf, maps::IP6, &d.ip6.remove)?;
+        write_lpm(&mut self.bpf, maps::NET4, &d.net4.update)?;
+        write_lpm(&mut self.bpf, maps::NET6, &d.net6.update)?;
+        remove_lpm(&mut self.bpf, maps::NET4, &d.net4.remove)?;
+        remove_lpm(&mut self.bpf, maps::NET6, &d.net6.remove)?;
         let endpoints = d.endpoints.add.iter().chain(&d.endpoints.update).copied();
-        write_hash(&mut self.bpf, "PORIN_ENDP_V1", "insert", endpoints)?;
+        write_hash(&mut self.bpf, maps::ENDPOINTS, "insert", endpoints)?;
         // The uplink's container-address map: new entries once their
         // endpoint entries exist, gone ones before those are deleted.
         let upep_old = self.upep_old(old);
@@ -451,8 +461,7 @@ impl Datapath {
         // Endpoint entries go last: until here a removed endpoint's veth
         // still had its program, which needs the entry (no entry = drop).
         {
-            let mut m =
-                map_mut!(self.bpf, "PORIN_ENDP_V1", BpfHashMap<&mut MapData, u32, EndpointInfo>);
+            let mut m = map_mut!(self.bpf, maps::ENDPOINTS, BpfHashMap<_, _, _>);
             for k in &d.endpoints.remove {
                 let _ = m.remove(k);
             }
@@ -477,20 +486,20 @@ impl Datapath {
         }
         write_hash(
             &mut self.bpf,
-            "PORIN_IP4_V1",
+            maps::IP4,
             "park",
             d.ip4.update.iter().map(parked),
         )?;
         write_hash(
             &mut self.bpf,
-            "PORIN_IP6_V1",
+            maps::IP6,
             "park",
             d.ip6.update.iter().map(parked),
         )?;
         let parked4: Vec<_> = d.net4.update.iter().map(parked).collect();
         let parked6: Vec<_> = d.net6.update.iter().map(parked).collect();
-        write_lpm(&mut self.bpf, "PORIN_NET4_V1", &parked4)?;
-        write_lpm(&mut self.bpf, "PORIN_NET6_V1", &parked6)?;
+        write_lpm(&mut self.bpf, maps::NET4, &parked4)?;
+        write_lpm(&mut self.bpf, maps::NET6, &parked6)?;
         let endpoints = d.endpoints.update.iter().filter_map(|(k, new)| {
             let before = old.endpoints.get(k).copied().unwrap_or(*new);
             (before.identity != new.identity).then_some((
@@ -501,23 +510,23 @@ impl Datapath {
                 },
             ))
         });
-        write_hash(&mut self.bpf, "PORIN_ENDP_V1", "park", endpoints)
+        write_hash(&mut self.bpf, maps::ENDPOINTS, "park", endpoints)
     }
 
     /// Deletes the conntrack entries made at the given host veths, IPv4
     /// (`PORIN_CT4_V1`) and IPv6 (`PORIN_CT_V1`).
     fn forget_connections(&mut self, ifindexes: &[u32]) -> Result<(), DatapathError> {
         let at = |ifindex: u32| ifindexes.contains(&ifindex);
-        let v4 = purge::<Ct4Key, CtValue>(&mut self.bpf, "PORIN_CT4_V1", |k| at(k.ifindex))?;
-        let v6 = purge::<CtKey, CtValue>(&mut self.bpf, "PORIN_CT_V1", |k| at(k.ifindex))?;
+        let v4 = purge(&mut self.bpf, maps::CT4, |k| at(k.ifindex))?;
+        let v6 = purge(&mut self.bpf, maps::CT6, |k| at(k.ifindex))?;
         debug!("forgot {v4} IPv4 and {v6} IPv6 connections of removed endpoints");
         Ok(())
     }
 
     fn set_generation(&mut self, generation: u32) -> Result<(), DatapathError> {
-        let mut cfg = map_mut!(self.bpf, "PORIN_CFG_V1", Array<&mut MapData, DatapathConfig>);
+        let mut cfg = map_mut!(self.bpf, maps::CONFIG, Array<_, _>);
         // The epoch is rewritten as it is: each write changes one field.
-        let current = cfg.get(&0, 0).map_err(map_err("PORIN_CFG_V1", "get"))?;
+        let current = cfg.get(&0, 0).map_err(map_err(maps::CONFIG.name, "get"))?;
         cfg.set(
             0,
             DatapathConfig {
@@ -527,7 +536,7 @@ impl Datapath {
             },
             0,
         )
-        .map_err(map_err("PORIN_CFG_V1", "set"))?;
+        .map_err(map_err(maps::CONFIG.name, "set"))?;
         self.generation = generation;
         Ok(())
     }
@@ -537,24 +546,20 @@ impl Datapath {
     /// is new even when the maps outlive this process. Call it after every
     /// change to a map a verdict depends on. Returns the new epoch.
     pub fn bump_epoch(&mut self) -> Result<u32, DatapathError> {
-        let mut cfg = map_mut!(self.bpf, "PORIN_CFG_V1", Array<&mut MapData, DatapathConfig>);
-        let current = cfg.get(&0, 0).map_err(map_err("PORIN_CFG_V1", "get"))?;
+        let mut cfg = map_mut!(self.bpf, maps::CONFIG, Array<_, _>);
+        let current = cfg.get(&0, 0).map_err(map_err(maps::CONFIG.name, "get"))?;
         let epoch = next_epoch(current.epoch);
         cfg.set(0, DatapathConfig { epoch, ..current }, 0)
-            .map_err(map_err("PORIN_CFG_V1", "bump epoch"))?;
+            .map_err(map_err(maps::CONFIG.name, "bump epoch"))?;
         Ok(epoch)
     }
 
     /// The current deny-cache epoch (`PORIN_CFG_V1`).
     pub fn epoch(&self) -> Result<u32, DatapathError> {
-        let map = self.bpf.map("PORIN_CFG_V1").ok_or(LoadError::MissingMap {
-            name: "PORIN_CFG_V1",
-        })?;
-        let cfg: Array<&MapData, DatapathConfig> =
-            Array::try_from(map).map_err(map_err("PORIN_CFG_V1", "open"))?;
+        let cfg: Array<_, _> = maps::open(&self.bpf, maps::CONFIG)?;
         Ok(cfg
             .get(&0, 0)
-            .map_err(map_err("PORIN_CFG_V1", "get"))?
+            .map_err(map_err(maps::CONFIG.name, "get"))?
             .epoch)
     }
 
@@ -667,13 +672,13 @@ fn map_err(map: &'static str, op: &'static str) -> impl Fn(MapError) -> Datapath
 /// Inserts or overwrites `entries` in hash map `name`.
 fn write_hash<K: aya::Pod, V: aya::Pod>(
     bpf: &mut Ebpf,
-    name: &'static str,
+    def: MapDef<K, V>,
     op: &'static str,
     entries: impl IntoIterator<Item = (K, V)>,
 ) -> Result<(), DatapathError> {
-    let mut m = map_mut!(bpf, name, BpfHashMap<&mut MapData, K, V>);
+    let mut m = map_mut!(bpf, def, BpfHashMap<_, _, _>);
     for (k, v) in entries {
-        m.insert(k, v, 0).map_err(map_err(name, op))?;
+        m.insert(k, v, 0).map_err(map_err(def.name, op))?;
     }
     Ok(())
 }
@@ -682,10 +687,10 @@ fn write_hash<K: aya::Pod, V: aya::Pod>(
 /// how many.
 fn purge<K: aya::Pod, V: aya::Pod>(
     bpf: &mut Ebpf,
-    name: &'static str,
+    def: MapDef<K, V>,
     stale: impl Fn(&K) -> bool,
 ) -> Result<usize, DatapathError> {
-    let mut ct = map_mut!(bpf, name, BpfHashMap<&mut MapData, K, V>);
+    let mut ct = map_mut!(bpf, def, BpfHashMap<_, _, _>);
     let keys: Vec<K> = ct
         .keys()
         .filter_map(Result::ok)
@@ -700,10 +705,10 @@ fn purge<K: aya::Pod, V: aya::Pod>(
 /// [`purge`] for an LPM trie of `N`-byte keys (identity values).
 fn purge_lpm<const N: usize>(
     bpf: &mut Ebpf,
-    name: &'static str,
+    def: MapDef<[u8; N], Identity>,
     stale: impl Fn(&Key<[u8; N]>) -> bool,
 ) -> Result<usize, DatapathError> {
-    let mut t = map_mut!(bpf, name, LpmTrie<&mut MapData, [u8; N], Identity>);
+    let mut t = map_mut!(bpf, def, LpmTrie<_, _, _>);
     let keys: Vec<Key<[u8; N]>> = t
         .keys()
         .filter_map(Result::ok)
@@ -717,17 +722,17 @@ fn purge_lpm<const N: usize>(
 
 /// Every key of the policy map.
 fn policy_keys(bpf: &mut Ebpf) -> Result<Vec<PolicyKey>, DatapathError> {
-    let m = map_mut!(bpf, "PORIN_POL_V1", BpfHashMap<&mut MapData, PolicyKey, PolicyValue>);
+    let m = map_mut!(bpf, maps::POLICY, BpfHashMap<_, _, _>);
     Ok(m.keys().filter_map(Result::ok).collect())
 }
 
 /// Deletes `keys` from hash map `name`; a key that is already gone is fine.
 fn remove_hash<K: aya::Pod, V: aya::Pod>(
     bpf: &mut Ebpf,
-    name: &'static str,
+    def: MapDef<K, V>,
     keys: &[K],
 ) -> Result<(), DatapathError> {
-    let mut m = map_mut!(bpf, name, BpfHashMap<&mut MapData, K, V>);
+    let mut m = map_mut!(bpf, def, BpfHashMap<_, _, _>);
     for k in keys {
         let _ = m.remove(k);
     }
@@ -736,29 +741,29 @@ fn remove_hash<K: aya::Pod, V: aya::Pod>(
 
 fn write_lpm<const N: usize>(
     bpf: &mut Ebpf,
-    name: &'static str,
+    def: MapDef<[u8; N], Identity>,
     entries: &[(Prefix<N>, Identity)],
 ) -> Result<(), DatapathError>
 where
     [u8; N]: aya::Pod,
 {
-    let mut m = map_mut!(bpf, name, LpmTrie<&mut MapData, [u8; N], Identity>);
+    let mut m = map_mut!(bpf, def, LpmTrie<_, _, _>);
     for (p, id) in entries {
         m.insert(&Key::new(u32::from(p.len), p.addr), id, 0)
-            .map_err(map_err(name, "insert"))?;
+            .map_err(map_err(def.name, "insert"))?;
     }
     Ok(())
 }
 
 fn remove_lpm<const N: usize>(
     bpf: &mut Ebpf,
-    name: &'static str,
+    def: MapDef<[u8; N], Identity>,
     keys: &[Prefix<N>],
 ) -> Result<(), DatapathError>
 where
     [u8; N]: aya::Pod,
 {
-    let mut m = map_mut!(bpf, name, LpmTrie<&mut MapData, [u8; N], Identity>);
+    let mut m = map_mut!(bpf, def, LpmTrie<_, _, _>);
     for p in keys {
         let _ = m.remove(&Key::new(u32::from(p.len), p.addr));
     }

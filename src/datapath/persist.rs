@@ -37,7 +37,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData},
+    maps::{Array, HashMap as BpfHashMap, LpmTrie},
     programs::{
         links::{FdLink, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
@@ -47,10 +47,7 @@ use aya::{
     Ebpf,
 };
 use log::{info, warn};
-use porin_common::{
-    datapath::{DatapathConfig, EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY},
-    uplink::UplinkConfig,
-};
+use porin_common::datapath::{Identity, CONFIG_READY};
 
 use super::{
     map_err,
@@ -62,6 +59,7 @@ use super::{
 use crate::{
     config,
     ebpf::{self, LoadError},
+    maps::{self, MapDef},
     policy::{Compiled, Prefix},
 };
 
@@ -139,20 +137,22 @@ pub(super) fn ifname_of(ifindex: u32) -> Option<String> {
 
 fn read_hash<K: aya::Pod + Ord, V: aya::Pod>(
     bpf: &mut Ebpf,
-    name: &'static str,
+    def: MapDef<K, V>,
 ) -> Result<BTreeMap<K, V>, DatapathError> {
-    let m = map_mut!(bpf, name, BpfHashMap<&mut MapData, K, V>);
-    m.iter().map(|r| r.map_err(map_err(name, "read"))).collect()
+    let m = map_mut!(bpf, def, BpfHashMap<_, _, _>);
+    m.iter()
+        .map(|r| r.map_err(map_err(def.name, "read")))
+        .collect()
 }
 
 fn read_lpm<const N: usize>(
     bpf: &mut Ebpf,
-    name: &'static str,
+    def: MapDef<[u8; N], Identity>,
 ) -> Result<BTreeMap<Prefix<N>, Identity>, DatapathError>
 where
     [u8; N]: aya::Pod,
 {
-    let m = map_mut!(bpf, name, LpmTrie<&mut MapData, [u8; N], Identity>);
+    let m = map_mut!(bpf, def, LpmTrie<_, _, _>);
     m.iter()
         .map(|r| {
             r.map(|(k, v)| {
@@ -164,7 +164,7 @@ where
                     v,
                 )
             })
-            .map_err(map_err(name, "read"))
+            .map_err(map_err(def.name, "read"))
         })
         .collect()
 }
@@ -221,8 +221,8 @@ impl Datapath {
     /// programs on the veths that have Porin's filters.
     fn adopt(&mut self) -> Result<EndpointAddresses, DatapathError> {
         let cfg = {
-            let a = map_mut!(self.bpf, "PORIN_CFG_V1", Array<&mut MapData, DatapathConfig>);
-            a.get(&0, 0).map_err(map_err("PORIN_CFG_V1", "read"))?
+            let a = map_mut!(self.bpf, maps::CONFIG, Array<_, _>);
+            a.get(&0, 0).map_err(map_err(maps::CONFIG.name, "read"))?
         };
         if cfg.ready == CONFIG_READY && cfg.generation <= 1 {
             self.generation = cfg.generation;
@@ -233,8 +233,8 @@ impl Datapath {
         let generation = self.generation;
         let a = self.read_back()?;
         let upep = (
-            read_hash(&mut self.bpf, "PORIN_UPEP4_V1")?,
-            read_hash(&mut self.bpf, "PORIN_UPEP6_V1")?,
+            read_hash(&mut self.bpf, maps::UPLINK_ENDPOINTS4)?,
+            read_hash(&mut self.bpf, maps::UPLINK_ENDPOINTS6)?,
         );
         let mut took = Vec::new();
         let mut lost = Vec::new();
@@ -294,17 +294,17 @@ impl Datapath {
     pub(super) fn read_back(&mut self) -> Result<Compiled, DatapathError> {
         let generation = self.generation;
         let mut a = Compiled {
-            endpoints: read_hash::<u32, EndpointInfo>(&mut self.bpf, "PORIN_ENDP_V1")?,
-            ip4: read_hash(&mut self.bpf, "PORIN_IP4_V1")?,
-            ip6: read_hash(&mut self.bpf, "PORIN_IP6_V1")?,
-            net4: read_lpm(&mut self.bpf, "PORIN_NET4_V1")?,
-            net6: read_lpm(&mut self.bpf, "PORIN_NET6_V1")?,
+            endpoints: read_hash(&mut self.bpf, maps::ENDPOINTS)?,
+            ip4: read_hash(&mut self.bpf, maps::IP4)?,
+            ip6: read_hash(&mut self.bpf, maps::IP6)?,
+            net4: read_lpm(&mut self.bpf, maps::NET4)?,
+            net6: read_lpm(&mut self.bpf, maps::NET6)?,
             ..Default::default()
         };
-        a.policy = read_hash::<PolicyKey, PolicyValue>(&mut self.bpf, "PORIN_POL_V1")?
+        a.policy = read_hash(&mut self.bpf, maps::POLICY)?
             .into_iter()
             .filter(|(k, _)| u32::from(k.generation) == generation)
-            .map(|(k, v)| (PolicyKey { generation: 0, ..k }, v))
+            .map(|(k, v)| (k.at(0), v))
             .collect();
         Ok(a)
     }
@@ -634,19 +634,21 @@ impl Datapath {
             .values()
             .map(|a| (a.ifindex, a.plan.clone()))
             .collect();
-        purge::<u32, UplinkConfig>(&mut self.bpf, "PORIN_UPCFG_V1", |k| !owned.contains_key(k))?;
+        purge(&mut self.bpf, maps::UPLINK_CONFIG, |k| {
+            !owned.contains_key(k)
+        })?;
         let keep4: BTreeSet<Vec<u8>> = owned
             .iter()
             .flat_map(|(i, pl)| pl.deny4.keys().map(|pre| key_bytes(&key4(*i, pre))))
             .collect();
-        purge_lpm::<8>(&mut self.bpf, "PORIN_UPDNY4_V1", |k| {
+        purge_lpm(&mut self.bpf, maps::UPLINK_DENY4, |k| {
             !keep4.contains(&key_bytes(k))
         })?;
         let keep6: BTreeSet<Vec<u8>> = owned
             .iter()
             .flat_map(|(i, pl)| pl.deny6.keys().map(|pre| key_bytes(&key6(*i, pre))))
             .collect();
-        purge_lpm::<20>(&mut self.bpf, "PORIN_UPDNY6_V1", |k| {
+        purge_lpm(&mut self.bpf, maps::UPLINK_DENY6, |k| {
             !keep6.contains(&key_bytes(k))
         })?;
         Ok(())

@@ -54,17 +54,18 @@ use aya::{
 use aya_obj::EbpfSectionKind;
 use porin_common::layout::{self, Compat, MetaRecord, LAYOUT};
 
-use crate::ebpf::{self, LoadError};
+use crate::{
+    ebpf::{self, LoadError},
+    maps,
+};
 
-/// The layout record's map.
-pub const META_MAP: &str = "PORIN_META_V1";
 /// Maps that carry no enforcement state: the programs only write them and
 /// the daemon reads each record once. A pinned one of another shape (the
 /// flow events map is a ring buffer or a perf event array depending on the
 /// transport, which a restart may change) is unpinned and created anew
 /// instead of refusing to start; the attached programs keep the old one
 /// until their programs are replaced.
-pub const TRANSIENT: &[&str] = &["PORIN_EVENTS_V1"];
+pub const TRANSIENT: &[&str] = &[maps::EVENTS.name];
 /// cls_bpf priority of Porin's filters ("PR"): fixed, so a restarted daemon
 /// (or `porin uninstall`) finds them again.
 pub const TC_PRIORITY: u16 = 0x5052;
@@ -223,7 +224,7 @@ pub enum Found {
 /// Reads the layout record pinned in `pins`, if any. Errors when the meta
 /// map exists but is not the one this build expects.
 pub fn read_meta(pins: &PinDir) -> Result<Option<MetaRecord>, PinError> {
-    let path = pins.map(META_MAP);
+    let path = pins.map(maps::META.name);
     if !path.exists() {
         return Ok(None);
     }
@@ -390,13 +391,14 @@ pub fn open_pinned(pins: &PinDir, maps: &[ObjectMap]) -> Result<Ebpf, LoadError>
 
 /// Writes this build's layout record.
 pub fn write_meta(bpf: &mut Ebpf, writer: &str) -> Result<(), LoadError> {
-    let map = bpf
-        .map_mut(META_MAP)
-        .ok_or(LoadError::MissingMap { name: META_MAP })?;
-    let mut arr: Array<&mut MapData, MetaRecord> =
-        Array::try_from(map).map_err(|_| LoadError::MissingMap { name: META_MAP })?;
+    fn missing<E>(_: E) -> LoadError {
+        LoadError::MissingMap {
+            name: maps::META.name,
+        }
+    }
+    let mut arr: Array<_, _> = maps::open_mut(bpf, maps::META).map_err(missing)?;
     arr.set(0, MetaRecord::new(LAYOUT, writer), 0)
-        .map_err(|_| LoadError::MissingMap { name: META_MAP })
+        .map_err(missing)
 }
 
 /// Removes every pin under `dir` and the directories (after the
@@ -425,6 +427,7 @@ pub fn remove_pins(dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maps::{ENDPOINTS, META};
 
     #[test]
     fn handles_are_stable_nonzero_and_differ_by_directory() {
@@ -450,10 +453,10 @@ mod tests {
             return; // AYA_BUILD_SKIP build
         };
         let maps = object_maps(obj).expect("parse");
-        assert!(maps.iter().any(|m| m.name == META_MAP), "{maps:?}");
-        assert!(maps.iter().any(|m| m.name == "PORIN_ENDP_V1"));
+        assert!(maps.iter().any(|m| m.name == META.name), "{maps:?}");
+        assert!(maps.iter().any(|m| m.name == ENDPOINTS.name));
         assert!(maps.iter().all(|m| !m.name.starts_with('.')));
-        let meta = maps.iter().find(|m| m.name == META_MAP).unwrap();
+        let meta = maps.iter().find(|m| m.name == META.name).unwrap();
         assert_eq!(meta.value_size as usize, size_of::<MetaRecord>());
     }
 }

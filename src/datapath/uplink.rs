@@ -36,6 +36,7 @@ use super::{ifindex_of, map_err, Datapath, DatapathError};
 use crate::{
     config::{self, Config},
     ebpf::LoadError,
+    maps,
     policy::{identity::network_identity, Compiled, Prefix4, Prefix6},
 };
 
@@ -302,17 +303,15 @@ impl Datapath {
         old: Option<&UplinkPlan>,
     ) -> Result<(), DatapathError> {
         {
-            let mut m =
-                map_mut!(self.bpf, "PORIN_UPCFG_V1", BpfHashMap<&mut MapData, u32, UplinkConfig>);
+            let mut m = map_mut!(self.bpf, maps::UPLINK_CONFIG, BpfHashMap<_, _, _>);
             m.insert(ifindex, p.limits, 0)
-                .map_err(map_err("PORIN_UPCFG_V1", "insert"))?;
+                .map_err(map_err(maps::UPLINK_CONFIG.name, "insert"))?;
         }
         {
-            let mut t =
-                map_mut!(self.bpf, "PORIN_UPDNY4_V1", LpmTrie<&mut MapData, [u8; 8], Identity>);
+            let mut t = map_mut!(self.bpf, maps::UPLINK_DENY4, LpmTrie<_, _, _>);
             for (pre, id) in &p.deny4 {
                 t.insert(&key4(ifindex, pre), id, 0)
-                    .map_err(map_err("PORIN_UPDNY4_V1", "insert"))?;
+                    .map_err(map_err(maps::UPLINK_DENY4.name, "insert"))?;
             }
             for pre in old.iter().flat_map(|o| o.deny4.keys()) {
                 if !p.deny4.contains_key(pre) {
@@ -320,11 +319,10 @@ impl Datapath {
                 }
             }
         }
-        let mut t =
-            map_mut!(self.bpf, "PORIN_UPDNY6_V1", LpmTrie<&mut MapData, [u8; 20], Identity>);
+        let mut t = map_mut!(self.bpf, maps::UPLINK_DENY6, LpmTrie<_, _, _>);
         for (pre, id) in &p.deny6 {
             t.insert(&key6(ifindex, pre), id, 0)
-                .map_err(map_err("PORIN_UPDNY6_V1", "insert"))?;
+                .map_err(map_err(maps::UPLINK_DENY6.name, "insert"))?;
         }
         for pre in old.iter().flat_map(|o| o.deny6.keys()) {
             if !p.deny6.contains_key(pre) {
@@ -336,19 +334,16 @@ impl Datapath {
 
     fn clear_uplink_maps(&mut self, ifindex: u32, p: &UplinkPlan) -> Result<(), DatapathError> {
         {
-            let mut m =
-                map_mut!(self.bpf, "PORIN_UPCFG_V1", BpfHashMap<&mut MapData, u32, UplinkConfig>);
+            let mut m = map_mut!(self.bpf, maps::UPLINK_CONFIG, BpfHashMap<_, _, _>);
             let _ = m.remove(&ifindex);
         }
         {
-            let mut t =
-                map_mut!(self.bpf, "PORIN_UPDNY4_V1", LpmTrie<&mut MapData, [u8; 8], Identity>);
+            let mut t = map_mut!(self.bpf, maps::UPLINK_DENY4, LpmTrie<_, _, _>);
             for pre in p.deny4.keys() {
                 let _ = t.remove(&key4(ifindex, pre));
             }
         }
-        let mut t =
-            map_mut!(self.bpf, "PORIN_UPDNY6_V1", LpmTrie<&mut MapData, [u8; 20], Identity>);
+        let mut t = map_mut!(self.bpf, maps::UPLINK_DENY6, LpmTrie<_, _, _>);
         for pre in p.deny6.keys() {
             let _ = t.remove(&key6(ifindex, pre));
         }
@@ -368,12 +363,11 @@ impl Datapath {
         let (o4, o6) = old;
         let (n4, n6) = endpoint_addresses(new);
         {
-            let mut m =
-                map_mut!(self.bpf, "PORIN_UPEP4_V1", BpfHashMap<&mut MapData, [u8; 4], u32>);
-            sync(&mut m, o4, &n4, add).map_err(map_err("PORIN_UPEP4_V1", "update"))?;
+            let mut m = map_mut!(self.bpf, maps::UPLINK_ENDPOINTS4, BpfHashMap<_, _, _>);
+            sync(&mut m, o4, &n4, add).map_err(map_err(maps::UPLINK_ENDPOINTS4.name, "update"))?;
         }
-        let mut m = map_mut!(self.bpf, "PORIN_UPEP6_V1", BpfHashMap<&mut MapData, [u8; 16], u32>);
-        sync(&mut m, o6, &n6, add).map_err(map_err("PORIN_UPEP6_V1", "update"))
+        let mut m = map_mut!(self.bpf, maps::UPLINK_ENDPOINTS6, BpfHashMap<_, _, _>);
+        sync(&mut m, o6, &n6, add).map_err(map_err(maps::UPLINK_ENDPOINTS6.name, "update"))
     }
 }
 

@@ -8,9 +8,12 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf,
 };
-use porin_common::datapath::{max_entries, Counter, Ct4Key, CtKey, CtValue};
+use porin_common::datapath::{Counter, Ct4Key, CtKey, CtValue};
 
-use crate::control::proto::MapFill;
+use crate::{
+    control::proto::MapFill,
+    maps::{self, Holds, MapDef},
+};
 
 use porin_common::flow::lost;
 pub use porin_common::flow::EventConfig;
@@ -51,11 +54,15 @@ pub fn own(bpf: &Ebpf, name: &'static str) -> Result<Map, MapsError> {
     Map::from_map_data(MapData::from_id(id).map_err(err)?).map_err(err)
 }
 
-fn typed<T: TryFrom<Map, Error = MapError>>(
-    bpf: &Ebpf,
-    name: &'static str,
-) -> Result<T, MapsError> {
-    T::try_from(own(bpf, name)?).map_err(|source| MapsError::Map { map: name, source })
+/// A new handle on registry entry `def`, of its types.
+fn typed<K, V, T>(bpf: &Ebpf, def: MapDef<K, V>) -> Result<T, MapsError>
+where
+    T: Holds<K, V> + TryFrom<Map, Error = MapError>,
+{
+    T::try_from(own(bpf, def.name)?).map_err(|source| MapsError::Map {
+        map: def.name,
+        source,
+    })
 }
 
 /// The flow-event maps.
@@ -69,14 +76,14 @@ pub struct EventMaps {
 impl EventMaps {
     pub fn open(bpf: &Ebpf) -> Result<Self, MapsError> {
         Ok(EventMaps {
-            events: EventSource::new(own(bpf, "PORIN_EVENTS_V1")?).map_err(|source| {
+            events: EventSource::new(own(bpf, maps::EVENTS.name)?).map_err(|source| {
                 MapsError::Source {
-                    map: "PORIN_EVENTS_V1",
+                    map: maps::EVENTS.name,
                     source,
                 }
             })?,
-            config: typed(bpf, "PORIN_EVCFG_V1")?,
-            lost: typed(bpf, "PORIN_LOST_V1")?,
+            config: typed(bpf, maps::EVENT_CONFIG)?,
+            lost: typed(bpf, maps::LOST)?,
         })
     }
 
@@ -120,7 +127,7 @@ impl EventControl {
                 0,
             )
             .map_err(|source| MapsError::Map {
-                map: "PORIN_EVCFG_V1",
+                map: maps::EVENT_CONFIG.name,
                 source,
             })
     }
@@ -148,10 +155,10 @@ pub struct CounterMaps {
 impl CounterMaps {
     pub fn open(bpf: &Ebpf) -> Result<Self, MapsError> {
         Ok(CounterMaps {
-            drops: typed(bpf, "PORIN_DROPS_V1")?,
-            fwd: typed(bpf, "PORIN_FWD_V1")?,
-            ct4: typed(bpf, "PORIN_CT4_V1")?,
-            ct6: typed(bpf, "PORIN_CT_V1")?,
+            drops: typed(bpf, maps::DROPS)?,
+            fwd: typed(bpf, maps::FORWARDED)?,
+            ct4: typed(bpf, maps::CT4)?,
+            ct6: typed(bpf, maps::CT6)?,
         })
     }
 
@@ -170,21 +177,19 @@ impl CounterMaps {
     /// Fill of both conntrack maps (walks their keys: at most
     /// `max_entries` syscalls each).
     pub fn ct_fill(&self) -> [MapFill; 2] {
-        let fill = |name: &str, entries: usize, capacity: u32| MapFill {
-            name: name.into(),
+        let fill = |map: maps::MapSpec, entries: usize| MapFill {
+            name: map.name.into(),
             entries: entries as u64,
-            capacity: u64::from(capacity),
+            capacity: u64::from(map.max_entries),
         };
         [
             fill(
-                "PORIN_CT4_V1",
+                maps::CT4.spec(),
                 self.ct4.keys().filter(Result::is_ok).count(),
-                max_entries::CONNTRACK,
             ),
             fill(
-                "PORIN_CT_V1",
+                maps::CT6.spec(),
                 self.ct6.keys().filter(Result::is_ok).count(),
-                max_entries::CONNTRACK6,
             ),
         ]
     }

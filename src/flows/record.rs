@@ -4,7 +4,10 @@
 
 use std::{net::IpAddr, sync::Arc};
 
-use porin_common::flow::{kind, verdict, FlowEvent, HTTP_PATH_BYTES};
+use porin_common::{
+    datapath::DropReason,
+    flow::{kind, verdict, FlowEvent, HTTP_PATH_BYTES},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{Directory, EndpointMeta};
@@ -104,7 +107,7 @@ impl FlowRecord {
             time: rfc3339(self.time_ns),
             verdict: self.verdict().to_string(),
             drop_reason_desc: (e.verdict != verdict::FORWARDED)
-                .then(|| drop_reason_name(e.drop_reason).to_string()),
+                .then(|| DropReason::name_of(e.drop_reason).to_string()),
             event_type: match e.kind {
                 kind::NEW_FLOW => "NEW_FLOW",
                 kind::DROP => "DROP",
@@ -203,31 +206,6 @@ pub fn verdict_name(v: u8) -> &'static str {
         verdict::DROPPED => "DROPPED",
         verdict::AUDIT => "AUDIT",
         _ => "UNKNOWN",
-    }
-}
-
-/// Hubble-style names of `DropReason` values.
-pub fn drop_reason_name(r: u8) -> &'static str {
-    match r {
-        0 => "POLICY_DENIED",
-        1 => "MALFORMED",
-        2 => "IPV4_OPTIONS",
-        3 => "FRAGMENT",
-        4 => "IPV6_EXT_HEADER",
-        5 => "UNKNOWN_ENDPOINT",
-        6 => "UNSUPPORTED_L3",
-        7 => "INTERNAL",
-        8 => "UPLINK_DENY_LISTED",
-        9 => "UPLINK_NO_POLICY",
-        10 => "UPLINK_FLOOD",
-        11 => "SPOOFED_SOURCE",
-        12 => "ROGUE_ROUTER",
-        13 => "HTTP_DENIED",
-        14 => "HTTP_MALFORMED",
-        15 => "HTTP_UNSUPPORTED",
-        16 => "HTTP_HEAD_TOO_LARGE",
-        17 => "HTTP_STREAM",
-        _ => "UNKNOWN_REASON",
     }
 }
 
@@ -374,25 +352,6 @@ pub(crate) mod tests {
         assert_eq!(v.policy, "sensor-to-web");
         assert_eq!(v.source.identity_name, "identity 0x00000063");
         assert_eq!(v.time, "1970-01-01T00:00:00.000000000Z");
-    }
-
-    #[test]
-    fn every_drop_reason_has_its_own_name() {
-        use porin_common::datapath::DropReason;
-        let names: std::collections::BTreeSet<_> = DropReason::ALL
-            .iter()
-            .map(|&r| drop_reason_name(r as u8))
-            .collect();
-        assert_eq!(names.len(), DropReason::ALL.len(), "{names:?}");
-        assert!(!names.contains("UNKNOWN_REASON"), "{names:?}");
-        assert_eq!(
-            drop_reason_name(DropReason::RogueRouter as u8),
-            "ROGUE_ROUTER"
-        );
-        assert_eq!(
-            drop_reason_name(DropReason::HttpUnsupported as u8),
-            "HTTP_UNSUPPORTED"
-        );
     }
 
     #[test]

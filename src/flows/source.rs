@@ -59,9 +59,10 @@ impl EventSource {
                     .collect::<io::Result<Vec<_>>>()?;
                 Ok(EventSource::Perf(buffers))
             }
-            _ => Err(io::Error::other(
-                "PORIN_EVENTS_V1 is neither a ring buffer nor a perf event array",
-            )),
+            _ => Err(io::Error::other(format!(
+                "{} is neither a ring buffer nor a perf event array",
+                crate::maps::EVENTS.name
+            ))),
         }
     }
 

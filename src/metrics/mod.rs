@@ -11,11 +11,11 @@ pub mod server;
 
 use std::fmt::Write;
 
-use porin_common::datapath::{Counter, DIRECTIONS, DROP_REASONS};
+use porin_common::datapath::{Counter, DropReason, DIRECTIONS, DROP_REASONS};
 
 use crate::{
     control::{proto::MapFill, server::Ctx},
-    flows::{maps::CounterMaps, record::drop_reason_name},
+    flows::maps::CounterMaps,
     state::{lock, Counters},
 };
 
@@ -156,7 +156,7 @@ pub fn render(s: &Sample) -> String {
         let _ = writeln!(
             o,
             "porin_dropped_packets_total{{reason=\"{}\"}} {}",
-            drop_reason_name(i as u8),
+            DropReason::name_of(i as u8),
             c.packets
         );
     }
@@ -170,7 +170,7 @@ pub fn render(s: &Sample) -> String {
         let _ = writeln!(
             o,
             "porin_dropped_bytes_total{{reason=\"{}\"}} {}",
-            drop_reason_name(i as u8),
+            DropReason::name_of(i as u8),
             c.bytes
         );
     }
@@ -300,6 +300,7 @@ pub fn render(s: &Sample) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maps;
 
     #[test]
     fn the_exposition_names_every_series_with_its_labels() {
@@ -323,7 +324,7 @@ mod tests {
             lost: [7, 1],
             identities: vec![(0x0100_0001, "web".into(), [2, 1, 0])],
             maps: vec![MapFill {
-                name: "PORIN_ENDP_V1".into(),
+                name: maps::ENDPOINTS.name.into(),
                 entries: 3,
                 capacity: 4096,
             }],
@@ -331,6 +332,11 @@ mod tests {
             ..Default::default()
         };
         let text = render(&s);
+        let entries = format!("porin_map_entries{{map=\"{}\"}} 3", maps::ENDPOINTS.name);
+        let capacity = format!(
+            "porin_map_capacity_entries{{map=\"{}\"}} 4096",
+            maps::ENDPOINTS.name
+        );
         for line in [
             "porin_forwarded_packets_total{direction=\"egress\"} 3",
             "porin_forwarded_bytes_total{direction=\"ingress\"} 400",
@@ -340,8 +346,8 @@ mod tests {
             "porin_flow_events_total{identity=\"16777217\",identity_name=\"web\",verdict=\"FORWARDED\"} 2",
             "porin_flow_events_lost_total{cause=\"rate_limit\"} 7",
             "porin_flow_events_lost_total{cause=\"ring_full\"} 1",
-            "porin_map_entries{map=\"PORIN_ENDP_V1\"} 3",
-            "porin_map_capacity_entries{map=\"PORIN_ENDP_V1\"} 4096",
+            &entries,
+            &capacity,
             "porin_policy_generation 2",
             "# TYPE porin_dropped_packets_total counter",
         ] {

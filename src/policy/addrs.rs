@@ -161,11 +161,7 @@ pub(super) fn endpoints(
     for choice in &selection.enforceable {
         let (identity, rank, mode) = identity_of(choice);
         let who = describe(choice.endpoint);
-        let info = EndpointInfo {
-            identity,
-            mode,
-            _pad: [0; 3],
-        };
+        let info = EndpointInfo::new(identity, mode);
         for veth in choice.endpoint.host_veths() {
             let claim = Claim {
                 value: info,

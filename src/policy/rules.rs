@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use porin_common::datapath::{
-    action, identity as reserved, proto, Direction, Identity, PolicyKey, PolicyValue,
+    identity as reserved, proto, Direction, Identity, PolicyKey, PolicyValue,
 };
 
 use crate::config::{
@@ -85,11 +85,7 @@ impl Entries {
     /// Adds an allow entry for a rule with HTTP rules (listed in `http` by
     /// the caller).
     fn allow_http(&mut self, key: PolicyKey, rule: u32) -> Result<(), Full> {
-        self.map.entry(key).or_insert(PolicyValue {
-            action: action::ALLOW,
-            _pad: [0; 3],
-            rule,
-        });
+        self.map.entry(key).or_insert(PolicyValue::allow(rule));
         if self.map.len() > self.capacity {
             Err(Full)
         } else {
@@ -100,21 +96,9 @@ impl Entries {
     /// Port-0 entries for every protocol: "all traffic" with `peer`.
     fn allow_all(&mut self, subject: Identity, peer: Identity, dir: Direction) -> Result<(), Full> {
         for protocol in ALL_PROTOCOLS {
-            self.allow(key(subject, peer, dir, protocol, 0), GROUND_RULE)?;
+            self.allow(PolicyKey::new(subject, peer, dir, protocol, 0), GROUND_RULE)?;
         }
         Ok(())
-    }
-}
-
-fn key(subject: Identity, peer: Identity, dir: Direction, protocol: u8, port: u16) -> PolicyKey {
-    PolicyKey {
-        subject,
-        peer,
-        port,
-        protocol,
-        direction: dir as u8,
-        generation: 0,
-        _pad: [0; 3],
     }
 }
 
@@ -244,7 +228,7 @@ fn compile_policy(p: &Policy, rule: u32, ids: &Identities, out: &mut Entries) ->
             // ICMP has no ports: its entries are always port 0.
             let key_ports: &[u16] = if icmp { &[0] } else { &ports };
             for &port in key_ports {
-                let k = key(subject, peer, dir, protocol, port);
+                let k = PolicyKey::new(subject, peer, dir, protocol, port);
                 if !p.http.is_empty() && protocol == proto::TCP {
                     out.allow_http(k, rule)?;
                     out.http.push(HttpTarget { key: k, rule });

@@ -188,6 +188,18 @@ pub struct EndpointInfo {
     pub _pad: [u8; 3],
 }
 
+impl EndpointInfo {
+    /// An endpoint of `identity` in `mode` ([`mode::ENFORCE`] or
+    /// [`mode::AUDIT`]).
+    pub const fn new(identity: Identity, mode: u8) -> Self {
+        EndpointInfo {
+            identity,
+            mode,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// `PORIN_POL_V1` key. Lookup order per packet (first hit wins):
 /// `(peer, port)`, `(peer, 0)`, `(ANY, port)`, `(ANY, 0)`, all with the
 /// packet's exact protocol, direction, subject and the active generation.
@@ -209,6 +221,34 @@ pub struct PolicyKey {
     pub _pad: [u8; 3],
 }
 
+impl PolicyKey {
+    /// `subject`'s entry for `protocol` traffic with `peer` to `port`
+    /// ([`identity::ANY`] and 0 are the wildcards), in generation 0: the
+    /// manager writes it under the generation it fills ([`Self::at`]).
+    pub const fn new(
+        subject: Identity,
+        peer: Identity,
+        direction: Direction,
+        protocol: u8,
+        port: u16,
+    ) -> Self {
+        PolicyKey {
+            subject,
+            peer,
+            port,
+            protocol,
+            direction: direction as u8,
+            generation: 0,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The same key in `generation`.
+    pub const fn at(self, generation: u8) -> Self {
+        PolicyKey { generation, ..self }
+    }
+}
+
 /// `PORIN_POL_V1` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -219,6 +259,32 @@ pub struct PolicyValue {
     /// Index of the rule that produced the entry, for flow events and
     /// `porin policy` (0 = a ground rule).
     pub rule: u32,
+}
+
+impl PolicyValue {
+    /// `action` ([`action`]) by rule `rule`.
+    pub const fn new(action: u8, rule: u32) -> Self {
+        PolicyValue {
+            action,
+            _pad: [0; 3],
+            rule,
+        }
+    }
+
+    /// Allowed by rule `rule`.
+    pub const fn allow(rule: u32) -> Self {
+        Self::new(action::ALLOW, rule)
+    }
+
+    /// Denied by rule `rule`.
+    pub const fn deny(rule: u32) -> Self {
+        Self::new(action::DENY, rule)
+    }
+
+    /// Allowed at L3/L4 by rule `rule`, requests judged by its HTTP rules.
+    pub const fn allow_http(rule: u32) -> Self {
+        Self::new(action::ALLOW_HTTP, rule)
+    }
 }
 
 pub mod action {
@@ -472,6 +538,41 @@ impl DropReason {
         DropReason::HttpHeadTooLarge,
         DropReason::HttpStream,
     ];
+
+    /// The reason stored as `index` (in events and the deny cache).
+    pub fn from_index(index: u8) -> Option<DropReason> {
+        Self::ALL.get(usize::from(index)).copied()
+    }
+
+    /// Hubble-style name, as flows and metrics show it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::PolicyDenied => "POLICY_DENIED",
+            DropReason::Malformed => "MALFORMED",
+            DropReason::Ipv4Options => "IPV4_OPTIONS",
+            DropReason::Fragment => "FRAGMENT",
+            DropReason::Ipv6ExtHeader => "IPV6_EXT_HEADER",
+            DropReason::UnknownEndpoint => "UNKNOWN_ENDPOINT",
+            DropReason::UnsupportedL3 => "UNSUPPORTED_L3",
+            DropReason::Internal => "INTERNAL",
+            DropReason::UplinkDenyListed => "UPLINK_DENY_LISTED",
+            DropReason::UplinkNoPolicy => "UPLINK_NO_POLICY",
+            DropReason::UplinkFlood => "UPLINK_FLOOD",
+            DropReason::SpoofedSource => "SPOOFED_SOURCE",
+            DropReason::RogueRouter => "ROGUE_ROUTER",
+            DropReason::HttpDenied => "HTTP_DENIED",
+            DropReason::HttpMalformed => "HTTP_MALFORMED",
+            DropReason::HttpUnsupported => "HTTP_UNSUPPORTED",
+            DropReason::HttpHeadTooLarge => "HTTP_HEAD_TOO_LARGE",
+            DropReason::HttpStream => "HTTP_STREAM",
+        }
+    }
+
+    /// [`Self::name`] of the reason stored as `index`, `UNKNOWN_REASON`
+    /// for an index no reason has (a newer program's).
+    pub fn name_of(index: u8) -> &'static str {
+        Self::from_index(index).map_or("UNKNOWN_REASON", Self::name)
+    }
 }
 
 /// TC verdicts (`TC_ACT_*`) the programs return.
@@ -506,3 +607,30 @@ const _: () = assert!(core::mem::size_of::<Ct4Key>() == 20);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_reason_has_its_own_name_and_index() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} out of order");
+            assert_eq!(DropReason::from_index(i as u8), Some(*r));
+            let n = r.name();
+            let twice = DropReason::ALL.iter().filter(|o| o.name() == n).count();
+            assert_eq!(twice, 1, "{n} names two reasons");
+        }
+        assert_eq!(DropReason::RogueRouter.name(), "ROGUE_ROUTER");
+        assert_eq!(DropReason::name_of(15), "HTTP_UNSUPPORTED");
+        assert_eq!(DropReason::name_of(DROP_REASONS as u8), "UNKNOWN_REASON");
+    }
+
+    #[test]
+    fn constructors_zero_the_padding() {
+        let k = PolicyKey::new(7, identity::ANY, Direction::Ingress, proto::TCP, 80).at(1);
+        assert_eq!((k.direction, k.generation, k._pad), (1, 1, [0; 3]));
+        assert_eq!(PolicyValue::allow(3).action, action::ALLOW);
+        assert_eq!(EndpointInfo::new(7, mode::AUDIT)._pad, [0; 3]);
+    }
+}

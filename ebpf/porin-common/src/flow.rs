@@ -35,6 +35,14 @@ pub struct EventConfig {
     pub burst_ns: u64,
 }
 
+/// `PORIN_EVRATE_V1` value: one CPU's token bucket, kept by the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateState {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+
 /// Indexes of `PORIN_LOST_V1`: why a record was not emitted.
 pub mod lost {
     /// The CPU's rate limit was exhausted.

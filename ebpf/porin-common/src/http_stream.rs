@@ -519,7 +519,7 @@ mod tests {
         assert_eq!(v, Verdict::Deny(HttpError::TooLarge));
         // The per-packet budget.
         let mut c = conn_at_syn(0, HttpSet::default());
-        let v = segment(&mut c, &mut r, &K, 1, 0, &big, 8192, 2, ok_only);
+        let v = segment(&mut c, &mut r, &K, 1, 0, &big, 8192, 1, ok_only);
         assert_eq!(v, Verdict::Deny(HttpError::Unsupported));
     }
 

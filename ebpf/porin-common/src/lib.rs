@@ -14,6 +14,7 @@ pub mod flow;
 pub mod http;
 pub mod http_stream;
 pub mod layout;
+pub mod maps;
 pub mod packet;
 pub mod parse;
 pub mod probe;

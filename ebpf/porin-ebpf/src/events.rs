@@ -57,26 +57,15 @@ use aya_ebpf::{
 use porin_common::{
     datapath::{tc_action, Direction},
     decide::Verdict,
-    flow::{lost, verdict, EventConfig, FlowEvent},
+    flow::{lost, verdict, EventConfig, FlowEvent, RateState},
+    maps,
     parse::Flow,
 };
-
-/// Bytes of the ring buffer: about 1800 records between two reads.
-#[cfg(not(feature = "perf-events"))]
-pub const RING_BYTES: u32 = 256 * 1024;
-
-/// `PORIN_EVRATE_V1` value: one CPU's token bucket.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct RateState {
-    pub credit_ns: u64,
-    pub last_ns: u64,
-}
 
 #[cfg(not(feature = "perf-events"))]
 #[map]
 static PORIN_EVENTS_V1: aya_ebpf::maps::RingBuf =
-    aya_ebpf::maps::RingBuf::with_byte_size(RING_BYTES, 0);
+    aya_ebpf::maps::RingBuf::with_byte_size(maps::EVENTS.max_entries, 0);
 
 /// max_entries 0: the loader sizes it to the number of CPUs.
 #[cfg(feature = "perf-events")]
@@ -86,13 +75,16 @@ static PORIN_EVENTS_V1: aya_ebpf::maps::PerfEventArray<FlowEvent> =
 
 #[cfg(feature = "perf-events")]
 #[map]
-static PORIN_EVSCR_V1: PerCpuArray<[u64; WORDS]> = PerCpuArray::with_max_entries(1, 0);
+static PORIN_EVSCR_V1: PerCpuArray<[u64; WORDS]> =
+    PerCpuArray::with_max_entries(maps::EVENT_SCRATCH.max_entries, 0);
 
 #[map]
-static PORIN_EVCFG_V1: Array<EventConfig> = Array::with_max_entries(1, 0);
+static PORIN_EVCFG_V1: Array<EventConfig> =
+    Array::with_max_entries(maps::EVENT_CONFIG.max_entries, 0);
 
 #[map]
-static PORIN_EVRATE_V1: PerCpuArray<RateState> = PerCpuArray::with_max_entries(1, 0);
+static PORIN_EVRATE_V1: PerCpuArray<RateState> =
+    PerCpuArray::with_max_entries(maps::EVENT_RATE.max_entries, 0);
 
 #[map]
 static PORIN_LOST_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::CAUSES, 0);
@@ -285,7 +277,7 @@ fn emit_with<C: EbpfContext>(
     entry.submit(ctx);
 }
 
-const WORDS: usize = 18;
+const WORDS: usize = maps::EVENT_WORDS;
 
 /// A record being written: a ring buffer reservation.
 #[cfg(not(feature = "perf-events"))]

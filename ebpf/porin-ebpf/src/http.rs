@@ -60,7 +60,8 @@ use crate::{counters, events, identity, parse};
 /// The stage runs as a tail call: its own program, with its own stack and
 /// verifier budget, so the main programs stay as they were.
 #[map]
-static PORIN_HTTPP_V1: ProgramArray = ProgramArray::with_max_entries(4, 0);
+static PORIN_HTTPP_V1: ProgramArray =
+    ProgramArray::with_max_entries(porin_common::maps::HTTP_PROGRAMS.max_entries, 0);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_F_INGRESS: u64 = 1;
@@ -94,7 +95,8 @@ static PORIN_HTTPH_V1: LruHashMap<CtKey, Request> =
 /// manager writes it before any rule; all zeroes (not written) denies
 /// every request (`Internal`).
 #[map]
-static PORIN_HTTPK_V1: Array<SipKey> = Array::with_max_entries(1, 0);
+static PORIN_HTTPK_V1: Array<SipKey> =
+    Array::with_max_entries(porin_common::maps::HTTP_KEY.max_entries, 0);
 
 /// The hash key, or None while it is not written.
 #[inline(always)]
@@ -177,7 +179,8 @@ pub fn scratch() -> Result<&'static mut Scratch, DropReason> {
 }
 
 #[map]
-static PORIN_HTTPB_V1: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+static PORIN_HTTPB_V1: PerCpuArray<Scratch> =
+    PerCpuArray::with_max_entries(porin_common::maps::HTTP_SCRATCH.max_entries, 0);
 
 /// The TCP facts of a packet, from its headers.
 #[repr(C)]

@@ -6,4 +6,5 @@ use aya_ebpf::{macros::map, maps::Array};
 use porin_common::layout::MetaRecord;
 
 #[map]
-pub static PORIN_META_V1: Array<MetaRecord> = Array::with_max_entries(1, 0);
+pub static PORIN_META_V1: Array<MetaRecord> =
+    Array::with_max_entries(porin_common::maps::META.max_entries, 0);

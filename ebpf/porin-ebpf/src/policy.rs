@@ -22,7 +22,8 @@ static PORIN_POL_V1: HashMap<PolicyKey, PolicyValue> =
 /// One entry: the active generation (see datapath.rs, atomic updates) and
 /// the deny-cache epoch.
 #[map]
-static PORIN_CFG_V1: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+static PORIN_CFG_V1: Array<DatapathConfig> =
+    Array::with_max_entries(porin_common::maps::CONFIG.max_entries, 0);
 
 /// The generation to look policy up in; `Internal` without a usable config.
 #[inline(always)]
