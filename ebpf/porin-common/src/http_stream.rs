@@ -138,6 +138,20 @@ pub enum Plan {
     Consume { skip: u32 },
 }
 
+/// Whether a SYN at `seq` on a known connection may start it over (a new
+/// connection on the same 4-tuple). The server's socket may still be the
+/// old, established one: Linux answers such a SYN with a challenge ACK
+/// and keeps its stream. A restart whose first byte lies at or after the
+/// old `next_seq` is harmless: every byte before the new `next_seq` is
+/// then dropped (before `body_from`), so the old socket never gets past
+/// where it stands. One that moves back would let Porin read bytes the
+/// server already has as a new head: dropped. (Linux reuses a 4-tuple
+/// with an initial sequence number past the old connection's.)
+#[inline(always)]
+pub fn syn_may_restart(conn: &HttpConn, seq: u32) -> bool {
+    !before(seq.wrapping_add(1), conn.next_seq)
+}
+
 /// `a` is before `b` in sequence space (serial-number arithmetic).
 #[inline(always)]
 fn before(a: u32, b: u32) -> bool {
@@ -154,10 +168,13 @@ pub fn plan(conn: &HttpConn, seq: u32, len: u32, flags: u8) -> Plan {
         return Plan::Deny(HttpError::Stream);
     }
     if flags & tcp_flag::SYN != 0 {
-        return if len != 0 {
-            Plan::Deny(HttpError::Stream)
-        } else {
+        if len != 0 {
+            return Plan::Deny(HttpError::Stream);
+        }
+        return if syn_may_restart(conn, seq) {
             Plan::Restart
+        } else {
+            Plan::Drop
         };
     }
     if len == 0 {
@@ -184,8 +201,10 @@ pub fn plan(conn: &HttpConn, seq: u32, len: u32, flags: u8) -> Plan {
             Plan::Pass
         };
     }
-    // Out of order: only bytes of the current body may go ahead.
-    if conn.state == conn_state::BODY && !before(conn.next_seq.wrapping_add(conn.body_left), end) {
+    // Out of order: only bytes of the current body may go ahead (distance
+    // from `next_seq` measured unsigned, so no wrap lets a far segment in).
+    let ahead = seq.wrapping_sub(conn.next_seq);
+    if conn.state == conn_state::BODY && ahead < conn.body_left && len <= conn.body_left - ahead {
         Plan::Pass
     } else {
         Plan::Drop
@@ -503,12 +522,38 @@ mod tests {
             run(&mut c, &mut r, 7, tcp_flag::SYN, b"GET /admin"),
             Verdict::Deny(HttpError::Stream)
         );
+        // A SYN without data: a restart only forward (a new connection on
+        // the 4-tuple); backward it would re-read bytes the server has.
         let mut c = conn_at_syn(0, HttpSet::default());
         assert_eq!(
             run(&mut c, &mut r, 7, tcp_flag::SYN, b""),
             Verdict::Pass { judged: 0 }
         );
         assert_eq!(c.next_seq, 8);
+        let half = b"GET /admin HTTP/1.1\r\nX: ";
+        assert_eq!(run(&mut c, &mut r, 8, 0, half), Verdict::Pass { judged: 0 });
+        let back = 8 + half.len() as u32 - 5;
+        assert_eq!(
+            run(&mut c, &mut r, back - 1, tcp_flag::SYN, b""),
+            Verdict::Drop
+        );
+        assert_eq!(c.state, conn_state::HEAD, "unchanged");
+        // Forward: every byte before the new start is dropped after it.
+        let fwd = 8 + half.len() as u32 + 10;
+        assert_eq!(
+            run(&mut c, &mut r, fwd - 1, tcp_flag::SYN, b""),
+            Verdict::Pass { judged: 0 }
+        );
+        assert_eq!(
+            run(
+                &mut c,
+                &mut r,
+                8 + half.len() as u32,
+                0,
+                b"GET /ok HTTP/1.1\r\n\r\n"
+            ),
+            Verdict::Drop
+        );
         // The head limit, across segments.
         let mut c = conn_at_syn(0, HttpSet::default());
         let mut big = Vec::from(&b"GET /ok HTTP/1.1\r\nX: "[..]);

@@ -46,8 +46,8 @@ use porin_common::{
         Request, CHUNK, MAX_HEAD,
     },
     http_stream::{
-        allowed, conn_at_syn, conn_lost, conn_state, next, parsed, plan, HttpConn, Next, Plan,
-        MAX_TAILS,
+        allowed, conn_at_syn, conn_lost, conn_state, next, parsed, plan, syn_may_restart, HttpConn,
+        Next, Plan, MAX_TAILS,
     },
     packet::ETH_HLEN,
     parse::{Flow, Parsed},
@@ -243,7 +243,16 @@ pub fn open(flow: &Flow, ifindex: u32, key: &PolicyKey, t: &Tcp) -> Result<(), D
     let Some(set) = (unsafe { PORIN_HTTPS_V1.get(key) }) else {
         return Err(DropReason::Internal);
     };
+    let ckey = conn_key(flow, ifindex);
     let conn = if t.flags & u32::from(TCP_SYN | TCP_ACK) == u32::from(TCP_SYN) {
+        // Conntrack lost the connection but the stream state is still
+        // here: the same rule as a SYN on a known connection.
+        // SAFETY: read at once.
+        if let Some(old) = unsafe { PORIN_HTTPC_V1.get(&ckey) } {
+            if !syn_may_restart(old, t.seq) {
+                return Err(DropReason::HttpStream);
+            }
+        }
         conn_at_syn(t.seq, *set)
     } else {
         // Picked up mid-stream (state evicted, daemon restarted): where
@@ -251,7 +260,7 @@ pub fn open(flow: &Flow, ifindex: u32, key: &PolicyKey, t: &Tcp) -> Result<(), D
         conn_lost(*set)
     };
     PORIN_HTTPC_V1
-        .insert(&conn_key(flow, ifindex), &conn, 0)
+        .insert(&ckey, &conn, 0)
         .map_err(|_| DropReason::Internal)
 }
 
