@@ -121,6 +121,18 @@ fn evil_bytes(len: usize, shift: usize) -> Vec<u8> {
     (0..len).map(|i| EVIL[(i + shift) % EVIL.len()]).collect()
 }
 
+/// `len` bytes (at most to the stream's end) for stream offset `from`: the
+/// client's own, or the forbidden head's where `evil`.
+fn copy_or_evil(stream: &[u8], from: usize, len: usize, evil: bool) -> (usize, Vec<u8>) {
+    let len = len.min(stream.len() - from);
+    let bytes = if evil {
+        evil_bytes(len, from)
+    } else {
+        stream[from..from + len].to_vec()
+    };
+    (from, bytes)
+}
+
 /// The packets of a schedule over `stream`; `marks` picks, per packet,
 /// a bad checksum (bit 0) and urgent data (bit 1, rarely).
 fn packets(stream: &[u8], ops: &[Op], marks: &[u8]) -> Vec<Packet> {
@@ -142,27 +154,14 @@ fn packets(stream: &[u8], ops: &[Op], marks: &[u8]) -> Vec<Packet> {
                 if sent == 0 {
                     continue;
                 }
-                let from = from % sent;
-                let len = len.min(stream.len() - from);
-                let bytes = if evil {
-                    evil_bytes(len, from)
-                } else {
-                    stream[from..from + len].to_vec()
-                };
-                (from, bytes)
+                copy_or_evil(stream, from % sent, len, evil)
             }
             Op::Ahead { skip, len, evil } => {
                 let from = sent + skip;
                 if from >= stream.len() {
                     continue;
                 }
-                let len = len.min(stream.len() - from);
-                let bytes = if evil {
-                    evil_bytes(len, from)
-                } else {
-                    stream[from..from + len].to_vec()
-                };
-                (from, bytes)
+                copy_or_evil(stream, from, len, evil)
             }
         };
         out.push(Packet {

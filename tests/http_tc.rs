@@ -47,7 +47,7 @@ use porin_common::{
         Identity, PolicyKey, PolicyValue, CONFIG_READY,
     },
     http::HttpKey,
-    http_stream::MAX_TAILS,
+    http_stream::{tcp_flag, MAX_TAILS},
     sip::SipKey,
 };
 use proptest::prelude::*;
@@ -63,7 +63,6 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const PORT: u16 = 8080;
 const TCP_RST: u8 = 0x04;
 const TCP_PSH: u8 = 0x08;
-const TCP_URG: u8 = 0x20;
 
 struct Dp {
     bpf: Ebpf,
@@ -509,7 +508,7 @@ fn stream_evasions_are_refused() {
     let mut urg = packets::tcp(
         40040,
         PORT,
-        packets::TCP_ACK | TCP_PSH | TCP_URG,
+        packets::TCP_ACK | TCP_PSH | tcp_flag::URG,
         b"GET /metrics",
     );
     urg[4..8].copy_from_slice(&2u32.to_be_bytes());

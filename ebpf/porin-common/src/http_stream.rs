@@ -84,11 +84,12 @@ pub mod conn_state {
     pub const BODY: u32 = 4;
 }
 
-/// TCP flags the stream looks at.
+/// TCP flags the stream looks at and the stage writes (the 403 and the RST).
 pub mod tcp_flag {
     pub const FIN: u8 = 0x01;
     pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
     pub const ACK: u8 = 0x10;
     pub const URG: u8 = 0x20;
 }
@@ -328,6 +329,11 @@ pub fn segment<F>(
 where
     F: FnMut(&Request) -> bool,
 {
+    // Every refusal leaves the connection denied; the packet's work is lost.
+    let refuse = |conn: &mut HttpConn, v: Verdict| {
+        conn.state = conn_state::DENIED;
+        v
+    };
     let len = payload.len() as u32;
     let skip = match plan(conn, seq, len, flags) {
         Plan::Pass => return Verdict::Pass { judged: 0 },
@@ -336,10 +342,7 @@ where
             return Verdict::Pass { judged: 0 };
         }
         Plan::Drop => return Verdict::Drop,
-        Plan::Deny(e) => {
-            conn.state = conn_state::DENIED;
-            return Verdict::Deny(e);
-        }
+        Plan::Deny(e) => return refuse(conn, Verdict::Deny(e)),
         Plan::Consume { skip } => skip,
     };
     // The kernel works on a copy and writes it back only on a pass.
@@ -351,14 +354,10 @@ where
         match next(&mut work, off, len, max_head) {
             Next::Done => break,
             Next::Skipped(n) => off += n,
-            Next::TooLarge => {
-                conn.state = conn_state::DENIED;
-                return Verdict::Deny(HttpError::TooLarge);
-            }
+            Next::TooLarge => return refuse(conn, Verdict::Deny(HttpError::TooLarge)),
             Next::Parse { begin, n } => {
                 if tails >= max_tails {
-                    conn.state = conn_state::DENIED;
-                    return Verdict::Deny(HttpError::Unsupported);
+                    return refuse(conn, Verdict::Deny(HttpError::Unsupported));
                 }
                 if begin {
                     parse_begin(req, key, work.set.depths);
@@ -371,16 +370,12 @@ where
                         off += n;
                         tails += 1; // parse → parse
                     }
-                    Some(Err(e)) => {
-                        conn.state = conn_state::DENIED;
-                        return Verdict::Deny(e);
-                    }
+                    Some(Err(e)) => return refuse(conn, Verdict::Deny(e)),
                     Some(Ok(k)) => {
                         parsed(&mut work, k as u32);
                         off += k as u32;
                         if !judge(req) {
-                            conn.state = conn_state::DENIED;
-                            return Verdict::Denied;
+                            return refuse(conn, Verdict::Denied);
                         }
                         judged += 1;
                         allowed(&mut work, req);

@@ -46,8 +46,8 @@ use porin_common::{
         Request, CHUNK, MAX_HEAD,
     },
     http_stream::{
-        allowed, conn_at_syn, conn_lost, conn_state, next, parsed, plan, syn_may_restart, HttpConn,
-        Next, Plan, MAX_TAILS,
+        allowed, conn_at_syn, conn_lost, conn_state, next, parsed, plan, syn_may_restart, tcp_flag,
+        HttpConn, Next, Plan, MAX_TAILS,
     },
     packet::ETH_HLEN,
     parse::{Flow, Parsed},
@@ -67,11 +67,6 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_F_INGRESS: u64 = 1;
 /// `bpf_l4_csum_replace`: the change is to the pseudo-header.
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_PSH: u8 = 0x08;
-const TCP_ACK: u8 = 0x10;
 
 #[map]
 static PORIN_HTTPS_V1: HashMap<PolicyKey, HttpSet> =
@@ -244,7 +239,7 @@ pub fn open(flow: &Flow, ifindex: u32, key: &PolicyKey, t: &Tcp) -> Result<(), D
         return Err(DropReason::Internal);
     };
     let ckey = conn_key(flow, ifindex);
-    let conn = if t.flags & u32::from(TCP_SYN | TCP_ACK) == u32::from(TCP_SYN) {
+    let conn = if t.flags & u32::from(tcp_flag::SYN | tcp_flag::ACK) == u32::from(tcp_flag::SYN) {
         // Conntrack lost the connection but the stream state is still
         // here: the same rule as a SYN on a known connection.
         // SAFETY: read at once.
@@ -318,7 +313,7 @@ pub fn deny(
         flow.sport,
         t.ack,
         t.seq.wrapping_add(t.payload_len),
-        TCP_ACK | TCP_PSH | TCP_FIN,
+        tcp_flag::ACK | tcp_flag::PSH | tcp_flag::FIN,
     );
     let mut k = 0;
     while k < FORBIDDEN.len() {
@@ -342,7 +337,7 @@ pub fn deny(
     // number, which the server accepts and closes on.
     swap_macs(o);
     write_ip(o, flow, v4, false, 20);
-    write_tcp(o, l4, flow.sport, flow.dport, t.seq, 0, TCP_RST);
+    write_tcp(o, l4, flow.sport, flow.dport, t.seq, 0, tcp_flag::RST);
     put_packet(ctx, o, v4, l4, 20)
 }
 

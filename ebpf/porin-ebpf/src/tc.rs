@@ -225,11 +225,13 @@ fn try_handle(
             // Data on the SYN (TCP Fast Open) would reach the server before
             // any head could be judged; otherwise picked up mid-stream:
             // where this payload stands is unknown.
-            return Err(if t.flags & 0x02 != 0 {
-                DropReason::HttpStream
-            } else {
-                DropReason::HttpUnsupported
-            });
+            return Err(
+                if t.flags & u32::from(porin_common::http_stream::tcp_flag::SYN) != 0 {
+                    DropReason::HttpStream
+                } else {
+                    DropReason::HttpUnsupported
+                },
+            );
         }
         return Ok(());
     }
