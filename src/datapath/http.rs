@@ -3,7 +3,9 @@
 //!
 //! * `http_from_container` / `http_to_container` (entries, indexes by
 //!   `Direction`), `http_parse` (2: one chunk of the request head per
-//!   call) and `http_finish` (3) are loaded with the main programs and put
+//!   call), `http_finish` (3), `http_value` (4: one long run of a
+//!   header value no rule reads) and `http_chunk` (5: a chunked body's
+//!   framing) are loaded with the main programs and put
 //!   in `PORIN_HTTPP_V1`: the main programs tail-call the entries for
 //!   HTTP-ruled connections. Without them those packets drop (`Internal`),
 //!   never pass unjudged.
@@ -46,6 +48,8 @@ pub const HTTP_FROM_CONTAINER: &str = "http_from_container";
 pub const HTTP_TO_CONTAINER: &str = "http_to_container";
 pub const HTTP_PARSE: &str = "http_parse";
 pub const HTTP_FINISH: &str = "http_finish";
+pub const HTTP_VALUE: &str = "http_value";
+pub const HTTP_CHUNK: &str = "http_chunk";
 
 /// The hash key's map (one entry).
 pub const KEY_MAP: &str = maps::HTTP_KEY.name;
@@ -109,7 +113,7 @@ pub fn ensure_key(bpf: &mut Ebpf) -> Result<(SipKey, bool), DatapathError> {
 
 /// The stage's slots in `PORIN_HTTPP_V1`, as in the eBPF crate's
 /// `http::stage_index`.
-const STAGE_SLOTS: u32 = 4;
+const STAGE_SLOTS: u32 = 6;
 
 /// Loads the HTTP stage programs and registers them for the tail calls.
 ///
@@ -139,6 +143,8 @@ fn register_stage(bpf: &mut Ebpf) -> Result<(), DatapathError> {
         (HTTP_TO_CONTAINER, Direction::Ingress as u32),
         (HTTP_PARSE, 2),
         (HTTP_FINISH, 3),
+        (HTTP_VALUE, 4),
+        (HTTP_CHUNK, 5),
     ] {
         let fd = ebpf::load_program::<SchedClassifier>(bpf, name)?
             .fd()

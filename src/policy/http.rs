@@ -24,8 +24,8 @@ use std::fmt;
 
 use porin_common::datapath::{action, identity as reserved, PolicyKey, PolicyValue};
 use porin_common::http::{
-    alt_kind, header_name_hash, header_value_hash, host_condition, method, path_hash, set_id,
-    HttpAlt, HttpKey, HttpSet, HttpValue, ALTS, MAX_CONDITIONS, MAX_SEGMENTS,
+    alt_kind, header_name_hash, header_value_hash, host_condition, method, name_bit, path_hash,
+    set_id, HttpAlt, HttpKey, HttpSet, HttpValue, ALTS, MAX_CONDITIONS, MAX_SEGMENTS,
 };
 use porin_common::sip::SipKey;
 
@@ -182,7 +182,11 @@ pub fn compile_rules(
     out: &mut BTreeMap<HttpKey, HttpValue>,
 ) -> Result<HttpSet, HttpCompileError> {
     let id = set_id(canonical);
-    let mut set = HttpSet { id, depths: 0 };
+    let mut set = HttpSet {
+        id,
+        depths: 0,
+        names: 0,
+    };
     for &(r, name, http) in items {
         for rule in http {
             let fail = |why: String| HttpCompileError {
@@ -207,6 +211,10 @@ pub fn compile_rules(
                 }
             };
             let alt = alt_of(key, rule, r, kind);
+            // The headers the parser must keep for these conditions.
+            for h in &rule.headers {
+                set.names |= name_bit(header_name_hash(key, h.name.as_bytes()));
+            }
             for m in methods(rule.method) {
                 let key = HttpKey {
                     set: id,
@@ -450,13 +458,13 @@ mod tests {
         assert_ne!(set.depths, 0, "a prefix rule");
         let mut r = Request::EMPTY;
         let first = b"GET /api/x HTTP/1.1\r\n\r\n";
-        parse_begin(&mut r, &ANY_KEY, set.depths);
+        parse_begin(&mut r, &ANY_KEY, set.depths, set.names);
         assert_eq!(feed(first, first.len(), &mut r), Some(Ok(first.len())));
         assert_ne!(judge(&r, &set, |k| c.http_maps.rules.get(k)), 0);
         // The same scratch, a request under a set wanting no prefix: its
         // depth entries keep /api's hashes.
         let second = b"GET /admin/x HTTP/1.1\r\n\r\n";
-        parse_begin(&mut r, &ANY_KEY, 0);
+        parse_begin(&mut r, &ANY_KEY, 0, 0);
         assert_eq!(feed(second, second.len(), &mut r), Some(Ok(second.len())));
         assert_eq!(judge(&r, &set, |k| c.http_maps.rules.get(k)), 0);
     }

@@ -240,9 +240,11 @@ mod known {
     pub const HOST: u32 = 1;
     pub const CONTENT_LENGTH: u32 = 2;
     pub const TRANSFER_ENCODING: u32 = 3;
+    pub const UPGRADE: u32 = 4;
 }
 
 const P_HOST: [u64; 3] = pack(b"host");
+const P_UPGRADE: [u64; 3] = pack(b"upgrade");
 const P_CONTENT_LENGTH: [u64; 3] = pack(b"content-length");
 const P_TRANSFER_ENCODING: [u64; 3] = pack(b"transfer-encoding");
 /// Packed `method::NAMES[1..10]` (one word each: none is longer than 7
@@ -296,9 +298,19 @@ pub struct Request {
     pub prefixes: [u64; MAX_SEGMENTS],
     /// [`host_condition`] of the Host value, 0 without one.
     pub host: u64,
-    /// [`header_name_hash`] and [`header_value_hash`] of each header kept.
+    /// The `Transfer-Encoding` value's hash (name, colon and the value,
+    /// lowercased, as [`header_value_hash`]), 0 without one: see
+    /// [`framing`].
+    pub te: u64,
+    /// [`header_name_hash`] and [`header_value_hash`] of each header kept:
+    /// the first [`MAX_HEADERS`] whose names the rule set may name
+    /// (`wanted`).
     pub names: [u64; MAX_HEADERS],
     pub values: [u64; MAX_HEADERS],
+    /// [`HttpSet::names`] of the set the head is parsed for: a header is
+    /// kept (its value hashed) only if its name hash's bit is set. The
+    /// values of the others are skipped unread ([`skip_value`]).
+    pub wanted: u64,
     /// The hash key the head is parsed under ([`parse_begin`]).
     pub key: SipKey,
     /// The parser's working state ([`Cursor`]).
@@ -318,8 +330,11 @@ pub struct Request {
     /// Slashes seen, at most [`MAX_SEGMENTS`].
     pub slashes: u8,
     pub headers: u8,
+    /// 1: the body is chunked (`Transfer-Encoding: chunked`, the only
+    /// coding judged; never with a `Content-Length`).
+    pub chunked: u8,
     /// Explicit: no implicit padding in a map value.
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 6],
 }
 
 impl Request {
@@ -333,12 +348,15 @@ impl Request {
         slashes: 0,
         depths: 0,
         host: 0,
+        te: 0,
         names: [0; MAX_HEADERS],
         values: [0; MAX_HEADERS],
         headers: 0,
+        chunked: 0,
         head_len: 0,
         content_length: 0,
-        _pad: [0; 7],
+        _pad: [0; 6],
+        wanted: 0,
         key: SipKey::ZERO,
         cur: Cursor {
             st: 0,
@@ -357,6 +375,9 @@ impl Request {
             fin: 0,
             reset: 0,
             absorb: 0,
+            store: 0,
+            value_at: 0,
+            v10: 0,
             b: 0,
             _pad: [0; 7],
             name_h: 0,
@@ -473,6 +494,12 @@ pub struct Cursor {
     reset: u32,
     /// 0x100 | a byte to hash, or 0.
     absorb: u32,
+    /// 1 while in a header kept in [`Request::names`] (its value hashed).
+    store: u32,
+    /// Head position of the current header's value (after the colon).
+    value_at: u32,
+    /// 1: an HTTP/1.0 request.
+    v10: u32,
     /// The byte being parsed (see `bb!`).
     b: u8,
     _pad: [u8; 7],
@@ -512,14 +539,35 @@ macro_rules! set {
 /// the kernel does. A head that does not end within the bytes given is
 /// `Unsupported`. Never panics.
 pub fn parse(buf: &[u8], len: usize, key: &SipKey) -> Result<Request, HttpError> {
+    parse_for(buf, len, key, ALL_DEPTHS, ALL_NAMES)
+}
+
+/// [`parse`] as the kernel parses for a rule set: hashing only the
+/// prefix `depths` and keeping only the `wanted` headers
+/// ([`HttpSet::depths`], [`HttpSet::names`]); the values of the others
+/// are skipped as the kernel skips them.
+pub fn parse_for(
+    buf: &[u8],
+    len: usize,
+    key: &SipKey,
+    depths: u32,
+    wanted: u64,
+) -> Result<Request, HttpError> {
     let mut r = Request::EMPTY;
-    parse_begin(&mut r, key, ALL_DEPTHS);
+    parse_begin(&mut r, key, depths, wanted);
     let n = len.min(buf.len());
     let mut at = 0;
     while at < n {
+        if value_skippable(&r) {
+            let end = (at + VCHUNK).min(n);
+            at += skip_value(&buf[at..end], end - at, &mut r)?;
+            continue;
+        }
         let end = (at + CHUNK).min(n);
         if let Some(done) = feed(&buf[at..end], end - at, &mut r) {
-            return done.map(|_| r);
+            done?;
+            framing(&mut r)?;
+            return Ok(r);
         }
         at = end;
     }
@@ -529,12 +577,23 @@ pub fn parse(buf: &[u8], len: usize, key: &SipKey) -> Result<Request, HttpError>
 /// [`parse_begin`]'s `depths` for every prefix.
 pub const ALL_DEPTHS: u32 = u32::MAX;
 
-/// Resets `r` for a new head hashed under `key`, hashing the path
-/// prefixes of the depths in `depths`. Only the scalars and the event
-/// path are reset: array entries past `slashes` and `headers` are stale
-/// and never read.
+/// [`parse_begin`]'s `wanted` for keeping every header (up to
+/// [`MAX_HEADERS`]).
+pub const ALL_NAMES: u64 = u64::MAX;
+
+/// The [`HttpSet::names`] bit of a header name's [`header_name_hash`].
 #[inline(always)]
-pub fn parse_begin(r: &mut Request, key: &SipKey, depths: u32) {
+pub fn name_bit(name_hash: u64) -> u64 {
+    1 << (name_hash & 63)
+}
+
+/// Resets `r` for a new head hashed under `key`, hashing the path
+/// prefixes of the depths in `depths` and keeping the headers whose
+/// names' bits ([`name_bit`]) are in `wanted`. Only the scalars and the
+/// event path are reset: array entries past `slashes` and `headers` are
+/// stale and never read.
+#[inline(always)]
+pub fn parse_begin(r: &mut Request, key: &SipKey, depths: u32, wanted: u64) {
     set!(r.method, method::NONE);
     set!(r.path_start, 0);
     set!(r.path_len, 0);
@@ -546,6 +605,7 @@ pub fn parse_begin(r: &mut Request, key: &SipKey, depths: u32) {
     }
     set!(r.slashes, 0);
     set!(r.depths, depths);
+    set!(r.wanted, wanted);
     set!(r.host, 0);
     set!(r.headers, 0);
     set!(r.head_len, 0);
@@ -568,6 +628,10 @@ pub fn parse_begin(r: &mut Request, key: &SipKey, depths: u32) {
     set!(r.cur.fin, fin::NONE);
     set!(r.cur.reset, 0);
     set!(r.cur.absorb, 0);
+    set!(r.cur.store, 0);
+    set!(r.cur.v10, 0);
+    set!(r.te, 0);
+    set!(r.chunked, 0);
     set!(r.cur.name_h, 0);
     set!(r.cur.tok[0], 0);
     set!(r.cur.tok[1], 0);
@@ -616,6 +680,87 @@ pub fn feed(buf: &[u8], n: usize, r: &mut Request) -> Option<Result<usize, HttpE
         j += 1;
     }
     None
+}
+
+/// Decides a complete head's body framing: with a `Transfer-Encoding`,
+/// the body is chunked if the coding is exactly `chunked` (any case,
+/// blanks around it); any other coding or list of codings, and any in an
+/// HTTP/1.0 request (whose framing RFC 9112 calls faulty then), is not
+/// judged (`Unsupported`). Sets [`Request::chunked`]. Outside the byte
+/// loop, so the parse's per-byte work stays one hash: the kernel calls it
+/// before judging.
+#[inline(always)]
+pub fn framing(r: &mut Request) -> Result<(), HttpError> {
+    let te = get!(r.te);
+    if te == 0 {
+        return Ok(());
+    }
+    let key = SipKey {
+        k0: get!(r.key.k0),
+        k1: get!(r.key.k1),
+    };
+    if get!(r.cur.v10) != 0 || te != header_value_hash(&key, b"transfer-encoding", b"chunked") {
+        return Err(HttpError::Unsupported);
+    }
+    set!(r.chunked, 1);
+    Ok(())
+}
+
+/// Most bytes one [`skip_value`] reads: one tail call of the kernel's
+/// value program. Its loop is a byte test, not the state machine, so the
+/// verifier walks 16 times [`CHUNK`] in a fraction of its budget.
+pub const VCHUNK: usize = 1024;
+
+/// Whether the parser stands at least [`CHUNK`] bytes deep inside the
+/// value of a header it does not keep: neither Host nor Content-Length,
+/// and no rule of the set names it (see [`Request::wanted`]). Cookies and
+/// bearer tokens, the long part of long heads, are such values:
+/// [`skip_value`] goes over them without the state machine. (Shorter
+/// values stay with [`feed`]: handing over costs the kernel two tail
+/// calls, worth it only for a value that likely goes on.)
+#[inline(always)]
+pub fn value_skippable(r: &Request) -> bool {
+    let state = get!(r.cur.st);
+    (state == st::VALUE_LEAD || state == st::VALUE)
+        && get!(r.cur.known) == known::NONE
+        && get!(r.cur.store) == 0
+        && get!(r.cur.pos).wrapping_sub(get!(r.cur.value_at)) >= CHUNK as u32
+}
+
+/// Skips value bytes of a header [`value_skippable`] says is not kept:
+/// from `buf[..min(n, buf.len(), VCHUNK)]`, the bytes up to the first CR
+/// and that CR, which ends the value as in [`feed`] (the LF that must
+/// follow is [`feed`]'s again). Checks what [`feed`] checks in a value: no
+/// control byte but HTAB. The bytes consumed, or `Malformed`. Must only be
+/// called where [`value_skippable`] holds; it no longer does after the CR.
+#[inline(always)]
+pub fn skip_value(buf: &[u8], n: usize, r: &mut Request) -> Result<usize, HttpError> {
+    let mut j = 0;
+    while j < VCHUNK {
+        if j >= n {
+            break;
+        }
+        let Some(&b) = buf.get(j) else {
+            break;
+        };
+        if b == b'\r' {
+            // What `value_byte` does at the CR of a value not kept.
+            set!(r.cur.st, st::LF);
+            j += 1;
+            break;
+        }
+        if (b < b' ' && b != b'\t') || b == 0x7f {
+            return Err(HttpError::Malformed);
+        }
+        if b != b' ' && b != b'\t' {
+            // Past the leading blanks, as `value_byte` moves; a store, so
+            // the verifier carries no flag from one byte to the next.
+            set!(r.cur.st, st::VALUE);
+        }
+        j += 1;
+    }
+    set!(r.cur.pos, get!(r.cur.pos) + j as u32);
+    Ok(j)
 }
 
 const VERSION: &[u8; 8] = b"HTTP/1.1";
@@ -678,6 +823,9 @@ fn step(r: &mut Request, byte: u8, i: usize) -> Result<bool, HttpError> {
                 return Err(HttpError::Malformed);
             }
             set!(r.cur.version, 8);
+            if bb!(r) == b'0' {
+                set!(r.cur.v10, 1);
+            }
         } else if bb!(r) == b'\r' {
             set!(r.cur.st, st::LF);
         } else {
@@ -698,6 +846,7 @@ fn step(r: &mut Request, byte: u8, i: usize) -> Result<bool, HttpError> {
             set!(r.cur.tok[2], 0);
             tok_push(r, 0, c);
             set!(r.cur.mlen, 1);
+            set!(r.cur.store, 0);
             set!(r.cur.reset, 1);
             absorb(r, c);
             set!(r.cur.st, st::NAME);
@@ -709,10 +858,14 @@ fn step(r: &mut Request, byte: u8, i: usize) -> Result<bool, HttpError> {
         if bb!(r) == b':' {
             let k = known_header(r);
             set!(r.cur.known, k);
-            if k == known::TRANSFER_ENCODING {
+            if k == known::UPGRADE {
+                // WebSocket, h2c: after the switch the stream is not
+                // HTTP/1.x; no rule allows one yet.
                 return Err(HttpError::Unsupported);
             }
-            if k == known::CONTENT_LENGTH {
+            if k == known::CONTENT_LENGTH || k == known::TRANSFER_ENCODING {
+                // Framing two ways (or twice) is how requests are
+                // smuggled past a front end: refused.
                 if get!(r.cur.cl_seen) != 0 {
                     return Err(HttpError::Malformed);
                 }
@@ -724,6 +877,7 @@ fn step(r: &mut Request, byte: u8, i: usize) -> Result<bool, HttpError> {
                 set!(r.cur.fin, fin::NAME);
             }
             absorb(r, b':');
+            set!(r.cur.value_at, (i + 1) as u32);
             set!(r.cur.blank, 0);
             set!(r.cur.st, st::VALUE_LEAD);
         } else if is_tchar(bb!(r)) {
@@ -771,6 +925,9 @@ fn hash_phase(r: &mut Request) {
             }
         } else if f == fin::NAME {
             set!(r.cur.name_h, h);
+            if get!(r.wanted) & name_bit(h) != 0 {
+                set!(r.cur.store, 1);
+            }
         } else {
             finish_header(r, h);
         }
@@ -899,9 +1056,9 @@ fn value_byte(r: &mut Request, state: u32) -> Result<(), HttpError> {
                 return Err(HttpError::Malformed);
             }
             set!(r.content_length, get!(r.cur.cl));
-        } else if k == known::HOST || (get!(r.headers) as usize) < MAX_HEADERS {
-            // Not for Content-Length (no condition names it) nor past the
-            // headers kept.
+        } else if k == known::HOST || k == known::TRANSFER_ENCODING || get!(r.cur.store) != 0 {
+            // Not for Content-Length (no condition names it) nor for the
+            // headers not kept.
             set!(r.cur.fin, fin::VALUE);
         }
         set!(r.cur.st, st::LF);
@@ -930,7 +1087,7 @@ fn value_byte(r: &mut Request, state: u32) -> Result<(), HttpError> {
             set!(r.cur.cl, get!(r.cur.cl) * 10 + (bb!(r) - b'0') as u32);
             set!(r.cur.cl_digits, digits + 1);
         }
-        let c = if k == known::HOST {
+        let c = if k == known::HOST || k == known::TRANSFER_ENCODING {
             bb!(r).to_ascii_lowercase()
         } else {
             bb!(r)
@@ -975,6 +1132,8 @@ fn known_header(r: &mut Request) -> u32 {
         known::CONTENT_LENGTH
     } else if n == 17 && eq(&P_TRANSFER_ENCODING) {
         known::TRANSFER_ENCODING
+    } else if n == 7 && eq(&P_UPGRADE) {
+        known::UPGRADE
     } else {
         known::NONE
     }
@@ -989,6 +1148,11 @@ fn finish_header(r: &mut Request, value_h: u64) {
         if get!(r.host) == 0 {
             set!(r.host, value_h);
         }
+        return;
+    }
+    if k == known::TRANSFER_ENCODING {
+        // Checked once the head is complete ([`framing`]).
+        set!(r.te, value_h);
         return;
     }
     if k == known::CONTENT_LENGTH {
@@ -1025,6 +1189,12 @@ pub struct HttpSet {
     /// Bit `d`: some prefix rule of the set has depth `d` (slashes in its
     /// prefix), so prefix `d` of a request path is looked up.
     pub depths: u32,
+    /// A one-word Bloom filter of the header names the set's conditions
+    /// name: [`name_bit`] of each [`header_name_hash`]. The parser keeps
+    /// (hashes the value of) only headers whose bit is set; a request
+    /// with a 6 KiB cookie but no rule on cookies is parsed at the speed
+    /// of [`skip_value`]. A false positive only keeps a header more.
+    pub names: u64,
 }
 
 /// `PORIN_HTTPR_V1` key.
@@ -1193,7 +1363,7 @@ mod pod {
     unsafe impl aya::Pod for super::HttpValue {}
 }
 
-const _: () = assert!(core::mem::size_of::<HttpSet>() == 8);
+const _: () = assert!(core::mem::size_of::<HttpSet>() == 16);
 const _: () = assert!(core::mem::size_of::<HttpKey>() == 16);
 const _: () = assert!(core::mem::size_of::<HttpAlt>() == 48);
 const _: () = assert!(core::mem::size_of::<HttpValue>() == 48 * ALTS);
@@ -1262,7 +1432,7 @@ mod tests {
     fn only_the_wanted_prefix_depths_are_hashed() {
         let req = b"GET /api/v1/x HTTP/1.1\r\nHost: a\r\n\r\n";
         let mut r = Request::EMPTY;
-        parse_begin(&mut r, &K, 1 << 1);
+        parse_begin(&mut r, &K, 1 << 1, ALL_NAMES);
         assert_eq!(feed(&req[..20], 20, &mut r), None);
         let rest = &req[20..];
         assert_eq!(feed(rest, rest.len(), &mut r), Some(Ok(rest.len())));
@@ -1359,10 +1529,46 @@ mod tests {
             (b"GET /a HTTP/1.1\n\n", Malformed),
             (b"GET /a HTTP/1.1\r\n folded\r\n\r\n", Malformed),
             (b"GET /a HTTP/1.1\r\nNoColon\r\n\r\n", Malformed),
+            // Framing: `chunked` alone, once, never beside a length.
             (
-                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
                 Unsupported,
             ),
+            (
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked x\r\n\r\n",
+                Unsupported,
+            ),
+            (
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunk ed\r\n\r\n",
+                Unsupported,
+            ),
+            (
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunkedchunked\r\n\r\n",
+                Unsupported,
+            ),
+            (b"POST /a HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n", Unsupported),
+            (
+                b"POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Unsupported,
+            ),
+            (
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+                Malformed,
+            ),
+            (
+                b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Malformed,
+            ),
+            (
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Malformed,
+            ),
+            // No protocol switch.
+            (
+                b"GET /a HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                Unsupported,
+            ),
+            (b"GET /a HTTP/1.1\r\nupgrade: h2c\r\n\r\n", Unsupported),
             (
                 b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
                 Malformed,
@@ -1385,6 +1591,14 @@ mod tests {
                 std::string::String::from_utf8_lossy(input)
             );
         }
+        for ok in [
+            &b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST /a HTTP/1.1\r\ntransfer-encoding:  Chunked \r\n\r\n",
+        ] {
+            let r = p(ok).unwrap();
+            assert_eq!((r.chunked, r.content_length), (1, 0));
+        }
+        assert_eq!(p(b"GET /a HTTP/1.1\r\n\r\n").unwrap().chunked, 0);
         // A long path parses (the event keeps its first bytes).
         let mut long = Vec::from(&b"GET /"[..]);
         long.resize(3000, b'a');
@@ -1399,16 +1613,59 @@ mod tests {
     }
 
     #[test]
+    fn values_no_rule_reads_are_skipped_but_checked() {
+        let mut head = std::vec::Vec::from(&b"GET /a HTTP/1.1\r\nCookie: "[..]);
+        head.resize(3000, b'c');
+        head.extend_from_slice(b"\r\nHost: web\r\nX-Key: 1\r\n\r\n");
+        let x_key = header_name_hash(&K, b"x-key");
+        let r = parse_for(&head, head.len(), &K, 0, name_bit(x_key)).unwrap();
+        assert_eq!(r.head_len as usize, head.len());
+        assert_eq!(r.host, host_condition(&K, b"web"));
+        // Only X-Key is kept; the cookie went by `skip_value`.
+        assert_eq!(r.headers, 1);
+        assert_eq!(r.values[0], header_value_hash(&K, b"x-key", b"1"));
+        let all = parse(&head, head.len(), &K).unwrap();
+        assert_eq!((all.headers, all.host), (2, r.host));
+        // What `feed` refuses in a value, `skip_value` refuses too: a
+        // control byte, a bare LF; a CR without its LF is `feed`'s.
+        for (at, bad) in [(1000, 0u8), (1000, b'\n'), (2999, 0x7f)] {
+            let mut h = head.clone();
+            h[at] = bad;
+            let got = parse_for(&h, h.len(), &K, 0, 0);
+            assert_eq!(got, Err(HttpError::Malformed), "{bad} at {at}");
+        }
+        let mut h = head.clone();
+        h[1000] = b'\r';
+        assert_eq!(parse_for(&h, h.len(), &K, 0, 0), Err(HttpError::Malformed));
+        // Skipping stops at the CR: the next line is parsed, a Host after
+        // a long value counts.
+        let mut r = Request::EMPTY;
+        parse_begin(&mut r, &K, 0, 0);
+        assert_eq!(feed(&head[..64], 64, &mut r), None);
+        assert!(!value_skippable(&r), "40 bytes into the value: not yet");
+        assert_eq!(feed(&head[64..128], 64, &mut r), None);
+        assert!(value_skippable(&r));
+        let n = skip_value(&head[128..], 4000, &mut r).unwrap();
+        assert_eq!(n, VCHUNK, "a full chunk without a CR");
+        let mut at = 128 + n;
+        while value_skippable(&r) {
+            at += skip_value(&head[at..], 4000, &mut r).unwrap();
+        }
+        assert_eq!(at, 3001, "up to the CR, included");
+        assert!(!value_skippable(&r));
+    }
+
+    #[test]
     fn feeding_stops_at_the_head_end() {
         let two = b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
         let mut r = Request::EMPTY;
-        parse_begin(&mut r, &K, ALL_DEPTHS);
+        parse_begin(&mut r, &K, ALL_DEPTHS, ALL_NAMES);
         let n = two.len().min(CHUNK);
         assert_eq!(feed(&two[..n], n, &mut r), Some(Ok(19)));
         assert_eq!(r.path, path_hash(&K, b"/a"));
         assert_eq!(head_pos(&r), 19);
         // Bytes past `n` are not read.
-        parse_begin(&mut r, &K, ALL_DEPTHS);
+        parse_begin(&mut r, &K, ALL_DEPTHS, ALL_NAMES);
         assert_eq!(feed(two, 3, &mut r), None);
         assert_eq!(head_pos(&r), 3);
     }
@@ -1426,6 +1683,7 @@ mod tests {
         let set = HttpSet {
             id: 7,
             depths: 1 << 1,
+            names: name_bit(header_name_hash(&K, b"x-key")),
         };
         let mut map = std::collections::BTreeMap::new();
         let k = |m: u8, path: &[u8]| HttpKey {

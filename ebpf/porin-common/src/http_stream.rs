@@ -37,16 +37,22 @@
 //! - A SYN with data (TCP Fast Open) is denied; a SYN without starts the
 //!   connection over (a new connection on the same 4-tuple).
 
-use crate::http::{feed, head_pos, parse_begin, HttpError, HttpSet, Request, CHUNK};
+use crate::http::{
+    feed, framing, head_pos, parse_begin, skip_value, value_skippable, HttpError, HttpSet, Request,
+    CHUNK, VCHUNK,
+};
 
 /// Tail calls one packet may make from the kernel stage's parse and finish
 /// programs before a parse is refused (see [`segment`], which counts them
 /// the same way). The kernel allows 32 per packet (x86-64's JIT before
 /// 5.19; 33 elsewhere), counting the main program's into the stage's entry
 /// and the entry's into the parse; the chain after a refused parse takes
-/// at most 4 more. So one packet parses at most about `MAX_TAILS *`
-/// [`CHUNK`] head bytes (a single head of up to 1,664 bytes with 64-byte chunks); a segment
-/// with more is denied (`HttpUnsupported`).
+/// at most 4 more. Each tail call parses one [`CHUNK`] of a head (64
+/// bytes), or skips one [`VCHUNK`] of a header value no rule reads (1 KiB:
+/// cookies, tokens); a segment with more work than that is denied
+/// (`HttpUnsupported`). So one packet carries about 1.6 KiB of headers
+/// the rules may read, with up to about 20 KiB of other values between
+/// them.
 pub const MAX_TAILS: u32 = 26;
 
 /// `PORIN_HTTPC_V1` value: one HTTP-ruled connection's client→server
@@ -82,6 +88,44 @@ pub mod conn_state {
     pub const HEAD: u32 = 3;
     /// A body byte ([`super::HttpConn::body_left`] to go).
     pub const BODY: u32 = 4;
+    /// A chunked body's framing, byte by byte ([`super::chunk_feed`]):
+    /// the chunk-size line (hex digits so far in `head_len`, the size in
+    /// `body_left`)...
+    pub const CHUNK_SIZE: u32 = 5;
+    /// ... its LF ...
+    pub const CHUNK_SIZE_LF: u32 = 6;
+    /// ... the chunk's data (`body_left` bytes to go, skipped like a
+    /// body) ...
+    pub const CHUNK_DATA: u32 = 7;
+    /// ... the CR and LF after the data ...
+    pub const CHUNK_DATA_CR: u32 = 8;
+    pub const CHUNK_DATA_LF: u32 = 9;
+    /// ... and after the last chunk (size 0), the CR and LF ending the
+    /// body (a trailer field there is refused).
+    pub const CHUNK_END: u32 = 10;
+    pub const CHUNK_END_LF: u32 = 11;
+
+    /// A state of a chunked body's framing lines.
+    #[inline(always)]
+    pub fn is_chunk_line(state: u32) -> bool {
+        (CHUNK_SIZE..=CHUNK_END_LF).contains(&state) && state != CHUNK_DATA
+    }
+}
+
+/// Most framing bytes of a chunked body one [`chunk_feed`] reads.
+pub const LINE_CHUNK: usize = 16;
+
+/// Hex digits a chunk size may have (at most 256 MiB - 1 per chunk).
+pub const CHUNK_DIGITS: u32 = 7;
+
+/// Steps ([`next`]: chunk data skipped, framing bytes fed) one run of
+/// the kernel's chunk program takes before it hands back to the parse.
+pub const STEPS: u32 = 8;
+
+/// Inside a chunked body: its framing or a chunk's data.
+#[inline(always)]
+pub fn in_chunked_body(state: u32) -> bool {
+    conn_state::is_chunk_line(state) || state == conn_state::CHUNK_DATA
 }
 
 /// TCP flags the stream looks at and the stage writes (the 403 and the RST).
@@ -110,14 +154,20 @@ pub fn conn_at_syn(syn_seq: u32, set: HttpSet) -> HttpConn {
     }
 }
 
-/// A connection picked up mid-stream (state evicted, daemon restarted):
-/// where requests start is unknown, so every payload is denied.
+/// A connection picked up mid-stream (state evicted, daemon restarted) by
+/// a segment at `seq`: where requests start is unknown, so every payload
+/// is denied. (`next_seq` is `seq`, so only a SYN from there on may start
+/// a new connection on the 4-tuple, [`syn_may_restart`].)
 #[inline(always)]
-pub fn conn_lost(set: HttpSet) -> HttpConn {
+pub fn conn_lost(seq: u32, set: HttpSet) -> HttpConn {
     HttpConn {
-        state: conn_state::DENIED,
+        next_seq: seq,
+        body_from: seq,
+        body_left: 0,
+        head_len: 0,
         set,
-        ..HttpConn::default()
+        state: conn_state::DENIED,
+        requests: 0,
     }
 }
 
@@ -205,7 +255,8 @@ pub fn plan(conn: &HttpConn, seq: u32, len: u32, flags: u8) -> Plan {
     // Out of order: only bytes of the current body may go ahead (distance
     // from `next_seq` measured unsigned, so no wrap lets a far segment in).
     let ahead = seq.wrapping_sub(conn.next_seq);
-    if conn.state == conn_state::BODY && ahead < conn.body_left && len <= conn.body_left - ahead {
+    let in_body = conn.state == conn_state::BODY || conn.state == conn_state::CHUNK_DATA;
+    if in_body && ahead < conn.body_left && len <= conn.body_left - ahead {
         Plan::Pass
     } else {
         Plan::Drop
@@ -223,6 +274,8 @@ pub enum Next {
     /// [`parse_begin`] when `begin` (a new head), or on the kept state;
     /// then [`parsed`].
     Parse { begin: bool, n: u32 },
+    /// Feed the next `n` bytes (`1..=LINE_CHUNK`) to [`chunk_feed`].
+    Chunk { n: u32 },
     /// The head would pass `max_head` bytes.
     TooLarge,
 }
@@ -235,7 +288,7 @@ pub fn next(conn: &mut HttpConn, off: u32, len: u32, max_head: u32) -> Next {
         return Next::Done;
     }
     let avail = len - off;
-    if conn.state == conn_state::BODY {
+    if conn.state == conn_state::BODY || conn.state == conn_state::CHUNK_DATA {
         let n = if avail < conn.body_left {
             avail
         } else {
@@ -244,9 +297,22 @@ pub fn next(conn: &mut HttpConn, off: u32, len: u32, max_head: u32) -> Next {
         conn.body_left -= n;
         conn.next_seq = conn.next_seq.wrapping_add(n);
         if conn.body_left == 0 {
-            conn.state = conn_state::START;
+            conn.state = if conn.state == conn_state::BODY {
+                conn_state::START
+            } else {
+                conn_state::CHUNK_DATA_CR
+            };
         }
         return Next::Skipped(n);
+    }
+    if conn_state::is_chunk_line(conn.state) {
+        return Next::Chunk {
+            n: if avail < LINE_CHUNK as u32 {
+                avail
+            } else {
+                LINE_CHUNK as u32
+            },
+        };
     }
     let begin = conn.state != conn_state::HEAD;
     if begin {
@@ -268,8 +334,26 @@ pub fn next(conn: &mut HttpConn, off: u32, len: u32, max_head: u32) -> Next {
     Next::Parse { begin, n }
 }
 
-/// After [`feed`] parsed `consumed` bytes of the head: the connection
-/// moves past them.
+/// How many bytes of `[off, len)` the next [`skip_value`] may read: at
+/// most [`VCHUNK`], none past `max_head`. 0 when the head is at its limit
+/// (then [`next`] says `TooLarge`).
+#[inline(always)]
+pub fn value_room(conn: &HttpConn, off: u32, len: u32, max_head: u32) -> u32 {
+    let avail = len.saturating_sub(off);
+    let room = max_head.saturating_sub(conn.head_len);
+    let mut n = if avail < VCHUNK as u32 {
+        avail
+    } else {
+        VCHUNK as u32
+    };
+    if n > room {
+        n = room;
+    }
+    n
+}
+
+/// After [`feed`] or [`skip_value`] consumed `consumed` bytes of the head:
+/// the connection moves past them.
 #[inline(always)]
 pub fn parsed(conn: &mut HttpConn, consumed: u32) {
     conn.next_seq = conn.next_seq.wrapping_add(consumed);
@@ -277,19 +361,111 @@ pub fn parsed(conn: &mut HttpConn, consumed: u32) {
     conn.body_from = conn.next_seq;
 }
 
-/// After a head was judged and allowed: its body (by `Content-Length`)
-/// comes next, then the next request.
+/// After a head was judged and allowed: its body (by `Content-Length`,
+/// or chunked) comes next, then the next request.
 #[inline(always)]
 pub fn allowed(conn: &mut HttpConn, req: &Request) {
     conn.requests = conn.requests.wrapping_add(1);
     conn.body_from = conn.next_seq;
     conn.body_left = req.content_length;
     conn.head_len = 0;
-    conn.state = if req.content_length == 0 {
+    conn.state = if req.chunked != 0 {
+        conn_state::CHUNK_SIZE
+    } else if req.content_length == 0 {
         conn_state::START
     } else {
         conn_state::BODY
     };
+}
+
+/// Feeds a chunked body's framing bytes, `buf[..min(n, buf.len(),
+/// LINE_CHUNK)]` at `next_seq`: chunk-size lines (hex digits and CRLF;
+/// no extensions, no blanks), the CRLF after each chunk's data, the CRLF
+/// after the last chunk. Stops where data starts ([`conn_state::CHUNK_DATA`],
+/// which [`next`] skips) or the body ends (`START`). The bytes consumed,
+/// or why the framing is refused: a chunk extension, a trailer field, a
+/// size past [`CHUNK_DIGITS`] digits (`Unsupported`: servers part on
+/// these, which is how requests are smuggled), anything else not in the
+/// grammar (`Malformed`). Framing bytes, like head bytes, are never
+/// retransmitted past Porin (`body_from` moves past them).
+#[inline(always)]
+pub fn chunk_feed(conn: &mut HttpConn, buf: &[u8], n: usize) -> Result<u32, HttpError> {
+    let mut j = 0;
+    let mut result = Ok(());
+    while j < LINE_CHUNK {
+        if j >= n {
+            break;
+        }
+        let Some(&b) = buf.get(j) else {
+            break;
+        };
+        let state = conn.state;
+        j += 1;
+        if state == conn_state::CHUNK_SIZE {
+            let digit = match b {
+                b'0'..=b'9' => Some(b - b'0'),
+                b'a'..=b'f' => Some(b - b'a' + 10),
+                b'A'..=b'F' => Some(b - b'A' + 10),
+                _ => None,
+            };
+            if let Some(d) = digit {
+                if conn.head_len >= CHUNK_DIGITS {
+                    result = Err(HttpError::Unsupported);
+                    break;
+                }
+                conn.body_left = conn.body_left * 16 + u32::from(d);
+                conn.head_len += 1;
+            } else if b == b'\r' && conn.head_len != 0 {
+                conn.state = conn_state::CHUNK_SIZE_LF;
+            } else if b == b';' && conn.head_len != 0 {
+                result = Err(HttpError::Unsupported);
+                break;
+            } else {
+                result = Err(HttpError::Malformed);
+                break;
+            }
+        } else if state == conn_state::CHUNK_SIZE_LF
+            || state == conn_state::CHUNK_DATA_LF
+            || state == conn_state::CHUNK_END_LF
+        {
+            if b != b'\n' {
+                result = Err(HttpError::Malformed);
+                break;
+            }
+            if state == conn_state::CHUNK_DATA_LF {
+                conn.state = conn_state::CHUNK_SIZE;
+                conn.head_len = 0;
+                conn.body_left = 0;
+            } else if state == conn_state::CHUNK_END_LF {
+                conn.state = conn_state::START;
+                break;
+            } else if conn.body_left == 0 {
+                conn.state = conn_state::CHUNK_END;
+            } else {
+                conn.state = conn_state::CHUNK_DATA;
+                break;
+            }
+        } else if state == conn_state::CHUNK_DATA_CR || state == conn_state::CHUNK_END {
+            if b == b'\r' {
+                conn.state = state + 1;
+            } else if state == conn_state::CHUNK_END {
+                // A trailer field.
+                result = Err(HttpError::Unsupported);
+                break;
+            } else {
+                result = Err(HttpError::Malformed);
+                break;
+            }
+        } else {
+            result = Err(HttpError::Malformed);
+            break;
+        }
+    }
+    result?;
+    let k = j as u32;
+    conn.next_seq = conn.next_seq.wrapping_add(k);
+    conn.body_from = conn.next_seq;
+    Ok(k)
 }
 
 /// What the stage decided for one segment ([`segment`]).
@@ -350,17 +526,78 @@ where
     let mut off = skip;
     let mut tails = 0;
     let mut judged = 0;
+    // Each turn is one run of the kernel's parse program: a body skipped,
+    // then a head's next bytes, or a chunked body's framing handed to the
+    // chunk program.
     loop {
-        match next(&mut work, off, len, max_head) {
+        let mut step = next(&mut work, off, len, max_head);
+        if let Next::Skipped(n) = step {
+            off += n;
+            step = next(&mut work, off, len, max_head);
+        }
+        match step {
             Next::Done => break,
-            Next::Skipped(n) => off += n,
+            Next::Skipped(_) => unreachable!("a skip ends the body or the segment"),
             Next::TooLarge => return refuse(conn, Verdict::Deny(HttpError::TooLarge)),
+            Next::Chunk { .. } => {
+                if tails >= max_tails {
+                    return refuse(conn, Verdict::Deny(HttpError::Unsupported));
+                }
+                // parse → chunk: up to `STEPS` framing feeds and data
+                // skips, then chunk → parse.
+                tails += 1;
+                let mut steps = 0;
+                while steps < STEPS && off < len && in_chunked_body(work.state) {
+                    match next(&mut work, off, len, max_head) {
+                        Next::Skipped(n) => off += n,
+                        Next::Chunk { n } => {
+                            let at = off as usize;
+                            let bytes = &payload[at..at + n as usize];
+                            match chunk_feed(&mut work, bytes, n as usize) {
+                                Ok(k) => off += k,
+                                Err(e) => return refuse(conn, Verdict::Deny(e)),
+                            }
+                        }
+                        _ => unreachable!("inside a chunked body"),
+                    }
+                    steps += 1;
+                }
+                tails += 1;
+            }
             Next::Parse { begin, n } => {
                 if tails >= max_tails {
                     return refuse(conn, Verdict::Deny(HttpError::Unsupported));
                 }
                 if begin {
-                    parse_begin(req, key, work.set.depths);
+                    parse_begin(req, key, work.set.depths, work.set.names);
+                }
+                if value_skippable(req) {
+                    // parse → value, value → value per full chunk, then
+                    // value → parse, as the kernel's programs hand on.
+                    tails += 1;
+                    loop {
+                        if tails >= max_tails {
+                            return refuse(conn, Verdict::Deny(HttpError::Unsupported));
+                        }
+                        let n = value_room(&work, off, len, max_head);
+                        if n == 0 {
+                            tails += 1;
+                            break;
+                        }
+                        let at = off as usize;
+                        let bytes = &payload[at..at + n as usize];
+                        let k = match skip_value(bytes, n as usize, req) {
+                            Ok(k) => k as u32,
+                            Err(e) => return refuse(conn, Verdict::Deny(e)),
+                        };
+                        parsed(&mut work, k);
+                        off += k;
+                        tails += 1;
+                        if off >= len || !value_skippable(req) {
+                            break;
+                        }
+                    }
+                    continue;
                 }
                 let at = off as usize;
                 let bytes = &payload[at..at + n as usize];
@@ -374,6 +611,9 @@ where
                     Some(Ok(k)) => {
                         parsed(&mut work, k as u32);
                         off += k as u32;
+                        if let Err(e) = framing(req) {
+                            return refuse(conn, Verdict::Deny(e));
+                        }
                         if !judge(req) {
                             return refuse(conn, Verdict::Denied);
                         }
@@ -396,7 +636,7 @@ mod pod {
     unsafe impl aya::Pod for super::HttpConn {}
 }
 
-const _: () = assert!(core::mem::size_of::<HttpConn>() == 32);
+const _: () = assert!(core::mem::size_of::<HttpConn>() == 40);
 
 #[cfg(test)]
 mod tests {
@@ -561,6 +801,108 @@ mod tests {
         let mut c = conn_at_syn(0, HttpSet::default());
         let v = segment(&mut c, &mut r, &K, 1, 0, &big, 8192, 1, ok_only);
         assert_eq!(v, Verdict::Deny(HttpError::Unsupported));
+    }
+
+    /// Any request passes (the shape under test is the framing).
+    fn any(_: &Request) -> bool {
+        true
+    }
+
+    #[test]
+    fn chunked_bodies_are_skipped_by_their_sizes_however_split() {
+        let head = b"POST /ok HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // The data holds a request's bytes: skipped, never parsed. Then
+        // the next request is judged.
+        let body = b"17\r\nGET /admin HTTP/1.1\r\n\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let next = b"GET /ok HTTP/1.1\r\n\r\n";
+        let stream = [&head[..], body, next].concat();
+        let judge_get = |r: &Request| r.method != crate::http::method::GET || ok_only(r);
+        for cut in [1, 7, 50, 52, 55, 60, 75, 80, 90] {
+            for size in [1usize, cut, stream.len()] {
+                let mut c = conn_at_syn(0, HttpSet::default());
+                let mut r = Request::EMPTY;
+                let mut judged = 0;
+                for (i, part) in stream.chunks(size).enumerate() {
+                    let seq = 1 + (i * size) as u32;
+                    let v = segment(&mut c, &mut r, &K, seq, 0, part, 8192, BUDGET, judge_get);
+                    let Verdict::Pass { judged: j } = v else {
+                        panic!("size {size}: {v:?} at {seq}");
+                    };
+                    judged += j;
+                }
+                assert_eq!(judged, 2, "size {size}");
+                assert_eq!(c.state, conn_state::START);
+                assert_eq!(c.next_seq, 1 + stream.len() as u32);
+            }
+        }
+        // A forbidden request right after the last chunk is judged.
+        let bad = [&head[..], b"1\r\nx\r\n0\r\n\r\nGET /admin HTTP/1.1\r\n\r\n"].concat();
+        let mut c = conn_at_syn(0, HttpSet::default());
+        let mut r = Request::EMPTY;
+        let v = segment(&mut c, &mut r, &K, 1, 0, &bad, 8192, BUDGET, judge_get);
+        assert_eq!(v, Verdict::Denied);
+    }
+
+    #[test]
+    fn chunk_framing_that_servers_read_differently_is_refused() {
+        let head = b"POST /ok HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let cases: [(&[u8], HttpError); 8] = [
+            (b"5;ext=1\r\nhello\r\n0\r\n\r\n", HttpError::Unsupported),
+            (
+                b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n",
+                HttpError::Unsupported,
+            ),
+            (b"10000000\r\n", HttpError::Unsupported),
+            (b"5 \r\nhello\r\n0\r\n\r\n", HttpError::Malformed),
+            (b"5\nhello\r\n0\r\n\r\n", HttpError::Malformed),
+            (b"5\r\nhelloX\r\n0\r\n\r\n", HttpError::Malformed),
+            (b"\r\n", HttpError::Malformed),
+            (b"-1\r\n", HttpError::Malformed),
+        ];
+        for (body, want) in cases {
+            let mut c = conn_at_syn(0, HttpSet::default());
+            let mut r = Request::EMPTY;
+            let all = [&head[..], body].concat();
+            let v = segment(&mut c, &mut r, &K, 1, 0, &all, 8192, BUDGET, any);
+            assert_eq!(
+                v,
+                Verdict::Deny(want),
+                "{}",
+                std::string::String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_framing_is_never_retransmitted_past_porin() {
+        let head = b"POST /ok HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut c = conn_at_syn(0, HttpSet::default());
+        let mut r = Request::EMPTY;
+        let mut go = |c: &mut HttpConn, seq: u32, p: &[u8]| {
+            segment(c, &mut r, &K, seq, 0, p, 8192, BUDGET, any)
+        };
+        let h = head.len() as u32;
+        assert_eq!(go(&mut c, 1, head), Verdict::Pass { judged: 1 });
+        assert_eq!(
+            go(&mut c, 1 + h, b"a\r\n01234"),
+            Verdict::Pass { judged: 0 }
+        );
+        assert_eq!(c.state, conn_state::CHUNK_DATA);
+        // Data again, other bytes: data whatever they hold.
+        assert_eq!(go(&mut c, 1 + h + 3, b"xxxxx"), Verdict::Pass { judged: 0 });
+        // The size line again (the server may have dropped it): drop.
+        assert_eq!(go(&mut c, 1 + h, b"f\r\n01234"), Verdict::Drop);
+        // Out of order inside the chunk: pass; past it: drop.
+        assert_eq!(
+            go(&mut c, 1 + h + 3 + 7, b"789"),
+            Verdict::Pass { judged: 0 }
+        );
+        assert_eq!(go(&mut c, 1 + h + 3 + 7, b"789\r\n"), Verdict::Drop);
+        assert_eq!(
+            go(&mut c, 1 + h + 8, b"56789\r\n0\r\n\r\n"),
+            Verdict::Pass { judged: 0 }
+        );
+        assert_eq!(c.state, conn_state::START);
     }
 
     #[test]

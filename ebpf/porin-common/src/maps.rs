@@ -214,7 +214,7 @@ pub const LOST: MapDef<u32, u64> = MapDef::new("PORIN_LOST_V1", PerCpuArray, los
 
 // The HTTP stage (http.rs).
 /// The stage's programs, by `Direction` (tail calls).
-pub const HTTP_PROGRAMS: MapDef<u32, u32> = MapDef::new("PORIN_HTTPP_V1", MapKind::ProgArray, 4);
+pub const HTTP_PROGRAMS: MapDef<u32, u32> = MapDef::new("PORIN_HTTPP_V1", MapKind::ProgArray, 6);
 /// HTTP rule sets, under the policy key that names them.
 pub const HTTP_SETS: MapDef<PolicyKey, HttpSet> =
     MapDef::new("PORIN_HTTPS_V1", Hash, http::SETS).flags(NO_PREALLOC);
@@ -229,7 +229,7 @@ pub const HTTP_HEADS: MapDef<CtKey, Request> = MapDef::new("PORIN_HTTPH_V1", Lru
 pub const HTTP_KEY: MapDef<u32, SipKey> = MapDef::new("PORIN_HTTPK_V1", Array, 1);
 /// Bytes of the HTTP stage's per-CPU scratch (`Scratch` in the eBPF
 /// crate's `http.rs`): the host test reports the new size when it changes.
-pub const HTTP_SCRATCH_BYTES: usize = 1040;
+pub const HTTP_SCRATCH_BYTES: usize = 2048;
 /// The stage's per-CPU scratch buffer (one entry).
 pub const HTTP_SCRATCH: MapDef<u32, Opaque<HTTP_SCRATCH_BYTES>> =
     MapDef::new("PORIN_HTTPB_V1", PerCpuArray, 1);

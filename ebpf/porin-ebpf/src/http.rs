@@ -42,12 +42,13 @@ use porin_common::{
     flow,
     flow::HTTP_PATH_BYTES,
     http::{
-        conn_key, feed, judge, max_entries, parse_begin, HttpError, HttpKey, HttpSet, HttpValue,
-        Request, CHUNK, MAX_HEAD,
+        conn_key, feed, framing, judge, max_entries, parse_begin, skip_value, value_skippable,
+        HttpError, HttpKey, HttpSet, HttpValue, Request, CHUNK, MAX_HEAD, VCHUNK,
     },
     http_stream::{
-        allowed, conn_at_syn, conn_lost, conn_state, next, parsed, plan, syn_may_restart, tcp_flag,
-        HttpConn, Next, Plan, MAX_TAILS,
+        allowed, chunk_feed, conn_at_syn, conn_lost, conn_state, in_chunked_body, next, parsed,
+        plan, syn_may_restart, tcp_flag, value_room, HttpConn, Next, Plan, LINE_CHUNK, MAX_TAILS,
+        STEPS,
     },
     packet::ETH_HLEN,
     parse::{Flow, Parsed},
@@ -115,8 +116,9 @@ const OUT: usize = 192;
 /// the other, so the scratch is theirs meanwhile).
 #[repr(C)]
 pub struct Scratch {
-    /// The payload bytes of one [`feed`].
-    buf: [u8; CHUNK],
+    /// The payload bytes of one [`feed`] (the first [`CHUNK`]) or one
+    /// [`skip_value`].
+    buf: [u8; VCHUNK],
     /// The head being parsed (restored from `PORIN_HTTPH_V1` when it began
     /// in an earlier segment).
     req: Request,
@@ -151,6 +153,9 @@ pub struct Scratch {
     ev_method: u32,
     ev_path_len: u32,
     ev_rule: u32,
+    /// [`Next::Parse`]'s fields, through memory (see [`http_parse`]).
+    step_begin: u32,
+    step_n: u32,
 }
 
 /// [`Scratch::finish`] values.
@@ -252,7 +257,7 @@ pub fn open(flow: &Flow, ifindex: u32, key: &PolicyKey, t: &Tcp) -> Result<(), D
     } else {
         // Picked up mid-stream (state evicted, daemon restarted): where
         // requests start is unknown, so payload is denied.
-        conn_lost(*set)
+        conn_lost(t.seq, *set)
     };
     PORIN_HTTPC_V1
         .insert(&ckey, &conn, 0)
@@ -569,6 +574,11 @@ pub mod stage_index {
     pub const PARSE: u32 = 2;
     /// Judge, record, answer.
     pub const FINISH: u32 = 3;
+    /// A long run of a header value no rule reads, then itself or the
+    /// parse.
+    pub const VALUE: u32 = 4;
+    /// A chunked body's framing and data, then the parse.
+    pub const CHUNK: u32 = 5;
 }
 
 /// Hands the packet to the HTTP stage entry for `dir` (a tail call, which
@@ -747,7 +757,18 @@ pub fn http_parse(ctx: TcContext) -> i32 {
     }
     let (begin, n) = match step {
         Next::Parse { begin, n } => (begin, n),
-        Next::Done | Next::Skipped(_) => return to_finish(&ctx, s, finish::PASS, dir),
+        Next::Done => return to_finish(&ctx, s, finish::PASS, dir),
+        Next::Chunk { .. } => {
+            if s.tails >= MAX_TAILS {
+                return to_finish(&ctx, s, finish::FAIL + HttpError::Unsupported as u32, dir);
+            }
+            s.tails += 1;
+            return tail(&ctx, stage_index::CHUNK, dir);
+        }
+        // A skip ends the body or the segment: never twice in a row.
+        Next::Skipped(_) => {
+            return to_finish(&ctx, s, finish::FAIL + HttpError::Unsupported as u32, dir)
+        }
         Next::TooLarge => {
             return to_finish(&ctx, s, finish::FAIL + HttpError::TooLarge as u32, dir)
         }
@@ -756,11 +777,23 @@ pub fn http_parse(ctx: TcContext) -> i32 {
         // More head bytes than one packet's parse budget.
         return to_finish(&ctx, s, finish::FAIL + HttpError::Unsupported as u32, dir);
     }
+    // Through memory, volatile: the paths that led here ([`next`]'s body
+    // and framing cases) then reach the head parse with the same state,
+    // and the verifier walks it once rather than once per path.
+    // SAFETY: fields of the scratch.
+    let (begin, n) = unsafe {
+        core::ptr::write_volatile(&mut s.step_begin, u32::from(begin));
+        core::ptr::write_volatile(&mut s.step_n, n);
+        (
+            core::ptr::read_volatile(&s.step_begin) != 0,
+            core::ptr::read_volatile(&s.step_n),
+        )
+    };
     if begin {
         let Some(key) = hash_key() else {
             return to_finish(&ctx, s, finish::FAIL + HttpError::Unsupported as u32, dir);
         };
-        parse_begin(&mut s.req, key, s.conn.set.depths);
+        parse_begin(&mut s.req, key, s.conn.set.depths, s.conn.set.names);
         // The head's state is in the scratch from now on.
         s.restored = 1;
     } else if s.restored == 0 {
@@ -772,6 +805,10 @@ pub fn http_parse(ctx: TcContext) -> i32 {
         };
         copy(&mut s.req, kept);
         s.restored = 1;
+    }
+    if value_skippable(&s.req) {
+        s.tails += 1;
+        return tail(&ctx, stage_index::VALUE, dir);
     }
     // 1..=CHUNK in a form the verifier sees (`next` never returns 0).
     let n = ((n.wrapping_sub(1)) & (CHUNK as u32 - 1)) + 1;
@@ -801,6 +838,109 @@ pub fn http_parse(ctx: TcContext) -> i32 {
         }
         Some(Err(e)) => to_finish(&ctx, s, finish::FAIL + e as u32, dir),
     }
+}
+
+/// Skips up to [`VCHUNK`] bytes of a header value no rule reads
+/// ([`skip_value`], entered from [`http_parse`] where
+/// [`value_skippable`]); then itself while the value goes on, or the
+/// parse.
+#[classifier]
+#[inline(always)]
+pub fn http_value(ctx: TcContext) -> i32 {
+    let Ok(s) = scratch() else {
+        return tc_action::SHOT;
+    };
+    let dir = dir_of(s.dir);
+    if s.tails >= MAX_TAILS {
+        return to_finish(&ctx, s, finish::FAIL + HttpError::Unsupported as u32, dir);
+    }
+    let n = value_room(&s.conn, s.off, s.t.payload_len, MAX_HEAD);
+    if n == 0 {
+        // The head is at its limit: the parse says `TooLarge`.
+        s.tails += 1;
+        return tail(&ctx, stage_index::PARSE, dir);
+    }
+    // 1..=VCHUNK in a form the verifier sees. Read back volatile: knowing
+    // `n` lies in 1..=VCHUNK already, LLVM dropped the mask, and 5.10's
+    // verifier then saw a length that might be 0.
+    // SAFETY: a local.
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    let n = ((n.wrapping_sub(1)) & (VCHUNK as u32 - 1)) + 1;
+    // SAFETY: `buf` has room for `n <= VCHUNK` bytes.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            s.t.payload_off + s.off,
+            s.buf.as_mut_ptr().cast(),
+            n,
+        )
+    };
+    if rc != 0 {
+        return drop_internal(&ctx, dir);
+    }
+    match skip_value(&s.buf, n as usize, &mut s.req) {
+        Ok(k) => {
+            parsed(&mut s.conn, k as u32);
+            s.off += k as u32;
+        }
+        Err(e) => return to_finish(&ctx, s, finish::FAIL + e as u32, dir),
+    }
+    s.tails += 1;
+    if s.off < s.t.payload_len && value_skippable(&s.req) {
+        tail(&ctx, stage_index::VALUE, dir)
+    } else {
+        tail(&ctx, stage_index::PARSE, dir)
+    }
+}
+
+/// A chunked body ([`chunk_feed`], entered from [`http_parse`]): up to
+/// [`STEPS`] framing feeds and data skips, then the parse. Its own
+/// program: the framing's small state machine next to the head parser
+/// would multiply the paths the verifier walks.
+#[classifier]
+#[inline(always)]
+pub fn http_chunk(ctx: TcContext) -> i32 {
+    let Ok(s) = scratch() else {
+        return tc_action::SHOT;
+    };
+    let dir = dir_of(s.dir);
+    let len = s.t.payload_len;
+    let mut steps = 0;
+    while steps < STEPS {
+        if s.off >= len || !in_chunked_body(s.conn.state) {
+            break;
+        }
+        match next(&mut s.conn, s.off, len, MAX_HEAD) {
+            Next::Skipped(n) => s.off += n,
+            Next::Chunk { n } => {
+                // 1..=LINE_CHUNK in a form the verifier sees (volatile:
+                // see `http_value`).
+                // SAFETY: a local.
+                let n = unsafe { core::ptr::read_volatile(&n) };
+                let n = ((n.wrapping_sub(1)) & (LINE_CHUNK as u32 - 1)) + 1;
+                // SAFETY: `buf` has room for `n <= LINE_CHUNK` bytes.
+                let rc = unsafe {
+                    bpf_skb_load_bytes(
+                        ctx.skb.skb as *const _,
+                        s.t.payload_off + s.off,
+                        s.buf.as_mut_ptr().cast(),
+                        n,
+                    )
+                };
+                if rc != 0 {
+                    return drop_internal(&ctx, dir);
+                }
+                match chunk_feed(&mut s.conn, &s.buf, n as usize) {
+                    Ok(k) => s.off += k,
+                    Err(e) => return to_finish(&ctx, s, finish::FAIL + e as u32, dir),
+                }
+            }
+            _ => return to_finish(&ctx, s, finish::FAIL + HttpError::Unsupported as u32, dir),
+        }
+        steps += 1;
+    }
+    s.tails += 1;
+    tail(&ctx, stage_index::PARSE, dir)
 }
 
 /// `*dst = *src`, word by word and volatile: a struct copy may become a
@@ -876,6 +1016,11 @@ pub fn http_finish(ctx: TcContext) -> i32 {
         }
         Ok(())
     } else if what == finish::JUDGE {
+        if let Err(e) = framing(&mut s.req) {
+            record_request(s, 0);
+            conn.state = conn_state::DENIED;
+            return conclude(&ctx, &flow, dir, ifindex, &t, s, Err(reason(e)), true);
+        }
         // SAFETY: values read at once.
         let rule = judge(&s.req, &s.conn.set, |k| unsafe { PORIN_HTTPR_V1.get(k) });
         if rule == 0 {
