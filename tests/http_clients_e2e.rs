@@ -65,19 +65,15 @@ fn require_program(path: &str, package: &str) {
 
 /// Kills (SIGKILL) and reaps a process this test started, by its PID, on
 /// drop.
-struct Proc {
-    child: Child,
-    what: &'static str,
-}
+struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        if let Ok(None) = self.0.try_wait() {
             // SAFETY: signalling a child this test spawned, by PID.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-            let _ = self.child.wait();
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+            let _ = self.0.wait();
         }
-        eprintln!("[{}] stopped", self.what);
     }
 }
 
@@ -181,7 +177,8 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A server container with the logging HTTP server in its netns, a client
 /// container, and `porin run` enforcing the policy between them. Fields
-/// drop in order: the processes, the daemon, the containers, the lock.
+/// drop in order: the server, the daemon, the containers, the directory,
+/// the lock.
 struct Setup {
     _server: Proc,
     daemon: Option<Daemon>,
@@ -193,7 +190,7 @@ struct Setup {
     /// The last connection of the baseline: [`Setup::server_log`] starts
     /// after it.
     baseline: u32,
-    dir: PathBuf,
+    dir: TestDir,
     /// Held from the baseline on: another test's daemon would judge these
     /// containers by its own policy meanwhile.
     _exclusive: Exclusive,
@@ -225,9 +222,7 @@ impl Setup {
         );
         let web_ip = web.ipv4().expect("web has an address");
         assert_eq!(web_ip.octets()[..2], [10, 88], "only Podman's bridge");
-        let dir = std::env::temp_dir().join(format!("porin-t-hcl-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new(&format!("porin-t-hcl-{tag}-{}", std::process::id()));
         let log_path = dir.join("server.log");
         let child = Command::new("nsenter")
             .args(["-t", &web.pid().to_string(), "-n", PYTHON, "-u"])
@@ -239,10 +234,7 @@ impl Setup {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the server (nsenter python3)");
-        let server = Proc {
-            child,
-            what: "server",
-        };
+        let server = Proc(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !std::fs::read_to_string(&log_path).is_ok_and(|l| l.starts_with("listening")) {
             assert!(Instant::now() < deadline, "the server did not start");
@@ -394,7 +386,36 @@ control:
     fn finish(mut self) {
         let daemon = self.daemon.take().expect("daemon");
         assert!(daemon.stop(), "daemon stops cleanly");
-        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A test's directory under the temp dir (config, logs, Prometheus's
+/// data, Chromium's profile), removed on drop; kept when the test fails.
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TestDir(dir)
+    }
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for the failure: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -469,10 +490,7 @@ fn prometheus_scrapes_the_allowed_path_and_fails_the_forbidden_one() {
         .stderr(std::fs::File::create(&prom_log).unwrap())
         .spawn()
         .expect("start prometheus");
-    let prom = Proc {
-        child,
-        what: "prometheus",
-    };
+    let prom = Proc(child);
 
     // Its targets API on loopback (in the client's netns): both targets
     // scraped at least once, `allowed` up and `forbidden` down.
