@@ -2,8 +2,9 @@
 //! Porin, through Porin with L7 rules on the port, and through the peers
 //! (L7 proxies enforcing the same rule), in rounds of the same run:
 //! `cargo bench --bench http_rps` (as root, needs podman, haproxy, nginx
-//! and wrk; `PORIN_BENCH_ROUNDS=N`, default 3; `PORIN_BENCH_MODE=connect`,
-//! `keepalive` or `both`, the default). Two modes:
+//! and wrk; `PORIN_BENCH_ROUNDS=N`, default 3; `PORIN_BENCH_SECONDS=S`
+//! per window, default 5; `PORIN_BENCH_MODE=connect`, `keepalive` or
+//! `both`, the default). Two modes:
 //! - `connect`: each request is a new connection (`HTTP/1.0`, like most
 //!   scrapers) to a busybox `httpd`: SYN, the request (judged by the HTTP
 //!   stage), the response. Connection setup dominates the cost.
@@ -26,7 +27,15 @@ use porin::testing::{
     require_root,
 };
 
-const SECONDS: u64 = 5;
+/// Seconds per measured window: `PORIN_BENCH_SECONDS`, default 5 (longer
+/// windows average out more of a shared machine's swings).
+fn seconds() -> u64 {
+    std::env::var("PORIN_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(5)
+}
 const CLIENTS: usize = 4;
 
 const CONFIG: &str = r#"version: 1
@@ -66,7 +75,7 @@ fn request(addr: SocketAddr, path: &str) -> Option<u16> {
     text.split(' ').nth(1)?.parse().ok()
 }
 
-/// Requests per second with `CLIENTS` threads for `SECONDS`.
+/// Requests per second with `CLIENTS` threads for [`seconds`].
 fn rps(addr: SocketAddr) -> f64 {
     let done = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
@@ -83,7 +92,7 @@ fn rps(addr: SocketAddr) -> f64 {
                 }
             });
         }
-        std::thread::sleep(Duration::from_secs(SECONDS));
+        std::thread::sleep(Duration::from_secs(seconds()));
         stop.store(true, Ordering::Relaxed);
     });
     let f = failed.load(Ordering::Relaxed);
@@ -221,9 +230,10 @@ fn connect_mode(rounds: usize) -> String {
         ),
     ];
     let lines = run_rounds("connect", rounds, &paths);
+    let secs = seconds();
     format!(
         "HTTP/1.0 GET /metrics, a new connection per request, host -> busybox httpd container, \
-         {CLIENTS} clients, {SECONDS} s windows, medians of {rounds} rounds:{lines}"
+         {CLIENTS} clients, {secs} s windows, medians of {rounds} rounds:{lines}"
     )
 }
 
@@ -231,7 +241,8 @@ fn connect_mode(rounds: usize) -> String {
 /// limit) in the container's network namespace, `wrk` with
 /// `KA_CONNECTIONS` persistent connections from the host. Paths: no
 /// policy; Porin with default flow events (only a connection's first
-/// request is an event, so they hardly differ here) and at 1/s; the peers
+/// request is an event, so they hardly differ here) and at 1/s; Porin
+/// with the port allowed by an L4 rule alone (the HTTP stage's share); the peers
 /// at their best: HAProxy and nginx as reverse proxies enforcing the same
 /// rule, keep-alive on both sides (server connections reused), with one
 /// thread or worker and with one per core.
@@ -268,6 +279,10 @@ fn keepalive_mode(rounds: usize) -> String {
             Box::new(move || through_porin(m, addr, "quiet")),
         ),
         (
+            "through Porin, L4 rule only (no HTTP stage)".into(),
+            Box::new(move || through_porin(m, addr, "l4")),
+        ),
+        (
             "through HAProxy, the same rule, 1 thread".into(),
             Box::new(move || through_haproxy(m, addr, 1)),
         ),
@@ -285,17 +300,18 @@ fn keepalive_mode(rounds: usize) -> String {
         ),
     ];
     let lines = run_rounds("keep-alive", rounds, &paths);
+    let secs = seconds();
     format!(
         "HTTP/1.1 keep-alive GET /metrics, host (wrk, {KA_CONNECTIONS} connections, {cpus} threads) \
-         -> nginx in a container, {SECONDS} s windows, medians of {rounds} rounds:{lines}"
+         -> nginx in a container, {secs} s windows, medians of {rounds} rounds:{lines}"
     )
 }
 
-/// Requests per second to `addr` in `mode` for `SECONDS`.
+/// Requests per second to `addr` in `mode` for [`seconds`].
 fn measure(mode: Mode, addr: SocketAddr) -> f64 {
     match mode {
         Mode::Connect => rps(addr),
-        Mode::KeepAlive => wrk(addr, Duration::from_secs(SECONDS)),
+        Mode::KeepAlive => wrk(addr, Duration::from_secs(seconds())),
     }
 }
 
@@ -554,9 +570,14 @@ fn through_nginx_proxy(backend: SocketAddr, workers: usize) -> f64 {
     measure(Mode::KeepAlive, listen)
 }
 
+/// The HTTP rules of `CONFIG`'s policy (what `"l4"` leaves out).
+const HTTP_RULES: &str = "    http:\n      - method: GET\n        path: /metrics\n";
+
 /// Requests per second in `mode` through a daemon enforcing `CONFIG`, with
 /// flow events at the default rate limit (`"default"`) or at one per
-/// second (`"quiet"`).
+/// second (`"quiet"`); or (`"l4"`, default events) the same policy
+/// without its HTTP rules: the L3/L4 datapath alone on that port, no HTTP
+/// stage, to tell the stage's share of the cost.
 fn through_porin(mode: Mode, addr: SocketAddr, events: &str) -> f64 {
     let dir = TempDir::new(events);
     let config = dir.0.join("porin.yaml");
@@ -565,10 +586,16 @@ fn through_porin(mode: Mode, addr: SocketAddr, events: &str) -> f64 {
     } else {
         ""
     };
+    let policy = if events == "l4" {
+        assert!(CONFIG.contains(HTTP_RULES));
+        CONFIG.replace(HTTP_RULES, "")
+    } else {
+        CONFIG.to_string()
+    };
     std::fs::write(
         &config,
         format!(
-            "{CONFIG}{flows}control:\n  socket: {}\n",
+            "{policy}{flows}control:\n  socket: {}\n",
             dir.0.join("s").display()
         ),
     )
@@ -587,7 +614,11 @@ fn through_porin(mode: Mode, addr: SocketAddr, events: &str) -> f64 {
             .unwrap();
         eprintln!("{}", String::from_utf8_lossy(&flows.stdout));
     }
-    check_rule(mode, addr, "Porin");
+    if events == "l4" {
+        assert_eq!(first, Some(200), "allowed through Porin (L4 rule)");
+    } else {
+        check_rule(mode, addr, "Porin");
+    }
     let before = DaemonUse::of(daemon.pid());
     let start = Instant::now();
     let with = measure(mode, addr);
