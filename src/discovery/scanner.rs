@@ -3,8 +3,22 @@
 //! The scanner is what `porin endpoints` runs once and what the watch loop
 //! runs on every wake-up. Metadata and network information are cached per
 //! container and re-read only for containers that are new, not ready yet,
-//! or whose init process changed, and on a full refresh (the periodic
+//! or whose namespace source changed, and on a full refresh (the periodic
 //! resync), so a scan of a busy node stays cheap.
+//!
+//! # Where the network is read from
+//! A container's network namespace comes from its runtime's own record
+//! ([`NetnsRecord`]): the namespace file the runtime keeps, else the init
+//! process it recorded (which must be in the container's cgroup: a stale
+//! record is not believed). Only for containers whose runtime keeps no
+//! record (Docker, a runtime not enabled, Podman without its database) is
+//! it the lowest PID in the cgroup. The processes in the cgroup are the
+//! container's to shape: a leader that ends its main thread is a zombie
+//! without namespaces while its other threads talk on (issue 17). A
+//! process's namespace is read through a live thread when its leader has
+//! none ([`netinfo::open_netns`]). A container whose namespace cannot be
+//! read stays pending; what the enforcement does with its veth meanwhile
+//! is in `crate::enforce` (it is never detached while it exists).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -17,8 +31,8 @@ use super::{
     cgroup::{CgroupError, CgroupFs, ContainerCgroup},
     containerd::{self, ContainerdInstance},
     endpoint::{short_id, Endpoint, EndpointKey},
-    netinfo::{self, NetInfo},
-    podman, Runtime, RuntimeMeta,
+    netinfo::{self, NetInfo, NetnsSource},
+    podman, NetnsRecord, Runtime, RuntimeMeta,
 };
 use crate::config;
 
@@ -57,8 +71,8 @@ pub struct ScanOutcome {
 #[derive(Clone, Debug)]
 struct Cached {
     meta: RuntimeMeta,
-    /// The process the network information was read from.
-    pid: u32,
+    /// Where the network information was read from.
+    source: NetnsSource,
     net: NetInfo,
 }
 
@@ -118,15 +132,16 @@ impl Scanner {
         for cg in scan.containers {
             let key = key_of(&cg);
             seen.insert(key.clone());
-            let pid = cg.pids.first().copied();
             let cached = self
                 .cache
                 .get(&key)
-                .filter(|c| !refresh && Some(c.pid) == pid)
+                .filter(|c| {
+                    !refresh && netns_source(&c.meta.netns, &cg.pids) == Ok(c.source.clone())
+                })
                 .cloned();
             let result = match cached {
                 Some(c) => Ok(c),
-                None => self.read(&key, pid, &mut podman_meta),
+                None => self.read(&key, &cg.pids, &mut podman_meta),
             };
             match result {
                 Ok(c) => {
@@ -146,7 +161,7 @@ impl Scanner {
                     self.cache.remove(&key);
                     let bare = Cached {
                         meta: fallback_meta(&key),
-                        pid: pid.unwrap_or(0),
+                        source: NetnsSource::Process(0),
                         net: NetInfo::default(),
                     };
                     outcome.pending.push(Pending {
@@ -164,10 +179,12 @@ impl Scanner {
     fn read(
         &self,
         key: &EndpointKey,
-        pid: Option<u32>,
+        pids: &[u32],
         podman_meta: &mut Option<Result<HashMap<String, RuntimeMeta>, String>>,
     ) -> Result<Cached, String> {
-        let pid = pid.ok_or_else(|| "no process in its cgroup yet".to_string())?;
+        if pids.is_empty() {
+            return Err("no process in its cgroup yet".into());
+        }
         let meta = if self.runtimes.contains(&key.runtime) {
             self.meta(key, podman_meta)?
         } else {
@@ -177,8 +194,9 @@ impl Scanner {
             );
             fallback_meta(key)
         };
-        let net = netinfo::net_info(pid).map_err(|e| e.to_string())?;
-        Ok(Cached { meta, pid, net })
+        let source = netns_source(&meta.netns, pids)?;
+        let net = netinfo::net_info_of(&source).map_err(|e| e.to_string())?;
+        Ok(Cached { meta, source, net })
     }
 
     fn meta(
@@ -207,7 +225,18 @@ impl Scanner {
                     if !containerd::task_exists(instance, &key.namespace, &key.id) {
                         continue;
                     }
-                    match containerd::read_containerd(instance, &key.namespace, &key.id) {
+                    let read = containerd::read_containerd(instance, &key.namespace, &key.id)
+                        .and_then(|meta| {
+                            let init_pid = containerd::init_pid(instance, &key.namespace, &key.id)?;
+                            Ok(RuntimeMeta {
+                                netns: NetnsRecord {
+                                    init_pid,
+                                    ..meta.netns.clone()
+                                },
+                                ..meta
+                            })
+                        });
+                    match read {
                         Ok(meta) => return Ok(meta),
                         Err(e) => last = e.to_string(),
                     }
@@ -246,6 +275,26 @@ fn key_of(cg: &ContainerCgroup) -> EndpointKey {
     }
 }
 
+/// Where to read a container's network from, given its runtime's record
+/// and the processes in its cgroup (see the module notes): the recorded
+/// namespace file, else the recorded init process if it is in the cgroup,
+/// else (no record) the lowest PID in the cgroup.
+fn netns_source(record: &NetnsRecord, pids: &[u32]) -> Result<NetnsSource, String> {
+    if let Some(path) = &record.path {
+        return Ok(NetnsSource::Path(path.clone()));
+    }
+    match record.init_pid {
+        Some(pid) if pids.contains(&pid) => Ok(NetnsSource::Process(pid)),
+        Some(pid) => Err(format!(
+            "its runtime's init process {pid} is not in its cgroup (state not updated yet?)"
+        )),
+        None => pids
+            .first()
+            .map(|&pid| NetnsSource::Process(pid))
+            .ok_or_else(|| "no process in its cgroup yet".into()),
+    }
+}
+
 /// Metadata for a container whose runtime state is not read: its short id
 /// as name, nothing else.
 fn fallback_meta(key: &EndpointKey) -> RuntimeMeta {
@@ -267,5 +316,35 @@ fn endpoint(key: EndpointKey, cg: &ContainerCgroup, c: &Cached) -> Endpoint {
         netns_inode: c.net.netns_inode,
         host_network: c.net.host_network,
         interfaces: c.net.interfaces.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtimes_record_wins_over_the_cgroups_processes() {
+        let path = NetnsRecord {
+            path: Some("/run/netns/netns-1".into()),
+            init_pid: Some(7),
+        };
+        assert_eq!(
+            netns_source(&path, &[3, 7]),
+            Ok(NetnsSource::Path("/run/netns/netns-1".into()))
+        );
+        let init = NetnsRecord {
+            path: None,
+            init_pid: Some(7),
+        };
+        assert_eq!(netns_source(&init, &[3, 7]), Ok(NetnsSource::Process(7)));
+        // Not in the cgroup: a stale record is not believed, nor replaced
+        // by a process the container controls.
+        assert!(netns_source(&init, &[3, 8]).is_err());
+        assert!(netns_source(&init, &[]).is_err());
+        // No record: the lowest PID.
+        let none = NetnsRecord::default();
+        assert_eq!(netns_source(&none, &[3, 7]), Ok(NetnsSource::Process(3)));
+        assert!(netns_source(&none, &[]).is_err());
     }
 }
