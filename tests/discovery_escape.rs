@@ -231,6 +231,12 @@ fn a_zombie_leader_container_stays_quarantined_across_restarts_and_a_sigkill() {
         .cloned()
         .chain(daemon.lines.try_iter())
         .collect();
+    for l in log
+        .iter()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+    {
+        println!("last daemon: {l}");
+    }
     let log = log.join("\n");
 
     println!(
