@@ -13,6 +13,16 @@
 //! seen yet. When the loop ends (the daemon stops), `enforcement.on_stop:
 //! detach` removes everything from the kernel; `keep` leaves it.
 //!
+//! Fail closed: the enforcer's datapath never detaches a veth that still
+//! exists while no endpoint lists it (`Datapath::hold_live_veths`): a
+//! running container that discovery cannot read keeps its veth's programs,
+//! which then drop all its traffic, logged as an error at every apply. The
+//! quarantine gate lets a container through only once it has a host veth
+//! and all of its veths carry the programs (host-network containers, which
+//! no veth program can judge, excepted); a gate entry adopted from an
+//! earlier daemon is withdrawn as soon as discovery reports that container
+//! unclassified.
+//!
 //! A reload ([`Input::Reload`], already validated by [`crate::reload`])
 //! replaces the configuration and is settled by the next apply: its outcome
 //! (applied with the reload-to-enforced time, or failed) is logged,
@@ -45,7 +55,7 @@ use crate::{
     discovery::{
         endpoint::{Endpoint, EndpointKey},
         inventory::Event,
-        netinfo::host_addresses,
+        netinfo::{host_addresses, HostPeer},
     },
     policy::{self, CompileError},
     reload::ReloadRequest,
@@ -115,7 +125,8 @@ struct PendingReload {
 }
 
 impl Enforcer {
-    pub fn new(cfg: Config, file: String, datapath: Datapath) -> Self {
+    pub fn new(cfg: Config, file: String, mut datapath: Datapath) -> Self {
+        datapath.hold_live_veths(true);
         Enforcer {
             cfg,
             file,
@@ -284,15 +295,17 @@ impl Enforcer {
         if self.gate.is_none() {
             self.gate = Some(Gate::load(&self.cfg.bpffs, &unified)?);
         }
-        let ids: BTreeSet<u64> = endpoints
+        let id =
+            |e: &Endpoint| gate::cgroup_id(&gate::cgroup_dir(&unified, Path::new(&e.cgroup))).ok();
+        let (yes, no): (Vec<&Endpoint>, Vec<&Endpoint>) = endpoints
             .iter()
-            .filter(|e| classified(e, &self.datapath))
-            .filter_map(|e| gate::cgroup_id(&gate::cgroup_dir(&unified, Path::new(&e.cgroup))).ok())
-            .collect();
+            .partition(|e| classified(e, &self.datapath));
+        let ids: BTreeSet<u64> = yes.into_iter().filter_map(id).collect();
+        let unclassified: BTreeSet<u64> = no.into_iter().filter_map(id).collect();
         let parents = gate::parents(&self.cfg);
         let gate = self.gate.as_mut().expect("loaded above");
         gate.attach(&parents)?;
-        gate.set_classified(&ids)?;
+        gate.set_classified(&ids, &unclassified)?;
         Ok(())
     }
 
@@ -373,6 +386,14 @@ impl Enforcer {
                     list(" detached", &report.detached),
                     list(" FAILED to attach", &report.attach_failures),
                 );
+                if !report.held.is_empty() {
+                    error!(
+                        "veths {} still exist but no known container lists them (a container \
+                         discovery cannot read, or one whose network is being torn down): they \
+                         stay attached with no endpoint entry and all their traffic is dropped",
+                        report.held.join(",")
+                    );
+                }
                 report.attach_failures.is_empty()
             }
             Err(e) => {
@@ -458,13 +479,25 @@ impl Enforcer {
     }
 }
 
-/// Whether the gate lets `e` through: its network is set up and each of
-/// its host veths carries the TC programs (vacuously true for host-network
-/// containers and ones without a host veth, which TC cannot enforce anyway).
+/// Whether the gate lets `e` through: its network is set up and it has a
+/// host veth and every one carries the TC programs; or it shares the host's
+/// network (which no veth program judges: the user chose that). A container
+/// in its own namespace without any host veth (interfaces it made itself,
+/// or a kind of network Porin cannot enforce) stays held back.
 fn classified(e: &Endpoint, datapath: &Datapath) -> bool {
-    e.network_ready()
-        && e.host_veths()
-            .all(|p| datapath.is_attached(p.ifindex, &p.name))
+    gate_verdict(e, |p| datapath.is_attached(p.ifindex, &p.name))
+}
+
+/// [`classified`] with the attachment check given: pure, for the tests.
+fn gate_verdict(e: &Endpoint, attached: impl Fn(&HostPeer) -> bool) -> bool {
+    if !e.network_ready() {
+        return false;
+    }
+    if e.host_network {
+        return true;
+    }
+    let mut veths = e.host_veths().peekable();
+    veths.peek().is_some() && veths.all(attached)
 }
 
 fn list(what: &str, names: &[String]) -> String {
@@ -499,4 +532,78 @@ fn describe(e: &Endpoint) -> String {
             format!(" via {}", veth.join(","))
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::discovery::{
+        netinfo::{Interface, IpPrefix},
+        Runtime,
+    };
+
+    fn ep(interfaces: Vec<Interface>, host_network: bool) -> Endpoint {
+        Endpoint {
+            key: EndpointKey {
+                runtime: Runtime::Podman,
+                namespace: String::new(),
+                id: "a".into(),
+            },
+            name: "a".into(),
+            image: String::new(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            cgroup: "/libpod_parent/libpod-a".into(),
+            pids: vec![1],
+            netns_inode: 1,
+            host_network,
+            interfaces,
+        }
+    }
+
+    fn iface(name: &str, addr: [u8; 4], veth: Option<u32>) -> Interface {
+        Interface {
+            name: name.into(),
+            ifindex: 2,
+            mac: None,
+            addrs: vec![IpPrefix {
+                addr: addr.into(),
+                prefix_len: 16,
+            }],
+            unrouted: vec![],
+            host_peer: veth.map(|i| HostPeer {
+                ifindex: i,
+                name: format!("veth{i}"),
+                master: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_gate_lets_through_only_containers_whose_every_veth_is_enforced() {
+        let all = |_: &HostPeer| true;
+        let only_10 = |p: &HostPeer| p.ifindex == 10;
+        let one = ep(vec![iface("eth0", [10, 88, 0, 2], Some(10))], false);
+        assert!(gate_verdict(&one, all));
+        let two = ep(
+            vec![
+                iface("eth0", [10, 88, 0, 2], Some(10)),
+                iface("eth1", [10, 89, 0, 2], Some(11)),
+            ],
+            false,
+        );
+        assert!(gate_verdict(&two, all));
+        assert!(!gate_verdict(&two, only_10), "one veth not enforced yet");
+        // Its own namespace, an address (a link-local one is never checked
+        // against the host's routes) but no host veth: held back.
+        let no_veth = ep(vec![iface("dummy0", [169, 254, 1, 1], None)], false);
+        assert!(no_veth.network_ready());
+        assert!(!gate_verdict(&no_veth, all));
+        // Nothing read (a namespace that could not be opened): held back.
+        assert!(!gate_verdict(&ep(vec![], false), all));
+        // The host's network: no veth to enforce, by the user's choice.
+        assert!(gate_verdict(&ep(vec![], true), all));
+    }
 }

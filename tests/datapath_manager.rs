@@ -194,6 +194,72 @@ fn a_reused_ifindex_is_detached_and_attached_again() {
     assert!(dp.attached().is_empty());
 }
 
+/// With `hold_live_veths` (the daemon's setting), a veth no endpoint lists
+/// any more is not detached while it exists: it keeps its programs with no
+/// endpoint entry (all its traffic dropped), and is detached once gone.
+#[test]
+fn a_live_unlisted_veth_is_held_not_detached() {
+    use porin::{datapath::Veth, testing::netns::ip_ok};
+    require_root("datapath manager test");
+    let (a, b) = ("pt-dm-hold-a", "pt-dm-hold-b");
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", a])
+        .output();
+    ip_ok(&["link", "add", a, "type", "veth", "peer", "name", b]);
+    struct Gone(&'static str);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", self.0])
+                .output();
+        }
+    }
+    let gone = Gone(a);
+    let ifindex = porin::datapath::ifindex_of(a).expect("ifindex of the test veth");
+
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
+    dp.hold_live_veths(true);
+    let mut c = compiled(G1, G2, &[80]);
+    c.endpoints.clear();
+    c.endpoints
+        .insert(ifindex, EndpointInfo::new(G1, mode::ENFORCE));
+    let veth = Veth {
+        ifindex,
+        name: a.to_string(),
+    };
+    let report = dp.apply(&c, std::slice::from_ref(&veth)).expect("apply");
+    assert_eq!(report.attached, vec![a.to_string()]);
+
+    // Its container is no longer listed (discovery could not read it).
+    c.endpoints.clear();
+    let report = dp.apply(&c, &[]).expect("apply without it");
+    assert!(report.detached.is_empty(), "{report:?}");
+    assert_eq!(report.held, vec![a.to_string()], "{report:?}");
+    assert!(dp.is_attached(ifindex, a), "still attached");
+    let m: BpfHashMap<&MapData, u32, EndpointInfo> =
+        maps::open(dp.ebpf(), maps::ENDPOINTS).unwrap();
+    assert!(
+        m.get(&ifindex, 0).is_err(),
+        "with no endpoint entry: drops all"
+    );
+
+    // Listed again: enforced by its policy, without a new attachment.
+    c.endpoints
+        .insert(ifindex, EndpointInfo::new(G1, mode::ENFORCE));
+    let report = dp.apply(&c, std::slice::from_ref(&veth)).expect("apply");
+    assert!(
+        report.attached.is_empty() && report.held.is_empty(),
+        "{report:?}"
+    );
+
+    // Gone: detached.
+    c.endpoints.clear();
+    drop(gone);
+    let report = dp.apply(&c, &[]).expect("apply after it went");
+    assert_eq!(report.detached, vec![a.to_string()], "{report:?}");
+    assert!(dp.attached().is_empty());
+}
+
 #[test]
 fn every_apply_bumps_the_deny_cache_epoch_after_its_changes() {
     require_root("datapath manager test");

@@ -143,12 +143,13 @@ fn verdicts_follow_the_classified_map() {
     let own = gate::cgroup_id(&gate::cgroup_dir(&unified.dir, Path::new(&unified.own())))
         .expect("own cgroup id");
     let root = gate::cgroup_id(&unified.dir).expect("root cgroup id");
-    g.set_classified(&[own, root].into_iter().collect())
+    g.set_classified(&[own, root].into_iter().collect(), &Default::default())
         .expect("classify");
     for name in [GATE_INGRESS, GATE_EGRESS] {
         assert_eq!(run(&g, name, net.index_a), 1, "{name}: classified passes");
     }
-    g.set_classified(&Default::default()).expect("unclassify");
+    g.set_classified(&Default::default(), &Default::default())
+        .expect("unclassify");
     for name in [GATE_INGRESS, GATE_EGRESS] {
         assert_eq!(run(&g, name, net.index_a), 0, "{name}: unclassified again");
     }
@@ -225,7 +226,8 @@ fn attached_gate_holds_back_real_sockets_until_classified_and_survives_replaceme
         );
         assert!(!delivered(&deeper, &outside), "a sub-cgroup too");
 
-        g.set_classified(&[child_id].into_iter().collect()).unwrap();
+        g.set_classified(&[child_id].into_iter().collect(), &Default::default())
+            .unwrap();
         assert!(delivered(&inside, &outside), "classified: egress passes");
         assert!(delivered(&outside, &inside), "classified: ingress passes");
         assert!(delivered(&deeper, &outside), "its sub-cgroup passes too");
@@ -244,12 +246,14 @@ fn attached_gate_holds_back_real_sockets_until_classified_and_survives_replaceme
             "the classification was adopted"
         );
 
-        g2.set_classified(&Default::default()).unwrap();
+        g2.set_classified(&Default::default(), &Default::default())
+            .unwrap();
         // Adopted ids stay while their cgroup exists: only the first
         // call with the id classified confirms it, so classify and clear.
-        g2.set_classified(&[child_id].into_iter().collect())
+        g2.set_classified(&[child_id].into_iter().collect(), &Default::default())
             .unwrap();
-        g2.set_classified(&Default::default()).unwrap();
+        g2.set_classified(&Default::default(), &Default::default())
+            .unwrap();
         assert!(!delivered(&inside, &outside), "unclassified again");
 
         let removed = gate::uninstall(&bpffs.0).expect("uninstall");

@@ -12,7 +12,7 @@ use std::{
 };
 
 use porin::{
-    discovery::netinfo::{net_info, HostPeer, IpPrefix, Operation},
+    discovery::netinfo::{net_info, HostPeer, IpPrefix, NetnsSource, Operation},
     testing::{
         netns::{ip_ok, Netns},
         require_root,
@@ -259,7 +259,7 @@ fn a_missing_pid_is_an_error_naming_it() {
         .unwrap();
     let pid = pid_max + 1;
     let err = net_info(pid).expect_err("no such process");
-    assert_eq!(err.pid, pid);
+    assert_eq!(err.netns, NetnsSource::Process(pid));
     assert_eq!(err.op, Operation::OpenNamespace);
     assert!(err.is_gone());
     let text = err.to_string();

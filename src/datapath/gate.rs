@@ -427,11 +427,24 @@ impl Gate {
     }
 
     /// Makes the classified set equal `ids` (new ones inserted, gone ones
-    /// deleted). Adopted ids not in `ids` stay while their cgroup exists.
-    pub fn set_classified(&mut self, ids: &BTreeSet<u64>) -> Result<(), GateError> {
+    /// deleted). Adopted ids not in `ids` stay while their cgroup exists,
+    /// unless they are in `unclassified` (containers discovery reports and
+    /// the enforcement does not let through): those are deleted now.
+    pub fn set_classified(
+        &mut self,
+        ids: &BTreeSet<u64>,
+        unclassified: &BTreeSet<u64>,
+    ) -> Result<(), GateError> {
         let add: Vec<u64> = ids.difference(&self.classified).copied().collect();
         let mut gone: Vec<u64> = self.classified.difference(ids).copied().collect();
         self.adopted.retain(|id| !ids.contains(id));
+        // Adopted, but discovery now knows the container and does not
+        // classify it: withdrawn at once, not when its cgroup goes.
+        let revoked: Vec<u64> = self.adopted.intersection(unclassified).copied().collect();
+        for id in revoked {
+            self.adopted.remove(&id);
+            gone.push(id);
+        }
         if !self.adopted.is_empty() {
             let live = self.live_cgroups();
             let dead: Vec<u64> = self

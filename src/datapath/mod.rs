@@ -24,6 +24,13 @@
 //!    and detached from endpoints that went away, then those endpoints'
 //!    entries and connections are deleted.
 //!
+//!    With [`Datapath::hold_live_veths`] (the daemon), an attached veth
+//!    that no endpoint lists but that still exists is not detached: its
+//!    endpoint entry goes, so its programs drop all its traffic
+//!    (`UnknownEndpoint`), until it is gone or listed again. Discovery may
+//!    fail to read a running container (its namespace cannot be opened,
+//!    issue 17); a veth is never opened up for what discovery cannot read.
+//!
 //! 6. the deny-cache epoch is bumped ([`Datapath::bump_epoch`]), after
 //!    every step above and also when a step failed midway: every drop the
 //!    programs cached from the maps as they were before is forgotten, so
@@ -141,6 +148,8 @@ pub struct Datapath {
     sweep: bool,
     /// The HTTP rule hash key in `PORIN_HTTPK_V1` ([`http::ensure_key`]).
     http_key: SipKey,
+    /// Keep unlisted veths that still exist attached ([`Self::hold_live_veths`]).
+    hold_live: bool,
 }
 
 struct Attached {
@@ -165,6 +174,29 @@ pub struct ApplyReport {
     /// Veths that could not be attached (e.g. gone already): their
     /// endpoints stay unenforced until the next apply retries them.
     pub attach_failures: Vec<String>,
+    /// Veths no endpoint lists that still exist, kept attached without an
+    /// endpoint entry (all their traffic dropped): see
+    /// [`Datapath::hold_live_veths`].
+    pub held: Vec<String>,
+}
+
+/// What an apply does with an attachment (veth `name` at `ifindex`) whose
+/// ifindex the new endpoints do not list under that name (`wanted`: the
+/// veth they list at that ifindex, if any; `now`: the ifindex the name has
+/// on the host now).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unlisted {
+    Detach,
+    /// Still there and not listed: kept, with no endpoint entry.
+    Hold,
+}
+
+fn unlisted(ifindex: u32, wanted: Option<&Veth>, now: Option<u32>, hold_live: bool) -> Unlisted {
+    if hold_live && wanted.is_none() && now == Some(ifindex) {
+        Unlisted::Hold
+    } else {
+        Unlisted::Detach
+    }
 }
 
 /// Opens registry entry `$def` (`crate::maps`) of `$bpf` for writing as
@@ -225,6 +257,7 @@ impl Datapath {
             persist: None,
             sweep: false,
             http_key: SipKey::ZERO,
+            hold_live: false,
         };
         match found {
             None => dp.set_generation(0)?,
@@ -248,6 +281,16 @@ impl Datapath {
         // was made under other maps.
         dp.bump_epoch()?;
         Ok(dp)
+    }
+
+    /// Fail closed on veths: from now on an apply does not detach an
+    /// attached veth that no endpoint lists while that veth still exists
+    /// on the host (same name, same ifindex); it keeps its programs
+    /// without an endpoint entry, so all its traffic is dropped, and is
+    /// reported in [`ApplyReport::held`]. Detached once it is gone. Off by
+    /// default (tests detach by leaving a veth out); the daemon turns it on.
+    pub fn hold_live_veths(&mut self, on: bool) {
+        self.hold_live = on;
     }
 
     pub fn ebpf(&self) -> &Ebpf {
@@ -424,12 +467,22 @@ impl Datapath {
         // Gone, or the ifindex now belongs to another veth (a container
         // went and a new one got its number between two applies): the old
         // attachment is dead, and the old connections must not carry over.
-        let gone: Vec<u32> = self
-            .attached
-            .iter()
-            .filter(|(i, a)| wanted.get(i).is_none_or(|v| v.name != a.name))
-            .map(|(i, _)| *i)
-            .collect();
+        let mut gone = Vec::new();
+        for (i, a) in &self.attached {
+            let listed = wanted.get(i).copied();
+            if listed.is_some_and(|v| v.name == a.name) {
+                continue;
+            }
+            let now = if self.hold_live {
+                ifindex_of(&a.name)
+            } else {
+                None
+            };
+            match unlisted(*i, listed, now, self.hold_live) {
+                Unlisted::Hold => report.held.push(a.name.clone()),
+                Unlisted::Detach => gone.push(*i),
+            }
+        }
         let mut reused = Vec::new();
         for ifindex in gone {
             if let Some(a) = self.attached.remove(&ifindex) {
@@ -776,4 +829,25 @@ pub fn ifindex_of(name: &str) -> Option<u32> {
     // SAFETY: a valid NUL-terminated string.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_unlisted_veth_is_held_only_when_asked_and_still_the_same() {
+        let other = Veth {
+            ifindex: 7,
+            name: "veth-new".into(),
+        };
+        // Still there, listed nowhere: held by the daemon, detached by tests.
+        assert_eq!(unlisted(7, None, Some(7), true), Unlisted::Hold);
+        assert_eq!(unlisted(7, None, Some(7), false), Unlisted::Detach);
+        // Gone, or its name now has another ifindex: nothing to hold.
+        assert_eq!(unlisted(7, None, None, true), Unlisted::Detach);
+        assert_eq!(unlisted(7, None, Some(9), true), Unlisted::Detach);
+        // The ifindex belongs to another veth now: the old attachment is dead.
+        assert_eq!(unlisted(7, Some(&other), Some(7), true), Unlisted::Detach);
+    }
 }

@@ -23,7 +23,10 @@
 //! ([`crate::enforce`]), so an adopted endpoint is never removed for not
 //! having been seen yet. Conntrack maps are kept: established connections
 //! survive. Endpoints whose veth is gone lose their entries and
-//! connections at the first apply.
+//! connections at the first apply. Veths an earlier daemon held (programs
+//! attached, no endpoint entry; see `Datapath::hold_live_veths`) are found
+//! by their programs on the host's interfaces and adopted as well, so they
+//! stay held (and are replaced or detached by this daemon, not orphaned).
 //!
 //! XDP links pinned under `links/` are taken over when their uplink is
 //! applied (after its map entries are written): `bpf_link_update` swaps the
@@ -123,6 +126,21 @@ pub(super) fn detach_filters(ifname: &str, handle: TcHandle) -> usize {
 }
 
 /// `if_indextoname`.
+/// The host's interfaces (ifindex, name), from `/sys/class/net`.
+fn host_interfaces() -> Vec<(u32, String)> {
+    let Ok(entries) = fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let index = fs::read_to_string(e.path().join("ifindex")).ok()?;
+            Some((index.trim().parse().ok()?, name))
+        })
+        .collect()
+}
+
 pub(super) fn ifname_of(ifindex: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: buf has IF_NAMESIZE bytes, as the call requires.
@@ -262,6 +280,27 @@ impl Datapath {
                 _ => {}
             }
         }
+        // Veths an earlier daemon held (programs attached, no endpoint
+        // entry: `Datapath::hold_live_veths`) are not in the endpoint map.
+        // Found by their programs, they are adopted too, so they stay held
+        // by this daemon instead of running an orphaned older program.
+        let mut held = 0;
+        for (ifindex, name) in host_interfaces() {
+            if a.endpoints.contains_key(&ifindex) || self.attached.contains_key(&ifindex) {
+                continue;
+            }
+            if self.replace_programs(ifindex, &name) == (true, true) {
+                held += 1;
+                self.attached.insert(
+                    ifindex,
+                    super::Attached {
+                        name,
+                        ifindex,
+                        links: None,
+                    },
+                );
+            }
+        }
         if !lost.is_empty() {
             // Not attached anywhere: no program reads these connections.
             self.forget_connections(&lost)?;
@@ -275,10 +314,15 @@ impl Datapath {
         self.sweep = true;
         info!(
             "adopted policy generation {generation}: {} endpoints, {} policy entries; \
-             programs replaced on {} veths{}",
+             programs replaced on {} veths{}{}",
             a.endpoints.len(),
             a.policy.len(),
             took.len(),
+            if held == 0 {
+                String::new()
+            } else {
+                format!(" and on {held} held veths without an endpoint")
+            },
             if lost.is_empty() {
                 String::new()
             } else {

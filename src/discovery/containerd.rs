@@ -236,7 +236,7 @@ fn container_meta(id: &str, c: Bucket<'_>) -> RuntimeMeta {
         name: id.to_owned(),
         image: c.get(b"image").map(text).unwrap_or_default(),
         labels,
-        annotations: BTreeMap::new(),
+        ..RuntimeMeta::default()
     }
 }
 
@@ -246,6 +246,7 @@ fn meta_from_bundle(id: &str, annotations: BTreeMap<String, String>) -> RuntimeM
         image: String::new(),
         labels: annotations.clone(),
         annotations,
+        ..RuntimeMeta::default()
     }
 }
 

@@ -38,7 +38,7 @@ pub mod watch;
 
 pub use state::StateError;
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, path::PathBuf};
 
 /// The container runtimes Porin recognises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,4 +74,20 @@ pub struct RuntimeMeta {
     pub image: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// Where the runtime says the container's network namespace is.
+    pub netns: NetnsRecord,
+}
+
+/// The runtime's own record of a container's network namespace: what
+/// discovery reads the network from, before any process it finds in the
+/// container's cgroup (whose processes the container controls: a leader
+/// that ends its main thread is a zombie without namespaces, see issue 17).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetnsRecord {
+    /// A namespace file the runtime created and keeps (Podman's
+    /// `/run/netns/netns-…`, its BoltDB key `netns`).
+    pub path: Option<PathBuf>,
+    /// The container's init process as the runtime recorded it (Podman's
+    /// state `pid`, containerd's `init.pid`).
+    pub init_pid: Option<u32>,
 }

@@ -4,7 +4,11 @@
 //! database, `<graphroot>/libpod/bolt_state.db`: bucket `ctr`, one
 //! sub-bucket per container id, key `config` holding JSON with `name`,
 //! `labels`, `rootfsImageName`, `RawImageName` and the OCI `spec` (whose
-//! `annotations` we take). Podman 5 may use SQLite (`libpod/db.sql`)
+//! `annotations` we take). Where the container's network namespace is
+//! comes from the same bucket ([`NetnsRecord`]): key `netns`, the path of
+//! the namespace file Podman created (absent for `--network host` and for
+//! containers joining another's namespace), and key `state`, JSON whose
+//! `pid` is the container's init process while it runs. Podman 5 may use SQLite (`libpod/db.sql`)
 //! instead, which Porin does not read: that is reported as an error rather
 //! than guessed around.
 //!
@@ -19,7 +23,7 @@ use serde::Deserialize;
 
 use super::bolt::{Bolt, Value};
 use super::state::StateError;
-use super::RuntimeMeta;
+use super::{NetnsRecord, RuntimeMeta};
 
 const BOLT_DB: &str = "libpod/bolt_state.db";
 const SQLITE_DB: &str = "libpod/db.sql";
@@ -61,7 +65,8 @@ fn read_bolt(path: &Path) -> Result<HashMap<String, RuntimeMeta>, StateError> {
             continue;
         };
         match meta_from_config(config) {
-            Ok(meta) => {
+            Ok(mut meta) => {
+                meta.netns = netns_record(ctr.get(b"netns"), ctr.get(b"state"));
                 out.insert(id.into_owned(), meta);
             }
             Err(e) => log::warn!("{}", StateError::json(path, format!("container {id}"), e)),
@@ -107,7 +112,30 @@ fn meta_from_config(json: &[u8]) -> Result<RuntimeMeta, serde_json::Error> {
         image,
         labels: c.labels.unwrap_or_default(),
         annotations: c.spec.and_then(|s| s.annotations).unwrap_or_default(),
+        netns: NetnsRecord::default(),
     })
+}
+
+/// The parts of libpod's `ContainerState` Porin uses.
+#[derive(Deserialize)]
+struct State {
+    #[serde(default)]
+    pid: Option<u32>,
+}
+
+/// A container's namespace record from its `netns` and `state` keys. What
+/// is absent or unreadable is not known (the scanner then falls back to
+/// the container's processes); a pid of 0 means "not running".
+fn netns_record(netns: Option<&[u8]>, state: Option<&[u8]>) -> NetnsRecord {
+    let path = netns
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .filter(|p| p.starts_with('/'))
+        .map(std::path::PathBuf::from);
+    let init_pid = state
+        .and_then(|s| serde_json::from_slice::<State>(s).ok())
+        .and_then(|s| s.pid)
+        .filter(|&pid| pid > 0);
+    NetnsRecord { path, init_pid }
 }
 
 /// One entry of c/storage's `containers.json`.

@@ -3,8 +3,26 @@
 //! The scanner is what `porin endpoints` runs once and what the watch loop
 //! runs on every wake-up. Metadata and network information are cached per
 //! container and re-read only for containers that are new, not ready yet,
-//! or whose init process changed, and on a full refresh (the periodic
+//! or whose namespace source changed, and on a full refresh (the periodic
 //! resync), so a scan of a busy node stays cheap.
+//!
+//! # Where the network is read from
+//! A container's network namespace comes from its runtime's own record
+//! ([`NetnsRecord`]): the namespace file the runtime keeps, else the init
+//! process it recorded (which must be in the container's cgroup: a stale
+//! record is not believed). Only for containers whose runtime keeps no
+//! record (Docker, a runtime not enabled, Podman without its database) is
+//! it the lowest PID in the cgroup. The processes in the cgroup are the
+//! container's to shape: a leader that ends its main thread is a zombie
+//! without namespaces while its other threads talk on (issue 17). A
+//! process's namespace is read through a live thread when its leader has
+//! none ([`netinfo::open_netns`]). A container whose namespace cannot be
+//! read stays pending, and so does one with processes in another network
+//! namespace than the one read (they may have interfaces Porin does not
+//! see). Past the grace time `live` reports such a container without
+//! interfaces: the quarantine gate holds it back, and its veth keeps its
+//! programs with no endpoint entry, dropping everything (`crate::enforce`:
+//! a veth is never detached while it exists).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -17,8 +35,8 @@ use super::{
     cgroup::{CgroupError, CgroupFs, ContainerCgroup},
     containerd::{self, ContainerdInstance},
     endpoint::{short_id, Endpoint, EndpointKey},
-    netinfo::{self, NetInfo},
-    podman, Runtime, RuntimeMeta,
+    netinfo::{self, NetInfo, NetnsSource},
+    podman, NetnsRecord, Runtime, RuntimeMeta,
 };
 use crate::config;
 
@@ -57,8 +75,8 @@ pub struct ScanOutcome {
 #[derive(Clone, Debug)]
 struct Cached {
     meta: RuntimeMeta,
-    /// The process the network information was read from.
-    pid: u32,
+    /// Where the network information was read from.
+    source: NetnsSource,
     net: NetInfo,
 }
 
@@ -118,15 +136,16 @@ impl Scanner {
         for cg in scan.containers {
             let key = key_of(&cg);
             seen.insert(key.clone());
-            let pid = cg.pids.first().copied();
             let cached = self
                 .cache
                 .get(&key)
-                .filter(|c| !refresh && Some(c.pid) == pid)
+                .filter(|c| {
+                    !refresh && netns_source(&c.meta.netns, &cg.pids) == Ok(c.source.clone())
+                })
                 .cloned();
             let result = match cached {
                 Some(c) => Ok(c),
-                None => self.read(&key, pid, &mut podman_meta),
+                None => self.read(&key, &cg.pids, &mut podman_meta),
             };
             match result {
                 Ok(c) => {
@@ -146,7 +165,7 @@ impl Scanner {
                     self.cache.remove(&key);
                     let bare = Cached {
                         meta: fallback_meta(&key),
-                        pid: pid.unwrap_or(0),
+                        source: NetnsSource::Process(0),
                         net: NetInfo::default(),
                     };
                     outcome.pending.push(Pending {
@@ -164,10 +183,12 @@ impl Scanner {
     fn read(
         &self,
         key: &EndpointKey,
-        pid: Option<u32>,
+        pids: &[u32],
         podman_meta: &mut Option<Result<HashMap<String, RuntimeMeta>, String>>,
     ) -> Result<Cached, String> {
-        let pid = pid.ok_or_else(|| "no process in its cgroup yet".to_string())?;
+        if pids.is_empty() {
+            return Err("no process in its cgroup yet".into());
+        }
         let meta = if self.runtimes.contains(&key.runtime) {
             self.meta(key, podman_meta)?
         } else {
@@ -177,8 +198,20 @@ impl Scanner {
             );
             fallback_meta(key)
         };
-        let net = netinfo::net_info(pid).map_err(|e| e.to_string())?;
-        Ok(Cached { meta, pid, net })
+        let source = netns_source(&meta.netns, pids)?;
+        let net = netinfo::net_info_of(&source).map_err(|e| e.to_string())?;
+        let foreign = foreign_netns(pids, net.netns_inode);
+        if !foreign.is_empty() {
+            // Pending, not final: a runtime's helper may sit in the cgroup
+            // for a moment before it enters the container's namespace
+            // (`podman exec`); a retry settles that. What lasts past the
+            // grace time is reported without interfaces (see `live`).
+            return Err(format!(
+                "processes {foreign:?} are in another network namespace than the one its \
+                 runtime records ({source}): interfaces Porin does not see; held to quarantine"
+            ));
+        }
+        Ok(Cached { meta, source, net })
     }
 
     fn meta(
@@ -207,7 +240,18 @@ impl Scanner {
                     if !containerd::task_exists(instance, &key.namespace, &key.id) {
                         continue;
                     }
-                    match containerd::read_containerd(instance, &key.namespace, &key.id) {
+                    let read = containerd::read_containerd(instance, &key.namespace, &key.id)
+                        .and_then(|meta| {
+                            let init_pid = containerd::init_pid(instance, &key.namespace, &key.id)?;
+                            Ok(RuntimeMeta {
+                                netns: NetnsRecord {
+                                    init_pid,
+                                    ..meta.netns.clone()
+                                },
+                                ..meta
+                            })
+                        });
+                    match read {
                         Ok(meta) => return Ok(meta),
                         Err(e) => last = e.to_string(),
                     }
@@ -246,6 +290,41 @@ fn key_of(cg: &ContainerCgroup) -> EndpointKey {
     }
 }
 
+/// Where to read a container's network from, given its runtime's record
+/// and the processes in its cgroup (see the module notes): the recorded
+/// namespace file, else the recorded init process if it is in the cgroup,
+/// else (no record) the lowest PID in the cgroup.
+fn netns_source(record: &NetnsRecord, pids: &[u32]) -> Result<NetnsSource, String> {
+    if let Some(path) = &record.path {
+        return Ok(NetnsSource::Path(path.clone()));
+    }
+    match record.init_pid {
+        Some(pid) if pids.contains(&pid) => Ok(NetnsSource::Process(pid)),
+        Some(pid) => Err(format!(
+            "its runtime's init process {pid} is not in its cgroup (state not updated yet?)"
+        )),
+        None => pids
+            .first()
+            .map(|&pid| NetnsSource::Process(pid))
+            .ok_or_else(|| "no process in its cgroup yet".into()),
+    }
+}
+
+/// The processes of `pids` whose network namespace is not the one with
+/// inode `inode`. A process whose namespace cannot be read (gone, or a
+/// zombie without live threads) is left out: it sends nothing.
+fn foreign_netns(pids: &[u32], inode: u64) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    pids.iter()
+        .copied()
+        .filter(|&pid| {
+            netinfo::open_netns(&NetnsSource::Process(pid))
+                .and_then(|f| f.metadata())
+                .is_ok_and(|m| m.ino() != inode)
+        })
+        .collect()
+}
+
 /// Metadata for a container whose runtime state is not read: its short id
 /// as name, nothing else.
 fn fallback_meta(key: &EndpointKey) -> RuntimeMeta {
@@ -267,5 +346,46 @@ fn endpoint(key: EndpointKey, cg: &ContainerCgroup, c: &Cached) -> Endpoint {
         netns_inode: c.net.netns_inode,
         host_network: c.net.host_network,
         interfaces: c.net.interfaces.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtimes_record_wins_over_the_cgroups_processes() {
+        let path = NetnsRecord {
+            path: Some("/run/netns/netns-1".into()),
+            init_pid: Some(7),
+        };
+        assert_eq!(
+            netns_source(&path, &[3, 7]),
+            Ok(NetnsSource::Path("/run/netns/netns-1".into()))
+        );
+        let init = NetnsRecord {
+            path: None,
+            init_pid: Some(7),
+        };
+        assert_eq!(netns_source(&init, &[3, 7]), Ok(NetnsSource::Process(7)));
+        // Not in the cgroup: a stale record is not believed, nor replaced
+        // by a process the container controls.
+        assert!(netns_source(&init, &[3, 8]).is_err());
+        assert!(netns_source(&init, &[]).is_err());
+        // No record: the lowest PID.
+        let none = NetnsRecord::default();
+        assert_eq!(netns_source(&none, &[3, 7]), Ok(NetnsSource::Process(3)));
+        assert!(netns_source(&none, &[]).is_err());
+    }
+
+    #[test]
+    fn processes_in_another_namespace_are_found() {
+        use std::os::unix::fs::MetadataExt;
+        let me = std::process::id();
+        let ours = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert!(foreign_netns(&[me], ours).is_empty());
+        assert_eq!(foreign_netns(&[me], ours + 1), [me]);
+        // A process that does not exist is left out.
+        assert!(foreign_netns(&[u32::MAX - 1], ours + 1).is_empty());
     }
 }

@@ -42,6 +42,7 @@ fn running_container_from_database_and_bundle() {
             labels: map(&[("app", "x"), STOP_SIGNAL, ("tier", "back")]),
             // ctr copies --label values into the spec next to --annotation.
             annotations: map(&[("app", "x"), ("note", "hello"), ("tier", "back")]),
+            ..RuntimeMeta::default()
         }
     );
     assert!(task_exists(&fixture(), "wst", "wst-c1"));

@@ -11,16 +11,24 @@
 //! namespace it was opened in. A short-lived thread enters the container's
 //! namespace, dumps links and addresses there and ends, so no thread of the
 //! daemon is ever left in a container's namespace.
+//!
+//! The namespace is opened from a [`NetnsSource`]: a namespace file the
+//! runtime keeps, or a process. A process's leader may have ended its own
+//! thread while others of its threads run on (a zombie leader: it has no
+//! namespaces any more, see issue 17); then a live thread's
+//! `/proc/PID/task/TID/ns/net` is used, which is the same process's
+//! namespace.
 
 pub mod netlink;
 mod socket;
 
 use std::{
     fmt,
-    fs::File,
+    fs::{self, File},
     io,
     net::IpAddr,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::PathBuf,
 };
 
 use netlink::{AddrRecord, LinkRecord, IFF_LOOPBACK};
@@ -115,11 +123,50 @@ impl fmt::Display for Operation {
     }
 }
 
-/// [`net_info`] failed for `pid` while doing `op`.
+/// Where a network namespace is opened from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetnsSource {
+    /// A namespace file (a bind mount of nsfs), e.g. `/run/netns/netns-…`.
+    Path(PathBuf),
+    /// A process in the namespace (its leader, or a live thread of it).
+    Process(u32),
+}
+
+impl fmt::Display for NetnsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetnsSource::Path(p) => write!(f, "netns file {}", p.display()),
+            NetnsSource::Process(pid) => write!(f, "pid {pid}"),
+        }
+    }
+}
+
+/// Opens the namespace `source` names.
+pub fn open_netns(source: &NetnsSource) -> io::Result<File> {
+    match source {
+        NetnsSource::Path(p) => File::open(p),
+        NetnsSource::Process(pid) => match File::open(format!("/proc/{pid}/ns/net")) {
+            // A zombie leader has no namespaces; a live thread of its
+            // process has the process's.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+                    return Err(e);
+                };
+                tasks
+                    .flatten()
+                    .find_map(|t| File::open(t.path().join("ns/net")).ok())
+                    .ok_or(e)
+            }
+            other => other,
+        },
+    }
+}
+
+/// [`net_info`] failed for the namespace of `netns` while doing `op`.
 #[derive(Debug, thiserror::Error)]
-#[error("network info of pid {pid}: cannot {op}: {source}")]
+#[error("network info of {netns}: cannot {op}: {source}")]
 pub struct NetInfoError {
-    pub pid: u32,
+    pub netns: NetnsSource,
     pub op: Operation,
     #[source]
     pub source: io::Error,
@@ -133,8 +180,13 @@ impl NetInfoError {
     }
 }
 
-/// Reports how process `pid` is connected. The calling thread must be in
-/// the host network namespace (the daemon's).
+/// Reports how process `pid` is connected: [`net_info_of`] its process.
+pub fn net_info(pid: u32) -> Result<NetInfo, NetInfoError> {
+    net_info_of(&NetnsSource::Process(pid))
+}
+
+/// Reports how the namespace `netns` is connected. The calling thread must
+/// be in the host network namespace (the daemon's).
 ///
 /// An address is set inside the container, where a process with
 /// `CAP_NET_ADMIN` can add any address it likes, e.g. a neighbour's or a
@@ -143,12 +195,18 @@ impl NetInfoError {
 /// is enslaved to) is reported in [`Interface::addrs`]; others go to
 /// [`Interface::unrouted`], logged. Link-local addresses are kept without
 /// the check: they never get an identity (see the policy's address rules).
-pub fn net_info(pid: u32) -> Result<NetInfo, NetInfoError> {
-    let fail = |op| move |source| NetInfoError { pid, op, source };
+pub fn net_info_of(netns: &NetnsSource) -> Result<NetInfo, NetInfoError> {
+    let fail = |op| {
+        move |source| NetInfoError {
+            netns: netns.clone(),
+            op,
+            source,
+        }
+    };
 
     // Everything below uses this one descriptor, so a pid that exits (or is
     // reused) after this line cannot mix two namespaces into one answer.
-    let ns = File::open(format!("/proc/{pid}/ns/net")).map_err(fail(Operation::OpenNamespace))?;
+    let ns = open_netns(netns).map_err(fail(Operation::OpenNamespace))?;
     let ns_meta = ns.metadata().map_err(fail(Operation::OpenNamespace))?;
     // The calling thread's namespace, not the process's (`/proc/self`
     // follows the main thread): host-side netlink queries below are made
@@ -216,7 +274,7 @@ pub fn net_info(pid: u32) -> Result<NetInfo, NetInfoError> {
                 addrs.push(prefix);
             } else {
                 log::warn!(
-                    "process {pid}: address {prefix} on {} is not routed to it by the host; \
+                    "{netns}: address {prefix} on {} is not routed to it by the host; \
                      it gets no identity",
                     link.name
                 );

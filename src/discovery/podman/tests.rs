@@ -198,3 +198,24 @@ fn live_podman_container_is_read_from_the_database() {
         labels(&[("app", "wst"), ("porin.test", "live")])
     );
 }
+
+#[test]
+fn the_namespace_record_comes_from_the_netns_and_state_keys() {
+    let rec = netns_record(
+        Some(b"/run/netns/netns-2618f5fd"),
+        Some(br#"{"state":3,"pid":13261,"conmonPid":13259}"#),
+    );
+    assert_eq!(
+        rec.path.as_deref(),
+        Some(Path::new("/run/netns/netns-2618f5fd"))
+    );
+    assert_eq!(rec.init_pid, Some(13261));
+    // A stopped container (no pid, or 0), a relative path, junk: unknown.
+    let rec = netns_record(Some(b"netns-x"), Some(br#"{"state":4}"#));
+    assert_eq!(rec, NetnsRecord::default());
+    assert_eq!(
+        netns_record(None, Some(br#"{"pid":0}"#)),
+        NetnsRecord::default()
+    );
+    assert_eq!(netns_record(None, Some(b"{")), NetnsRecord::default());
+}
