@@ -8,10 +8,7 @@
 //!   until [`PENDING_GRACE`] passes, after which they are reported with what
 //!   is known (a `--network none` container has no address, ever; a
 //!   container whose labels cannot be read is still an endpoint, just an
-//!   unmanaged one: nothing is left out). A container already reported
-//!   that stops being ready keeps its last report for [`PENDING_GRACE`]
-//!   (looked at again on the next pass), then is reported as it is too. A
-//!   container whose network
+//!   unmanaged one: nothing is left out). A container whose network
 //!   namespace cannot be read, or whose processes are not all in the one
 //!   its runtime records, is reported without interfaces: the quarantine
 //!   gate holds it back and the enforcement keeps its veth closed (see
@@ -82,34 +79,26 @@ impl LiveDiscovery {
         let outcome = self.scanner.scan(refresh)?;
         let mut report = outcome.ready;
         let mut still_pending = HashSet::new();
-        let mut timed = HashSet::new();
         for p in outcome.pending {
             let since = *self
                 .pending_since
                 .entry(p.endpoint.key.clone())
                 .or_insert(now);
-            timed.insert(p.endpoint.key.clone());
-            let known = self.inventory.get(&p.endpoint.key);
             if now.duration_since(since) >= PENDING_GRACE {
-                // Once, when it changes (the timer keeps running).
-                if known != Some(&p.endpoint) {
-                    warn!(
-                        "{} ({}) still not ready after {:?}: {}; reporting it as it is",
-                        p.endpoint.key, p.endpoint.name, PENDING_GRACE, p.reason
-                    );
-                }
+                warn!(
+                    "{} ({}) still not ready after {:?}: {}; reporting it as it is",
+                    p.endpoint.key, p.endpoint.name, PENDING_GRACE, p.reason
+                );
                 report.push(p.endpoint);
-            } else if let Some(known) = known {
+            } else if let Some(known) = self.inventory.get(&p.endpoint.key) {
                 // Already reported: a transient failure (e.g. a metadata read
-                // racing a write) must not make it vanish and come back. One
-                // that lasts past the grace time is reported as it is (the
-                // timer runs, looked at on the next pass, not retried fast).
+                // racing a write) must not make it vanish and come back.
                 report.push(known.clone());
             } else {
                 still_pending.insert(p.endpoint.key.clone());
             }
         }
-        self.pending_since.retain(|k, _| timed.contains(k));
+        self.pending_since.retain(|k, _| still_pending.contains(k));
         let events = self.inventory.apply(report);
         Ok((
             events,
