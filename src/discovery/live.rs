@@ -8,11 +8,7 @@
 //!   until [`PENDING_GRACE`] passes, after which they are reported with what
 //!   is known (a `--network none` container has no address, ever; a
 //!   container whose labels cannot be read is still an endpoint, just an
-//!   unmanaged one: nothing is left out). A container whose network
-//!   namespace cannot be read, or whose processes are not all in the one
-//!   its runtime records, is reported without interfaces: the quarantine
-//!   gate holds it back and the enforcement keeps its veth closed (see
-//!   `scanner` and `crate::enforce`);
+//!   unmanaged one: nothing is left out);
 //! - a change of the host's interfaces (a veth added by `podman network
 //!   connect`, say) brings the full rescan forward, since a known
 //!   container's network changed without any cgroup event;
