@@ -17,12 +17,8 @@
 //! without namespaces while its other threads talk on (issue 17). A
 //! process's namespace is read through a live thread when its leader has
 //! none ([`netinfo::open_netns`]). A container whose namespace cannot be
-//! read stays pending, and so does one with processes in another network
-//! namespace than the one read (they may have interfaces Porin does not
-//! see). Past the grace time `live` reports such a container without
-//! interfaces: the quarantine gate holds it back, and its veth keeps its
-//! programs with no endpoint entry, dropping everything (`crate::enforce`:
-//! a veth is never detached while it exists).
+//! read stays pending; what the enforcement does with its veth meanwhile
+//! is in `crate::enforce` (it is never detached while it exists).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -200,17 +196,6 @@ impl Scanner {
         };
         let source = netns_source(&meta.netns, pids)?;
         let net = netinfo::net_info_of(&source).map_err(|e| e.to_string())?;
-        let foreign = foreign_netns(pids, net.netns_inode);
-        if !foreign.is_empty() {
-            // Pending, not final: a runtime's helper may sit in the cgroup
-            // for a moment before it enters the container's namespace
-            // (`podman exec`); a retry settles that. What lasts past the
-            // grace time is reported without interfaces (see `live`).
-            return Err(format!(
-                "processes {foreign:?} are in another network namespace than the one its \
-                 runtime records ({source}): interfaces Porin does not see; held to quarantine"
-            ));
-        }
         Ok(Cached { meta, source, net })
     }
 
@@ -310,21 +295,6 @@ fn netns_source(record: &NetnsRecord, pids: &[u32]) -> Result<NetnsSource, Strin
     }
 }
 
-/// The processes of `pids` whose network namespace is not the one with
-/// inode `inode`. A process whose namespace cannot be read (gone, or a
-/// zombie without live threads) is left out: it sends nothing.
-fn foreign_netns(pids: &[u32], inode: u64) -> Vec<u32> {
-    use std::os::unix::fs::MetadataExt;
-    pids.iter()
-        .copied()
-        .filter(|&pid| {
-            netinfo::open_netns(&NetnsSource::Process(pid))
-                .and_then(|f| f.metadata())
-                .is_ok_and(|m| m.ino() != inode)
-        })
-        .collect()
-}
-
 /// Metadata for a container whose runtime state is not read: its short id
 /// as name, nothing else.
 fn fallback_meta(key: &EndpointKey) -> RuntimeMeta {
@@ -376,16 +346,5 @@ mod tests {
         let none = NetnsRecord::default();
         assert_eq!(netns_source(&none, &[3, 7]), Ok(NetnsSource::Process(3)));
         assert!(netns_source(&none, &[]).is_err());
-    }
-
-    #[test]
-    fn processes_in_another_namespace_are_found() {
-        use std::os::unix::fs::MetadataExt;
-        let me = std::process::id();
-        let ours = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
-        assert!(foreign_netns(&[me], ours).is_empty());
-        assert_eq!(foreign_netns(&[me], ours + 1), [me]);
-        // A process that does not exist is left out.
-        assert!(foreign_netns(&[u32::MAX - 1], ours + 1).is_empty());
     }
 }
