@@ -440,24 +440,15 @@ impl Gate {
         self.adopted.retain(|id| !ids.contains(id));
         // Adopted, but discovery now knows the container and does not
         // classify it: withdrawn at once, not when its cgroup goes.
-        let revoked: Vec<u64> = self.adopted.intersection(unclassified).copied().collect();
-        for id in revoked {
-            self.adopted.remove(&id);
-            gone.push(id);
-        }
+        // Taken out of `adopted` only once deleted from the map: after a
+        // failed delete they are still adopted, so the next call deletes
+        // them (out of both sets, they would stay let through).
+        let mut withdrawn: Vec<u64> = self.adopted.intersection(unclassified).copied().collect();
         if !self.adopted.is_empty() {
             let live = self.live_cgroups();
-            let dead: Vec<u64> = self
-                .adopted
-                .iter()
-                .filter(|id| !live.contains(id))
-                .copied()
-                .collect();
-            for id in dead {
-                self.adopted.remove(&id);
-                gone.push(id);
-            }
+            withdrawn.extend(self.adopted.iter().filter(|id| !live.contains(id)));
         }
+        gone.extend(&withdrawn);
         let mut map = self.map()?;
         for id in &add {
             map.insert(id, 1, 0).map_err(|source| GateError::Map {
@@ -475,6 +466,9 @@ impl Gate {
                     })
                 }
             }
+        }
+        for id in &withdrawn {
+            self.adopted.remove(id);
         }
         self.classified = ids.clone();
         Ok(())

@@ -394,11 +394,6 @@ impl Request {
             },
         },
     };
-
-    /// Bytes of the request: head and body.
-    pub fn total_len(&self) -> u32 {
-        self.head_len as u32 + self.content_length
-    }
 }
 
 #[inline(always)]
