@@ -10,8 +10,11 @@
 //! it. `next_seq` is the first byte not consumed yet; the state says what
 //! it is: the first byte of a head ([`conn_state::START`]), a byte inside
 //! a head whose parser state is kept between segments
-//! ([`conn_state::HEAD`], `PORIN_HTTPH_V1`), or a body byte
-//! ([`conn_state::BODY`], `body_left` to go, by `Content-Length`).
+//! ([`conn_state::HEAD`], `PORIN_HTTPH_V1`), a body byte
+//! ([`conn_state::BODY`], `body_left` to go, by `Content-Length`), or a
+//! byte of a chunked body: its framing, read like head bytes
+//! ([`chunk_feed`]), or a chunk's data, skipped like a body
+//! ([`conn_state::CHUNK_DATA`]).
 //!
 //! - A segment that starts at `next_seq` is consumed: body bytes are
 //!   skipped by count, head bytes parsed, every head judged when its blank
