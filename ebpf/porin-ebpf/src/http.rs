@@ -810,20 +810,10 @@ pub fn http_parse(ctx: TcContext) -> i32 {
         s.tails += 1;
         return tail(&ctx, stage_index::VALUE, dir);
     }
-    // 1..=CHUNK in a form the verifier sees (`next` never returns 0).
-    let n = ((n.wrapping_sub(1)) & (CHUNK as u32 - 1)) + 1;
-    // SAFETY: `buf` has room for `n <= CHUNK` bytes.
-    let rc = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            s.t.payload_off + s.off,
-            s.buf.as_mut_ptr().cast(),
-            n,
-        )
-    };
-    if rc != 0 {
+    // `next` never returns 0.
+    let Some(n) = load_payload::<{ CHUNK as u32 }>(&ctx, s, n) else {
         return drop_internal(&ctx, dir);
-    }
+    };
     match feed(&s.buf, n as usize, &mut s.req) {
         None => {
             parsed(&mut s.conn, n);
@@ -860,24 +850,9 @@ pub fn http_value(ctx: TcContext) -> i32 {
         s.tails += 1;
         return tail(&ctx, stage_index::PARSE, dir);
     }
-    // 1..=VCHUNK in a form the verifier sees. Read back volatile: knowing
-    // `n` lies in 1..=VCHUNK already, LLVM dropped the mask, and 5.10's
-    // verifier then saw a length that might be 0.
-    // SAFETY: a local.
-    let n = unsafe { core::ptr::read_volatile(&n) };
-    let n = ((n.wrapping_sub(1)) & (VCHUNK as u32 - 1)) + 1;
-    // SAFETY: `buf` has room for `n <= VCHUNK` bytes.
-    let rc = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            s.t.payload_off + s.off,
-            s.buf.as_mut_ptr().cast(),
-            n,
-        )
-    };
-    if rc != 0 {
+    let Some(n) = load_payload::<{ VCHUNK as u32 }>(&ctx, s, n) else {
         return drop_internal(&ctx, dir);
-    }
+    };
     match skip_value(&s.buf, n as usize, &mut s.req) {
         Ok(k) => {
             parsed(&mut s.conn, k as u32);
@@ -913,23 +888,9 @@ pub fn http_chunk(ctx: TcContext) -> i32 {
         match next(&mut s.conn, s.off, len, MAX_HEAD) {
             Next::Skipped(n) => s.off += n,
             Next::Chunk { n } => {
-                // 1..=LINE_CHUNK in a form the verifier sees (volatile:
-                // see `http_value`).
-                // SAFETY: a local.
-                let n = unsafe { core::ptr::read_volatile(&n) };
-                let n = ((n.wrapping_sub(1)) & (LINE_CHUNK as u32 - 1)) + 1;
-                // SAFETY: `buf` has room for `n <= LINE_CHUNK` bytes.
-                let rc = unsafe {
-                    bpf_skb_load_bytes(
-                        ctx.skb.skb as *const _,
-                        s.t.payload_off + s.off,
-                        s.buf.as_mut_ptr().cast(),
-                        n,
-                    )
-                };
-                if rc != 0 {
+                let Some(n) = load_payload::<{ LINE_CHUNK as u32 }>(&ctx, s, n) else {
                     return drop_internal(&ctx, dir);
-                }
+                };
                 match chunk_feed(&mut s.conn, &s.buf, n as usize) {
                     Ok(k) => s.off += k,
                     Err(e) => return to_finish(&ctx, s, finish::FAIL + e as u32, dir),
@@ -941,6 +902,30 @@ pub fn http_chunk(ctx: TcContext) -> i32 {
     }
     s.tails += 1;
     tail(&ctx, stage_index::PARSE, dir)
+}
+
+/// Loads the `n` payload bytes at the scratch's offset into `s.buf`, `n`
+/// first brought into `1..=CAP` in a form the verifier sees (`CAP` a power
+/// of two; callers pass `1..=CAP` already). Read back volatile first:
+/// knowing `n`'s range, LLVM dropped the mask, and 5.10's verifier then
+/// saw a length that might be 0. The length loaded, or None (the caller
+/// drops: `Internal`).
+#[inline(always)]
+fn load_payload<const CAP: u32>(ctx: &TcContext, s: &mut Scratch, n: u32) -> Option<u32> {
+    const { assert!(CAP.is_power_of_two() && CAP as usize <= VCHUNK) };
+    // SAFETY: a local.
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    let n = ((n.wrapping_sub(1)) & (CAP - 1)) + 1;
+    // SAFETY: `buf` has room for `n <= CAP <= VCHUNK` bytes.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            s.t.payload_off + s.off,
+            s.buf.as_mut_ptr().cast(),
+            n,
+        )
+    };
+    (rc == 0).then_some(n)
 }
 
 /// `*dst = *src`, word by word and volatile: a struct copy may become a
