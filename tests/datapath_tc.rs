@@ -80,12 +80,14 @@ impl Dp {
 
     /// Loaded, with endpoint [`EP`] = WEB in `mode`, A/A6/B/C/HOST addresses
     /// in the identity map (A and A6 are the endpoint's own, as the manager
-    /// writes them) and generation 0 active.
+    /// writes them: identity and owner veth) and generation 0 active.
     fn with_endpoint(mode: u8) -> Self {
         let mut dp = Dp::new();
         dp.endpoint(EP, WEB, mode);
         dp.ip4(A, WEB);
         dp.ip6(A6, WEB);
+        dp.owner4(A, EP);
+        dp.owner6(A6, EP);
         dp.ip4(B, DB);
         dp.ip4(C, CACHE);
         dp.ip4(HOST, identity::HOST);
@@ -126,6 +128,22 @@ impl Dp {
         self.hash(maps::IP4)
             .insert(addr.octets(), id, 0)
             .expect("ip4");
+        self.bump_epoch();
+    }
+
+    /// `addr` is carried by the container behind host veth `ifindex`
+    /// (`PORIN_UPEP4_V1`, the owner anti-spoofing checks).
+    fn owner4(&mut self, addr: Ipv4Addr, ifindex: u32) {
+        self.hash(maps::UPLINK_ENDPOINTS4)
+            .insert(addr.octets(), ifindex, 0)
+            .expect("owner4");
+        self.bump_epoch();
+    }
+
+    fn owner6(&mut self, addr: Ipv6Addr, ifindex: u32) {
+        self.hash(maps::UPLINK_ENDPOINTS6)
+            .insert(addr.octets(), ifindex, 0)
+            .expect("owner6");
         self.bump_epoch();
     }
 
@@ -270,6 +288,19 @@ impl Dp {
 }
 
 /// A TCP SYN (a connection's first packet).
+/// The manager's record of endpoint `ifindex` carrying `addrs` (what
+/// `Datapath::apply` writes the address owners from).
+fn member(ifindex: u32, identity: Identity, addrs: &[std::net::IpAddr]) -> porin::policy::Member {
+    porin::policy::Member {
+        endpoint: format!("ep{ifindex}"),
+        identity,
+        mode: mode::ENFORCE,
+        veths: vec![(ifindex, format!("ep{ifindex}"))],
+        addrs: addrs.to_vec(),
+        addr_veths: addrs.iter().map(|a| (*a, ifindex)).collect(),
+    }
+}
+
 fn tcp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     tcp4_flags(src, sport, dst, dport, packets::TCP_SYN)
 }
@@ -532,11 +563,11 @@ fn conntrack_hits_only_count_in_their_direction() {
         "forward tuple on ingress",
     );
     // The forged reply carries B's address: refused as spoofed before
-    // policy; the forward tuple on ingress is denied by policy.
+    // policy; the forward tuple on ingress is addressed to B, not to A.
     dp.expect_drops(
         &[
-            (DropReason::PolicyDenied, 1),
             (DropReason::SpoofedSource, 1),
+            (DropReason::WrongDestination, 1),
         ],
         "two misdirected packets",
     );
@@ -549,15 +580,17 @@ fn conntrack_is_per_endpoint() {
 
     let mut dp = Dp::with_endpoint(mode::ENFORCE);
     dp.endpoint(ep_b, DB, mode::ENFORCE);
+    dp.owner4(B, ep_b);
     // A may connect to B:5432, but B's ingress policy has no entry for it.
     dp.rule(EGRESS, DB, PROTO_TCP, 5432, action::ALLOW);
     let a_to_b = tcp4(A, 40000, B, 5432);
     let from = dp.prog(EGRESS);
     let to = dp.prog(INGRESS);
+    // At B's veth, A's packet has come in from A's veth.
     let (at_a, at_b) = ns.run_in(|| {
         (
             prog_run::verdict_on_ifindex(from, &a_to_b, EP),
-            prog_run::verdict_on_ifindex(to, &a_to_b, ep_b),
+            prog_run::verdict_on_ifindex_from(to, &a_to_b, ep_b, EP),
         )
     });
     assert_eq!(at_a, OK, "A's egress allows it and records the flow for A");
@@ -571,7 +604,7 @@ fn conntrack_is_per_endpoint() {
     // With an ingress entry for B, B gets its own CT entry.
     dp.rule_for(DB, INGRESS, WEB, PROTO_TCP, 5432, action::ALLOW, 0);
     let to = dp.prog(INGRESS);
-    let at_b = ns.run_in(|| prog_run::verdict_on_ifindex(to, &a_to_b, ep_b));
+    let at_b = ns.run_in(|| prog_run::verdict_on_ifindex_from(to, &a_to_b, ep_b, EP));
     assert_eq!(at_b, OK, "B's own policy allows it");
     assert!(dp
         .ct(&ct_key4(PROTO_TCP, A, 40000, B, 5432, ep_b))
@@ -657,6 +690,7 @@ fn unmanaged_identity_as_subject_and_as_peer() {
     // An unmanaged endpoint is subject to the UNMANAGED entries (ground
     // rules), not to any group's.
     dp.endpoint(EP, identity::UNMANAGED, mode::ENFORCE);
+    dp.owner4(u, EP);
     dp.expect(
         EGRESS,
         &tcp4(u, 40002, B, 5432),
@@ -818,6 +852,7 @@ fn missing_or_bad_config_drops_internal() {
     let mut dp = Dp::new();
     dp.endpoint(EP, WEB, mode::ENFORCE);
     dp.ip4(A, WEB);
+    dp.owner4(A, EP);
     dp.ip4(B, DB);
     // Rules of both generations exist, but no config was ever written.
     dp.rule_for(WEB, EGRESS, DB, PROTO_TCP, 5432, action::ALLOW, 0);
@@ -1211,14 +1246,15 @@ fn a_reply_uses_the_connections_one_entry() {
         .expect("the entry");
     assert_eq!(ct.direction, INGRESS as u8);
     assert_eq!(ct.hits, 2, "both later packets hit it");
-    // A's answer sent the other way round is no reply to anything.
+    // A's answer sent the other way round is no reply to anything (and
+    // not addressed to A).
     dp.expect(
         INGRESS,
         &udp4(A, 53, B, 40000),
         SHOT,
         "forged reply on ingress",
     );
-    dp.expect_drops(&[(DropReason::PolicyDenied, 1)], "the forged reply");
+    dp.expect_drops(&[(DropReason::WrongDestination, 1)], "the forged reply");
 }
 
 #[test]
@@ -1227,17 +1263,18 @@ fn a_packet_the_entry_does_not_admit_never_replaces_it() {
     let mut dp = Dp::with_endpoint(mode::ENFORCE);
     dp.rule(EGRESS, DB, PROTO_TCP, 5432, action::ALLOW);
     // WEB may reach the container's port 5432 (so the spoofed packet below
-    // passes on policy); nothing lets B's port 5432 in.
+    // would pass on policy); nothing lets B's port 5432 in.
     dp.rule(INGRESS, WEB, PROTO_TCP, 5432, action::ALLOW);
     dp.expect(EGRESS, &tcp4(A, 40000, B, 5432), OK, "A → B:5432");
     let key = ct_key4(PROTO_TCP, A, 40000, B, 5432, EP);
     // The connection's own tuple arriving from outside (spoofed): the entry
-    // does not admit it, policy does; it must not turn the entry around.
+    // does not admit it; it must not turn the entry around. (Policy would
+    // pass it; anti-spoofing refuses it first: it is addressed to B.)
     dp.expect(
         INGRESS,
         &tcp4_flags(A, 40000, B, 5432, packets::TCP_ACK),
-        OK,
-        "the forward tuple on ingress, by the ingress policy",
+        SHOT,
+        "the forward tuple on ingress",
     );
     let ct = dp.ct(&key).expect("the entry");
     assert_eq!(ct.direction, EGRESS as u8, "the entry is still A's egress");
@@ -1250,7 +1287,10 @@ fn a_packet_the_entry_does_not_admit_never_replaces_it() {
         OK,
         "B's reply after the spoofed packet",
     );
-    dp.expect_drops(&[], "nothing denied");
+    dp.expect_drops(
+        &[(DropReason::WrongDestination, 1)],
+        "only the spoofed packet",
+    );
 }
 
 #[test]
@@ -1303,6 +1343,10 @@ fn removing_an_endpoint_forgets_its_connections_in_both_maps() {
     both.ip6.insert(A6.octets(), WEB);
     both.ip4.insert(B.octets(), DB);
     both.ip6.insert(B6.octets(), DB);
+    both.members = vec![
+        member(EP, WEB, &[A.into(), A6.into()]),
+        member(ep_b, DB, &[B.into(), B6.into()]),
+    ];
     for subject in [WEB, DB] {
         for protocol in [PROTO_TCP, PROTO_UDP] {
             let key = PolicyKey::new(subject, identity::ANY, EGRESS, protocol, 0);
@@ -1735,6 +1779,7 @@ fn the_manager_ends_cached_denials_when_it_applies_a_new_policy() {
         c.ip4.insert(A.octets(), WEB);
         c.ip4.insert(B.octets(), DB);
         c.ip4.insert(C.octets(), CACHE);
+        c.members = vec![member(EP, WEB, &[A.into()])];
         c.policy.insert(
             PolicyKey::new(WEB, allowed_peer, EGRESS, PROTO_TCP, 5432),
             PolicyValue::allow(1),

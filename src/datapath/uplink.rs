@@ -117,25 +117,24 @@ pub fn plan(cfg: &Config) -> Vec<UplinkPlan> {
 pub type EndpointAddresses = (BTreeMap<[u8; 4], u32>, BTreeMap<[u8; 16], u32>);
 
 /// Container addresses → their host veth, for `PORIN_UPEP4_V1` and
-/// `PORIN_UPEP6_V1`: every enforced endpoint with exactly one host veth.
-/// An endpoint with several veths is left out (its packets pass the uplink
-/// and are judged by TC alone): which veth carries which address is not
-/// known here, and a wrong guess would look up the wrong conntrack and
-/// could drop replies of its established connections.
+/// `PORIN_UPEP6_V1`: every address of an enforced endpoint under the host
+/// veth of the interface that carries it (`Member::addr_veths`), so an
+/// endpoint with several veths has each address under its own veth. The
+/// TC programs check addresses against it (`porin_common::spoof`: a
+/// missing entry makes the address nobody's), the uplink finds a
+/// container's conntrack through it. An address two endpoints list (stale
+/// discovery) stays with the first in member order.
 pub fn endpoint_addresses(c: &Compiled) -> EndpointAddresses {
     let mut v4 = BTreeMap::new();
     let mut v6 = BTreeMap::new();
     for m in &c.members {
-        let [(ifindex, _)] = m.veths.as_slice() else {
-            continue;
-        };
-        for a in &m.addrs {
+        for (a, ifindex) in &m.addr_veths {
             match a {
                 IpAddr::V4(a) => {
-                    v4.insert(a.octets(), *ifindex);
+                    v4.entry(a.octets()).or_insert(*ifindex);
                 }
                 IpAddr::V6(a) => {
-                    v6.insert(a.octets(), *ifindex);
+                    v6.entry(a.octets()).or_insert(*ifindex);
                 }
             }
         }

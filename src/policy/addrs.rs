@@ -207,6 +207,15 @@ pub(super) fn endpoints(
             .filter(|v| veths.won.get(&v.ifindex).map(|c| c.identity) == Some(identity))
             .map(|v| (v.ifindex, v.name.clone()))
             .collect();
+        // Which veth carries which address: the interface's own host peer.
+        let addr_veths: Vec<(IpAddr, u32)> = ep
+            .interfaces
+            .iter()
+            .filter_map(|i| i.host_peer.as_ref().map(|p| (i, p.ifindex)))
+            .filter(|(_, veth)| own.iter().any(|(o, _)| o == veth))
+            .flat_map(|(i, veth)| i.addrs.iter().map(move |a| (a.addr, veth)))
+            .filter(|(a, _)| addrs.contains(a))
+            .collect();
         if ep.host_veths().next().is_none() {
             out.unenforced.push(Unenforced {
                 endpoint: describe(ep),
@@ -220,6 +229,7 @@ pub(super) fn endpoints(
                 mode,
                 veths: own,
                 addrs,
+                addr_veths,
             });
         }
     }

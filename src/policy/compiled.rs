@@ -79,6 +79,10 @@ pub struct Member {
     pub veths: Vec<(u32, String)>,
     /// Addresses that got an IP entry.
     pub addrs: Vec<IpAddr>,
+    /// Each of `addrs` that an interface with one of `veths` carries, with
+    /// that veth's ifindex: the owner the datapath checks the address
+    /// against (`PORIN_UPEP4_V1`/`PORIN_UPEP6_V1`, `porin_common::spoof`).
+    pub addr_veths: Vec<(IpAddr, u32)>,
 }
 
 /// Something the compiler decided that the user should know about.

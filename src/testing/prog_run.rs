@@ -23,7 +23,24 @@ pub fn verdict_on_ifindex<P>(prog: &P, packet: &[u8], ifindex: u32) -> u32
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
 {
-    let ctx = skb_ctx(ifindex);
+    verdict_on_ifindex_from(prog, packet, ifindex, 0)
+}
+
+/// Like [`verdict_on_ifindex`], with `skb->ingress_ifindex` set to
+/// `ingress_ifindex`: the interface the packet came in on before it was
+/// forwarded to `ifindex` (0, as without a context: none).
+pub fn verdict_on_ifindex_from<P>(
+    prog: &P,
+    packet: &[u8],
+    ifindex: u32,
+    ingress_ifindex: u32,
+) -> u32
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut ctx = skb_ctx(ifindex);
+    ctx[SKB_INGRESS_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET]
+        .copy_from_slice(&ingress_ifindex.to_ne_bytes());
     let opts = TestRunOptions {
         data_in: Some(packet),
         ctx_in: Some(&ctx),
@@ -38,6 +55,9 @@ where
 /// mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto,
 /// priority, ingress_ifindex: ten `__u32`s). The layout is kernel ABI.
 const SKB_IFINDEX_OFFSET: usize = 40;
+/// `ingress_ifindex`, the `__u32` before it (the kernel takes it from a
+/// test run's context as `skb->skb_iif`).
+const SKB_INGRESS_IFINDEX_OFFSET: usize = 36;
 
 /// A `__sk_buff` prefix up to and including `ifindex`, all else zero (the
 /// kernel requires the fields it does not take from userspace to be zero and

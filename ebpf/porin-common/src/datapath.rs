@@ -511,10 +511,24 @@ pub enum DropReason {
     /// retransmission touching head bytes or head bytes out of order
     /// (dropped without an answer). See `crate::http_stream`.
     HttpStream = 17,
+    /// `from_container`: an ARP packet or an IPv6 neighbour/router
+    /// solicitation or neighbour advertisement claiming an address that is
+    /// not the container's own (ARP sender address, NS/RS source, NA target;
+    /// see `crate::spoof`): it would take over a neighbour's address on the
+    /// bridge.
+    SpoofedNeighbour = 18,
+    /// `to_container`: the destination is neither one of the container's
+    /// own addresses nor a multicast address or the IPv4 limited broadcast
+    /// (traffic meant for another address, see `crate::spoof`).
+    WrongDestination = 19,
+    /// `to_container`: the source is a container's address but the packet
+    /// did not come in from that container's host veth
+    /// (`skb->ingress_ifindex`): a forged or routed-in copy of its address.
+    SpoofedIngress = 20,
 }
 
 /// Number of drop reasons (size of `PORIN_DROPS_V1`).
-pub const DROP_REASONS: u32 = 18;
+pub const DROP_REASONS: u32 = 21;
 
 impl DropReason {
     /// Every reason, in index order (for counters read by index).
@@ -537,6 +551,9 @@ impl DropReason {
         DropReason::HttpUnsupported,
         DropReason::HttpHeadTooLarge,
         DropReason::HttpStream,
+        DropReason::SpoofedNeighbour,
+        DropReason::WrongDestination,
+        DropReason::SpoofedIngress,
     ];
 
     /// The reason stored as `index` (in events and the deny cache).
@@ -565,6 +582,9 @@ impl DropReason {
             DropReason::HttpUnsupported => "HTTP_UNSUPPORTED",
             DropReason::HttpHeadTooLarge => "HTTP_HEAD_TOO_LARGE",
             DropReason::HttpStream => "HTTP_STREAM",
+            DropReason::SpoofedNeighbour => "SPOOFED_NEIGHBOUR",
+            DropReason::WrongDestination => "WRONG_DESTINATION",
+            DropReason::SpoofedIngress => "SPOOFED_INGRESS",
         }
     }
 

@@ -19,4 +19,5 @@ pub mod packet;
 pub mod parse;
 pub mod probe;
 pub mod sip;
+pub mod spoof;
 pub mod uplink;

@@ -13,7 +13,8 @@
 //! | frame | result |
 //! | --- | --- |
 //! | shorter than Ethernet | `Malformed` |
-//! | ARP | [`Parsed::Pass`] (the kernel's ARP code validates it) |
+//! | ARP for IPv4 over Ethernet (hardware type 1, protocol 0x0800, lengths 6 and 4), 28 bytes or more | [`Parsed::Neighbour`]: its sender protocol address is the claim |
+//! | any other ARP (shorter, or not IPv4 over Ethernet) | `Malformed` |
 //! | EtherType not IPv4/IPv6/ARP (VLAN included) | `UnsupportedL3` |
 //! | IPv4: < 20 bytes, version ≠ 4, IHL < 5, IHL beyond the frame, total length < IHL or beyond the frame | `Malformed` |
 //! | IPv4: IHL > 5 | `Ipv4Options` |
@@ -25,7 +26,9 @@
 //! | UDP: < 8 bytes | `Malformed` |
 //! | ICMP (in IPv4) / ICMPv6 (in IPv6): < 8 bytes | `Malformed` |
 //! | ICMPv6 types 133-137 (neighbour discovery) with IPv6 hop limit ≠ 255 | `Malformed` (RFC 4861: off-link, receivers discard it) |
-//! | ICMPv6 133 (RS), 135 (NS), 136 (NA) | [`Parsed::Pass`] |
+//! | ICMPv6 133 (RS, 8 bytes or more), 135 (NS, 24 or more) | [`Parsed::Neighbour`]: the IPv6 source is the claim |
+//! | ICMPv6 136 (NA, 24 bytes or more) | [`Parsed::Neighbour`]: the target is the claim, read by the caller at [`ND_TARGET_OFF`] |
+//! | ICMPv6 NS or NA shorter than 24 bytes | `Malformed` |
 //! | ICMPv6 134 (RA), 137 (redirect) | [`Parsed::RouterMessage`] (only a router may send them) |
 //! | any other IP protocol (GRE, SCTP, ICMP in IPv6, ...) | a [`Flow`] with ports 0 |
 //!
@@ -61,6 +64,20 @@ const ICMPV6_ND_FIRST: u8 = 133;
 const ICMPV6_ND_LAST: u8 = 137;
 /// Router advertisement and redirect: messages only a router sends.
 const ICMPV6_RA: u8 = 134;
+const ICMPV6_NS: u8 = 135;
+const ICMPV6_NA: u8 = 136;
+/// Neighbour solicitations and advertisements: type, code, checksum, 4
+/// reserved/flag bytes and the 16-byte target.
+const ND_NS_NA_MIN_LEN: usize = 24;
+/// Where a neighbour advertisement's target address starts in the frame
+/// (past [`HDR_BUF`]: the eBPF side reads it on its own, only for NAs).
+pub const ND_TARGET_OFF: usize = L4_OFF_V6 + 8;
+/// ARP for IPv4 over Ethernet: 8 bytes of header, two MAC and two IPv4
+/// addresses.
+const ARP_LEN: usize = 28;
+/// The ARP sender protocol (IPv4) address in the frame.
+const ARP_SPA_OFF: usize = ETH_HLEN + 14;
+const ARP_HTYPE_ETHERNET: u16 = 1;
 const ICMPV6_REDIRECT: u8 = 137;
 /// The hop limit every neighbour discovery message carries (RFC 4861): one
 /// that arrives with less crossed a router and must be discarded.
@@ -126,9 +143,10 @@ const _: () = assert!(HDR_BUF / 8 == 9, "HeaderBuf::init_zeroed writes nine word
 /// What the programs do with a frame after parsing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// Link-level housekeeping (ARP, neighbour discovery): passes without
-    /// conntrack or policy.
-    Pass,
+    /// Link-level housekeeping (ARP, IPv6 router/neighbour solicitation,
+    /// neighbour advertisement): passes without conntrack or policy, once
+    /// its claim is checked when a container sends it (`crate::spoof`).
+    Neighbour(Claim),
     /// An ICMPv6 router advertisement or redirect: housekeeping when it
     /// comes from the network, but a container sending one claims to be a
     /// router (rogue RA: it could take over its neighbours' IPv6 routes),
@@ -161,6 +179,22 @@ pub struct Flow {
     /// otherwise match the endpoint's own ping as a reply. A TCP SYN without
     /// ACK is not either (and skips a lookup on every connection attempt).
     pub may_be_reply: bool,
+}
+
+/// The address an ARP packet or a neighbour discovery message claims for
+/// its sender: receivers note "this address is at my sender's MAC".
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// ARP: the sender protocol address (IPv4 in the first 4 bytes); RS
+    /// and NS: the IPv6 source; NA: the IPv6 source, while the claim is the
+    /// target (`in_target`).
+    pub addr: [u8; 16],
+    /// 4 (ARP) or 6.
+    pub family: u8,
+    /// A neighbour advertisement: the claimed address is its target, at
+    /// [`ND_TARGET_OFF`] in the frame, beyond what the parser reads.
+    pub in_target: bool,
 }
 
 /// Read access to the start of a frame, for [`parse`].
@@ -245,7 +279,7 @@ pub fn parse<F: Frame>(frame: &F) -> Result<Parsed, DropReason> {
     }
     let l3_len = frame_len - ETH_HLEN;
     match frame.be16(12) {
-        ethertype::ARP => Ok(Parsed::Pass),
+        ethertype::ARP => parse_arp(frame, l3_len),
         ethertype::IPV4 => parse_ipv4(frame, l3_len),
         ethertype::IPV6 => parse_ipv6(frame, l3_len),
         _ => Err(DropReason::UnsupportedL3),
@@ -325,6 +359,27 @@ pub fn is_ipv6_ext_header(nh: u8) -> bool {
         | 253   // experimental
         | 254 // experimental
     )
+}
+
+/// ARP: only IPv4 over Ethernet, whose sender address is the claim.
+#[inline(always)]
+fn parse_arp<F: Frame>(f: &F, l3_len: usize) -> Result<Parsed, DropReason> {
+    const ARP: usize = ETH_HLEN;
+    if l3_len < ARP_LEN || !f.has(ARP + ARP_LEN) {
+        return Err(DropReason::Malformed);
+    }
+    if f.be16(ARP) != ARP_HTYPE_ETHERNET
+        || f.be16(ARP + 2) != ethertype::IPV4
+        || f.byte(ARP + 4) != 6
+        || f.byte(ARP + 5) != 4
+    {
+        return Err(DropReason::Malformed);
+    }
+    Ok(Parsed::Neighbour(Claim {
+        addr: v4_addr(f.bytes4(ARP_SPA_OFF)),
+        family: 4,
+        in_target: false,
+    }))
 }
 
 #[inline(always)]
@@ -477,11 +532,17 @@ fn parse_l4<F: Frame>(
                 if f.byte(ETH_HLEN + 7) != ND_HOP_LIMIT {
                     return Err(DropReason::Malformed);
                 }
-                return Ok(if kind == ICMPV6_RA || kind == ICMPV6_REDIRECT {
-                    Parsed::RouterMessage
-                } else {
-                    Parsed::Pass
-                });
+                if kind == ICMPV6_RA || kind == ICMPV6_REDIRECT {
+                    return Ok(Parsed::RouterMessage);
+                }
+                if (kind == ICMPV6_NS || kind == ICMPV6_NA) && l4_len < ND_NS_NA_MIN_LEN {
+                    return Err(DropReason::Malformed);
+                }
+                return Ok(Parsed::Neighbour(Claim {
+                    addr: flow.saddr,
+                    family: 6,
+                    in_target: kind == ICMPV6_NA,
+                }));
             }
             let echo_reply = if flow.family == 4 {
                 ICMP_ECHO_REPLY
@@ -653,6 +714,12 @@ mod tests {
         add(&v6(proto::ICMPV6, &[129, 0, 0, 0, 0, 0, 0, 0])[..62]);
         add(&v6(44, &[proto::UDP, 0, 0, 0, 0, 0, 0, 0])[..62]);
         add(&eth(ethertype::ARP));
+        add(&arp(SRC4));
+        let mut na = [0u8; 24];
+        na[0] = 136;
+        let mut na = v6(proto::ICMPV6, &na);
+        na[21] = 255;
+        add(&na[..78]);
         add(&eth(ethertype::VLAN));
         let mut opts = v4(proto::UDP, &udp(1, 53));
         opts[14] = 0x46;
@@ -753,9 +820,43 @@ mod tests {
         assert_eq!(parse(&f[..74]), Err(DropReason::Malformed));
     }
 
+    /// An ARP request (IPv4 over Ethernet) from `spa`.
+    fn arp(spa: [u8; 4]) -> [u8; 42] {
+        let mut f = [0u8; 42];
+        f[..14].copy_from_slice(&eth(ethertype::ARP));
+        f[14..16].copy_from_slice(&1u16.to_be_bytes());
+        f[16..18].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+        f[18] = 6;
+        f[19] = 4;
+        f[21] = 1;
+        f[28..32].copy_from_slice(&spa);
+        f[38..42].copy_from_slice(&DST4);
+        f
+    }
+
     #[test]
-    fn arp_passes_and_other_ethertypes_are_unsupported() {
-        assert_eq!(parse(&eth(ethertype::ARP)), Ok(Parsed::Pass));
+    fn arp_claims_its_sender_address_and_other_ethertypes_are_unsupported() {
+        let want = |a: [u8; 4]| {
+            Ok(Parsed::Neighbour(Claim {
+                addr: v4_addr(a),
+                family: 4,
+                in_target: false,
+            }))
+        };
+        assert_eq!(parse(&arp(SRC4)), want(SRC4));
+        assert_eq!(parse(&arp([0; 4])), want([0; 4]));
+        // Padded to Ethernet's minimum: the same.
+        let mut padded = [0u8; 60];
+        padded[..42].copy_from_slice(&arp(SRC4));
+        assert_eq!(parse(&padded), want(SRC4));
+        // Short, or not IPv4 over Ethernet.
+        assert_eq!(parse(&arp(SRC4)[..41]), Err(DropReason::Malformed));
+        assert_eq!(parse(&eth(ethertype::ARP)), Err(DropReason::Malformed));
+        for (at, byte) in [(15usize, 6u8), (16, 0x86), (18, 8), (19, 16)] {
+            let mut f = arp(SRC4);
+            f[at] = byte;
+            assert_eq!(parse(&f), Err(DropReason::Malformed), "byte {at} = {byte}");
+        }
         assert_eq!(parse(&eth(ethertype::VLAN)), Err(DropReason::UnsupportedL3));
         assert_eq!(parse(&eth(0x88cc)), Err(DropReason::UnsupportedL3));
     }
@@ -879,27 +980,54 @@ mod tests {
     }
 
     #[test]
-    fn neighbour_discovery_passes_other_icmpv6_is_a_flow() {
+    fn neighbour_discovery_claims_its_source_or_target_other_icmpv6_is_a_flow() {
+        let src = flow(parse(&v6(proto::UDP, &udp(1, 2))[..62])).saddr;
+        let claim = |in_target| {
+            Parsed::Neighbour(Claim {
+                addr: src,
+                family: 6,
+                in_target,
+            })
+        };
         for (kind, want) in [
-            (133u8, Parsed::Pass),
+            (133u8, claim(false)),
             (134, Parsed::RouterMessage),
-            (135, Parsed::Pass),
-            (136, Parsed::Pass),
+            (135, claim(false)),
+            (136, claim(true)),
             (137, Parsed::RouterMessage),
         ] {
-            let mut f = v6(proto::ICMPV6, &[kind, 0, 0, 0, 0, 0, 0, 0]);
+            let mut m = [0u8; 24];
+            m[0] = kind;
+            let mut f = v6(proto::ICMPV6, &m);
             f[21] = 255;
-            assert_eq!(parse(&f[..62]), Ok(want), "type {kind}");
+            assert_eq!(parse(&f[..78]), Ok(want), "type {kind}");
             // Any other hop limit: it crossed a router, not ND.
             for hops in [0u8, 1, 64, 254] {
                 f[21] = hops;
                 assert_eq!(
-                    parse(&f[..62]),
+                    parse(&f[..78]),
                     Err(DropReason::Malformed),
                     "type {kind}, hop limit {hops}"
                 );
             }
         }
+        // NS and NA need their target (24 bytes); RS does with 8.
+        for (kind, want) in [
+            (133u8, Ok(claim(false))),
+            (135, Err(DropReason::Malformed)),
+            (136, Err(DropReason::Malformed)),
+        ] {
+            let mut f = v6(proto::ICMPV6, &[kind, 0, 0, 0, 0, 0, 0, 0]);
+            f[21] = 255;
+            assert_eq!(parse(&f[..62]), want, "8-byte type {kind}");
+        }
+        // The NA's target sits where the eBPF side reads it.
+        let mut na = [0u8; 24];
+        na[0] = 136;
+        na[8] = 0xfd;
+        na[23] = 9;
+        let f = v6(proto::ICMPV6, &na);
+        assert_eq!((f[ND_TARGET_OFF], f[ND_TARGET_OFF + 15]), (0xfd, 9));
         for (kind, reply) in [(128u8, false), (129, true), (1, false), (138, false)] {
             let f = v6(proto::ICMPV6, &[kind, 0, 0, 0, 0, 0, 0, 0]);
             let fl = flow(parse(&f[..62]));

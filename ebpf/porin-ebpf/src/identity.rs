@@ -5,7 +5,10 @@ use aya_ebpf::{
     macros::map,
     maps::{lpm_trie::Key, HashMap, LpmTrie},
 };
-use porin_common::datapath::{identity, max_entries, EndpointInfo, Identity};
+use porin_common::{
+    datapath::{identity, max_entries, EndpointInfo, Identity},
+    uplink,
+};
 
 /// Host veth ifindex → the endpoint behind it.
 #[map]
@@ -27,6 +30,35 @@ static PORIN_NET4_V1: LpmTrie<[u8; 4], Identity> =
 #[map]
 static PORIN_NET6_V1: LpmTrie<[u8; 16], Identity> =
     LpmTrie::with_max_entries(max_entries::NETWORKS, 0);
+
+/// Container addresses → the host veth of the interface that carries them
+/// (written by the manager, `sync_endpoint_addresses`): the owner an
+/// address is checked against (`porin_common::spoof`), and the uplink's
+/// way to a container's conntrack.
+#[map]
+pub(crate) static PORIN_UPEP4_V1: HashMap<[u8; 4], u32> =
+    HashMap::with_max_entries(uplink::max_entries::ENDPOINT_ADDRESSES, 0);
+#[map]
+pub(crate) static PORIN_UPEP6_V1: HashMap<[u8; 16], u32> =
+    HashMap::with_max_entries(uplink::max_entries::ENDPOINT_ADDRESSES, 0);
+
+/// The host veth ifindex of the container that owns `addr` (IPv4 in its
+/// first 4 bytes when `family` is 4), 0 when it is no container's.
+#[inline(always)]
+pub fn owner_of(addr: &[u8; 16], family: u8) -> u32 {
+    // SAFETY: copied out at once (see `endpoint`).
+    let owner = unsafe {
+        if family == 4 {
+            PORIN_UPEP4_V1.get(&[addr[0], addr[1], addr[2], addr[3]])
+        } else {
+            PORIN_UPEP6_V1.get(addr)
+        }
+    };
+    match owner {
+        Some(v) => *v,
+        None => 0,
+    }
+}
 
 /// The endpoint whose host veth has `ifindex` (copied: the manager may
 /// rewrite the entry while the packet is in flight).

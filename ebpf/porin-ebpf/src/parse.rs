@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
 use porin_common::{
     datapath::DropReason,
     packet::ETH_HLEN,
-    parse::{parse, CopiedFrame, Frame, HeaderBuf, Parsed, HDR_BUF},
+    parse::{parse, CopiedFrame, Frame, HeaderBuf, Parsed, HDR_BUF, ND_TARGET_OFF},
 };
 
 /// Parses the frame's headers: in place when the skb's linear part holds
@@ -95,4 +95,29 @@ fn copied(ctx: &TcContext, frame_len: usize) -> Result<Parsed, DropReason> {
         hdr: hdr.bytes(),
         len: frame_len,
     })
+}
+
+/// A neighbour advertisement's target address (`Claim::in_target`), which
+/// lies past the bytes the parser reads. The parser has checked the NA's
+/// length, so the 16 bytes are in the frame; read with the helper (linear
+/// data or not), only for NAs, into words (no zeroed byte array: see
+/// `HeaderBuf`).
+#[inline(always)]
+pub fn nd_target(ctx: &TcContext) -> Result<[u8; 16], DropReason> {
+    let mut words = MaybeUninit::<[u32; 4]>::uninit();
+    // SAFETY: 16 bytes of room; the skb pointer is the context's.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            ND_TARGET_OFF as u32,
+            words.as_mut_ptr().cast(),
+            16,
+        )
+    };
+    if rc != 0 {
+        // The parser checked the length: not the packet's fault.
+        return Err(DropReason::Internal);
+    }
+    // SAFETY: the helper wrote all 16 bytes (rc 0); same size, any bytes.
+    Ok(unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words.assume_init()) })
 }

@@ -37,6 +37,7 @@ use porin_common::{
     decide::{self, peer_addr},
     flow,
     parse::{Flow, Parsed},
+    spoof,
 };
 
 use crate::{conntrack, counters, dcache, events, http, identity, parse, policy};
@@ -188,7 +189,26 @@ fn try_handle(
     seen: &mut Seen,
 ) -> Result<(), DropReason> {
     let flow = match parsed? {
-        Parsed::Pass => return Ok(()),
+        // ARP and neighbour discovery: a container may only claim its own
+        // addresses (`porin_common::spoof`); into a container they pass,
+        // their senders' claims were checked where they were sent.
+        Parsed::Neighbour(claim) => {
+            if let Direction::Ingress = dir {
+                return Ok(());
+            }
+            let addr = if claim.in_target {
+                parse::nd_target(ctx)?
+            } else {
+                claim.addr
+            };
+            let unverifiable = spoof::unverifiable_claim(&addr, claim.family);
+            let owner = if unverifiable {
+                0
+            } else {
+                identity::owner_of(&addr, claim.family)
+            };
+            return spoof::check_claim(unverifiable, owner, ifindex);
+        }
         // Router advertisements and redirects reach a container from its
         // network; sent by one, they would reroute its neighbours.
         Parsed::RouterMessage => {
@@ -202,11 +222,27 @@ fn try_handle(
     seen.flow = flow;
     seen.has_flow = true;
     let generation = policy::active_generation()?;
-    // A container may only send from its own addresses: the receiving side
-    // judges the sender by the source address's identity.
-    if let Direction::Egress = dir {
-        if identity::of_address(&flow.saddr, flow.family) != endpoint.identity {
-            return Err(DropReason::SpoofedSource);
+    // Addresses against the veth that owns them (`porin_common::spoof`),
+    // never identities: replicas of a group have one identity.
+    match dir {
+        // A container may only send from its own addresses: the receiving
+        // side judges the sender by the source address.
+        Direction::Egress => {
+            spoof::check_source(identity::owner_of(&flow.saddr, flow.family), ifindex)?;
+        }
+        // Only what is addressed to this container (or to a group), and a
+        // container's address only from that container's veth.
+        Direction::Ingress => {
+            let group = spoof::is_group_address(&flow.daddr, flow.family);
+            let owner = if group {
+                0
+            } else {
+                identity::owner_of(&flow.daddr, flow.family)
+            };
+            spoof::check_destination(group, owner, ifindex)?;
+            // SAFETY: the context pointer the kernel passed in.
+            let came_in = unsafe { (*ctx.skb.skb).ingress_ifindex };
+            spoof::check_ingress(identity::owner_of(&flow.saddr, flow.family), came_in)?;
         }
     }
     let peer = identity::of_address(peer_addr(&flow, dir), flow.family);
@@ -235,7 +271,11 @@ fn try_handle(
         }
         return Ok(());
     }
-    conntrack::create(&flow, dir, ifindex, 0)?;
-    seen.new_flow = true;
+    // Nothing to remember of a packet to a group address (no reply comes
+    // from one); its entry would let the receiver send from it.
+    if spoof::tracks(&flow.daddr, flow.family) {
+        conntrack::create(&flow, dir, ifindex, 0)?;
+        seen.new_flow = true;
+    }
     Ok(())
 }

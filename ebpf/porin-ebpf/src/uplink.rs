@@ -65,13 +65,8 @@ static PORIN_UPDNY4_V1: LpmTrie<[u8; 8], Identity> =
 static PORIN_UPDNY6_V1: LpmTrie<[u8; 20], Identity> =
     LpmTrie::with_max_entries(max_entries::DENY_PREFIXES, 0);
 
-#[map]
-static PORIN_UPEP4_V1: HashMap<[u8; 4], u32> =
-    HashMap::with_max_entries(max_entries::ENDPOINT_ADDRESSES, 0);
-
-#[map]
-static PORIN_UPEP6_V1: HashMap<[u8; 16], u32> =
-    HashMap::with_max_entries(max_entries::ENDPOINT_ADDRESSES, 0);
+// `PORIN_UPEP4_V1` / `PORIN_UPEP6_V1` (container address → host veth) are
+// declared in `identity.rs`: the TC programs' anti-spoofing reads them too.
 
 /// LRU: a spoofed-source flood evicts old buckets instead of filling the
 /// map; an evicted source starts again with a full bucket.
@@ -185,7 +180,7 @@ fn try_from_uplink(frame: &PacketFrame, ifindex: u32, seen: &mut Seen) -> Result
     let flow = match parse(frame) {
         Ok(Parsed::Flow(f)) => f,
         // ICMPv6 neighbour and router discovery.
-        Ok(Parsed::Pass | Parsed::RouterMessage) => return Ok(pass::NOT_IP),
+        Ok(Parsed::Neighbour(_) | Parsed::RouterMessage) => return Ok(pass::NOT_IP),
         Err(_) => return Ok(pass::UNPARSED),
     };
     seen.flow = Some(flow);
@@ -225,14 +220,9 @@ fn deny_listed(ifindex: u32, flow: &Flow) -> Option<Identity> {
 /// The host veth ifindex of the container that owns `flow`'s destination.
 #[inline(always)]
 fn container_veth(flow: &Flow) -> Option<u32> {
-    let d = &flow.daddr;
-    // SAFETY: copied out at once (see above).
-    unsafe {
-        if flow.family == 4 {
-            PORIN_UPEP4_V1.get(&[d[0], d[1], d[2], d[3]]).copied()
-        } else {
-            PORIN_UPEP6_V1.get(d).copied()
-        }
+    match identity::owner_of(&flow.daddr, flow.family) {
+        0 => None,
+        veth => Some(veth),
     }
 }
 
