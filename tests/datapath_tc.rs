@@ -287,7 +287,6 @@ impl Dp {
     }
 }
 
-/// A TCP SYN (a connection's first packet).
 /// The manager's record of endpoint `ifindex` carrying `addrs` (what
 /// `Datapath::apply` writes the address owners from).
 fn member(ifindex: u32, identity: Identity, addrs: &[std::net::IpAddr]) -> porin::policy::Member {
@@ -301,6 +300,7 @@ fn member(ifindex: u32, identity: Identity, addrs: &[std::net::IpAddr]) -> porin
     }
 }
 
+/// A TCP SYN (a connection's first packet).
 fn tcp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     tcp4_flags(src, sport, dst, dport, packets::TCP_SYN)
 }
@@ -1810,4 +1810,308 @@ fn the_manager_ends_cached_denials_when_it_applies_a_new_policy() {
         .apply(&compiled(CACHE), &[])
         .expect("apply: CACHE allowed");
     assert_eq!(run(&manager, &frame), OK, "allowed from the next packet");
+}
+
+// ---------------------------------------------------------------------------
+// Anti-spoofing (`porin_common::spoof`): addresses are checked against the
+// host veth that owns them (`PORIN_UPEP4_V1`/`PORIN_UPEP6_V1`), not against
+// identities.
+
+/// Another container's host veth: here only the owner of B/B6 in the
+/// address maps (no packet runs on it).
+const NEIGHBOUR_VETH: u32 = 7;
+/// An uplink a forged packet came in on (`skb->ingress_ifindex`).
+const UPLINK: u32 = 2;
+const ANY4: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+const MDNS4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().expect("IPv6 address")
+}
+
+/// [`Dp::with_endpoint`] plus B and B6 carried by [`NEIGHBOUR_VETH`].
+fn with_neighbour(mode: u8) -> Dp {
+    let mut dp = Dp::with_endpoint(mode);
+    dp.owner4(B, NEIGHBOUR_VETH);
+    dp.owner6(B6, NEIGHBOUR_VETH);
+    dp
+}
+
+#[test]
+fn arp_sent_by_a_container_claims_only_its_own_address() {
+    require_root("arp_sent_by_a_container_claims_only_its_own_address");
+    let dp = with_neighbour(mode::ENFORCE);
+    let arp = packets::arp_request;
+    dp.expect(EGRESS, &arp(A, B), OK, "ARP request from its own address");
+    dp.expect(EGRESS, &arp(A, A), OK, "gratuitous ARP for its own address");
+    dp.expect(EGRESS, &arp(ANY4, A), OK, "ARP probe (sender 0.0.0.0, DAD)");
+    dp.expect(EGRESS, &arp(B, B), SHOT, "gratuitous ARP for B's address");
+    dp.expect(EGRESS, &arp(B, C), SHOT, "ARP request from B's address");
+    dp.expect(
+        EGRESS,
+        &arp(FAR, B),
+        SHOT,
+        "ARP from no container's address",
+    );
+    // A reply claims the same field.
+    let mut reply = arp(B, C);
+    reply[21] = 2;
+    dp.expect(EGRESS, &reply, SHOT, "ARP reply from B's address");
+    // Into the container: a neighbour's claim is checked where it is sent.
+    dp.expect(INGRESS, &arp(B, A), OK, "B's ARP reaching A");
+    dp.expect_drops(
+        &[(DropReason::SpoofedNeighbour, 4)],
+        "four claims of addresses not A's",
+    );
+    // ARP that is not IPv4 over Ethernet.
+    let mut other = arp(A, B);
+    other[16..18].copy_from_slice(&ethertype::IPV6.to_be_bytes());
+    dp.expect(EGRESS, &other, SHOT, "ARP for another protocol");
+    dp.expect_drops(
+        &[
+            (DropReason::Malformed, 1),
+            (DropReason::SpoofedNeighbour, 4),
+        ],
+        "and a malformed ARP",
+    );
+    // Audit mode counts the claim and passes it.
+    let dp = with_neighbour(mode::AUDIT);
+    dp.expect(EGRESS, &arp(B, B), OK, "audit: B's address claimed");
+    dp.expect_drops(&[(DropReason::SpoofedNeighbour, 1)], "audited claim");
+}
+
+#[test]
+fn neighbour_discovery_sent_by_a_container_claims_only_its_own_addresses() {
+    require_root("neighbour_discovery_sent_by_a_container_claims_only_its_own_addresses");
+    let dp = with_neighbour(mode::ENFORCE);
+    let (ns, na) = (
+        packets::icmpv6_neighbour_solicitation,
+        packets::icmpv6_neighbour_advertisement,
+    );
+    let rs = packets::icmpv6_router_solicitation();
+    let (all_nodes, routers, snm) = (v6("ff02::1"), v6("ff02::2"), v6("ff02::1:ff00:2"));
+    let (link_local, unspecified, nobody) = (v6("fe80::a"), Ipv6Addr::UNSPECIFIED, v6("fd00::99"));
+    let nd = packets::nd_frame;
+    for (frame, what) in [
+        (nd(A6, snm, &ns(B6)), "NS from its own address"),
+        (nd(unspecified, snm, &ns(A6)), "NS for DAD (source ::)"),
+        (nd(link_local, snm, &ns(B6)), "NS from a link-local address"),
+        (nd(A6, all_nodes, &na(A6)), "NA for its own address"),
+        (
+            nd(link_local, B6, &na(A6)),
+            "NA for its own address from link-local",
+        ),
+        (
+            nd(A6, all_nodes, &na(link_local)),
+            "NA for a link-local address",
+        ),
+        (nd(link_local, routers, &rs), "RS from link-local"),
+        (nd(unspecified, routers, &rs), "RS from ::"),
+    ] {
+        dp.expect(EGRESS, &frame, OK, what);
+    }
+    dp.expect_drops(&[], "own and unverifiable claims");
+    for (frame, what) in [
+        (nd(B6, snm, &ns(C6)), "NS from B6"),
+        // The target is the claim, whatever the source.
+        (nd(A6, all_nodes, &na(B6)), "NA for B6"),
+        (
+            nd(link_local, all_nodes, &na(nobody)),
+            "NA for no container's address",
+        ),
+        (nd(B6, routers, &rs), "RS from B6"),
+    ] {
+        dp.expect(EGRESS, &frame, SHOT, what);
+    }
+    dp.expect_drops(&[(DropReason::SpoofedNeighbour, 4)], "four foreign claims");
+    // Into the container they pass.
+    dp.expect(
+        INGRESS,
+        &nd(B6, all_nodes, &na(B6)),
+        OK,
+        "B's NA reaching A",
+    );
+    dp.expect_drops(&[(DropReason::SpoofedNeighbour, 4)], "nothing more");
+}
+
+const C6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+
+#[test]
+fn replicas_of_one_group_cannot_use_each_others_addresses() {
+    require_root("replicas_of_one_group_cannot_use_each_others_addresses");
+    let mut dp = with_neighbour(mode::ENFORCE);
+    // B is a replica of A's group: same identity, its own veth.
+    dp.ip4(B, WEB);
+    dp.ip6(B6, WEB);
+    dp.rule(EGRESS, identity::ANY, PROTO_UDP, 0, action::ALLOW);
+    dp.rule(EGRESS, identity::ANY, PROTO_TCP, 0, action::ALLOW);
+    dp.expect(EGRESS, &udp4(A, 40000, C, 53), OK, "from its own address");
+    dp.expect(EGRESS, &udp4(B, 40000, C, 53), SHOT, "from its replica's");
+    dp.expect(
+        EGRESS,
+        &tcp6(B6, 40000, C6, 80),
+        SHOT,
+        "from its replica's IPv6",
+    );
+    dp.expect(
+        EGRESS,
+        &packets::arp_request(B, C),
+        SHOT,
+        "ARP for its replica's",
+    );
+    // Unmanaged containers all share one identity: the same holds.
+    let u1 = Ipv4Addr::new(10, 0, 0, 9);
+    let u2 = Ipv4Addr::new(10, 0, 0, 10);
+    dp.endpoint(EP, identity::UNMANAGED, mode::ENFORCE);
+    dp.ip4(u1, identity::UNMANAGED);
+    dp.ip4(u2, identity::UNMANAGED);
+    dp.owner4(u1, EP);
+    dp.owner4(u2, NEIGHBOUR_VETH);
+    dp.rule_for(
+        identity::UNMANAGED,
+        EGRESS,
+        identity::ANY,
+        PROTO_UDP,
+        0,
+        action::ALLOW,
+        0,
+    );
+    dp.expect(EGRESS, &udp4(u1, 40000, C, 53), OK, "unmanaged, its own");
+    dp.expect(EGRESS, &udp4(u2, 40000, C, 53), SHOT, "another unmanaged's");
+    dp.expect_drops(
+        &[
+            (DropReason::SpoofedSource, 3),
+            (DropReason::SpoofedNeighbour, 1),
+        ],
+        "addresses of containers of the same identity",
+    );
+}
+
+#[test]
+fn traffic_into_a_container_must_be_addressed_to_it_or_to_a_group() {
+    require_root("traffic_into_a_container_must_be_addressed_to_it_or_to_a_group");
+    let mut dp = with_neighbour(mode::ENFORCE);
+    dp.rule(INGRESS, identity::ANY, PROTO_UDP, 0, action::ALLOW);
+    dp.rule(INGRESS, identity::ANY, PROTO_TCP, 0, action::ALLOW);
+    dp.expect(INGRESS, &udp4(C, 40000, A, 53), OK, "to A");
+    dp.expect(
+        INGRESS,
+        &udp4(C, 5353, MDNS4, 5353),
+        OK,
+        "to a multicast group",
+    );
+    let bcast = Ipv4Addr::BROADCAST;
+    dp.expect(
+        INGRESS,
+        &udp4(C, 68, bcast, 67),
+        OK,
+        "to the limited broadcast",
+    );
+    let mdns6 = packets::frame_v6(
+        C6,
+        v6("ff02::fb"),
+        PROTO_UDP,
+        &packets::udp(5353, 5353, b""),
+    );
+    dp.expect(INGRESS, &mdns6, OK, "to an IPv6 multicast group");
+    // Group destinations pass without a conntrack entry.
+    assert_eq!(dp.ct_counts(), (1, 0), "only the flow to A is tracked");
+    for (frame, what) in [
+        (udp4(C, 40000, B, 53), "to B's address"),
+        (udp4(C, 40000, FAR, 53), "to no container's address"),
+        (
+            udp4(C, 40000, Ipv4Addr::new(10, 0, 255, 255), 53),
+            "to a subnet broadcast",
+        ),
+        (tcp6(C6, 40000, B6, 80), "to B6"),
+        (
+            tcp6(C6, 40000, v6("fe80::1"), 80),
+            "to a link-local address",
+        ),
+    ] {
+        dp.expect(INGRESS, &frame, SHOT, what);
+    }
+    dp.expect_drops(&[(DropReason::WrongDestination, 5)], "five misaddressed");
+    assert_eq!(dp.ct_counts(), (1, 0));
+    // A group destination is still judged by policy.
+    let dp = with_neighbour(mode::ENFORCE);
+    dp.expect(INGRESS, &udp4(C, 5353, MDNS4, 5353), SHOT, "no rule for it");
+    dp.expect_drops(&[(DropReason::PolicyDenied, 1)], "policy decides groups");
+}
+
+#[test]
+fn a_container_address_is_accepted_only_from_that_containers_veth() {
+    require_root("a_container_address_is_accepted_only_from_that_containers_veth");
+    let mut dp = with_neighbour(mode::ENFORCE);
+    dp.rule(INGRESS, identity::ANY, PROTO_TCP, 0, action::ALLOW);
+    let to = dp.prog(INGRESS);
+    let run =
+        |frame: &[u8], came_in: u32| prog_run::verdict_on_ifindex_from(to, frame, EP, came_in);
+    // Forged first: the drop is not cached, B's own packet of the same
+    // flow then passes.
+    let b_to_a = tcp4(B, 40000, A, 80);
+    assert_eq!(run(&b_to_a, UPLINK), SHOT, "B's address from the uplink");
+    assert_eq!(run(&b_to_a, 0), SHOT, "B's address from nowhere");
+    assert_eq!(
+        run(&b_to_a, NEIGHBOUR_VETH),
+        OK,
+        "B's address from B's veth"
+    );
+    let b6_to_a6 = tcp6(B6, 40000, A6, 80);
+    assert_eq!(run(&b6_to_a6, UPLINK), SHOT, "B6 from the uplink");
+    assert_eq!(run(&b6_to_a6, NEIGHBOUR_VETH), OK, "B6 from B's veth");
+    // Not a container's address: any interface.
+    assert_eq!(
+        run(&tcp4(FAR, 40000, A, 80), UPLINK),
+        OK,
+        "world from the uplink"
+    );
+    assert_eq!(
+        run(&tcp4(C, 40000, A, 80), NEIGHBOUR_VETH),
+        OK,
+        "C is no container's"
+    );
+    dp.expect_drops(&[(DropReason::SpoofedIngress, 3)], "three forged sources");
+    // Audit mode counts and passes.
+    let mut dp = with_neighbour(mode::AUDIT);
+    dp.rule(INGRESS, identity::ANY, PROTO_TCP, 0, action::ALLOW);
+    let to = dp.prog(INGRESS);
+    assert_eq!(
+        prog_run::verdict_on_ifindex_from(to, &b_to_a, EP, UPLINK),
+        OK
+    );
+    dp.expect_drops(&[(DropReason::SpoofedIngress, 1)], "audited");
+}
+
+/// The conntrack argument of `tc.rs`: a hit on `from_container` admits only
+/// the tuple of an entry made at this veth or its reverse, and every entry
+/// there was made with the container's own address on its side, so no hit
+/// lets it send from another address. Each way an entry could be abused is
+/// tried here.
+#[test]
+fn a_conntrack_hit_never_lets_a_container_send_from_an_address_not_its_own() {
+    require_root("a_conntrack_hit_never_lets_a_container_send_from_an_address_not_its_own");
+    let mut dp = with_neighbour(mode::ENFORCE);
+    for dir in [EGRESS, INGRESS] {
+        dp.rule(dir, identity::ANY, PROTO_UDP, 0, action::ALLOW);
+    }
+    // An inbound flow C → A: its reply passes by conntrack; its own tuple
+    // sent by A (posing as C) is not admitted by the entry and is judged.
+    dp.expect(INGRESS, &udp4(C, 40000, A, 53), OK, "C → A");
+    dp.expect(EGRESS, &udp4(A, 53, C, 40000), OK, "A's reply");
+    dp.expect(EGRESS, &udp4(C, 40000, A, 53), SHOT, "C's tuple sent by A");
+    // A group packet into A makes no entry, so A cannot answer "from" the
+    // group address (with an entry, its reversed tuple would be a hit).
+    dp.expect(INGRESS, &udp4(C, 5353, MDNS4, 5353), OK, "mDNS into A");
+    dp.expect(
+        EGRESS,
+        &udp4(MDNS4, 5353, C, 5353),
+        SHOT,
+        "A answering as the group",
+    );
+    // An outbound flow A → B: B's tuple going out is no reply.
+    dp.expect(EGRESS, &udp4(A, 40001, B, 53), OK, "A → B");
+    dp.expect(EGRESS, &udp4(B, 53, A, 40001), SHOT, "B's reply sent by A");
+    dp.expect_drops(&[(DropReason::SpoofedSource, 3)], "three attempts");
+    assert_eq!(dp.ct_counts(), (2, 0), "C → A and A → B only");
 }

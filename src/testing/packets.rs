@@ -74,6 +74,14 @@ pub fn icmpv6_neighbour_solicitation(target: Ipv6Addr) -> Vec<u8> {
     icmp_message(true, 135, &rest)
 }
 
+/// An ICMPv6 neighbour advertisement for `target` (type 136), solicited
+/// and override flags set: "`target` is at my MAC" (checksum 0, as above).
+pub fn icmpv6_neighbour_advertisement(target: Ipv6Addr) -> Vec<u8> {
+    let mut rest = vec![0x60, 0, 0, 0];
+    rest.extend_from_slice(&target.octets());
+    icmp_message(true, 136, &rest)
+}
+
 /// An ICMPv6 router solicitation (type 133).
 pub fn icmpv6_router_solicitation() -> Vec<u8> {
     icmp_message(true, 133, &[0; 4])
