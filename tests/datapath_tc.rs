@@ -2115,3 +2115,30 @@ fn a_conntrack_hit_never_lets_a_container_send_from_an_address_not_its_own() {
     dp.expect_drops(&[(DropReason::SpoofedSource, 3)], "three attempts");
     assert_eq!(dp.ct_counts(), (2, 0), "C → A and A → B only");
 }
+
+/// The gap the conntrack notes of `tc.rs` describe, pinned: a conntrack
+/// hit on `to_container` does not look at the interface the packet came in
+/// on, so a forged packet with the exact tuple of a known connection to a
+/// container passes. (When the CT entry records the peer's veth, the
+/// forged reply here turns into a `SpoofedIngress` drop.) Without the
+/// entry, the same forgery is refused.
+#[test]
+fn a_conntrack_hit_admits_a_forged_packet_of_a_known_connection() {
+    require_root("a_conntrack_hit_admits_a_forged_packet_of_a_known_connection");
+    let mut dp = with_neighbour(mode::ENFORCE);
+    dp.rule(EGRESS, identity::ANY, PROTO_TCP, 0, action::ALLOW);
+    let to = dp.prog(INGRESS);
+    let run =
+        |frame: &[u8], came_in: u32| prog_run::verdict_on_ifindex_from(to, frame, EP, came_in);
+    let reply = tcp4_flags(B, 5432, A, 40000, SYN_ACK);
+    assert_eq!(run(&reply, UPLINK), SHOT, "no connection yet: refused");
+    dp.expect(EGRESS, &tcp4(A, 40000, B, 5432), OK, "A → B:5432");
+    assert_eq!(run(&reply, NEIGHBOUR_VETH), OK, "B's reply from B's veth");
+    assert_eq!(run(&reply, UPLINK), OK, "the same tuple forged: a hit");
+    let other = tcp4_flags(B, 5432, A, 40001, SYN_ACK);
+    assert_eq!(run(&other, UPLINK), SHOT, "another tuple forged: refused");
+    dp.expect_drops(
+        &[(DropReason::SpoofedIngress, 2)],
+        "forgeries without an entry",
+    );
+}

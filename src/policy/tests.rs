@@ -498,6 +498,20 @@ fn address_entries() {
         [(10, a()), (11, b()), (12, reserved::UNMANAGED), (20, a())],
         "one entry per host veth; none for host-network or veth-less endpoints"
     );
+    // The owners anti-spoofing checks addresses against: each address under
+    // the veth of the interface that carries it (a1 has two), link-local
+    // and veth-less addresses under none.
+    let (owners4, owners6) = crate::datapath::uplink::endpoint_addresses(&c);
+    let want4: BTreeMap<[u8; 4], u32> = [
+        (v4("10.88.0.10"), 10),
+        (v4("10.89.0.10"), 20),
+        (v4("10.88.0.11"), 11),
+        (v4("10.88.0.12"), 12),
+    ]
+    .into();
+    assert_eq!(owners4, want4, "every address under its own veth");
+    let want6: BTreeMap<[u8; 16], u32> = [(v6("fd00::10"), 10)].into();
+    assert_eq!(owners6, want6);
     let unenforced: Vec<(String, Reason, Identity)> = c
         .unenforced
         .iter()

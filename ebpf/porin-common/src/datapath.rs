@@ -487,9 +487,11 @@ pub enum DropReason {
     /// uplink's `flood` limit allows.
     UplinkFlood = 10,
     /// A source address its sender may not use: `from_container`, a
-    /// container sending from an address that is not its own (its identity
-    /// would be another's); `from_uplink`, an outside packet claiming the
-    /// address of a container or of the host.
+    /// container sending from an address that is not its own (the address
+    /// is not owned by its veth, see `crate::spoof`: another container's,
+    /// a replica's of its group included, or no container's);
+    /// `from_uplink`, an outside packet claiming the address of a container
+    /// or of the host.
     SpoofedSource = 11,
     /// `from_container`: an ICMPv6 router advertisement or redirect sent
     /// by a container (rogue RA): containers are not routers.

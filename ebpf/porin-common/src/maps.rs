@@ -244,10 +244,12 @@ pub const UPLINK_DENY4: MapDef<[u8; 8], Identity> =
 /// Denied IPv6 sources per uplink (`uplink::deny6_key`).
 pub const UPLINK_DENY6: MapDef<[u8; 20], Identity> =
     MapDef::new("PORIN_UPDNY6_V1", LpmTrie, up::DENY_PREFIXES);
-/// Container IPv4 addresses and their endpoint's ifindex.
+/// Container IPv4 addresses and the host veth that carries each: the
+/// owner TC's anti-spoofing checks (`crate::spoof`), and the uplink's way
+/// to a container's conntrack.
 pub const UPLINK_ENDPOINTS4: MapDef<[u8; 4], u32> =
     MapDef::new("PORIN_UPEP4_V1", Hash, up::ENDPOINT_ADDRESSES);
-/// Container IPv6 addresses and their endpoint's ifindex.
+/// Container IPv6 addresses and the host veth that carries each.
 pub const UPLINK_ENDPOINTS6: MapDef<[u8; 16], u32> =
     MapDef::new("PORIN_UPEP6_V1", Hash, up::ENDPOINT_ADDRESSES);
 /// Flood limit buckets by source.

@@ -9,9 +9,17 @@
 //!    current epoch gets the same drop, counted and evented alike; a miss
 //!    goes on, and a cacheable drop below is stored;
 //! 4. endpoint of the veth (`PORIN_ENDP_V1[skb->ifindex]`), none → drop;
-//!    ARP and IPv6 neighbour discovery pass here, parse errors are judged
-//!    with the endpoint's mode;
-//! 5. peer identity and policy in the active generation; allowed → CT entry.
+//!    ARP and IPv6 neighbour discovery pass here once the address they
+//!    claim is the container's own (sent by it; `SpoofedNeighbour`), parse
+//!    errors are judged with the endpoint's mode;
+//! 5. anti-spoofing (`porin_common::spoof`, addresses against the veth
+//!    that owns them in `PORIN_UPEP4_V1`/`PORIN_UPEP6_V1`): sent by the
+//!    container, its own source address (`SpoofedSource`); into it, its own
+//!    destination or a group address (`WrongDestination`), and a
+//!    container's source address only if it came in from that container's
+//!    veth, `skb->ingress_ifindex` (`SpoofedIngress`);
+//! 6. peer identity and policy in the active generation; allowed → CT entry
+//!    (none for a group destination).
 //!
 //! Conntrack before the endpoint: a CT entry's key holds the ifindex of an
 //! endpoint whose policy allowed the flow, and the manager detaches the
@@ -20,6 +28,40 @@
 //! attached program never meets a CT entry at an ifindex without an
 //! endpoint. Skipping the endpoint lookup on a hit saves a hash lookup
 //! (about 30 ns here), the largest single cost left on the hot path.
+//!
+//! # Conntrack before anti-spoofing
+//! Anti-spoofing runs only on a conntrack miss, so it costs nothing on the
+//! hot path. What a hit can admit:
+//!
+//! **`from_container`: never a source that is not the container's own.**
+//! An entry is found only under this veth's ifindex, and it admits the
+//! tuple it was made with going the way it was made, or the reversed tuple
+//! going the other way (`decide::ct_admits`). Every entry at this veth was
+//! made by one of its two programs after the checks of step 5: made by
+//! `from_container`, its tuple's source passed `check_source` (the
+//! container's own), and that tuple can only go out again; made by
+//! `to_container`, its destination passed `check_destination` and is the
+//! container's own (group destinations make no entry, `spoof::tracks`), and
+//! only its reversed tuple, whose source is that address, can go out. So a
+//! hit on `from_container` admits only sources this veth owned when the
+//! entry was made (an address moving to another container keeps its old
+//! entries until they go, on the old owner's veth only).
+//! `a_conntrack_hit_never_lets_a_container_send_from_an_address_not_its_own`
+//! in `tests/datapath_tc.rs` tries each way.
+//!
+//! **`to_container`: the destination is the container's own** by the same
+//! argument. **The ingress interface is not checked on a hit:** a packet
+//! forged outside with a container's source address and the exact tuple of
+//! a connection this container has with that container (its ports
+//! included) is admitted by the entry, whichever interface it came in on
+//! (`a_conntrack_hit_admits_a_forged_packet_of_a_known_connection` pins
+//! this). Checking it would cost the owner lookup on every hit (a hash
+//! lookup, about 20-30 ns, over the hit budget); the cheap fix is to
+//! record the peer's owner veth in the CT entry when it is made and compare
+//! it with `skb->ingress_ifindex` on a hit (one compare on a value already
+//! read), left to the conntrack rework (`CtValue`). Until then, listing the
+//! node's uplinks (`from_uplink` drops outside packets with a container's
+//! source) closes it for packets from outside.
 //!
 //! HTTP rules: a conntrack hit on an HTTP-ruled connection going the
 //! client→server way (`conntrack::HIT_HTTP`) is handed to the HTTP stage
