@@ -147,6 +147,14 @@ impl Dp {
         self.bump_epoch();
     }
 
+    /// Host veth `veth` is enslaved to bridge `bridge` (`PORIN_VBR_V1`).
+    fn bridge(&mut self, veth: u32, bridge: u32) {
+        self.hash(maps::VETH_BRIDGES)
+            .insert(veth, bridge, 0)
+            .expect("bridge");
+        self.bump_epoch();
+    }
+
     fn ip6(&mut self, addr: Ipv6Addr, id: Identity) {
         self.hash(maps::IP6)
             .insert(addr.octets(), id, 0)
@@ -297,6 +305,7 @@ fn member(ifindex: u32, identity: Identity, addrs: &[std::net::IpAddr]) -> porin
         veths: vec![(ifindex, format!("ep{ifindex}"))],
         addrs: addrs.to_vec(),
         addr_veths: addrs.iter().map(|a| (*a, ifindex)).collect(),
+        bridges: Vec::new(),
     }
 }
 
@@ -2141,4 +2150,30 @@ fn a_conntrack_hit_admits_a_forged_packet_of_a_known_connection() {
         &[(DropReason::SpoofedIngress, 2)],
         "forgeries without an entry",
     );
+}
+
+/// Routed by the host (containers on two bridges, a published port reached
+/// from a container), a container's packet comes in from the bridge its
+/// veth is enslaved to: accepted from that bridge, not from another one.
+#[test]
+fn a_container_address_routed_by_the_host_comes_in_from_its_bridge() {
+    require_root("a_container_address_routed_by_the_host_comes_in_from_its_bridge");
+    const BRIDGE: u32 = 5;
+    const OTHER_BRIDGE: u32 = 6;
+    let mut dp = with_neighbour(mode::ENFORCE);
+    dp.rule(INGRESS, identity::ANY, PROTO_TCP, 0, action::ALLOW);
+    let b_to_a = tcp4(B, 40000, A, 80);
+    {
+        let to = dp.prog(INGRESS);
+        let run = |came_in: u32| prog_run::verdict_on_ifindex_from(to, &b_to_a, EP, came_in);
+        assert_eq!(run(BRIDGE), SHOT, "B's veth on no bridge: refused");
+    }
+    dp.bridge(NEIGHBOUR_VETH, BRIDGE);
+    let to = dp.prog(INGRESS);
+    let run = |came_in: u32| prog_run::verdict_on_ifindex_from(to, &b_to_a, EP, came_in);
+    assert_eq!(run(OTHER_BRIDGE), SHOT, "from another bridge");
+    assert_eq!(run(UPLINK), SHOT, "from the uplink");
+    assert_eq!(run(0), SHOT, "from nowhere");
+    assert_eq!(run(BRIDGE), OK, "from B's bridge");
+    dp.expect_drops(&[(DropReason::SpoofedIngress, 4)], "four refusals");
 }

@@ -142,6 +142,17 @@ pub fn endpoint_addresses(c: &Compiled) -> EndpointAddresses {
     (v4, v6)
 }
 
+/// Host veth → the bridge it is enslaved to, for `PORIN_VBR_V1`: where
+/// TC accepts a container's address as a source besides its veth (packets
+/// the host routed, `porin_common::spoof`). Written and removed with the
+/// address owners.
+pub fn veth_bridges(c: &Compiled) -> BTreeMap<u32, u32> {
+    c.members
+        .iter()
+        .flat_map(|m| m.bridges.iter().copied())
+        .collect()
+}
+
 /// One attached uplink.
 pub(super) struct AttachedUplink {
     pub(super) ifindex: u32,
@@ -350,9 +361,12 @@ impl Datapath {
     }
 
     /// Brings `PORIN_UPEP4_V1` / `PORIN_UPEP6_V1` from `old`'s endpoint
-    /// addresses to `new`'s: `add` writes new and changed entries, `!add`
-    /// removes the ones that are gone (the manager calls both, around its
-    /// endpoint-entry updates). A missing entry only makes the uplink pass.
+    /// addresses to `new`'s, and `PORIN_VBR_V1` to `new`'s bridges: `add`
+    /// writes new and changed entries, `!add` removes the ones that are
+    /// gone (the manager calls both, around its endpoint-entry updates). A
+    /// missing address entry makes the uplink pass and TC refuse the
+    /// address (nobody's); a missing bridge entry refuses the container's
+    /// routed packets.
     pub(super) fn sync_endpoint_addresses(
         &mut self,
         old: &EndpointAddresses,
@@ -365,8 +379,18 @@ impl Datapath {
             let mut m = map_mut!(self.bpf, maps::UPLINK_ENDPOINTS4, BpfHashMap<_, _, _>);
             sync(&mut m, o4, &n4, add).map_err(map_err(maps::UPLINK_ENDPOINTS4.name, "update"))?;
         }
-        let mut m = map_mut!(self.bpf, maps::UPLINK_ENDPOINTS6, BpfHashMap<_, _, _>);
-        sync(&mut m, o6, &n6, add).map_err(map_err(maps::UPLINK_ENDPOINTS6.name, "update"))
+        {
+            let mut m = map_mut!(self.bpf, maps::UPLINK_ENDPOINTS6, BpfHashMap<_, _, _>);
+            sync(&mut m, o6, &n6, add).map_err(map_err(maps::UPLINK_ENDPOINTS6.name, "update"))?;
+        }
+        // Veth → bridge, diffed against what the map holds (it is small).
+        let want = veth_bridges(new);
+        let mut m = map_mut!(self.bpf, maps::VETH_BRIDGES, BpfHashMap<_, _, _>);
+        let held = m
+            .iter()
+            .collect::<Result<BTreeMap<u32, u32>, _>>()
+            .map_err(map_err(maps::VETH_BRIDGES.name, "read"))?;
+        sync(&mut m, &held, &want, add).map_err(map_err(maps::VETH_BRIDGES.name, "update"))
     }
 }
 

@@ -216,6 +216,11 @@ pub(super) fn endpoints(
             .flat_map(|(i, veth)| i.addrs.iter().map(move |a| (a.addr, veth)))
             .filter(|(a, _)| addrs.contains(a))
             .collect();
+        let bridges: Vec<(u32, u32)> = ep
+            .host_veths()
+            .filter(|v| own.iter().any(|(o, _)| *o == v.ifindex))
+            .filter_map(|v| v.master.map(|m| (v.ifindex, m)))
+            .collect();
         if ep.host_veths().next().is_none() {
             out.unenforced.push(Unenforced {
                 endpoint: describe(ep),
@@ -230,6 +235,7 @@ pub(super) fn endpoints(
                 veths: own,
                 addrs,
                 addr_veths,
+                bridges,
             });
         }
     }

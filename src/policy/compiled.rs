@@ -83,6 +83,9 @@ pub struct Member {
     /// that veth's ifindex: the owner the datapath checks the address
     /// against (`PORIN_UPEP4_V1`/`PORIN_UPEP6_V1`, `porin_common::spoof`).
     pub addr_veths: Vec<(IpAddr, u32)>,
+    /// Each of `veths` that is enslaved to a bridge: (veth, bridge
+    /// ifindex), for `PORIN_VBR_V1`.
+    pub bridges: Vec<(u32, u32)>,
 }
 
 /// Something the compiler decided that the user should know about.

@@ -999,3 +999,24 @@ fn no_policy_entry_names_the_updating_identity() {
         }
     }
 }
+
+#[test]
+fn veths_enslaved_to_a_bridge_are_listed_with_it() {
+    let mut a1 = endpoint(
+        EndpointSpec::new("a1")
+            .veth(10, &["10.88.0.10"])
+            .veth(20, &["10.89.0.10"]),
+    );
+    a1.interfaces[0]
+        .host_peer
+        .as_mut()
+        .expect("a host peer")
+        .master = Some(5);
+    let c = compile(&two_groups(""), &[a1], &[], &ANY_KEY).unwrap();
+    let want: BTreeMap<u32, u32> = [(10, 5)].into();
+    assert_eq!(
+        crate::datapath::uplink::veth_bridges(&c),
+        want,
+        "veth 10 on bridge 5; veth 20 on none"
+    );
+}

@@ -252,6 +252,9 @@ pub const UPLINK_ENDPOINTS4: MapDef<[u8; 4], u32> =
 /// Container IPv6 addresses and the host veth that carries each.
 pub const UPLINK_ENDPOINTS6: MapDef<[u8; 16], u32> =
     MapDef::new("PORIN_UPEP6_V1", Hash, up::ENDPOINT_ADDRESSES);
+/// Host veth ifindex → the bridge it is enslaved to: where a container's
+/// packets come in when the host routes them (`crate::spoof`).
+pub const VETH_BRIDGES: MapDef<u32, u32> = MapDef::new("PORIN_VBR_V1", Hash, dp::ENDPOINTS);
 /// Flood limit buckets by source.
 pub const UPLINK_FLOOD: MapDef<FloodKey, FloodState> =
     MapDef::new("PORIN_UPFLD_V1", LruHash, up::FLOOD_SOURCES);
@@ -294,6 +297,7 @@ pub const ALL: &[MapSpec] = &[
     UPLINK_DENY6.spec(),
     UPLINK_ENDPOINTS4.spec(),
     UPLINK_ENDPOINTS6.spec(),
+    VETH_BRIDGES.spec(),
     UPLINK_FLOOD.spec(),
     UPLINK_PASSED.spec(),
 ];

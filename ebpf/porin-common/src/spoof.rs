@@ -14,7 +14,7 @@
 //! | `from_container` | IP packet | the source's owner is this veth | `SpoofedSource` |
 //! | `from_container` | ARP (sender address), IPv6 NS or RS (source), NA (target) | the claimed address is unspecified (DAD, ARP probe), IPv6 link-local, or its owner is this veth | `SpoofedNeighbour` |
 //! | `to_container` | IP packet | the destination's owner is this veth, or it is a group address: multicast (`224.0.0.0/4`, `ff00::/8`) or the IPv4 limited broadcast `255.255.255.255` | `WrongDestination` |
-//! | `to_container` | IP packet whose source is a container's | `skb->ingress_ifindex` is that container's veth | `SpoofedIngress` |
+//! | `to_container` | IP packet whose source is a container's | `skb->ingress_ifindex` is that container's veth, or the bridge that veth is enslaved to (`PORIN_VBR_V1`: the host routed the packet) | `SpoofedIngress` |
 //! | both | packet to a group address allowed by policy | passes without a conntrack entry ([`tracks`]) | |
 //!
 //! ARP and neighbour discovery going *into* a container are not checked
@@ -99,10 +99,26 @@ pub fn check_destination(group: bool, owner: u32, ifindex: u32) -> Result<(), Dr
 }
 
 /// `to_container`: `owner` is the source's owner (0: not a container's),
-/// `ingress_ifindex` the interface the packet came in on.
+/// `ingress_ifindex` the interface the packet came in on, `owner_bridge`
+/// the bridge the owner's veth is enslaved to (0: none, or not looked up).
+///
+/// Bridged between two containers, a packet keeps the sender's veth as its
+/// ingress interface; routed by the host (containers on two bridges, a
+/// published port reached from a container), it comes in again from the
+/// bridge the sender's veth is enslaved to. That bridge is trusted as the
+/// sender's: its ports are container veths whose own `from_container`
+/// checked the source (a bridge that also holds a physical port or a VM's
+/// tap extends this trust to them).
 #[inline(always)]
-pub fn check_ingress(owner: u32, ingress_ifindex: u32) -> Result<(), DropReason> {
-    if owner == 0 || owner == ingress_ifindex {
+pub fn check_ingress(
+    owner: u32,
+    ingress_ifindex: u32,
+    owner_bridge: u32,
+) -> Result<(), DropReason> {
+    if owner == 0
+        || owner == ingress_ifindex
+        || (owner_bridge != 0 && owner_bridge == ingress_ifindex)
+    {
         Ok(())
     } else {
         Err(DropReason::SpoofedIngress)
@@ -199,9 +215,18 @@ mod tests {
             Err(DropReason::WrongDestination)
         );
 
-        assert_eq!(check_ingress(0, 3), Ok(()));
-        assert_eq!(check_ingress(other, other), Ok(()));
-        assert_eq!(check_ingress(other, 3), Err(DropReason::SpoofedIngress));
-        assert_eq!(check_ingress(other, 0), Err(DropReason::SpoofedIngress));
+        let bridge = 4;
+        assert_eq!(check_ingress(0, 3, 0), Ok(()));
+        assert_eq!(check_ingress(other, other, 0), Ok(()));
+        assert_eq!(check_ingress(other, other, bridge), Ok(()));
+        assert_eq!(check_ingress(other, bridge, bridge), Ok(()));
+        assert_eq!(check_ingress(other, 3, 0), Err(DropReason::SpoofedIngress));
+        assert_eq!(
+            check_ingress(other, 3, bridge),
+            Err(DropReason::SpoofedIngress)
+        );
+        assert_eq!(check_ingress(other, 0, 0), Err(DropReason::SpoofedIngress));
+        // No bridge is no wildcard for "no ingress interface".
+        assert_eq!(check_ingress(other, 0, 0), Err(DropReason::SpoofedIngress));
     }
 }

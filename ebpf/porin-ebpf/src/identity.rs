@@ -42,6 +42,20 @@ pub(crate) static PORIN_UPEP4_V1: HashMap<[u8; 4], u32> =
 pub(crate) static PORIN_UPEP6_V1: HashMap<[u8; 16], u32> =
     HashMap::with_max_entries(uplink::max_entries::ENDPOINT_ADDRESSES, 0);
 
+/// Host veth → the bridge it is enslaved to (`porin_common::spoof`).
+#[map]
+static PORIN_VBR_V1: HashMap<u32, u32> = HashMap::with_max_entries(max_entries::ENDPOINTS, 0);
+
+/// The bridge host veth `veth` is enslaved to, 0 for none.
+#[inline(always)]
+pub fn bridge_of(veth: u32) -> u32 {
+    // SAFETY: copied out at once (see `endpoint`).
+    match unsafe { PORIN_VBR_V1.get(&veth) } {
+        Some(b) => *b,
+        None => 0,
+    }
+}
+
 /// The host veth ifindex of the container that owns `addr` (IPv4 in its
 /// first 4 bytes when `family` is 4), 0 when it is no container's.
 #[inline(always)]

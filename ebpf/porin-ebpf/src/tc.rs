@@ -17,7 +17,7 @@
 //!    container, its own source address (`SpoofedSource`); into it, its own
 //!    destination or a group address (`WrongDestination`), and a
 //!    container's source address only if it came in from that container's
-//!    veth, `skb->ingress_ifindex` (`SpoofedIngress`);
+//!    veth or its bridge, `skb->ingress_ifindex` (`SpoofedIngress`);
 //! 6. peer identity and policy in the active generation; allowed → CT entry
 //!    (none for a group destination).
 //!
@@ -284,7 +284,14 @@ fn try_handle(
             spoof::check_destination(group, owner, ifindex)?;
             // SAFETY: the context pointer the kernel passed in.
             let came_in = unsafe { (*ctx.skb.skb).ingress_ifindex };
-            spoof::check_ingress(identity::owner_of(&flow.saddr, flow.family), came_in)?;
+            let owner = identity::owner_of(&flow.saddr, flow.family);
+            // The owner's bridge only when the veth is not the way in.
+            let bridge = if owner != 0 && owner != came_in {
+                identity::bridge_of(owner)
+            } else {
+                0
+            };
+            spoof::check_ingress(owner, came_in, bridge)?;
         }
     }
     let peer = identity::of_address(peer_addr(&flow, dir), flow.family);
