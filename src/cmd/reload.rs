@@ -60,11 +60,13 @@ pub fn reload(args: &ReloadArgs) -> ExitCode {
 pub fn summary(o: &ReloadOutcome) -> String {
     match o.result {
         ReloadResult::Applied => format!(
-            "reload applied: {} enforced as policy generation {} (datapath slot {}) in {:.1} ms",
+            "reload applied: {} enforced as policy generation {} (datapath slot {}) in {:.1} ms, {} connection{} revoked",
             o.config_file,
             o.policy_generation,
             o.datapath_slot,
-            o.enforced_us as f64 / 1e3
+            o.enforced_us as f64 / 1e3,
+            o.revoked,
+            if o.revoked == 1 { "" } else { "s" }
         ),
         ReloadResult::Invalid => format!(
             "reload refused: {} is invalid; policy generation {} stays in force",
@@ -120,6 +122,7 @@ mod tests {
             datapath_slot: 1,
             enforced_us: 3_250,
             errors: String::new(),
+            revoked: 0,
         }
     }
 

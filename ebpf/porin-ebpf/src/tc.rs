@@ -21,6 +21,11 @@
 //! endpoint. Skipping the endpoint lookup on a hit saves a hash lookup
 //! (about 30 ns here), the largest single cost left on the hot path.
 //!
+//! Revocation: a hit on an entry the manager revoked
+//! (`conntrack::REVOKED`, TCP only) is handed to a stage program that
+//! turns the packet into a RST and sends one back to its sender
+//! (`http::revoke`).
+//!
 //! HTTP rules: a conntrack hit on an HTTP-ruled connection going the
 //! client→server way (`conntrack::HIT_HTTP`) is handed to the HTTP stage
 //! by a tail call (`http::enter`); a policy entry `ALLOW_HTTP` records the
@@ -74,6 +79,10 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
         // HTTP stage: a request-carrying way of an HTTP-ruled connection.
         if ct == conntrack::HIT_HTTP {
             return http::enter(ctx, dir);
+        }
+        // A revoked TCP connection: RSTs both ways (a stage program).
+        if ct == conntrack::REVOKED {
+            return http::revoke(ctx, dir);
         }
         cache_epoch = dcache::check(flow, dir, ifindex, &mut hit);
         if hit.found != 0 {
