@@ -411,7 +411,7 @@ impl Enforcer {
                     .count();
                 let revoked = if report.revoked.total() > 0 {
                     format!(
-                        ", {} connections revoked ({} TCP reset, {} deleted)",
+                        ", {} connections revoked ({} TCP entries reset, {} entries deleted)",
                         report.revoked.total(),
                         report.revoked.reset,
                         report.revoked.deleted

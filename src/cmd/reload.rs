@@ -60,13 +60,13 @@ pub fn reload(args: &ReloadArgs) -> ExitCode {
 pub fn summary(o: &ReloadOutcome) -> String {
     match o.result {
         ReloadResult::Applied => format!(
-            "reload applied: {} enforced as policy generation {} (datapath slot {}) in {:.1} ms, {} connection{} revoked",
+            "reload applied: {} enforced as policy generation {} (datapath slot {}), {} connection{} revoked, in {:.1} ms",
             o.config_file,
             o.policy_generation,
             o.datapath_slot,
-            o.enforced_us as f64 / 1e3,
             o.revoked,
-            if o.revoked == 1 { "" } else { "s" }
+            if o.revoked == 1 { "" } else { "s" },
+            o.enforced_us as f64 / 1e3
         ),
         ReloadResult::Invalid => format!(
             "reload refused: {} is invalid; policy generation {} stays in force",

@@ -40,15 +40,18 @@ use crate::{
 /// How many connections an apply revoked.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Revoked {
-    /// TCP connections marked `REVOKED` (RSTs at their next packet).
+    /// TCP entries marked `REVOKED` (RSTs at their next packet).
     pub reset: usize,
     /// Other entries deleted (judged afresh at their next packet).
     pub deleted: usize,
+    /// Distinct connections among them: a connection between two
+    /// containers has an entry at each one's veth.
+    pub connections: usize,
 }
 
 impl Revoked {
     pub fn total(&self) -> usize {
-        self.reset + self.deleted
+        self.connections
     }
 }
 
@@ -66,8 +69,10 @@ pub fn monotonic_s() -> u32 {
 
 /// A conntrack key: its connection's first packet back from the canonical
 /// tuple and the entry's origin.
-trait ConnKey: aya::Pod {
+trait ConnKey: aya::Pod + Eq + std::hash::Hash {
     fn ifindex(&self) -> u32;
+    /// The key without its endpoint: the connection, wherever seen.
+    fn tuple(&self) -> Self;
     fn first_packet(&self, v: &CtValue) -> Flow;
 }
 
@@ -99,6 +104,12 @@ impl ConnKey for Ct4Key {
     fn ifindex(&self) -> u32 {
         self.ifindex
     }
+    fn tuple(&self) -> Self {
+        Ct4Key {
+            ifindex: 0,
+            ..*self
+        }
+    }
     fn first_packet(&self, v: &CtValue) -> Flow {
         let wide = |a: [u8; 4]| {
             let mut w = [0; 16];
@@ -118,6 +129,12 @@ impl ConnKey for Ct4Key {
 impl ConnKey for CtKey {
     fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+    fn tuple(&self) -> Self {
+        CtKey {
+            ifindex: 0,
+            ..*self
+        }
     }
     fn first_packet(&self, v: &CtValue) -> Flow {
         flow_of(
@@ -178,6 +195,7 @@ fn walk<K: ConnKey>(
     let mut m = map_mut!(bpf, def, BpfHashMap<_, K, CtValue>);
     let entries: Vec<(K, CtValue)> = m.iter().filter_map(Result::ok).collect();
     let mut done = Revoked::default();
+    let mut tuples = std::collections::HashSet::new();
     for (k, v) in entries {
         match step(&k, &v) {
             Step::Keep => {}
@@ -185,6 +203,7 @@ fn walk<K: ConnKey>(
                 // Gone already (expired, deleted by a packet): fine.
                 if m.remove(&k).is_ok() {
                     done.deleted += 1;
+                    tuples.insert(k.tuple());
                 }
             }
             Step::MarkRevoked => {
@@ -193,6 +212,7 @@ fn walk<K: ConnKey>(
                     let Ok(now) = m.get(&k, 0) else { break };
                     if now.state == state::REVOKED {
                         done.reset += 1;
+                        tuples.insert(k.tuple());
                         break;
                     }
                     let marked = CtValue {
@@ -210,6 +230,7 @@ fn walk<K: ConnKey>(
             }
         }
     }
+    done.connections = tuples.len();
     Ok(done)
 }
 
@@ -262,6 +283,7 @@ impl Datapath {
         Ok(Revoked {
             reset: v4.reset + v6.reset,
             deleted: v4.deleted + v6.deleted,
+            connections: v4.connections + v6.connections,
         })
     }
 }
