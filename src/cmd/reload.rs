@@ -133,8 +133,14 @@ mod tests {
         assert_eq!(
             ok,
             "last reload: OK at 2025-11-26T06:03:20.000000000Z (porin reload): reload applied: \
-             /etc/porin/porin.yaml enforced as policy generation 7 (datapath slot 1) in 3.2 ms\n"
+             /etc/porin/porin.yaml enforced as policy generation 7 (datapath slot 1), \
+             0 connections revoked, in 3.2 ms\n"
         );
+        let one = summary(&ReloadOutcome {
+            revoked: 1,
+            ..outcome(ReloadResult::Applied)
+        });
+        assert!(one.contains(", 1 connection revoked, in 3.2 ms"), "{one}");
         let bad = ReloadOutcome {
             errors: "/etc/porin/porin.yaml:3:9: enforcement.mode: unknown value `x`\n\
                      /etc/porin/porin.yaml:6:13: networks[0].cidrs[0]: bad prefix"
