@@ -1056,7 +1056,11 @@ fn conntrack_timeouts_default_and_override() {
     let c = ok("version: 1\nconntrack:\n  timeouts:\n    udp: 2m\n    tcp_established: 1h\n");
     assert_eq!(c.conntrack.udp, Duration::from_secs(120));
     assert_eq!(c.conntrack.tcp_established, Duration::from_secs(3600));
-    assert_eq!(c.conntrack.icmp, Conntrack::default().icmp, "others keep theirs");
+    assert_eq!(
+        c.conntrack.icmp,
+        Conntrack::default().icmp,
+        "others keep theirs"
+    );
     let t = c.conntrack.timeouts();
     assert_eq!(t[usize::from(porin_common::ct::state::UDP)], 120);
     assert_eq!(
