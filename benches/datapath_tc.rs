@@ -48,8 +48,8 @@ use porin::{
     testing::{packets, prog_run, require_root},
 };
 use porin_common::datapath::{
-    identity, max_entries, mode, tc_action, Ct4Key, CtValue, DatapathConfig, DenyEntry, Direction,
-    EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
+    identity, max_entries, mode, tc_action, Ct4Key, CtClock, CtValue, DatapathConfig, DenyEntry,
+    Direction, EndpointInfo, Identity, PolicyKey, PolicyValue, CONFIG_READY,
 };
 
 const REPEAT: u32 = 2_000_000;
@@ -310,6 +310,10 @@ fn setup(bpf: &mut Ebpf, entries: usize) {
     for (addr, id) in [(A, WEB), (B, DB), (C, CACHE)] {
         ip4.insert(addr.octets(), id, 0).expect("ip4");
     }
+    // A is the endpoint's own address (anti-spoofing checks its owner).
+    let mut owners: HashMap<_, [u8; 4], u32> =
+        maps::open_mut(bpf, maps::UPLINK_ENDPOINTS4).expect("hash");
+    owners.insert(A.octets(), 1, 0).expect("owner");
     let mut cfg: Array<_, DatapathConfig> = maps::open_mut(bpf, maps::CONFIG).expect("array");
     cfg.set(
         0,
@@ -322,6 +326,12 @@ fn setup(bpf: &mut Ebpf, entries: usize) {
         0,
     )
     .expect("config");
+    // The conntrack clock as the daemon keeps it (a hit compares with it
+    // and stamps the entry).
+    let mut clock: Array<_, CtClock> = maps::open_mut(bpf, maps::CT_CLOCK).expect("array");
+    let now_s = porin::datapath::conntrack::monotonic_s();
+    let timeouts = porin_common::ct::DEFAULT_TIMEOUTS;
+    clock.set(0, CtClock { now_s, timeouts }, 0).expect("clock");
 
     let mut pol: HashMap<_, PolicyKey, PolicyValue> =
         maps::open_mut(bpf, maps::POLICY).expect("hash");

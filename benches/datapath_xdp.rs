@@ -163,10 +163,21 @@ fn test_run_table() {
         family: 4,
         protocol: packets::PROTO_TCP,
         may_be_reply: false,
+        tcp_flags: 0,
     };
     let l = ct4_key(&out, VETH);
     hash(&mut bpf, maps::CT4)
-        .insert(l.key, ct_value(1, Direction::Egress, l.origin, 0), 0)
+        .insert(
+            l.key,
+            ct_value(
+                1,
+                Direction::Egress,
+                l.origin,
+                0,
+                porin_common::ct::state::TCP_ESTABLISHED,
+            ),
+            0,
+        )
         .unwrap();
 
     let tcp = |src, dst, sport, dport, flags| {

@@ -321,6 +321,11 @@ fn setup(bpf: &mut Ebpf, extra: usize) -> HttpSet {
     for (a, id) in [(SERVER, WEB), (CLIENT, CLI)] {
         hash(bpf, maps::IP4).insert(a.octets(), id, 0).unwrap();
     }
+    // The server's address is the endpoint's (anti-spoofing checks the
+    // destination's owner).
+    hash(bpf, maps::UPLINK_ENDPOINTS4)
+        .insert(SERVER.octets(), 1, 0)
+        .unwrap();
     let mut cfg: Array<_, DatapathConfig> = maps::open_mut(bpf, maps::CONFIG).unwrap();
     cfg.set(
         0,

@@ -64,6 +64,11 @@ use crate::{
 
 /// How soon a failed apply or attach is tried again without a new event.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the conntrack clock is written (`datapath::conntrack`): the
+/// unit of the programs' idle times.
+const CLOCK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often idle conntrack entries no packet meets are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the enforcement loop reacts to.
 pub enum Input {
@@ -263,6 +268,8 @@ impl Enforcer {
                 name: p.name.clone(),
             })
             .collect();
+        self.datapath
+            .set_conntrack_timeouts(self.cfg.conntrack.timeouts());
         let report = self
             .datapath
             .apply(&compiled, &veths)
@@ -321,21 +328,32 @@ impl Enforcer {
             }
         }
         let mut retry = !self.apply_and_log();
+        let mut clock = Instant::now();
+        let mut swept = Instant::now();
         loop {
-            // After a failed apply or attach, try again on a timer too: on a
-            // quiet node no other event may come to fix it.
-            let first = if retry {
-                match rx.recv_timeout(RETRY_INTERVAL) {
-                    Ok(input) => Some(input),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return self.stop(),
-                }
+            // Wake at least every second: the conntrack clock, and after a
+            // failed apply or attach a retry (on a quiet node no other
+            // event may come to fix it).
+            let wait = if retry {
+                RETRY_INTERVAL.min(CLOCK_INTERVAL)
             } else {
-                match rx.recv() {
-                    Ok(input) => Some(input),
-                    Err(_) => return self.stop(),
-                }
+                CLOCK_INTERVAL
             };
+            let first = match rx.recv_timeout(wait) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return self.stop(),
+            };
+            if clock.elapsed() >= CLOCK_INTERVAL {
+                clock = Instant::now();
+                self.keep_conntrack(swept.elapsed() >= SWEEP_INTERVAL);
+                if swept.elapsed() >= SWEEP_INTERVAL {
+                    swept = Instant::now();
+                }
+            }
+            if first.is_none() && !retry {
+                continue;
+            }
             if let Some(first) = first {
                 self.take(first);
                 while let Ok(more) = rx.try_recv() {
@@ -343,6 +361,21 @@ impl Enforcer {
                 }
             }
             retry = !self.apply_and_log();
+        }
+    }
+
+    /// Writes the conntrack clock and, with `sweep`, deletes idle entries
+    /// (`datapath::conntrack`). A failure is logged: the programs then
+    /// judge idleness by a clock that stands still (entries live longer,
+    /// never shorter) until the next write succeeds.
+    fn keep_conntrack(&mut self, sweep: bool) {
+        if let Err(e) = self.datapath.tick_conntrack() {
+            warn!("conntrack clock: {e}");
+        }
+        if sweep {
+            if let Err(e) = self.datapath.sweep_connections() {
+                warn!("conntrack sweep: {e}");
+            }
         }
     }
 
@@ -376,8 +409,18 @@ impl Enforcer {
                     .values()
                     .filter(|e| e.mode == porin_common::datapath::mode::AUDIT)
                     .count();
+                let revoked = if report.revoked.total() > 0 {
+                    format!(
+                        ", {} connections revoked ({} TCP entries reset, {} entries deleted)",
+                        report.revoked.total(),
+                        report.revoked.reset,
+                        report.revoked.deleted
+                    )
+                } else {
+                    String::new()
+                };
                 info!(
-                    "policy generation {}: {} endpoints enforced ({audit} in audit mode), {} not enforceable, {} policy entries{}{}{}",
+                    "policy generation {}: {} endpoints enforced ({audit} in audit mode), {} not enforceable, {} policy entries{revoked}{}{}{}",
                     report.generation,
                     applied.endpoints.len(),
                     applied.unenforced.len(),
@@ -408,7 +451,8 @@ impl Enforcer {
 
     /// Ends a pending reload with the result of the apply that followed it
     /// (`done`: when that apply returned).
-    fn settle_reload(&mut self, applied: &Result<ApplyReport, EnforceError>, done: Instant) {
+    fn settle_reload(&mut self, applied_result: &Result<ApplyReport, EnforceError>, done: Instant) {
+        let applied = applied_result;
         let Some(mut p) = self.pending.take() else {
             return;
         };
@@ -435,6 +479,7 @@ impl Enforcer {
             ),
         };
         let applied = result == ReloadResult::Applied;
+        let applied_report = applied_result.as_ref().ok();
         let (generation, slot) = self
             .shared
             .as_ref()
@@ -456,6 +501,10 @@ impl Enforcer {
                 0
             },
             errors: errors.clone(),
+            revoked: match applied_report {
+                Some(r) => r.revoked.total() as u64,
+                None => 0,
+            },
         };
         let first = outcome(p.requested);
         if applied {

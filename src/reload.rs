@@ -107,6 +107,7 @@ impl Reloader {
                 datapath_slot: snap.datapath_slot,
                 enforced_us: 0,
                 errors,
+                revoked: 0,
             };
             self.shared.record_reload(o.clone());
             o
@@ -176,6 +177,7 @@ impl Reloader {
                     "the file is valid but was not applied within {APPLY_WAIT:?}; \
                      `porin status` shows the outcome when it is"
                 ),
+                revoked: 0,
             }
         })
     }

@@ -28,10 +28,11 @@ use porin::{
     },
 };
 use porin_common::{
+    ct::{self, state},
     datapath::{
-        action, identity, max_entries, mode, tc_action, Counter, Ct4Key, CtKey, CtValue,
+        action, identity, max_entries, mode, tc_action, Counter, Ct4Key, CtClock, CtKey, CtValue,
         DatapathConfig, DenyEntry, Direction, DropReason, EndpointInfo, Identity, PolicyKey,
-        PolicyValue, CONFIG_READY, CT_REFRESH_EVERY,
+        PolicyValue, CONFIG_READY,
     },
     dcache::{self, next_epoch},
     decide::{ct4_key, ct6_key},
@@ -212,6 +213,17 @@ impl Dp {
         });
     }
 
+    /// Writes the manager's conntrack clock: `now_s`, default timeouts.
+    fn clock(&mut self, now_s: u32) {
+        let mut a: Array<_, CtClock> =
+            maps::open_mut(&mut self.bpf, maps::CT_CLOCK).expect("clock map");
+        let c = CtClock {
+            now_s,
+            timeouts: ct::DEFAULT_TIMEOUTS,
+        };
+        a.set(0, c, 0).expect("write the clock");
+    }
+
     /// A policy entry of generation 0 for subject WEB.
     fn rule(&mut self, dir: Direction, peer: Identity, proto: u8, port: u16, act: u8) {
         self.rule_for(WEB, dir, peer, proto, port, act, 0);
@@ -320,6 +332,8 @@ fn tcp4_flags(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -
 }
 
 const SYN_ACK: u8 = packets::TCP_SYN | packets::TCP_ACK;
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
 
 fn udp4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     packets::frame_v4(src, dst, PROTO_UDP, &packets::udp(sport, dport, b"q"))
@@ -349,6 +363,7 @@ fn flow(family: u8, proto: u8, saddr: [u8; 16], sport: u16, daddr: [u8; 16], dpo
         family,
         protocol: proto,
         may_be_reply: true,
+        tcp_flags: 0,
     }
 }
 
@@ -388,7 +403,9 @@ fn allowed_egress_passes_counts_and_creates_conntrack() {
         .ct(&ct_key4(PROTO_TCP, A, 40000, B, 5432, EP))
         .expect("a CT entry for the allowed flow");
     assert_eq!(ct.direction, EGRESS as u8);
-    assert!(ct.last_seen_ns > 0);
+    assert!(ct.seen_s > 0, "stamped with the kernel's clock");
+    assert_eq!(ct.created_s, ct.seen_s);
+    assert_eq!(ct.state, state::TCP_OPENING, "a SYN opens");
 }
 
 #[test]
@@ -515,19 +532,27 @@ fn reply_passes_by_conntrack_without_a_policy_entry() {
         "the connection's first packet",
     );
     let key = ct_key4(PROTO_TCP, A, 40000, B, 5432, EP);
-    let created = dp.ct(&key).expect("CT entry").last_seen_ns;
+    let created = dp.ct(&key).expect("CT entry").seen_s;
+    // The manager's clock, a little later than the kernel's at creation.
+    dp.clock(created + 5);
     dp.expect(INGRESS, &reply, OK, "the reply, by conntrack");
+    assert_eq!(
+        dp.ct(&key).expect("CT entry").state,
+        state::TCP_ESTABLISHED,
+        "the SYN-ACK establishes"
+    );
     let ack = tcp4_flags(B, 5432, A, 40000, packets::TCP_ACK);
     dp.expect(INGRESS, &ack, OK, "a later ACK from B, by conntrack");
     dp.expect(
         EGRESS,
-        &tcp4(A, 40000, B, 5432),
+        &tcp4_flags(A, 40000, B, 5432, packets::TCP_ACK),
         OK,
         "the next packet, by conntrack",
     );
-    assert!(
-        dp.ct(&key).expect("CT entry").last_seen_ns > created,
-        "a hit refreshes last_seen_ns"
+    assert_eq!(
+        dp.ct(&key).expect("CT entry").seen_s,
+        created + 5,
+        "a hit stamps the manager's clock"
     );
     // Other ports of the same peers are other flows.
     let other_port = tcp4_flags(B, 5432, A, 40001, SYN_ACK);
@@ -1303,35 +1328,131 @@ fn a_packet_the_entry_does_not_admit_never_replaces_it() {
 }
 
 #[test]
-fn last_seen_is_sampled_not_read_on_every_hit() {
-    require_root("last_seen_is_sampled_not_read_on_every_hit");
+fn an_idle_entry_expires_and_its_next_packet_is_judged_afresh() {
+    require_root("an_idle_entry_expires_and_its_next_packet_is_judged_afresh");
     let mut dp = Dp::with_endpoint(mode::ENFORCE);
     dp.rule(EGRESS, DB, PROTO_UDP, 53, action::ALLOW);
     let q = udp4(A, 40000, B, 53);
     let key = ct_key4(PROTO_UDP, A, 40000, B, 53, EP);
     dp.expect(EGRESS, &q, OK, "first packet");
-    let created = dp.ct(&key).expect("entry");
-    assert_eq!(created.hits, 0);
-    dp.expect(EGRESS, &q, OK, "first hit");
-    let first_hit = dp.ct(&key).expect("entry");
-    assert!(
-        first_hit.last_seen_ns > created.last_seen_ns,
-        "the first hit refreshes"
+    let made = dp.ct(&key).expect("entry");
+    assert_eq!((made.state, made.hits), (state::UDP, 0));
+    // 60 s later (UDP's timeout) the entry still holds and is refreshed.
+    dp.clock(made.seen_s + 60);
+    dp.expect(EGRESS, &q, OK, "a hit at the timeout");
+    let hit = dp.ct(&key).expect("entry");
+    assert_eq!((hit.seen_s, hit.hits), (made.seen_s + 60, 1));
+    // The rule goes (the manager's revocation is not run here); idle past
+    // the timeout, the entry is stale: the packet is judged by policy.
+    dp.hash(maps::POLICY)
+        .remove(&PolicyKey::new(WEB, DB, EGRESS, PROTO_UDP, 53))
+        .expect("rule");
+    dp.bump_epoch();
+    dp.clock(made.seen_s + 60 + 61);
+    dp.expect(EGRESS, &q, SHOT, "idle 61 s: judged afresh, denied");
+    dp.expect_drops(
+        &[(DropReason::PolicyDenied, 1)],
+        "the expired flow's packet",
     );
-    for _ in 1..CT_REFRESH_EVERY {
-        dp.expect(EGRESS, &q, OK, "a hit");
-    }
-    let before = dp.ct(&key).expect("entry");
-    assert_eq!(before.hits, CT_REFRESH_EVERY);
+    assert_eq!(dp.ct(&key), None, "the stale entry is gone");
+    // With the rule back, an expired entry is replaced by a new one.
+    dp.rule(EGRESS, DB, PROTO_UDP, 53, action::ALLOW);
+    dp.expect(EGRESS, &q, OK, "allowed again");
+    let again = dp.ct(&key).expect("a new entry");
+    assert_eq!(again.hits, 0, "made new, not the old one");
+    dp.clock(again.seen_s + 1000);
+    dp.expect(EGRESS, &q, OK, "expired again: judged and allowed");
+    assert_eq!(dp.ct(&key).expect("entry").hits, 0, "made new once more");
+}
+
+#[test]
+fn tcp_states_follow_the_flags_and_a_reused_tuple_is_judged_afresh() {
+    require_root("tcp_states_follow_the_flags_and_a_reused_tuple_is_judged_afresh");
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    dp.rule(EGRESS, DB, PROTO_TCP, 5432, action::ALLOW);
+    let key = ct_key4(PROTO_TCP, A, 40000, B, 5432, EP);
+    let out = |f| tcp4_flags(A, 40000, B, 5432, f);
+    let back = |f| tcp4_flags(B, 5432, A, 40000, f);
+    let state_of = |dp: &Dp| dp.ct(&key).expect("entry").state;
+    dp.expect(EGRESS, &out(packets::TCP_SYN), OK, "SYN");
+    assert_eq!(state_of(&dp), state::TCP_OPENING);
+    dp.expect(EGRESS, &out(packets::TCP_SYN), OK, "retransmitted SYN");
+    assert_eq!(state_of(&dp), state::TCP_OPENING);
+    dp.expect(INGRESS, &back(SYN_ACK), OK, "SYN-ACK");
+    assert_eq!(state_of(&dp), state::TCP_ESTABLISHED);
+    dp.expect(EGRESS, &out(TCP_FIN | packets::TCP_ACK), OK, "FIN");
+    assert_eq!(state_of(&dp), state::TCP_CLOSING);
+    dp.expect(INGRESS, &back(TCP_RST), OK, "RST");
+    assert_eq!(state_of(&dp), state::TCP_CLOSED);
+    // Closed for 11 s (the close timeout is 10 s): the tuple is free.
+    let seen = dp.ct(&key).expect("entry").seen_s;
+    dp.clock(seen + 11);
+    dp.expect(
+        INGRESS,
+        &back(packets::TCP_ACK),
+        SHOT,
+        "a late ACK after the close timeout",
+    );
+    // A new connection on the same tuple while the old entry is closed:
+    // judged by policy (here allowed) and tracked anew.
+    dp.clock(seen);
+    dp.expect(EGRESS, &out(packets::TCP_SYN), OK, "new SYN, same tuple");
+    dp.expect(INGRESS, &back(SYN_ACK), OK, "its SYN-ACK");
+    dp.expect(EGRESS, &out(TCP_FIN | packets::TCP_ACK), OK, "its FIN");
+    dp.hash(maps::POLICY)
+        .remove(&PolicyKey::new(WEB, DB, EGRESS, PROTO_TCP, 5432))
+        .expect("rule");
+    dp.bump_epoch();
+    dp.expect(
+        EGRESS,
+        &out(packets::TCP_ACK),
+        OK,
+        "the closing connection's ACK, by conntrack",
+    );
+    dp.expect(
+        EGRESS,
+        &out(packets::TCP_SYN),
+        SHOT,
+        "a SYN reusing the tuple: judged, denied",
+    );
+    assert_eq!(dp.ct(&key), None);
+    dp.expect_drops(
+        &[(DropReason::PolicyDenied, 2)],
+        "the late ACK and the SYN after the rule went",
+    );
+}
+
+#[test]
+fn a_forged_mid_stream_packet_buys_only_an_opening_entry() {
+    require_root("a_forged_mid_stream_packet_buys_only_an_opening_entry");
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    dp.rule(EGRESS, DB, PROTO_TCP, 5432, action::ALLOW);
+    let key = ct_key4(PROTO_TCP, A, 40000, B, 5432, EP);
+    let ack = tcp4_flags(A, 40000, B, 5432, packets::TCP_ACK);
+    dp.expect(
+        EGRESS,
+        &ack,
+        OK,
+        "an ACK with no SYN seen (picked up mid-stream)",
+    );
+    dp.expect(EGRESS, &ack, OK, "another, by conntrack");
+    let e = dp.ct(&key).expect("entry");
     assert_eq!(
-        before.last_seen_ns, first_hit.last_seen_ns,
-        "hits 2..={CT_REFRESH_EVERY} do not read the clock"
+        e.state,
+        state::TCP_OPENING,
+        "not established without an answer"
     );
-    dp.expect(EGRESS, &q, OK, "the hit after those");
-    let after = dp.ct(&key).expect("entry");
-    assert!(
-        after.last_seen_ns > before.last_seen_ns,
-        "every Nth hit refreshes"
+    // Opening times out after 60 s, not 6 h.
+    dp.clock(e.seen_s + 61);
+    dp.hash(maps::POLICY)
+        .remove(&PolicyKey::new(WEB, DB, EGRESS, PROTO_TCP, 5432))
+        .expect("rule");
+    dp.bump_epoch();
+    dp.expect(
+        EGRESS,
+        &ack,
+        SHOT,
+        "after the opening timeout: judged, denied",
     );
 }
 

@@ -310,10 +310,21 @@ fn replies_and_established_connections_pass_without_a_policy() {
         family: 4,
         protocol: PROTO_TCP,
         may_be_reply: false,
+        tcp_flags: 0,
     };
     let l = ct4_key(&out, VETH);
     dp.hash(maps::CT4)
-        .insert(l.key, ct_value(1, Direction::Egress, l.origin, 0), 0)
+        .insert(
+            l.key,
+            ct_value(
+                1,
+                Direction::Egress,
+                l.origin,
+                0,
+                porin_common::ct::state::TCP_ESTABLISHED,
+            ),
+            0,
+        )
         .unwrap();
     let reply = |flags| {
         packets::frame_v4(

@@ -132,6 +132,11 @@ impl Dp {
         dp.endpoint(WEB, mode);
         dp.hash(maps::IP4).insert(SERVER.octets(), WEB, 0).unwrap();
         dp.hash(maps::IP4).insert(CLIENT.octets(), CLI, 0).unwrap();
+        // The server's address is the endpoint's (`to_container` checks the
+        // destination's owner).
+        dp.hash(maps::UPLINK_ENDPOINTS4)
+            .insert(SERVER.octets(), EP, 0)
+            .unwrap();
         dp.configure(rules);
         dp
     }
@@ -150,8 +155,12 @@ impl Dp {
             hash_key: KEY_A,
         };
         dp.endpoint(CLI, mode);
-        // The client's own address: `from_container` checks the source.
+        // The client's own address: `from_container` checks the source's
+        // owner.
         dp.hash(maps::IP4).insert(CLIENT.octets(), CLI, 0).unwrap();
+        dp.hash(maps::UPLINK_ENDPOINTS4)
+            .insert(CLIENT.octets(), EP, 0)
+            .unwrap();
         if peer == identity::HOST {
             dp.hash(maps::IP4)
                 .insert(SERVER.octets(), identity::HOST, 0)
@@ -907,6 +916,9 @@ fn ipv6_requests_are_judged_and_answered() {
     let mut dp = Dp::new(mode::ENFORCE, &default_rules());
     dp.hash(maps::IP6).insert(server6.octets(), WEB, 0).unwrap();
     dp.hash(maps::IP6).insert(client6.octets(), CLI, 0).unwrap();
+    dp.hash(maps::UPLINK_ENDPOINTS6)
+        .insert(server6.octets(), EP, 0)
+        .unwrap();
     let seg6 = |seq: u32, flags: u8, payload: &[u8]| {
         let mut t = packets::tcp(41000, PORT, flags, payload);
         t[4..8].copy_from_slice(&seq.to_be_bytes());
@@ -1222,6 +1234,9 @@ fn client_side_ipv6_requests_are_judged_and_answered() {
         let mut dp = Dp::client(mode::ENFORCE, identity::WORLD, &default_rules());
         // The server's address is in no map: `world`.
         dp.hash(maps::IP6).insert(client6.octets(), CLI, 0).unwrap();
+        dp.hash(maps::UPLINK_ENDPOINTS6)
+            .insert(client6.octets(), EP, 0)
+            .unwrap();
         dp
     };
     let seg6 = |seq: u32, flags: u8, payload: &[u8]| {
@@ -1279,4 +1294,95 @@ fn server_side_denial_answers_the_client_with_a_403() {
     assert_rst(&out, 5001);
     assert_eq!(answers.len(), 1, "{answers:?}");
     assert_forbidden(&answers[0], &denied, POST_ADMIN.len());
+}
+
+/// Marks the connection from `sport` at [`EP`] revoked, as the manager's
+/// revocation does (`porin_common::ct`).
+fn revoke(dp: &mut Dp, sport: u16) {
+    let v4 = |a: Ipv4Addr| {
+        let mut w = [0; 16];
+        w[..4].copy_from_slice(&a.octets());
+        w
+    };
+    let flow = porin_common::parse::Flow {
+        saddr: v4(CLIENT),
+        daddr: v4(SERVER),
+        sport,
+        dport: PORT,
+        family: 4,
+        protocol: PROTO_TCP,
+        may_be_reply: false,
+        tcp_flags: packets::TCP_SYN,
+    };
+    let l = porin_common::decide::ct4_key(&flow, EP);
+    let mut ct = dp.hash(maps::CT4);
+    let v = ct.get(&l.key, 0).expect("the connection's entry");
+    let revoked = porin_common::datapath::CtValue {
+        state: porin_common::ct::state::REVOKED,
+        ..v
+    };
+    ct.insert(l.key, revoked, 0).expect("mark revoked");
+}
+
+#[test]
+fn a_revoked_connection_is_answered_with_rsts_both_ways() {
+    require_root("a_revoked_connection_is_answered_with_rsts_both_ways");
+    let ack = segment(40060, 5001, packets::TCP_ACK, b"");
+    let (v, out, answers) = RawNetns::new().run_in(|| {
+        let mut dp = Dp::new(mode::ENFORCE, &default_rules());
+        let tap = Tap::open();
+        dp.open(40060, 5000);
+        revoke(&mut dp, 40060);
+        let (v, out) = dp.run(&ack);
+        assert_eq!(dp.drops(DropReason::ConnectionRevoked), 1, "counted");
+        let from_server: Vec<Vec<u8>> = tap
+            .frames()
+            .into_iter()
+            .filter(|f| f.len() > 36 && f[34..36] == PORT.to_be_bytes())
+            .collect();
+        // The same tuple opened again: a new connection, judged afresh.
+        let (again, _) = dp.run(&segment(40060, 9000, packets::TCP_SYN, b""));
+        assert_eq!(
+            again, OK,
+            "a new SYN on the revoked tuple is judged (allowed here)"
+        );
+        let (next, after) = dp.run(&request(40060, 9001, GET_METRICS));
+        assert_eq!(
+            (next, after.len()),
+            (OK, 14 + 20 + 20 + GET_METRICS.len()),
+            "served again"
+        );
+        (v, out, from_server)
+    });
+    assert_eq!(v, OK, "the packet goes on as a RST");
+    assert_rst(&out, 5001);
+    assert_eq!(answers.len(), 1, "one RST back to the client: {answers:?}");
+    let a = &answers[0];
+    assert_eq!(a.len(), 14 + 20 + 20, "a bare RST: {a:?}");
+    assert_eq!(&a[26..30], &SERVER.octets(), "from the server");
+    assert_eq!(&a[30..34], &CLIENT.octets(), "to the client");
+    assert_eq!(&a[36..38], &40060u16.to_be_bytes());
+    assert_eq!(a[34 + 13], TCP_RST);
+    assert_eq!(
+        &a[38..42],
+        &77u32.to_be_bytes(),
+        "at the sequence number the client acknowledged"
+    );
+    assert_eq!(packets::checksum(&a[14..34]), 0, "IPv4 header checksum");
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&a[26..34]);
+    pseudo.extend_from_slice(&[0, PROTO_TCP, 0, 20]);
+    pseudo.extend_from_slice(&a[34..54]);
+    assert_eq!(packets::checksum(&pseudo), 0, "TCP checksum");
+}
+
+#[test]
+fn a_revoked_connection_in_audit_mode_passes_counted() {
+    require_root("a_revoked_connection_in_audit_mode_passes_counted");
+    let mut dp = Dp::new(mode::AUDIT, &default_rules());
+    dp.open(40061, 5000);
+    revoke(&mut dp, 40061);
+    let ack = segment(40061, 5001, packets::TCP_ACK, b"");
+    assert_eq!(dp.run(&ack), (OK, ack.clone()), "unchanged");
+    assert_eq!(dp.drops(DropReason::ConnectionRevoked), 1, "counted");
 }

@@ -121,6 +121,20 @@ fn endpoint(mode: u8) -> EndpointInfo {
     EndpointInfo::new(WEB, mode)
 }
 
+/// The container's record as the compiler makes it: its address carried
+/// by its veth `ifindex` (the owner anti-spoofing checks).
+fn member(ifindex: u32, addr: std::net::Ipv4Addr) -> porin::policy::Member {
+    porin::policy::Member {
+        endpoint: "ctr".into(),
+        identity: WEB,
+        mode: mode::ENFORCE,
+        veths: vec![(ifindex, "hveth".into())],
+        addrs: vec![addr.into()],
+        addr_veths: vec![(addr.into(), ifindex)],
+        bridges: Vec::new(),
+    }
+}
+
 fn allow(dir: Direction, port: u16) -> (PolicyKey, PolicyValue) {
     (
         PolicyKey::new(WEB, SERVER, dir, TCP, port),
@@ -232,6 +246,7 @@ fn policy_is_enforced_between_two_namespaces_with_the_kernels_attach_mode() {
         .insert(net.index_b, endpoint(mode::ENFORCE));
     policy.ip4.insert(ctr_ip.octets(), WEB);
     policy.ip4.insert(node_ip.octets(), SERVER);
+    policy.members.push(member(net.index_b, ctr_ip));
     policy.policy.extend([allow(Direction::Egress, ALLOWED)]);
     let mut dp = Datapath::load(strategy.tc, None).expect("load the datapath");
     let report = node.run_in(|| dp.apply(&policy, &veths).expect("apply policy 1"));
@@ -411,6 +426,7 @@ fn http_rules_answer_denied_requests_with_403_both_ways() {
         .insert(net.index_b, endpoint(mode::ENFORCE));
     policy.ip4.insert(ctr_ip.octets(), WEB);
     policy.ip4.insert(node_ip.octets(), SERVER);
+    policy.members.push(member(net.index_b, ctr_ip));
     let mut dp = Datapath::load(strategy.tc, None).expect("load the datapath");
     let set = compile_rules(
         &dp.http_key(),
@@ -514,6 +530,7 @@ fn persistent_attachments_outlive_the_datapath_and_are_adopted() {
         .insert(net.index_b, endpoint(mode::ENFORCE));
     policy.ip4.insert(ctr_ip.octets(), WEB);
     policy.ip4.insert(node_ip.octets(), SERVER);
+    policy.members.push(member(net.index_b, ctr_ip));
     policy.policy.extend([allow(Direction::Egress, ALLOWED)]);
     let enforced = || {
         from_ctr(ALLOWED, ALLOWED_TIMEOUT).ok().as_deref() == Some("ok")

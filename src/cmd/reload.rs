@@ -60,10 +60,12 @@ pub fn reload(args: &ReloadArgs) -> ExitCode {
 pub fn summary(o: &ReloadOutcome) -> String {
     match o.result {
         ReloadResult::Applied => format!(
-            "reload applied: {} enforced as policy generation {} (datapath slot {}) in {:.1} ms",
+            "reload applied: {} enforced as policy generation {} (datapath slot {}), {} connection{} revoked, in {:.1} ms",
             o.config_file,
             o.policy_generation,
             o.datapath_slot,
+            o.revoked,
+            if o.revoked == 1 { "" } else { "s" },
             o.enforced_us as f64 / 1e3
         ),
         ReloadResult::Invalid => format!(
@@ -120,6 +122,7 @@ mod tests {
             datapath_slot: 1,
             enforced_us: 3_250,
             errors: String::new(),
+            revoked: 0,
         }
     }
 
@@ -130,8 +133,14 @@ mod tests {
         assert_eq!(
             ok,
             "last reload: OK at 2025-11-26T06:03:20.000000000Z (porin reload): reload applied: \
-             /etc/porin/porin.yaml enforced as policy generation 7 (datapath slot 1) in 3.2 ms\n"
+             /etc/porin/porin.yaml enforced as policy generation 7 (datapath slot 1), \
+             0 connections revoked, in 3.2 ms\n"
         );
+        let one = summary(&ReloadOutcome {
+            revoked: 1,
+            ..outcome(ReloadResult::Applied)
+        });
+        assert!(one.contains(", 1 connection revoked, in 3.2 ms"), "{one}");
         let bad = ReloadOutcome {
             errors: "/etc/porin/porin.yaml:3:9: enforcement.mode: unknown value `x`\n\
                      /etc/porin/porin.yaml:6:13: networks[0].cidrs[0]: bad prefix"

@@ -146,6 +146,7 @@ pub(crate) fn decode(root: &Node, sink: &mut Sink) -> Option<Config> {
     let flows = opt(&mut f, "flows", sink, flows).unwrap_or_else(default_flows);
     let metrics = opt(&mut f, "metrics", sink, metrics);
     let control = opt(&mut f, "control", sink, control).unwrap_or_else(default_control);
+    let conntrack = opt(&mut f, "conntrack", sink, conntrack).unwrap_or_default();
     f.finish(sink);
 
     Some(Config {
@@ -162,7 +163,54 @@ pub(crate) fn decode(root: &Node, sink: &mut Sink) -> Option<Config> {
         flows,
         metrics,
         control,
+        conntrack,
     })
+}
+
+const CT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+const CT_TIMEOUT_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `conntrack:`: `timeouts:` by state, each a duration in 1s-30d.
+fn conntrack(node: &Node, path: &str, sink: &mut Sink) -> Option<Conntrack> {
+    let mut f = Fields::new(node, path, sink)?;
+    let d = Conntrack::default();
+    let t = opt(&mut f, "timeouts", sink, |n, p, s| {
+        let mut g = Fields::new(n, p, s)?;
+        let mut one = |name: &'static str, default: Duration, s: &mut Sink| {
+            opt(&mut g, name, s, |n, p, s| {
+                let v = parsed(n, p, s, units::parse_duration)?;
+                if !(CT_TIMEOUT_MIN..=CT_TIMEOUT_MAX).contains(&v) {
+                    s.error(
+                        n.loc,
+                        p,
+                        format!(
+                            "duration {} is out of range {}-{}",
+                            units::format_duration(v),
+                            units::format_duration(CT_TIMEOUT_MIN),
+                            units::format_duration(CT_TIMEOUT_MAX)
+                        ),
+                    );
+                    return None;
+                }
+                Some(v)
+            })
+            .unwrap_or(default)
+        };
+        let c = Conntrack {
+            tcp_opening: one("tcp_opening", d.tcp_opening, s),
+            tcp_established: one("tcp_established", d.tcp_established, s),
+            tcp_closing: one("tcp_closing", d.tcp_closing, s),
+            tcp_closed: one("tcp_closed", d.tcp_closed, s),
+            udp: one("udp", d.udp, s),
+            icmp: one("icmp", d.icmp, s),
+            other: one("other", d.other, s),
+        };
+        g.finish(s);
+        Some(c)
+    })
+    .unwrap_or(d);
+    f.finish(sink);
+    Some(t)
 }
 
 /// Reads an optional field with `read`; `None` when absent or invalid.

@@ -1043,3 +1043,43 @@ fn flow_events_transport_is_auto_unless_named() {
         "unknown value `perfbuf`; expected one of: auto, ringbuf, perf",
     );
 }
+
+#[test]
+fn conntrack_timeouts_default_and_override() {
+    let d = ok("version: 1\n");
+    assert_eq!(d.conntrack, Conntrack::default());
+    assert_eq!(
+        d.conntrack.timeouts(),
+        porin_common::ct::DEFAULT_TIMEOUTS,
+        "the defaults are the programs' defaults"
+    );
+    let c = ok("version: 1\nconntrack:\n  timeouts:\n    udp: 2m\n    tcp_established: 1h\n");
+    assert_eq!(c.conntrack.udp, Duration::from_secs(120));
+    assert_eq!(c.conntrack.tcp_established, Duration::from_secs(3600));
+    assert_eq!(
+        c.conntrack.icmp,
+        Conntrack::default().icmp,
+        "others keep theirs"
+    );
+    let t = c.conntrack.timeouts();
+    assert_eq!(t[usize::from(porin_common::ct::state::UDP)], 120);
+    assert_eq!(
+        t[usize::from(porin_common::ct::state::REVOKED)],
+        t[usize::from(porin_common::ct::state::TCP_CLOSED)],
+        "revoked lasts as long as closed"
+    );
+    assert_one(
+        "version: 1\nconntrack:\n  timeouts:\n    udp: 0s\n",
+        4,
+        10,
+        "conntrack.timeouts.udp",
+        "is out of range 1s-720h",
+    );
+    assert_one(
+        "version: 1\nconntrack:\n  timeouts:\n    tcp: 1h\n",
+        4,
+        5,
+        "conntrack.timeouts.tcp",
+        "unknown field",
+    );
+}

@@ -47,6 +47,59 @@ pub struct Config {
     /// `None` when the metrics endpoint is off.
     pub metrics: Option<Metrics>,
     pub control: Control,
+    pub conntrack: Conntrack,
+}
+
+/// `conntrack:`: idle timeouts of tracked connections, by state
+/// (`porin_common::ct`). A revoked connection keeps the closed timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conntrack {
+    pub tcp_opening: Duration,
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub tcp_closed: Duration,
+    pub udp: Duration,
+    pub icmp: Duration,
+    pub other: Duration,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        let t = |state: u8| {
+            Duration::from_secs(u64::from(
+                porin_common::ct::DEFAULT_TIMEOUTS[usize::from(state)],
+            ))
+        };
+        use porin_common::ct::state;
+        Conntrack {
+            tcp_opening: t(state::TCP_OPENING),
+            tcp_established: t(state::TCP_ESTABLISHED),
+            tcp_closing: t(state::TCP_CLOSING),
+            tcp_closed: t(state::TCP_CLOSED),
+            udp: t(state::UDP),
+            icmp: t(state::ICMP),
+            other: t(state::OTHER),
+        }
+    }
+}
+
+impl Conntrack {
+    /// The timeouts in seconds by state, as the programs read them
+    /// (`CtClock::timeouts`).
+    pub fn timeouts(&self) -> [u32; porin_common::ct::STATES] {
+        let s = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        [
+            s(self.tcp_opening),
+            s(self.tcp_established),
+            s(self.tcp_closing),
+            s(self.tcp_closed),
+            s(self.udp),
+            s(self.icmp),
+            s(self.other),
+            // Revoked: as long as a closed connection.
+            s(self.tcp_closed),
+        ]
+    }
 }
 
 impl Config {

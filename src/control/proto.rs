@@ -108,6 +108,9 @@ pub struct ReloadOutcome {
     /// Why it was refused or failed: for an invalid file, one
     /// `FILE:LINE:COLUMN: message` per line, as `porin check-config` prints.
     pub errors: String,
+    /// Established connections the applied policy no longer allows, ended
+    /// by the apply (`datapath::conntrack`); 0 unless applied.
+    pub revoked: u64,
 }
 
 /// Why a request failed.
@@ -383,6 +386,7 @@ mod tests {
             datapath_slot: 1,
             enforced_us: 0,
             errors: "/etc/porin/porin.yaml:3:9: enforcement.mode: unknown value".into(),
+            revoked: 0,
         };
         let status = Status {
             last_reload: Some(reload.clone()),

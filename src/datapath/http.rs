@@ -6,6 +6,8 @@
 //!   call), `http_finish` (3), `http_value` (4: one long run of a
 //!   header value no rule reads) and `http_chunk` (5: a chunked body's
 //!   framing) are loaded with the main programs and put
+//!   (with `revoked_from_container` / `revoked_to_container`, 6 and 7:
+//!   the RSTs that end a revoked connection)
 //!   in `PORIN_HTTPP_V1`: the main programs tail-call the entries for
 //!   HTTP-ruled connections. Without them those packets drop (`Internal`),
 //!   never pass unjudged.
@@ -50,6 +52,8 @@ pub const HTTP_PARSE: &str = "http_parse";
 pub const HTTP_FINISH: &str = "http_finish";
 pub const HTTP_VALUE: &str = "http_value";
 pub const HTTP_CHUNK: &str = "http_chunk";
+pub const REVOKED_FROM_CONTAINER: &str = "revoked_from_container";
+pub const REVOKED_TO_CONTAINER: &str = "revoked_to_container";
 
 /// The hash key's map (one entry).
 pub const KEY_MAP: &str = maps::HTTP_KEY.name;
@@ -113,7 +117,7 @@ pub fn ensure_key(bpf: &mut Ebpf) -> Result<(SipKey, bool), DatapathError> {
 
 /// The stage's slots in `PORIN_HTTPP_V1`, as in the eBPF crate's
 /// `http::stage_index`.
-const STAGE_SLOTS: u32 = 6;
+const STAGE_SLOTS: u32 = 8;
 
 /// Loads the HTTP stage programs and registers them for the tail calls.
 ///
@@ -145,6 +149,10 @@ fn register_stage(bpf: &mut Ebpf) -> Result<(), DatapathError> {
         (HTTP_FINISH, 3),
         (HTTP_VALUE, 4),
         (HTTP_CHUNK, 5),
+        // Not HTTP: the RSTs of a revoked connection (`porin_common::ct`),
+        // a stage program for the same reasons (its own stack and budget).
+        (REVOKED_FROM_CONTAINER, 6 + Direction::Egress as u32),
+        (REVOKED_TO_CONTAINER, 6 + Direction::Ingress as u32),
     ] {
         let fd = ebpf::load_program::<SchedClassifier>(bpf, name)?
             .fd()

@@ -150,6 +150,9 @@ pub struct Datapath {
     http_key: SipKey,
     /// Keep unlisted veths that still exist attached ([`Self::hold_live_veths`]).
     hold_live: bool,
+    /// Conntrack idle timeouts by state, written with the clock
+    /// ([`conntrack`]).
+    ct_timeouts: [u32; porin_common::ct::STATES],
 }
 
 struct Attached {
@@ -178,6 +181,8 @@ pub struct ApplyReport {
     /// endpoint entry (all their traffic dropped): see
     /// [`Datapath::hold_live_veths`].
     pub held: Vec<String>,
+    /// Connections the new policy no longer allows ([`conntrack`]).
+    pub revoked: conntrack::Revoked,
 }
 
 /// What an apply does with an attachment (veth `name` at `ifindex`) whose
@@ -213,6 +218,7 @@ macro_rules! map_mut {
 }
 
 // After `map_mut!`, which they use.
+pub mod conntrack;
 pub mod gate;
 pub mod http;
 pub mod persist;
@@ -258,6 +264,7 @@ impl Datapath {
             sweep: false,
             http_key: SipKey::ZERO,
             hold_live: false,
+            ct_timeouts: porin_common::ct::DEFAULT_TIMEOUTS,
         };
         match found {
             None => dp.set_generation(0)?,
@@ -328,6 +335,17 @@ impl Datapath {
         if let Err(e) = self.bump_epoch() {
             if result.is_ok() {
                 result = Err(e);
+            }
+        }
+        // Last, with the new policy in force: the connections it no longer
+        // allows end (a failure fails the apply, which is retried).
+        if let Ok(report) = &mut result {
+            match self
+                .tick_conntrack()
+                .and_then(|()| self.revoke_connections(new))
+            {
+                Ok(r) => report.revoked = r,
+                Err(e) => result = Err(e),
             }
         }
         self.applied = match &result {

@@ -6,7 +6,9 @@
 //! * [`identity`]: group and network identities, derived from names;
 //! * [`select`]: which group an endpoint belongs to;
 //! * [`compile()`]: the map entries ([`Compiled`]), with
-//!   [`Compiled::summary`], [`Compiled::explain`] and [`diff`].
+//!   [`Compiled::summary`], [`Compiled::explain`] and [`diff`];
+//! * [`Compiled::judge`]: the slow path's verdict for a connection, in
+//!   userspace (for revocation).
 //!
 //! # Semantics
 //!
@@ -50,6 +52,7 @@ pub mod compiled;
 mod explain;
 pub mod http;
 pub mod identity;
+mod judge;
 mod rules;
 pub mod select;
 
@@ -63,4 +66,5 @@ pub use compiled::{
     Unenforced, Warning,
 };
 pub use identity::{CollisionError, Identities};
+pub use judge::Judged;
 pub use rules::{Culprit, Overflow, POLICY_ENTRIES_PER_GENERATION, POLICY_MAP_ENTRIES};

@@ -365,20 +365,20 @@ pub struct CtKey {
 
 /// `PORIN_CT4_V1` and `PORIN_CT_V1` value.
 ///
-/// # `last_seen_ns` is sampled, not exact
+/// # Times are whole seconds of `CLOCK_MONOTONIC`
 /// `bpf_ktime_get_ns` costs about 30 ns per call on the VMs we measure (a
-/// paravirtual clock), as much as the conntrack lookup itself, and nothing
-/// needs an exact time: eviction is the LRU map's own (a lookup marks the
-/// entry used), and the time is only shown. So a hit does not read the
-/// clock; it bumps [`CtValue::hits`] and refreshes `last_seen_ns` only on
-/// the first hit after creation and then every [`CT_REFRESH_EVERY`]th. An
-/// entry's `last_seen_ns` is therefore the time of its first packet, its
-/// first hit, or a hit at most `CT_REFRESH_EVERY` packets before its last.
+/// paravirtual clock), as much as the conntrack lookup itself. A hit does
+/// not read it: it copies [`CtClock::now_s`], which the manager writes
+/// every second, into `seen_s` (an array read the verifier inlines). Only a
+/// new entry (the slow path) reads the clock, for `created_s` and its first
+/// `seen_s`. See [`crate::ct`] for the states and how an entry expires.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns` at creation, refreshed as described above.
-    pub last_seen_ns: u64,
+    /// Seconds of `CLOCK_MONOTONIC` at the last packet (see above).
+    pub seen_s: u32,
+    /// Seconds of `CLOCK_MONOTONIC` at the first packet.
+    pub created_s: u32,
     /// [`Direction`] of the first packet as u8.
     pub direction: u8,
     /// [`ct_origin::KEY_SOURCE`] or [`ct_origin::KEY_DESTINATION`]: which
@@ -388,10 +388,29 @@ pub struct CtValue {
     /// packet going the first packet's way is checked by the HTTP stage
     /// ([`crate::http`]). One byte test on the hot path.
     pub l7: u8,
-    pub _pad: u8,
+    /// [`crate::ct::state`]: what the connection's packets have shown so
+    /// far (TCP handshake, closing) or that the manager revoked it.
+    pub state: u8,
     /// Hits since creation (wrapping; unsynchronised, so concurrent hits on
-    /// several CPUs may count once): drives the sampling of `last_seen_ns`.
+    /// several CPUs may count once): shown, never relied on.
     pub hits: u32,
+}
+
+/// `PORIN_CTCLK_V1` (array\[1\]): the conntrack clock and idle timeouts,
+/// written by the manager ([`crate::ct`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtClock {
+    /// Whole seconds of `CLOCK_MONOTONIC`, rewritten every second while
+    /// the daemon runs. 0 (never written): nothing expires on the packet
+    /// path. While the daemon is stopped it stands still, so entries made
+    /// meanwhile (stamped by the kernel's clock) look younger than it and
+    /// never expire early; hits stamp the stale time, which the sweep of
+    /// the next daemon judges (a flow idle longer than its timeout since
+    /// the daemon stopped is re-judged by policy, nothing worse).
+    pub now_s: u32,
+    /// Idle timeout in seconds by [`crate::ct::state`]; 0: never.
+    pub timeouts: [u32; crate::ct::STATES],
 }
 
 /// Which end of a canonical conntrack key sent a packet
@@ -402,12 +421,6 @@ pub mod ct_origin {
     /// From the key's `daddr`/`dport` (the tuple was reversed for the key).
     pub const KEY_DESTINATION: u8 = 1;
 }
-
-/// A conntrack hit refreshes [`CtValue::last_seen_ns`] when the entry's hit
-/// count before it is a multiple of this (a power of two).
-pub const CT_REFRESH_EVERY: u32 = 64;
-
-const _: () = assert!(CT_REFRESH_EVERY.is_power_of_two());
 
 /// `PORIN_DCACHE_V1` value: one cached drop ([`crate::dcache`]).
 ///
@@ -513,24 +526,27 @@ pub enum DropReason {
     /// retransmission touching head bytes or head bytes out of order
     /// (dropped without an answer). See `crate::http_stream`.
     HttpStream = 17,
+    /// A packet of a TCP connection an apply revoked (the policy no longer
+    /// allows it): answered with RSTs both ways (see [`crate::ct`]).
+    ConnectionRevoked = 18,
     /// `from_container`: an ARP packet or an IPv6 neighbour/router
     /// solicitation or neighbour advertisement claiming an address that is
     /// not the container's own (ARP sender address, NS/RS source, NA target;
     /// see `crate::spoof`): it would take over a neighbour's address on the
     /// bridge.
-    SpoofedNeighbour = 18,
+    SpoofedNeighbour = 19,
     /// `to_container`: the destination is neither one of the container's
     /// own addresses nor a multicast address or the IPv4 limited broadcast
     /// (traffic meant for another address, see `crate::spoof`).
-    WrongDestination = 19,
+    WrongDestination = 20,
     /// `to_container`: the source is a container's address but the packet
     /// did not come in from that container's host veth
     /// (`skb->ingress_ifindex`): a forged or routed-in copy of its address.
-    SpoofedIngress = 20,
+    SpoofedIngress = 21,
 }
 
 /// Number of drop reasons (size of `PORIN_DROPS_V1`).
-pub const DROP_REASONS: u32 = 21;
+pub const DROP_REASONS: u32 = 22;
 
 impl DropReason {
     /// Every reason, in index order (for counters read by index).
@@ -553,6 +569,7 @@ impl DropReason {
         DropReason::HttpUnsupported,
         DropReason::HttpHeadTooLarge,
         DropReason::HttpStream,
+        DropReason::ConnectionRevoked,
         DropReason::SpoofedNeighbour,
         DropReason::WrongDestination,
         DropReason::SpoofedIngress,
@@ -584,6 +601,7 @@ impl DropReason {
             DropReason::HttpUnsupported => "HTTP_UNSUPPORTED",
             DropReason::HttpHeadTooLarge => "HTTP_HEAD_TOO_LARGE",
             DropReason::HttpStream => "HTTP_STREAM",
+            DropReason::ConnectionRevoked => "CONNECTION_REVOKED",
             DropReason::SpoofedNeighbour => "SPOOFED_NEIGHBOUR",
             DropReason::WrongDestination => "WRONG_DESTINATION",
             DropReason::SpoofedIngress => "SPOOFED_INGRESS",
@@ -614,6 +632,7 @@ mod pod {
     unsafe impl aya::Pod for super::Ct4Key {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::CtClock {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::DenyEntry {}
 }
@@ -628,6 +647,7 @@ const _: () = assert!(core::mem::size_of::<DenyEntry>() == 64);
 const _: () = assert!(core::mem::size_of::<Ct4Key>() == 20);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+const _: () = assert!(core::mem::size_of::<CtClock>() == 36);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
 #[cfg(test)]

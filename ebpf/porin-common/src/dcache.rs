@@ -250,6 +250,7 @@ mod tests {
             family: 4,
             protocol,
             may_be_reply: false,
+            tcp_flags: 0,
         }
     }
 

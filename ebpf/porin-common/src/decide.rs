@@ -30,7 +30,7 @@
 use crate::{
     datapath::{
         ct_origin, identity, mode, tc_action, Ct4Key, CtKey, CtValue, DatapathConfig, Direction,
-        DropReason, Identity, PolicyKey, CONFIG_READY, CT_REFRESH_EVERY,
+        DropReason, Identity, PolicyKey, CONFIG_READY,
     },
     parse::Flow,
 };
@@ -194,30 +194,25 @@ pub fn ct_admits(
         || (symmetric && may_be_reply && ct_hit_admits(entry.direction, dir, !reply))
 }
 
-/// The conntrack value for a connection first seen now, in `dir`, from
-/// the key's end `origin`.
+/// The conntrack value for a connection first seen at `now_s` (seconds
+/// of `CLOCK_MONOTONIC`), in `dir`, from the key's end `origin`, in
+/// `state` ([`crate::ct::initial_state`]).
 ///
 /// Built from two words: a struct literal's zero pad bytes became a call to
 /// bpf-linker's byte-loop `memset` (see `parse::HeaderBuf`).
 #[inline(always)]
-pub fn ct_value(now_ns: u64, dir: Direction, origin: u8, l7: u8) -> CtValue {
-    // Native byte order: direction, origin and l7 land at offsets 8, 9 and
-    // 10 in memory; the pad byte and `hits` (offsets 11..16) are zero, on
-    // either endianness.
+pub fn ct_value(now_s: u32, dir: Direction, origin: u8, l7: u8, state: u8) -> CtValue {
+    // Native byte order: `seen_s` and `created_s` are both `now_s`;
+    // direction, origin, l7 and state land at offsets 8..12 in memory and
+    // `hits` (offsets 12..16) is zero, on either endianness.
+    let t = now_s.to_ne_bytes();
     let words: [u64; 2] = [
-        now_ns,
-        u64::from_ne_bytes([dir as u8, origin, l7, 0, 0, 0, 0, 0]),
+        u64::from_ne_bytes([t[0], t[1], t[2], t[3], t[0], t[1], t[2], t[3]]),
+        u64::from_ne_bytes([dir as u8, origin, l7, state, 0, 0, 0, 0]),
     ];
     // SAFETY: `CtValue` is `repr(C)`, 16 bytes without implicit padding,
-    // valid for any bytes (u64, u8, u8, [u8; 2], u32).
+    // valid for any bytes (u32, u32, four u8, u32).
     unsafe { core::mem::transmute::<[u64; 2], CtValue>(words) }
-}
-
-/// Whether a conntrack hit on an entry that had `hits_before` hits should
-/// refresh its `last_seen_ns` (see [`CtValue`]).
-#[inline(always)]
-pub fn ct_refresh_due(hits_before: u32) -> bool {
-    hits_before & (CT_REFRESH_EVERY - 1) == 0
 }
 
 /// Whether a conntrack hit admits the packet, given whether it goes the
@@ -300,6 +295,7 @@ mod tests {
             sport,
             dport,
             may_be_reply: true,
+            tcp_flags: 0,
         }
     }
 
@@ -467,6 +463,7 @@ mod tests {
                                 family,
                                 protocol,
                                 may_be_reply: true,
+                                tcp_flags: 0,
                             });
                         }
                     }
@@ -488,7 +485,7 @@ mod tests {
             for first in &all {
                 for &d0 in &dirs {
                     let (k0, o0, _) = lookup(first, 7);
-                    let entry = ct_value(1, d0, o0, 0);
+                    let entry = ct_value(1, d0, o0, 0, 0);
                     let stored = old_key(first, 7, false);
                     for f in &all {
                         for &dir in &dirs {
@@ -542,36 +539,21 @@ mod tests {
     fn ct_value_matches_the_struct_literal() {
         for dir in [Direction::Egress, Direction::Ingress] {
             for origin in [ct_origin::KEY_SOURCE, ct_origin::KEY_DESTINATION] {
-                for l7 in [0, 1] {
+                for (l7, state) in [(0, 0), (1, 4), (0, 7)] {
                     assert_eq!(
-                        ct_value(0x0123_4567_89ab_cdef, dir, origin, l7),
+                        ct_value(0x0123_4567, dir, origin, l7, state),
                         CtValue {
-                            last_seen_ns: 0x0123_4567_89ab_cdef,
+                            seen_s: 0x0123_4567,
+                            created_s: 0x0123_4567,
                             direction: dir as u8,
                             origin,
                             l7,
-                            _pad: 0,
+                            state,
                             hits: 0,
                         }
                     );
                 }
             }
-        }
-    }
-
-    #[test]
-    fn last_seen_is_refreshed_on_the_first_hit_then_every_nth() {
-        let due: [u32; 4] = [
-            0,
-            CT_REFRESH_EVERY,
-            2 * CT_REFRESH_EVERY,
-            0u32.wrapping_sub(CT_REFRESH_EVERY),
-        ];
-        for h in due {
-            assert!(ct_refresh_due(h), "{h}");
-        }
-        for h in [1, 2, CT_REFRESH_EVERY - 1, CT_REFRESH_EVERY + 1, u32::MAX] {
-            assert!(!ct_refresh_due(h), "{h}");
         }
     }
 

@@ -7,6 +7,7 @@
 //! implemented only with the `user` feature (the userspace build).
 #![no_std]
 
+pub mod ct;
 pub mod datapath;
 pub mod dcache;
 pub mod decide;

@@ -19,7 +19,7 @@ use core::{marker::PhantomData, mem::size_of};
 
 use crate::{
     datapath::{
-        max_entries as dp, Counter, Ct4Key, CtKey, CtValue, DatapathConfig, DenyEntry,
+        max_entries as dp, Counter, Ct4Key, CtClock, CtKey, CtValue, DatapathConfig, DenyEntry,
         EndpointInfo, Identity, PolicyKey, PolicyValue, DIRECTIONS, DROP_REASONS,
     },
     flow::{lost, EventConfig, FlowEvent, RateState},
@@ -174,6 +174,8 @@ pub const CONFIG: MapDef<u32, DatapathConfig> = MapDef::new("PORIN_CFG_V1", Arra
 pub const CT4: MapDef<Ct4Key, CtValue> = MapDef::new("PORIN_CT4_V1", LruHash, dp::CONNTRACK);
 /// IPv6 connections (named from when it held both families).
 pub const CT6: MapDef<CtKey, CtValue> = MapDef::new("PORIN_CT_V1", LruHash, dp::CONNTRACK6);
+/// The conntrack clock and idle timeouts (one entry, `crate::ct`).
+pub const CT_CLOCK: MapDef<u32, CtClock> = MapDef::new("PORIN_CTCLK_V1", Array, 1);
 /// The per-CPU deny cache.
 pub const DENY_CACHE: MapDef<u32, DenyEntry> =
     MapDef::new("PORIN_DCACHE_V1", PerCpuArray, dp::DENY_CACHE);
@@ -214,7 +216,7 @@ pub const LOST: MapDef<u32, u64> = MapDef::new("PORIN_LOST_V1", PerCpuArray, los
 
 // The HTTP stage (http.rs).
 /// The stage's programs, by `Direction` (tail calls).
-pub const HTTP_PROGRAMS: MapDef<u32, u32> = MapDef::new("PORIN_HTTPP_V1", MapKind::ProgArray, 6);
+pub const HTTP_PROGRAMS: MapDef<u32, u32> = MapDef::new("PORIN_HTTPP_V1", MapKind::ProgArray, 8);
 /// HTTP rule sets, under the policy key that names them.
 pub const HTTP_SETS: MapDef<PolicyKey, HttpSet> =
     MapDef::new("PORIN_HTTPS_V1", Hash, http::SETS).flags(NO_PREALLOC);
@@ -273,6 +275,7 @@ pub const ALL: &[MapSpec] = &[
     CONFIG.spec(),
     CT4.spec(),
     CT6.spec(),
+    CT_CLOCK.spec(),
     DENY_CACHE.spec(),
     DROPS.spec(),
     FORWARDED.spec(),

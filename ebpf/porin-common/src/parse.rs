@@ -179,7 +179,14 @@ pub struct Flow {
     /// otherwise match the endpoint's own ping as a reply. A TCP SYN without
     /// ACK is not either (and skips a lookup on every connection attempt).
     pub may_be_reply: bool,
+    /// TCP: the header's flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK
+    /// 0x10, ...), which conntrack's TCP states follow
+    /// ([`crate::ct::on_hit`]); 0 otherwise. In what was the struct's tail
+    /// padding: `Flow` stays 40 bytes.
+    pub tcp_flags: u8,
 }
+
+const _: () = assert!(core::mem::size_of::<Flow>() == 40);
 
 /// The address an ARP packet or a neighbour discovery message claims for
 /// its sender: receivers note "this address is at my sender's MAC".
@@ -321,6 +328,7 @@ pub fn ip_addresses<F: Frame>(f: &F) -> L3 {
                 family: 4,
                 protocol: f.byte(IP + 9),
                 may_be_reply: true,
+                tcp_flags: 0,
             })
         }
         ethertype::IPV6 => {
@@ -335,6 +343,7 @@ pub fn ip_addresses<F: Frame>(f: &F) -> L3 {
                 family: 6,
                 protocol: f.byte(IP + 6),
                 may_be_reply: true,
+                tcp_flags: 0,
             })
         }
         _ => L3::NotIp,
@@ -415,6 +424,7 @@ fn parse_ipv4<F: Frame>(f: &F, l3_len: usize) -> Result<Parsed, DropReason> {
         family: 4,
         protocol: f.byte(IP + 9),
         may_be_reply: true,
+        tcp_flags: 0,
     };
     parse_l4(f, L4_OFF_V4, total - ihl, flow)
 }
@@ -444,6 +454,7 @@ fn parse_ipv6<F: Frame>(f: &F, l3_len: usize) -> Result<Parsed, DropReason> {
         family: 6,
         protocol: next_header,
         may_be_reply: true,
+        tcp_flags: 0,
     };
     parse_l4(f, L4_OFF_V6, payload, flow)
 }
@@ -515,6 +526,7 @@ fn parse_l4<F: Frame>(
             // (Simultaneous open, where it would, goes through policy.)
             let flags = f.byte(off + 13);
             flow.may_be_reply = !(flags & TCP_SYN != 0 && flags & TCP_ACK == 0);
+            flow.tcp_flags = flags;
         }
         proto::UDP => {
             if l4_len < UDP_HLEN || !f.has(off + 4) {

@@ -1,11 +1,17 @@
 //! Connection tracking: remembers allowed flows per endpoint so their later
 //! packets and replies skip policy. One lookup per packet: see the datapath
-//! module notes (`porin_common::datapath`) on canonical keys.
+//! module notes (`porin_common::datapath`) on canonical keys, and
+//! `porin_common::ct` for the states, idle timeouts and revocation.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, LruHashMap},
+};
 use porin_common::{
-    datapath::{max_entries, Ct4Key, CtKey, CtValue, Direction, DropReason},
-    decide::{ct4_key, ct6_key, ct_admits, ct_refresh_due, ct_value, CtLookup},
+    ct::{self, Hit},
+    datapath::{max_entries, Ct4Key, CtClock, CtKey, CtValue, Direction, DropReason},
+    decide::{ct4_key, ct6_key, ct_admits, ct_value, CtLookup},
     parse::Flow,
 };
 
@@ -26,49 +32,90 @@ static PORIN_CT4_V1: LruHashMap<Ct4Key, CtValue> =
 static PORIN_CT_V1: LruHashMap<CtKey, CtValue> =
     LruHashMap::with_max_entries(max_entries::CONNTRACK6, 0);
 
-/// [`established`]: not a known connection.
+/// The clock and idle timeouts (`CtClock`), written by the manager.
+#[map]
+static PORIN_CTCLK_V1: Array<CtClock> = Array::with_max_entries(1, 0);
+
+/// [`established`]: not a known connection (or a stale entry, deleted).
 pub const MISS: u8 = 0;
 /// [`established`]: a known connection, pass.
 pub const HIT: u8 = 1;
 /// [`established`]: a known HTTP-ruled connection, going the first
 /// packet's way (client to server): the HTTP stage judges its payload.
 pub const HIT_HTTP: u8 = 2;
+/// [`established`]: a TCP connection the manager revoked: the packet is
+/// answered with RSTs both ways (`http::revoke`).
+pub const REVOKED: u8 = 3;
 
 /// Whether `flow` belongs to a connection endpoint `ifindex` already
 /// allowed: its own tuple seen in this direction, or (if it may be a reply)
-/// its reversed tuple seen in the other. A hit counts itself in the entry
-/// and reads the clock only when a refresh is due (see `CtValue`).
-/// Returns [`MISS`], [`HIT`] or [`HIT_HTTP`].
+/// its reversed tuple seen in the other. A hit moves the entry's state and
+/// stamps it with the manager's clock; a stale entry (`Hit::Expired`) is
+/// deleted here and the packet is a miss.
+/// Returns [`MISS`], [`HIT`], [`HIT_HTTP`] or [`REVOKED`].
 #[inline(always)]
 pub fn established(flow: &Flow, dir: Direction, ifindex: u32) -> u8 {
     if flow.family == 4 {
         let l = ct4_key(flow, ifindex);
-        admits(PORIN_CT4_V1.get_ptr_mut(&l.key), &l, flow, dir)
+        let r = admits(PORIN_CT4_V1.get_ptr_mut(&l.key), &l, flow, dir);
+        if r == STALE {
+            let _ = PORIN_CT4_V1.remove(&l.key);
+            return MISS;
+        }
+        r
     } else {
         let l = ct6_key(flow, ifindex);
-        admits(PORIN_CT_V1.get_ptr_mut(&l.key), &l, flow, dir)
+        let r = admits(PORIN_CT_V1.get_ptr_mut(&l.key), &l, flow, dir);
+        if r == STALE {
+            let _ = PORIN_CT_V1.remove(&l.key);
+            return MISS;
+        }
+        r
     }
 }
+
+/// [`admits`]: the entry is stale, delete it.
+const STALE: u8 = 255;
 
 #[inline(always)]
 fn admits<K>(entry: Option<*mut CtValue>, l: &CtLookup<K>, flow: &Flow, dir: Direction) -> u8 {
     let Some(entry) = entry else {
         return MISS;
     };
+    let clock = match PORIN_CTCLK_V1.get(0) {
+        Some(c) => c,
+        None => return MISS,
+    };
     // SAFETY: a pointer to the map value, valid for this program run; the
-    // aligned 4- and 8-byte stores are atomic, so racing CPUs at worst lose
-    // a hit count or store a time a little older.
+    // aligned 1- and 4-byte stores are atomic, so racing CPUs at worst lose
+    // a hit count or store a time a second older.
     unsafe {
+        let seen = (*entry).seen_s;
+        let state = (*entry).state;
+        // Expired entries go whether or not they admit this packet: a
+        // stale entry must not keep a new connection from being recorded.
+        if ct::expired(state, seen, clock) {
+            return STALE;
+        }
         if !ct_admits(&*entry, dir, l.origin, l.symmetric, flow.may_be_reply) {
             return MISS;
         }
-        let hits = (*entry).hits;
-        (*entry).hits = hits.wrapping_add(1);
-        if ct_refresh_due(hits) {
-            (*entry).last_seen_ns = bpf_ktime_get_ns();
+        let reply = l.origin != (*entry).origin;
+        match ct::on_hit(state, seen, clock, flow.protocol, flow.tcp_flags, reply) {
+            Hit::Pass(next) => {
+                if next != state {
+                    (*entry).state = next;
+                }
+            }
+            Hit::Expired => return STALE,
+            Hit::Revoked => return REVOKED,
+        }
+        (*entry).hits = (*entry).hits.wrapping_add(1);
+        if clock.now_s > seen {
+            (*entry).seen_s = clock.now_s;
         }
         // The one extra test for plain flows.
-        if (*entry).l7 != 0 && l.origin == (*entry).origin {
+        if (*entry).l7 != 0 && !reply {
             return HIT_HTTP;
         }
     }
@@ -84,13 +131,22 @@ fn admits<K>(entry: Option<*mut CtValue>, l: &CtLookup<K>, flow: &Flow, dir: Dir
 #[inline(always)]
 pub fn create(flow: &Flow, dir: Direction, ifindex: u32, l7: u8) -> Result<(), DropReason> {
     // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now_s = (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32;
+    let state = ct::initial_state(flow.protocol, flow.tcp_flags);
     let rc = if flow.family == 4 {
         let l = ct4_key(flow, ifindex);
-        PORIN_CT4_V1.insert(&l.key, &ct_value(now, dir, l.origin, l7), BPF_NOEXIST)
+        PORIN_CT4_V1.insert(
+            &l.key,
+            &ct_value(now_s, dir, l.origin, l7, state),
+            BPF_NOEXIST,
+        )
     } else {
         let l = ct6_key(flow, ifindex);
-        PORIN_CT_V1.insert(&l.key, &ct_value(now, dir, l.origin, l7), BPF_NOEXIST)
+        PORIN_CT_V1.insert(
+            &l.key,
+            &ct_value(now_s, dir, l.origin, l7, state),
+            BPF_NOEXIST,
+        )
     };
     match rc {
         Ok(()) => Ok(()),

@@ -426,6 +426,7 @@ pub fn events_selftest(ctx: TcContext) -> i32 {
         family: 4,
         protocol: 6,
         may_be_reply: false,
+        tcp_flags: 0,
     };
     emit(
         &ctx,

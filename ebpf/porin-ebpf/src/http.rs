@@ -346,6 +346,93 @@ pub fn deny(
     put_packet(ctx, o, v4, l4, 20)
 }
 
+/// Answers a packet of a revoked connection: a RST cloned back to its
+/// sender at the sequence number the sender expects next (the packet's
+/// acknowledgement; only when it carries one), then the packet itself
+/// turned into a RST to its receiver at its own sequence number. Both ends
+/// accept a RST at exactly the next expected sequence number, so both
+/// close at once. The clone and the packet are RSTs without ACK: meeting
+/// the revoked entry again on their way, they are made into themselves
+/// and nothing is sent back (no loop). Returns whether the packet may now
+/// go on (it is the RST); on any failure the caller drops it.
+#[inline(always)]
+fn reset_both(
+    ctx: &TcContext,
+    flow: &Flow,
+    dir: Direction,
+    ifindex: u32,
+    t: &Tcp,
+    s: &mut Scratch,
+) -> bool {
+    let o = &mut s.out;
+    let v4 = flow.family == 4;
+    let l4: usize = if v4 { 34 } else { 54 };
+    // SAFETY: `o` has room for the 14 bytes.
+    if unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, 0, o.as_mut_ptr().cast(), 14) } != 0 {
+        return false;
+    }
+    if t.flags & u32::from(tcp_flag::ACK) != 0 {
+        swap_macs(o);
+        write_ip(o, flow, v4, true, 20);
+        write_tcp(o, l4, flow.dport, flow.sport, t.ack, 0, tcp_flag::RST);
+        if !put_packet(ctx, o, v4, l4, 20) {
+            return false;
+        }
+        let flags = match dir {
+            Direction::Ingress => BPF_F_INGRESS,
+            Direction::Egress => 0,
+        };
+        // SAFETY: the context's skb.
+        if unsafe { bpf_clone_redirect(ctx.skb.skb, ifindex, flags) } != 0 {
+            return false;
+        }
+        swap_macs(o);
+    }
+    write_ip(o, flow, v4, false, 20);
+    write_tcp(o, l4, flow.sport, flow.dport, t.seq, 0, tcp_flag::RST);
+    put_packet(ctx, o, v4, l4, 20)
+}
+
+/// Revocation stage for `from_container` (index `REVOKE` + 0).
+#[classifier]
+#[inline(always)]
+pub fn revoked_from_container(ctx: TcContext) -> i32 {
+    revoked(&ctx, Direction::Egress)
+}
+
+/// Revocation stage for `to_container` (index `REVOKE` + 1).
+#[classifier]
+#[inline(always)]
+pub fn revoked_to_container(ctx: TcContext) -> i32 {
+    revoked(&ctx, Direction::Ingress)
+}
+
+/// A packet of a connection the manager revoked: counted and evented as a
+/// `ConnectionRevoked` drop; in enforce mode answered by [`reset_both`]
+/// (audit mode: passes, counted).
+#[inline(always)]
+fn revoked(ctx: &TcContext, dir: Direction) -> i32 {
+    // SAFETY: the context pointer the kernel passed in.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(flow) = flow_of(ctx) else {
+        return drop_internal(ctx, dir);
+    };
+    let Ok(s) = scratch() else {
+        return drop_internal(ctx, dir);
+    };
+    let t = match tcp(ctx, flow.family, s) {
+        Ok(t) => t,
+        Err(r) => return settle(ctx, dir, Err(r)),
+    };
+    s.ev = 0;
+    let result = Err(DropReason::ConnectionRevoked);
+    let action = conclude(ctx, &flow, dir, ifindex, &t, s, result, false);
+    if action == tc_action::SHOT && reset_both(ctx, &flow, dir, ifindex, &t, s) {
+        return tc_action::OK;
+    }
+    action
+}
+
 /// Swaps the Ethernet destination and source of `o`.
 #[inline(always)]
 fn swap_macs(o: &mut [u8; OUT]) {
@@ -579,6 +666,8 @@ pub mod stage_index {
     pub const VALUE: u32 = 4;
     /// A chunked body's framing and data, then the parse.
     pub const CHUNK: u32 = 5;
+    /// A revoked connection's packet ([`revoke`]): 6 + `Direction`.
+    pub const REVOKE: u32 = 6;
 }
 
 /// Hands the packet to the HTTP stage entry for `dir` (a tail call, which
@@ -587,6 +676,14 @@ pub mod stage_index {
 #[inline(always)]
 pub fn enter(ctx: &TcContext, dir: Direction) -> i32 {
     tail(ctx, dir as u32, dir)
+}
+
+/// Hands a packet of a revoked TCP connection (`conntrack::REVOKED`) to
+/// the stage program that answers it with RSTs ([`revoked`]); if the tail
+/// call fails, the packet drops (`Internal`).
+#[inline(always)]
+pub fn revoke(ctx: &TcContext, dir: Direction) -> i32 {
+    tail(ctx, stage_index::REVOKE + dir as u32, dir)
 }
 
 /// Tail-calls stage program `index`; on failure drops (`Internal`).

@@ -29,6 +29,11 @@
 //! endpoint. Skipping the endpoint lookup on a hit saves a hash lookup
 //! (about 30 ns here), the largest single cost left on the hot path.
 //!
+//! Revocation: a hit on an entry the manager revoked
+//! (`conntrack::REVOKED`, TCP only) is handed to a stage program that
+//! turns the packet into a RST and sends one back to its sender
+//! (`http::revoke`).
+//!
 //! # Conntrack before anti-spoofing
 //! Anti-spoofing runs only on a conntrack miss, so it costs nothing on the
 //! hot path. What a hit can admit:
@@ -117,6 +122,10 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
         // HTTP stage: a request-carrying way of an HTTP-ruled connection.
         if ct == conntrack::HIT_HTTP {
             return http::enter(ctx, dir);
+        }
+        // A revoked TCP connection: RSTs both ways (a stage program).
+        if ct == conntrack::REVOKED {
+            return http::revoke(ctx, dir);
         }
         cache_epoch = dcache::check(flow, dir, ifindex, &mut hit);
         if hit.found != 0 {

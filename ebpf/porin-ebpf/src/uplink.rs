@@ -186,6 +186,8 @@ fn try_from_uplink(frame: &PacketFrame, ifindex: u32, seen: &mut Seen) -> Result
     seen.flow = Some(flow);
     let class = match container_veth(&flow) {
         Some(veth) => {
+            // A revoked connection passes too: `to_container` answers it
+            // with RSTs both ways.
             if conntrack::established(&flow, Direction::Ingress, veth) != conntrack::MISS {
                 return Ok(pass::ESTABLISHED);
             }

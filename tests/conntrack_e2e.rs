@@ -1,0 +1,330 @@
+//! Revocation with a real `porin run` and real Podman containers (issue
+//! 16): a keep-alive connection allowed by a rule sends a request every
+//! 0.25 s; `porin reload` with the rule removed ends it within 1 s, both
+//! ends see a reset, and a new connection on the same 4-tuple is judged
+//! afresh (denied while the rule is gone, allowed once it is back).
+//!
+//! Both ends are the host's `python3` (`tests/fixtures/revoke_peer.py`)
+//! run in the containers' network namespaces (`nsenter -t PID -n`): their
+//! traffic crosses the containers' veths. Needs root, podman and python3.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use porin::testing::{
+    daemon::{Daemon, Exclusive},
+    podman::{PodmanContainer, Spec},
+    require_root,
+};
+
+const PYTHON: &str = "/usr/bin/python3";
+const PORT: u16 = 9000;
+/// The client's fixed source port, reused after the revocation.
+const SPORT: u16 = 41234;
+
+fn config(socket: &Path, bpffs: &Path, with_rule: bool) -> String {
+    let policy = if with_rule {
+        format!(
+            "policies:
+  - name: cli-to-srv
+    from: [ct-cli]
+    to: [ct-srv]
+    protocol: tcp
+    ports: [{PORT}]
+"
+        )
+    } else {
+        "policies: []\n".into()
+    };
+    format!(
+        "version: 1
+enforcement:
+  mode: enforce
+  unknown_workloads: allow
+bpffs: {bpffs}
+control:
+  socket: {socket}
+groups:
+  - name: ct-srv
+    select:
+      labels: {{porin-ct: srv}}
+  - name: ct-cli
+    select:
+      labels: {{porin-ct: cli}}
+ground_rules:
+  same_group: allow
+  cross_group: deny
+{policy}",
+        bpffs = bpffs.display(),
+        socket = socket.display(),
+    )
+}
+
+fn unix_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: signalling a child this test spawned, by PID.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+            let _ = self.0.wait();
+        }
+    }
+}
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// `revoke_peer.py ROLE ARGS` in `pid`'s network namespace.
+fn peer(pid: u32, role: &str, args: &[&str]) -> Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/revoke_peer.py");
+    Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", PYTHON, "-u"])
+        .arg(script)
+        .arg(role)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nsenter python3")
+}
+
+/// The log's lines as (event, unix ns, rest).
+fn events(path: &Path) -> Vec<(String, u128, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut w = l.split(' ');
+            let what = w.next().unwrap_or("").to_string();
+            let at = w.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+            (what, at, w.collect::<Vec<_>>().join(" "))
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn reload(sock: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_porin"))
+        .args(["reload", "--socket", sock])
+        .output()
+        .expect("porin reload")
+}
+
+#[test]
+fn a_reload_that_removes_the_rule_ends_the_connection_within_a_second() {
+    require_root("live revocation test");
+    assert!(
+        Path::new(PYTHON).exists(),
+        "{PYTHON} is missing (Debian package python3; .ci/setup installs it)"
+    );
+    let _exclusive = Exclusive::acquire();
+    let dir = Dir(std::env::temp_dir().join(format!("porin-t-ct-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let socket = dir.0.join("run/porin.sock");
+    let sock = socket.to_str().unwrap();
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/porin-t-ct-{}", std::process::id()));
+    let config_file = dir.0.join("porin.yaml");
+    std::fs::write(&config_file, config(&socket, &bpffs, true)).unwrap();
+
+    let srv = PodmanContainer::run(
+        "ct-srv",
+        &Spec {
+            labels: &[("porin-ct", "srv")],
+            ..Default::default()
+        },
+    );
+    let cli = PodmanContainer::run(
+        "ct-cli",
+        &Spec {
+            labels: &[("porin-ct", "cli")],
+            ..Default::default()
+        },
+    );
+    let srv_ip = srv.ipv4().expect("server address").to_string();
+    assert!(
+        srv_ip.starts_with("10.88."),
+        "only Podman's bridge: {srv_ip}"
+    );
+    let server_log = dir.0.join("server.log");
+    let _server = Proc(peer(
+        srv.pid(),
+        "server",
+        &["0.0.0.0", &PORT.to_string(), server_log.to_str().unwrap()],
+    ));
+    wait_until("the server", Duration::from_secs(10), || {
+        events(&server_log).iter().any(|e| e.0 == "listening")
+    });
+
+    let mut daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_porin")), &config_file);
+    let seen = std::cell::RefCell::new(Vec::new());
+    daemon.wait_for(
+        |l| {
+            for n in [&srv.name, &cli.name] {
+                if l.contains("endpoint +") && l.contains(n.as_str()) {
+                    seen.borrow_mut().push(n.clone());
+                }
+            }
+            seen.borrow().len() >= 2
+        },
+        Duration::from_secs(20),
+    );
+    daemon.wait_for(
+        |l| l.contains("policy generation") && !l.contains("FAILED"),
+        Duration::from_secs(20),
+    );
+
+    // A keep-alive connection under the rule.
+    let client_log = dir.0.join("client.log");
+    let sport = SPORT.to_string();
+    let mut client = Proc(peer(
+        cli.pid(),
+        "client",
+        &[
+            &srv_ip,
+            &PORT.to_string(),
+            &sport,
+            client_log.to_str().unwrap(),
+        ],
+    ));
+    wait_until("8 requests served", Duration::from_secs(10), || {
+        events(&client_log)
+            .iter()
+            .filter(|e| e.0 == "served")
+            .count()
+            >= 8
+    });
+
+    // The rule goes.
+    std::fs::write(&config_file, config(&socket, &bpffs, false)).unwrap();
+    let out = reload(sock);
+    let returned = unix_ns();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "reload: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 connection revoked"), "{stdout}");
+
+    wait_until(
+        "the client to see its connection end",
+        Duration::from_secs(8),
+        || matches!(client.0.try_wait(), Ok(Some(_))),
+    );
+    let c = events(&client_log);
+    let closed = c
+        .iter()
+        .find(|e| e.0 == "closed")
+        .expect("the client's close");
+    assert_eq!(
+        closed.2, "ConnectionResetError",
+        "the client got a RST: {c:?}"
+    );
+    assert!(
+        closed.1 <= returned + 1_000_000_000,
+        "the client saw the reset {} ms after reload returned",
+        (closed.1 as i128 - returned as i128) / 1_000_000
+    );
+    let last_served = c
+        .iter()
+        .filter(|e| e.0 == "served")
+        .map(|e| e.1)
+        .max()
+        .unwrap();
+    assert!(
+        last_served <= returned + 1_000_000_000,
+        "a request was served {} ms after reload returned",
+        (last_served - returned) / 1_000_000
+    );
+    wait_until(
+        "the server to see the reset",
+        Duration::from_secs(5),
+        || events(&server_log).iter().any(|e| e.0 == "closed"),
+    );
+    let s = events(&server_log);
+    let srv_closed = s.iter().find(|e| e.0 == "closed").unwrap();
+    assert_eq!(
+        srv_closed.2, "ConnectionResetError",
+        "the server got a RST: {s:?}"
+    );
+    assert!(srv_closed.1 <= returned + 1_000_000_000, "{s:?}");
+    let srv_last = s
+        .iter()
+        .filter(|e| e.0 == "served")
+        .map(|e| e.1)
+        .max()
+        .unwrap();
+    assert!(
+        srv_last <= returned + 1_000_000_000,
+        "served after the revocation: {s:?}"
+    );
+
+    // The same 4-tuple again: judged afresh, denied without the rule.
+    let again_log = dir.0.join("again.log");
+    let mut again = Proc(peer(
+        cli.pid(),
+        "client",
+        &[
+            &srv_ip,
+            &PORT.to_string(),
+            &sport,
+            again_log.to_str().unwrap(),
+        ],
+    ));
+    let status = again.0.wait().expect("client exits");
+    assert_eq!(status.code(), Some(3), "refused: {:?}", events(&again_log));
+
+    // The rule back: the same tuple is allowed again.
+    std::fs::write(&config_file, config(&socket, &bpffs, true)).unwrap();
+    let out = reload(sock);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let back_log = dir.0.join("back.log");
+    let _back = Proc(peer(
+        cli.pid(),
+        "client",
+        &[
+            &srv_ip,
+            &PORT.to_string(),
+            &sport,
+            back_log.to_str().unwrap(),
+        ],
+    ));
+    wait_until(
+        "served under the rule again",
+        Duration::from_secs(10),
+        || events(&back_log).iter().filter(|e| e.0 == "served").count() >= 2,
+    );
+    drop(_back);
+    assert!(daemon.stop(), "porin run exits 0");
+}
