@@ -29,6 +29,10 @@ where
 /// Like [`verdict_on_ifindex`], with `skb->ingress_ifindex` set to
 /// `ingress_ifindex`: the interface the packet came in on before it was
 /// forwarded to `ifindex` (0, as without a context: none).
+///
+/// Kernels before 5.11 refuse a test run whose context sets
+/// `ingress_ifindex` (the run fails, and so does the caller's test);
+/// `test-vm/init` skips the tests that need it on 5.10.
 pub fn verdict_on_ifindex_from<P>(
     prog: &P,
     packet: &[u8],

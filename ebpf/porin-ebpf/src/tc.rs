@@ -61,12 +61,15 @@
 //! included) is admitted by the entry, whichever interface it came in on
 //! (`a_conntrack_hit_admits_a_forged_packet_of_a_known_connection` pins
 //! this). Checking it would cost the owner lookup on every hit (a hash
-//! lookup, about 20-30 ns, over the hit budget); the cheap fix is to
-//! record the peer's owner veth in the CT entry when it is made and compare
-//! it with `skb->ingress_ifindex` on a hit (one compare on a value already
-//! read), left to the conntrack rework (`CtValue`). Until then, listing the
-//! node's uplinks (`from_uplink` drops outside packets with a container's
-//! source) closes it for packets from outside.
+//! lookup, about 20-30 ns, over the hit budget). The cheap fix records the
+//! peer address's owner veth in the CT entry when it is made (`CtValue`
+//! grows 16 → 20 bytes) and, on a `to_container` hit only, compares it with
+//! `skb->ingress_ifindex` (one compare on the entry already read; a
+//! mismatch looks the owner's bridge up, and a packet still not matching is
+//! treated as a miss, so the checks of step 5 drop it): not done here,
+//! `CtValue` belongs to conntrack. Until then, listing the node's uplinks
+//! (`from_uplink` drops outside packets with a container's source) closes
+//! it for packets from outside.
 //!
 //! HTTP rules: a conntrack hit on an HTTP-ruled connection going the
 //! client→server way (`conntrack::HIT_HTTP`) is handed to the HTTP stage
