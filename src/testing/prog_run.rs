@@ -30,9 +30,9 @@ where
 /// `ingress_ifindex`: the interface the packet came in on before it was
 /// forwarded to `ifindex` (0, as without a context: none).
 ///
-/// Kernels before 5.11 refuse a test run whose context sets
-/// `ingress_ifindex` (the run fails, and so does the caller's test);
-/// `test-vm/init` skips the tests that need it on 5.10.
+/// Debian's 5.10 refuses a test run with this context (the run fails, and
+/// so does the caller's test; 6.1 and newer take it): `test-vm/init` skips
+/// the tests that need it on 5.10.
 pub fn verdict_on_ifindex_from<P>(
     prog: &P,
     packet: &[u8],
