@@ -153,6 +153,8 @@ pub struct Datapath {
     /// Conntrack idle timeouts by state, written with the clock
     /// ([`conntrack`]).
     ct_timeouts: [u32; porin_common::ct::STATES],
+    /// Most conntrack entries per endpoint (0: no limit).
+    ct_max_per_endpoint: u32,
 }
 
 struct Attached {
@@ -265,6 +267,7 @@ impl Datapath {
             http_key: SipKey::ZERO,
             hold_live: false,
             ct_timeouts: porin_common::ct::DEFAULT_TIMEOUTS,
+            ct_max_per_endpoint: porin_common::ct::DEFAULT_MAX_PER_ENDPOINT,
         };
         match found {
             None => dp.set_generation(0)?,
@@ -590,6 +593,7 @@ impl Datapath {
         let at = |ifindex: u32| ifindexes.contains(&ifindex);
         let v4 = purge(&mut self.bpf, maps::CT4, |k| at(k.ifindex))?;
         let v6 = purge(&mut self.bpf, maps::CT6, |k| at(k.ifindex))?;
+        purge(&mut self.bpf, maps::CT_COUNTS, |i| at(*i))?;
         debug!("forgot {v4} IPv4 and {v6} IPv6 connections of removed endpoints");
         Ok(())
     }
