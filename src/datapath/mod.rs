@@ -853,6 +853,19 @@ pub fn ifindex_of(name: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
+/// The name of interface `ifindex` on the host, or `ifindex N` when it has
+/// none (gone).
+pub fn veth_name(ifindex: u32) -> String {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname needs.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return format!("ifindex {ifindex}");
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
