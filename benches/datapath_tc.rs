@@ -331,7 +331,13 @@ fn setup(bpf: &mut Ebpf, entries: usize) {
     let mut clock: Array<_, CtClock> = maps::open_mut(bpf, maps::CT_CLOCK).expect("array");
     let now_s = porin::datapath::conntrack::monotonic_s();
     let timeouts = porin_common::ct::DEFAULT_TIMEOUTS;
-    clock.set(0, CtClock { now_s, timeouts }, 0).expect("clock");
+    let max_per_endpoint = porin_common::ct::DEFAULT_MAX_PER_ENDPOINT;
+    let c = CtClock {
+        now_s,
+        timeouts,
+        max_per_endpoint,
+    };
+    clock.set(0, c, 0).expect("clock");
 
     let mut pol: HashMap<_, PolicyKey, PolicyValue> =
         maps::open_mut(bpf, maps::POLICY).expect("hash");

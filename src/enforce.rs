@@ -268,8 +268,10 @@ impl Enforcer {
                 name: p.name.clone(),
             })
             .collect();
-        self.datapath
-            .set_conntrack_timeouts(self.cfg.conntrack.timeouts());
+        self.datapath.set_conntrack_limits(
+            self.cfg.conntrack.timeouts(),
+            self.cfg.conntrack.max_per_endpoint,
+        );
         let report = self
             .datapath
             .apply(&compiled, &veths)

@@ -328,3 +328,194 @@ fn a_reload_that_removes_the_rule_ends_the_connection_within_a_second() {
     drop(_back);
     assert!(daemon.stop(), "porin run exits 0");
 }
+
+fn flood_config(socket: &Path, bpffs: &Path, quota: u32) -> String {
+    format!(
+        "version: 1
+enforcement:
+  mode: enforce
+  unknown_workloads: allow
+bpffs: {bpffs}
+control:
+  socket: {socket}
+conntrack:
+  max_per_endpoint: {quota}
+groups:
+  - name: ctf-flood
+    select:
+      labels: {{porin-ctf: flood}}
+  - name: ctf-srv
+    select:
+      labels: {{porin-ctf: srv}}
+  - name: ctf-cli
+    select:
+      labels: {{porin-ctf: cli}}
+ground_rules:
+  same_group: allow
+  cross_group: deny
+policies:
+  - name: flood-to-host
+    from: [ctf-flood]
+    to: [host]
+    protocol: udp
+  - name: cli-to-srv
+    from: [ctf-cli]
+    to: [ctf-srv]
+    protocol: tcp
+    ports: [{PORT}]
+",
+        bpffs = bpffs.display(),
+        socket = socket.display(),
+    )
+}
+
+/// 130,000 UDP flows from one container, each sent twice: it gets its
+/// quota of conntrack entries, its other flows are refused as
+/// `CONNTRACK_QUOTA` (counted in `porin status`), and an idle connection
+/// between two other containers, made before the flood, still works after
+/// it, the server speaking first (a push). Without the quota the flood
+/// evicts that connection's entries (65,536 IPv4 entries in all) and the
+/// server's push is judged as a new flow from the server and denied (a
+/// client speaking first would make new entries that admit the answer).
+#[test]
+fn a_flooding_container_fills_only_its_share() {
+    require_root("live conntrack flood test");
+    assert!(Path::new(PYTHON).exists(), "{PYTHON} is missing");
+    const QUOTA: u32 = 8192;
+    let _exclusive = Exclusive::acquire();
+    let dir = Dir(std::env::temp_dir().join(format!("porin-t-ctf-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let socket = dir.0.join("run/porin.sock");
+    let sock = socket.to_str().unwrap();
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/porin-t-ctf-{}", std::process::id()));
+    let config_file = dir.0.join("porin.yaml");
+    std::fs::write(&config_file, flood_config(&socket, &bpffs, QUOTA)).unwrap();
+
+    let run = |tag: &str, role: &str| {
+        PodmanContainer::run(
+            tag,
+            &Spec {
+                labels: &[("porin-ctf", role)],
+                ..Default::default()
+            },
+        )
+    };
+    let flooder = run("ctf-flood", "flood");
+    let srv = run("ctf-srv", "srv");
+    let cli = run("ctf-cli", "cli");
+    let srv_ip = srv.ipv4().expect("server address").to_string();
+    let gateway = porin::testing::podman::PodmanNetwork::default_network()
+        .gateway
+        .to_string();
+    assert!(
+        gateway.starts_with("10.88."),
+        "only Podman's bridge: {gateway}"
+    );
+    let server_log = dir.0.join("server.log");
+    let push = dir.0.join("push");
+    let _server = Proc(peer(
+        srv.pid(),
+        "server",
+        &[
+            "0.0.0.0",
+            &PORT.to_string(),
+            server_log.to_str().unwrap(),
+            push.to_str().unwrap(),
+        ],
+    ));
+    wait_until("the server", Duration::from_secs(10), || {
+        events(&server_log).iter().any(|e| e.0 == "listening")
+    });
+    let mut daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_porin")), &config_file);
+    let seen = std::cell::RefCell::new(Vec::new());
+    daemon.wait_for(
+        |l| {
+            for n in [&flooder.name, &srv.name, &cli.name] {
+                if l.contains("endpoint +") && l.contains(n.as_str()) && !seen.borrow().contains(n)
+                {
+                    seen.borrow_mut().push(n.clone());
+                }
+            }
+            seen.borrow().len() >= 3
+        },
+        Duration::from_secs(20),
+    );
+    daemon.wait_for(
+        |l| l.contains("policy generation") && !l.contains("FAILED"),
+        Duration::from_secs(20),
+    );
+
+    // The neighbours' connection: one exchange, then idle through the flood.
+    let client_log = dir.0.join("client.log");
+    let mut client = Proc(peer(
+        cli.pid(),
+        "client",
+        &[
+            &srv_ip,
+            &PORT.to_string(),
+            "0",
+            client_log.to_str().unwrap(),
+            "20",
+        ],
+    ));
+    wait_until("the first exchange", Duration::from_secs(10), || {
+        events(&client_log).iter().any(|e| e.0 == "idle")
+    });
+
+    let flood_log = dir.0.join("flood.log");
+    let mut flood = Proc(peer(
+        flooder.pid(),
+        "flood",
+        &[&gateway, "65000", flood_log.to_str().unwrap()],
+    ));
+    let status = flood.0.wait().expect("the flood ends");
+    assert!(status.success(), "flood: {:?}", events(&flood_log));
+    let flooded = events(&flood_log);
+    assert_eq!(flooded.first().map(|e| e.1), Some(130_000), "{flooded:?}");
+
+    // The neighbours' idle connection still works, the server first.
+    std::fs::write(&push, "").unwrap();
+    let status = client.0.wait().expect("the client ends");
+    let c = events(&client_log);
+    assert!(
+        status.success()
+            && c.iter().any(|e| e.0 == "pushed")
+            && c.iter().filter(|e| e.0 == "served").count() == 2,
+        "the idle connection after the flood: the server's push and one more exchange: {c:?}"
+    );
+
+    // The flooder got its share; the rest was refused and counted.
+    let out = Command::new(env!("CARGO_BIN_EXE_porin"))
+        .args(["status", "--socket", sock, "-o", "json"])
+        .output()
+        .expect("porin status");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let ct = &s["conntrack"];
+    assert_eq!(
+        ct["max_per_endpoint"].as_u64(),
+        Some(u64::from(QUOTA)),
+        "{ct:#}"
+    );
+    let refused = ct["refused"].as_u64().unwrap_or(0);
+    eprintln!("flood: 130000 flows sent twice, {refused} packets refused by the quota");
+    assert!(
+        refused >= 130_000 - u64::from(QUOTA) - 1000,
+        "the flood's excess flows are refused as CONNTRACK_QUOTA: {refused}; {ct:#}"
+    );
+    let fullest = ct["per_endpoint"][0][1].as_u64().unwrap_or(0);
+    assert!(
+        fullest <= u64::from(QUOTA),
+        "no endpoint beyond its quota: {ct:#}"
+    );
+    let table = Command::new(env!("CARGO_BIN_EXE_porin"))
+        .args(["status", "--socket", sock])
+        .output()
+        .expect("porin status");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("per-endpoint quota: 8192 entries; packets of new flows refused by it: "),
+        "{table}"
+    );
+    assert!(daemon.stop(), "porin run exits 0");
+}

@@ -213,15 +213,27 @@ impl Dp {
         });
     }
 
-    /// Writes the manager's conntrack clock: `now_s`, default timeouts.
+    /// Writes the manager's conntrack clock: `now_s`, default timeouts,
+    /// no quota.
     fn clock(&mut self, now_s: u32) {
+        self.clock_quota(now_s, 0);
+    }
+
+    /// Writes the conntrack clock with quota `max_per_endpoint`.
+    fn clock_quota(&mut self, now_s: u32, max_per_endpoint: u32) {
         let mut a: Array<_, CtClock> =
             maps::open_mut(&mut self.bpf, maps::CT_CLOCK).expect("clock map");
         let c = CtClock {
             now_s,
             timeouts: ct::DEFAULT_TIMEOUTS,
+            max_per_endpoint,
         };
         a.set(0, c, 0).expect("write the clock");
+    }
+
+    fn ct_count(&self, ifindex: u32) -> Option<u32> {
+        let m: HashMap<_, u32, u32> = maps::open(&self.bpf, maps::CT_COUNTS).expect("hash");
+        m.get(&ifindex, 0).ok()
     }
 
     /// A policy entry of generation 0 for subject WEB.
@@ -1420,6 +1432,55 @@ fn tcp_states_follow_the_flags_and_a_reused_tuple_is_judged_afresh() {
         &[(DropReason::PolicyDenied, 2)],
         "the late ACK and the SYN after the rule went",
     );
+}
+
+#[test]
+fn an_endpoint_gets_only_its_quota_of_entries() {
+    require_root("an_endpoint_gets_only_its_quota_of_entries");
+    let mut dp = Dp::with_endpoint(mode::ENFORCE);
+    dp.rule(EGRESS, DB, PROTO_UDP, 0, action::ALLOW);
+    let now = 1000;
+    dp.clock_quota(now, 3);
+    // Another endpoint at its quota: counts are per endpoint.
+    dp.hash(maps::CT_COUNTS)
+        .insert(EP + 1, 3, 0)
+        .expect("count");
+    for port in [5000, 5001, 5002] {
+        dp.expect(EGRESS, &udp4(A, 40000, B, port), OK, "within the quota");
+    }
+    assert_eq!(dp.ct_count(EP), Some(3));
+    dp.expect(EGRESS, &udp4(A, 40000, B, 5003), SHOT, "a fourth flow");
+    dp.expect(EGRESS, &udp4(A, 40000, B, 5004), SHOT, "a fifth");
+    dp.expect_drops(&[(DropReason::ConntrackQuota, 2)], "refused by the quota");
+    assert_eq!(dp.ct_counts(), (3, 0), "nothing recorded for them");
+    dp.expect(
+        EGRESS,
+        &udp4(A, 40000, B, 5000),
+        OK,
+        "a known flow still passes",
+    );
+    dp.expect(INGRESS, &udp4(B, 5001, A, 40000), OK, "and its replies");
+    // A stale entry the programs delete gives its place back.
+    let key = ct_key4(PROTO_UDP, A, 40000, B, 5002, EP);
+    let seen = dp.ct(&key).expect("entry").seen_s;
+    let later = seen.max(now) + 61;
+    dp.clock_quota(later, 3);
+    // Keep the other two fresh.
+    dp.expect(EGRESS, &udp4(A, 40000, B, 5000), OK, "fresh");
+    dp.expect(EGRESS, &udp4(A, 40000, B, 5001), OK, "fresh");
+    dp.expect(
+        EGRESS,
+        &udp4(A, 40000, B, 5002),
+        OK,
+        "stale: deleted, judged, recorded again",
+    );
+    assert_eq!(dp.ct_count(EP), Some(3), "one out, one in");
+    dp.expect(EGRESS, &udp4(A, 40000, B, 5003), SHOT, "still full");
+    assert_eq!(dp.ct_count(EP + 1), Some(3), "the other endpoint untouched");
+    // No quota: no limit.
+    dp.clock_quota(later, 0);
+    dp.expect(EGRESS, &udp4(A, 40000, B, 5003), OK, "quota off");
+    assert_eq!(dp.ct_count(EP), Some(4));
 }
 
 #[test]

@@ -203,6 +203,7 @@ pub fn status_text(s: &Status) -> String {
         ]);
     }
     o.push_str(&table(&rows));
+    o.push_str(&conntrack_lines(&s.conntrack));
     o.push_str("\nKERNEL\n");
     let rows: Vec<Vec<String>> = s
         .kernel
@@ -239,6 +240,28 @@ pub fn policy_text(p: &PolicyDump) -> String {
     } else {
         o.push('\n');
         o.push_str(&p.explain);
+    }
+    o
+}
+
+/// The CONNTRACK section: the quota, what it refused, the fullest
+/// endpoints.
+fn conntrack_lines(c: &crate::control::proto::ConntrackStatus) -> String {
+    let quota = if c.max_per_endpoint == 0 {
+        "no limit".to_string()
+    } else {
+        format!("{} entries", c.max_per_endpoint)
+    };
+    let mut o = format!(
+        "\nCONNTRACK\nper-endpoint quota: {quota}; packets of new flows refused by it: {}\n",
+        c.refused
+    );
+    if !c.per_endpoint.is_empty() {
+        let mut rows = vec![vec!["VETH".to_string(), "ENTRIES".to_string()]];
+        for (veth, n) in c.per_endpoint.iter().take(10) {
+            rows.push(vec![veth.clone(), n.to_string()]);
+        }
+        o.push_str(&table(&rows));
     }
     o
 }

@@ -170,7 +170,8 @@ pub(crate) fn decode(root: &Node, sink: &mut Sink) -> Option<Config> {
 const CT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
 const CT_TIMEOUT_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// `conntrack:`: `timeouts:` by state, each a duration in 1s-30d.
+/// `conntrack:`: `timeouts:` by state, each a duration in 1s-30d, and
+/// `max_per_endpoint` (0: no limit).
 fn conntrack(node: &Node, path: &str, sink: &mut Sink) -> Option<Conntrack> {
     let mut f = Fields::new(node, path, sink)?;
     let d = Conntrack::default();
@@ -204,13 +205,21 @@ fn conntrack(node: &Node, path: &str, sink: &mut Sink) -> Option<Conntrack> {
             udp: one("udp", d.udp, s),
             icmp: one("icmp", d.icmp, s),
             other: one("other", d.other, s),
+            max_per_endpoint: d.max_per_endpoint,
         };
         g.finish(s);
         Some(c)
     })
     .unwrap_or(d);
+    let max_per_endpoint = opt(&mut f, "max_per_endpoint", sink, |n, p, s| {
+        u32_in(n, p, s, 0..=porin_common::datapath::max_entries::CONNTRACK)
+    })
+    .unwrap_or(d.max_per_endpoint);
     f.finish(sink);
-    Some(t)
+    Some(Conntrack {
+        max_per_endpoint,
+        ..t
+    })
 }
 
 /// Reads an optional field with `read`; `None` when absent or invalid.

@@ -1083,3 +1083,20 @@ fn conntrack_timeouts_default_and_override() {
         "unknown field",
     );
 }
+
+#[test]
+fn conntrack_quota() {
+    assert_eq!(
+        ok("version: 1\n").conntrack.max_per_endpoint,
+        porin_common::ct::DEFAULT_MAX_PER_ENDPOINT
+    );
+    let c = ok("version: 1\nconntrack:\n  max_per_endpoint: 0\n");
+    assert_eq!(c.conntrack.max_per_endpoint, 0, "no limit");
+    assert_one(
+        "version: 1\nconntrack:\n  max_per_endpoint: 70000\n",
+        3,
+        21,
+        "conntrack.max_per_endpoint",
+        "out of range",
+    );
+}

@@ -61,6 +61,8 @@ pub struct Conntrack {
     pub udp: Duration,
     pub icmp: Duration,
     pub other: Duration,
+    /// Most entries one endpoint may have (0: no limit).
+    pub max_per_endpoint: u32,
 }
 
 impl Default for Conntrack {
@@ -79,6 +81,7 @@ impl Default for Conntrack {
             udp: t(state::UDP),
             icmp: t(state::ICMP),
             other: t(state::OTHER),
+            max_per_endpoint: porin_common::ct::DEFAULT_MAX_PER_ENDPOINT,
         }
     }
 }

@@ -165,6 +165,22 @@ pub struct Status {
     pub events_lost: u64,
     /// The last reload since start (None: none yet).
     pub last_reload: Option<ReloadOutcome>,
+    /// Conntrack's per-endpoint quota (empty from older daemons).
+    #[serde(default)]
+    pub conntrack: ConntrackStatus,
+}
+
+/// Conntrack's share per endpoint (`conntrack.max_per_endpoint`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackStatus {
+    /// Most entries per endpoint (0: no limit).
+    pub max_per_endpoint: u32,
+    /// Packets of new flows refused because their endpoint was at the
+    /// quota, since the programs were loaded (`CONNTRACK_QUOTA` drops,
+    /// audited ones included).
+    pub refused: u64,
+    /// (host veth, entries) of every endpoint with entries, most first.
+    pub per_endpoint: Vec<(String, u32)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

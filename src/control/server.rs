@@ -329,6 +329,11 @@ fn status(ctx: &Ctx) -> Response {
         history_capacity: cap,
         events_lost: ctx.lost().iter().sum(),
         last_reload: sh.last_reload(),
+        conntrack: ctx
+            .counters
+            .as_ref()
+            .map(|c| c.conntrack_status())
+            .unwrap_or_default(),
     }))
 }
 

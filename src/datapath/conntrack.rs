@@ -235,30 +235,37 @@ fn walk<K: ConnKey>(
 }
 
 impl Datapath {
-    /// Sets the idle timeouts (seconds by `porin_common::ct::state`) the
-    /// next [`Self::tick_conntrack`] writes.
-    pub fn set_conntrack_timeouts(&mut self, timeouts: [u32; ct::STATES]) {
+    /// Sets the idle timeouts (seconds by `porin_common::ct::state`) and
+    /// the most entries per endpoint (0: no limit) that the next
+    /// [`Self::tick_conntrack`] writes.
+    pub fn set_conntrack_limits(&mut self, timeouts: [u32; ct::STATES], max_per_endpoint: u32) {
         self.ct_timeouts = timeouts;
+        self.ct_max_per_endpoint = max_per_endpoint;
     }
 
-    /// Writes the clock (now) and the timeouts to `PORIN_CTCLK_V1`.
-    pub fn tick_conntrack(&mut self) -> Result<(), DatapathError> {
-        let clock = CtClock {
+    fn ct_clock(&self) -> CtClock {
+        CtClock {
             now_s: monotonic_s(),
             timeouts: self.ct_timeouts,
-        };
+            max_per_endpoint: self.ct_max_per_endpoint,
+        }
+    }
+
+    /// Writes the clock (now), the timeouts and the quota to
+    /// `PORIN_CTCLK_V1`.
+    pub fn tick_conntrack(&mut self) -> Result<(), DatapathError> {
+        let clock = self.ct_clock();
         let mut a = map_mut!(self.bpf, maps::CT_CLOCK, aya::maps::Array<_, CtClock>);
         a.set(0, clock, 0)
             .map_err(map_err(maps::CT_CLOCK.name, "write"))
     }
 
     /// Deletes every connection idle longer than its state's timeout (see
-    /// the module notes). Returns how many.
+    /// the module notes), then sets each endpoint's count in
+    /// `PORIN_CTN_V1` to the entries it has left. Returns how many were
+    /// deleted.
     pub fn sweep_connections(&mut self) -> Result<usize, DatapathError> {
-        let clock = CtClock {
-            now_s: monotonic_s(),
-            timeouts: self.ct_timeouts,
-        };
+        let clock = self.ct_clock();
         let idle = |v: &CtValue| {
             if ct::expired(v.state, v.seen_s, &clock) {
                 Step::Delete
@@ -266,13 +273,53 @@ impl Datapath {
                 Step::Keep
             }
         };
-        let v4 = walk(&mut self.bpf, maps::CT4, |_, v| idle(v))?;
-        let v6 = walk(&mut self.bpf, maps::CT6, |_, v| idle(v))?;
+        let counts = std::cell::RefCell::new(std::collections::BTreeMap::<u32, u32>::new());
+        let keep = |ifindex: u32, v: &CtValue| {
+            let s = idle(v);
+            if matches!(s, Step::Keep) {
+                *counts.borrow_mut().entry(ifindex).or_default() += 1;
+            }
+            s
+        };
+        let v4 = walk(&mut self.bpf, maps::CT4, |k, v| keep(k.ifindex, v))?;
+        let v6 = walk(&mut self.bpf, maps::CT6, |k, v| keep(k.ifindex, v))?;
+        self.write_counts(&counts.into_inner())?;
         let n = v4.deleted + v6.deleted;
         if n > 0 {
             debug!("conntrack: swept {n} idle connections");
         }
         Ok(n)
+    }
+
+    /// Sets `PORIN_CTN_V1` to `counts` (endpoints not listed: 0, those
+    /// without an endpoint entry: removed). The programs' adds between the
+    /// walk and this write are lost until the next sweep: the count errs
+    /// low by the flows made meanwhile (a few, in milliseconds).
+    fn write_counts(
+        &mut self,
+        counts: &std::collections::BTreeMap<u32, u32>,
+    ) -> Result<(), DatapathError> {
+        let endpoints: Vec<u32> = self.applied.endpoints.keys().copied().collect();
+        let mut m = map_mut!(self.bpf, maps::CT_COUNTS, BpfHashMap<_, u32, u32>);
+        let present: Vec<u32> = m.keys().filter_map(Result::ok).collect();
+        for i in present {
+            if !endpoints.contains(&i) && !counts.contains_key(&i) {
+                let _ = m.remove(&i);
+            }
+        }
+        for i in endpoints.iter().chain(counts.keys()) {
+            let n = counts.get(i).copied().unwrap_or(0);
+            m.insert(i, n, 0)
+                .map_err(map_err(maps::CT_COUNTS.name, "write"))?;
+        }
+        Ok(())
+    }
+
+    /// Each endpoint's conntrack entries as the programs count them
+    /// (`PORIN_CTN_V1`), for `porin status`.
+    pub fn connection_counts(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
+        let m: BpfHashMap<_, u32, u32> = maps::open(&self.bpf, maps::CT_COUNTS)?;
+        Ok(m.iter().filter_map(Result::ok).collect())
     }
 
     /// Judges every tracked connection under `new` and revokes those it no

@@ -153,6 +153,8 @@ pub struct Datapath {
     /// Conntrack idle timeouts by state, written with the clock
     /// ([`conntrack`]).
     ct_timeouts: [u32; porin_common::ct::STATES],
+    /// Most conntrack entries per endpoint (0: no limit).
+    ct_max_per_endpoint: u32,
 }
 
 struct Attached {
@@ -265,6 +267,7 @@ impl Datapath {
             http_key: SipKey::ZERO,
             hold_live: false,
             ct_timeouts: porin_common::ct::DEFAULT_TIMEOUTS,
+            ct_max_per_endpoint: porin_common::ct::DEFAULT_MAX_PER_ENDPOINT,
         };
         match found {
             None => dp.set_generation(0)?,
@@ -590,6 +593,7 @@ impl Datapath {
         let at = |ifindex: u32| ifindexes.contains(&ifindex);
         let v4 = purge(&mut self.bpf, maps::CT4, |k| at(k.ifindex))?;
         let v6 = purge(&mut self.bpf, maps::CT6, |k| at(k.ifindex))?;
+        purge(&mut self.bpf, maps::CT_COUNTS, |i| at(*i))?;
         debug!("forgot {v4} IPv4 and {v6} IPv6 connections of removed endpoints");
         Ok(())
     }
@@ -847,6 +851,19 @@ pub fn ifindex_of(name: &str) -> Option<u32> {
     // SAFETY: a valid NUL-terminated string.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
+}
+
+/// The name of interface `ifindex` on the host, or `ifindex N` when it has
+/// none (gone).
+pub fn veth_name(ifindex: u32) -> String {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname needs.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return format!("ifindex {ifindex}");
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 #[cfg(test)]

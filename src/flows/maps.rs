@@ -8,10 +8,10 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf,
 };
-use porin_common::datapath::{Counter, Ct4Key, CtKey, CtValue};
+use porin_common::datapath::{Counter, Ct4Key, CtClock, CtKey, CtValue, DropReason};
 
 use crate::{
-    control::proto::MapFill,
+    control::proto::{ConntrackStatus, MapFill},
     maps::{self, Holds, MapDef},
 };
 
@@ -150,6 +150,9 @@ pub struct CounterMaps {
     pub ct4: HashMap<MapData, Ct4Key, CtValue>,
     /// IPv6 connections.
     pub ct6: HashMap<MapData, CtKey, CtValue>,
+    /// Entries per endpoint and the quota.
+    pub ct_counts: HashMap<MapData, u32, u32>,
+    pub ct_clock: Array<MapData, CtClock>,
 }
 
 impl CounterMaps {
@@ -159,7 +162,29 @@ impl CounterMaps {
             fwd: typed(bpf, maps::FORWARDED)?,
             ct4: typed(bpf, maps::CT4)?,
             ct6: typed(bpf, maps::CT6)?,
+            ct_counts: typed(bpf, maps::CT_COUNTS)?,
+            ct_clock: typed(bpf, maps::CT_CLOCK)?,
         })
+    }
+
+    /// The quota, the flows it refused and each endpoint's entries (veths
+    /// by name where they still exist, else `ifindex N`).
+    pub fn conntrack_status(&self) -> ConntrackStatus {
+        let refused = Self::sum(&self.drops, DropReason::ConntrackQuota as u32).packets;
+        let max_per_endpoint = self.ct_clock.get(&0, 0).map_or(0, |c| c.max_per_endpoint);
+        let mut per_endpoint: Vec<(String, u32)> = self
+            .ct_counts
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, n)| *n > 0)
+            .map(|(i, n)| (crate::datapath::veth_name(i), n))
+            .collect();
+        per_endpoint.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        ConntrackStatus {
+            max_per_endpoint,
+            refused,
+            per_endpoint,
+        }
     }
 
     /// `map[index]` summed over the CPUs.

@@ -72,6 +72,11 @@ pub const STATE_NAMES: [&str; STATES] = [
     "revoked",
 ];
 
+/// Default most entries per endpoint (`CtClock::max_per_endpoint`): an
+/// eighth of the IPv4 table, so it takes eight endpoints at their limit
+/// to fill it.
+pub const DEFAULT_MAX_PER_ENDPOINT: u32 = crate::datapath::max_entries::CONNTRACK / 8;
+
 /// Default idle timeouts in seconds, by state: near Cilium's and Linux
 /// conntrack's (TCP established 6 h, SYN 60 s, close 10 s; UDP 60 s;
 /// ICMP 30 s).
@@ -187,6 +192,7 @@ mod tests {
         CtClock {
             now_s,
             timeouts: DEFAULT_TIMEOUTS,
+            max_per_endpoint: 0,
         }
     }
 

@@ -396,8 +396,8 @@ pub struct CtValue {
     pub hits: u32,
 }
 
-/// `PORIN_CTCLK_V1` (array\[1\]): the conntrack clock and idle timeouts,
-/// written by the manager ([`crate::ct`]).
+/// `PORIN_CTCLK_V1` (array\[1\]): the conntrack clock, idle timeouts and
+/// per-endpoint quota, written by the manager ([`crate::ct`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtClock {
@@ -411,6 +411,11 @@ pub struct CtClock {
     pub now_s: u32,
     /// Idle timeout in seconds by [`crate::ct::state`]; 0: never.
     pub timeouts: [u32; crate::ct::STATES],
+    /// Most conntrack entries one endpoint (host veth) may have, IPv4 and
+    /// IPv6 together (`PORIN_CTN_V1` counts them); 0: no limit. A new flow
+    /// beyond it is refused ([`DropReason::ConntrackQuota`]), so one
+    /// container cannot fill the shared tables with its flows.
+    pub max_per_endpoint: u32,
 }
 
 /// Which end of a canonical conntrack key sent a packet
@@ -529,24 +534,27 @@ pub enum DropReason {
     /// A packet of a TCP connection an apply revoked (the policy no longer
     /// allows it): answered with RSTs both ways (see [`crate::ct`]).
     ConnectionRevoked = 18,
+    /// A new flow of an endpoint that already has as many conntrack
+    /// entries as `conntrack.max_per_endpoint` allows ([`CtClock`]).
+    ConntrackQuota = 19,
     /// `from_container`: an ARP packet or an IPv6 neighbour/router
     /// solicitation or neighbour advertisement claiming an address that is
     /// not the container's own (ARP sender address, NS/RS source, NA target;
     /// see `crate::spoof`): it would take over a neighbour's address on the
     /// bridge.
-    SpoofedNeighbour = 19,
+    SpoofedNeighbour = 20,
     /// `to_container`: the destination is neither one of the container's
     /// own addresses nor a multicast address or the IPv4 limited broadcast
     /// (traffic meant for another address, see `crate::spoof`).
-    WrongDestination = 20,
+    WrongDestination = 21,
     /// `to_container`: the source is a container's address but the packet
     /// did not come in from that container's host veth
     /// (`skb->ingress_ifindex`): a forged or routed-in copy of its address.
-    SpoofedIngress = 21,
+    SpoofedIngress = 22,
 }
 
 /// Number of drop reasons (size of `PORIN_DROPS_V1`).
-pub const DROP_REASONS: u32 = 22;
+pub const DROP_REASONS: u32 = 23;
 
 impl DropReason {
     /// Every reason, in index order (for counters read by index).
@@ -570,6 +578,7 @@ impl DropReason {
         DropReason::HttpHeadTooLarge,
         DropReason::HttpStream,
         DropReason::ConnectionRevoked,
+        DropReason::ConntrackQuota,
         DropReason::SpoofedNeighbour,
         DropReason::WrongDestination,
         DropReason::SpoofedIngress,
@@ -602,6 +611,7 @@ impl DropReason {
             DropReason::HttpHeadTooLarge => "HTTP_HEAD_TOO_LARGE",
             DropReason::HttpStream => "HTTP_STREAM",
             DropReason::ConnectionRevoked => "CONNECTION_REVOKED",
+            DropReason::ConntrackQuota => "CONNTRACK_QUOTA",
             DropReason::SpoofedNeighbour => "SPOOFED_NEIGHBOUR",
             DropReason::WrongDestination => "WRONG_DESTINATION",
             DropReason::SpoofedIngress => "SPOOFED_INGRESS",
@@ -647,7 +657,7 @@ const _: () = assert!(core::mem::size_of::<DenyEntry>() == 64);
 const _: () = assert!(core::mem::size_of::<Ct4Key>() == 20);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
-const _: () = assert!(core::mem::size_of::<CtClock>() == 36);
+const _: () = assert!(core::mem::size_of::<CtClock>() == 40);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
 #[cfg(test)]

@@ -174,8 +174,10 @@ pub const CONFIG: MapDef<u32, DatapathConfig> = MapDef::new("PORIN_CFG_V1", Arra
 pub const CT4: MapDef<Ct4Key, CtValue> = MapDef::new("PORIN_CT4_V1", LruHash, dp::CONNTRACK);
 /// IPv6 connections (named from when it held both families).
 pub const CT6: MapDef<CtKey, CtValue> = MapDef::new("PORIN_CT_V1", LruHash, dp::CONNTRACK6);
-/// The conntrack clock and idle timeouts (one entry, `crate::ct`).
+/// The conntrack clock, idle timeouts and quota (one entry, `crate::ct`).
 pub const CT_CLOCK: MapDef<u32, CtClock> = MapDef::new("PORIN_CTCLK_V1", Array, 1);
+/// Conntrack entries per endpoint (host veth ifindex), for the quota.
+pub const CT_COUNTS: MapDef<u32, u32> = MapDef::new("PORIN_CTN_V1", Hash, dp::ENDPOINTS);
 /// The per-CPU deny cache.
 pub const DENY_CACHE: MapDef<u32, DenyEntry> =
     MapDef::new("PORIN_DCACHE_V1", PerCpuArray, dp::DENY_CACHE);
@@ -276,6 +278,7 @@ pub const ALL: &[MapSpec] = &[
     CT4.spec(),
     CT6.spec(),
     CT_CLOCK.spec(),
+    CT_COUNTS.spec(),
     DENY_CACHE.spec(),
     DROPS.spec(),
     FORWARDED.spec(),

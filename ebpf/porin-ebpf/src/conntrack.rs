@@ -6,7 +6,7 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
 };
 use porin_common::{
     ct::{self, Hit},
@@ -32,9 +32,51 @@ static PORIN_CT4_V1: LruHashMap<Ct4Key, CtValue> =
 static PORIN_CT_V1: LruHashMap<CtKey, CtValue> =
     LruHashMap::with_max_entries(max_entries::CONNTRACK6, 0);
 
-/// The clock and idle timeouts (`CtClock`), written by the manager.
+/// The clock, idle timeouts and quota (`CtClock`), written by the manager.
 #[map]
 static PORIN_CTCLK_V1: Array<CtClock> = Array::with_max_entries(1, 0);
+
+/// Entries per endpoint (host veth ifindex), IPv4 and IPv6 together: the
+/// programs add one per entry they make and take one per stale entry they
+/// delete (atomic adds: every CPU writes it); the manager's sweep sets
+/// them to what the tables hold, which also accounts for the entries the
+/// manager deletes and those the LRU evicts.
+#[map]
+static PORIN_CTN_V1: HashMap<u32, u32> = HashMap::with_max_entries(max_entries::ENDPOINTS, 0);
+
+/// Adds `delta` (wrapping: `u32::MAX` takes one) to endpoint `ifindex`'s
+/// count, atomically: `core::sync::atomic` has no atomics for the BPF
+/// target, so the intrinsic. Its result is unused, so LLVM emits the plain
+/// atomic add (`BPF_XADD`, no fetch), which every kernel we support (5.10
+/// included) has.
+#[inline(always)]
+fn count_add(ifindex: u32, delta: u32) {
+    use core::intrinsics::{atomic_xadd, AtomicOrdering};
+    if let Some(c) = PORIN_CTN_V1.get_ptr_mut(&ifindex) {
+        // SAFETY: a pointer to the map value, valid for this run, aligned.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(c, delta) };
+    }
+}
+
+/// Whether endpoint `ifindex` may have one more entry: under its quota
+/// (`CtClock::max_per_endpoint`, 0 for none). Starts its count if it has
+/// none yet. Checked once before a new flow is recorded (HTTP state
+/// included), so a refused flow leaves nothing behind.
+#[inline(always)]
+pub fn room(ifindex: u32) -> Result<(), DropReason> {
+    let quota = PORIN_CTCLK_V1.get(0).map_or(0, |c| c.max_per_endpoint);
+    match PORIN_CTN_V1.get_ptr_mut(&ifindex) {
+        // SAFETY: as in `count_add`; a racing add at worst lets one more in.
+        Some(c) if quota != 0 && unsafe { core::ptr::read_volatile(c) } >= quota => {
+            Err(DropReason::ConntrackQuota)
+        }
+        Some(_) => Ok(()),
+        None => {
+            let _ = PORIN_CTN_V1.insert(&ifindex, &0, BPF_NOEXIST);
+            Ok(())
+        }
+    }
+}
 
 /// [`established`]: not a known connection (or a stale entry, deleted).
 pub const MISS: u8 = 0;
@@ -59,7 +101,9 @@ pub fn established(flow: &Flow, dir: Direction, ifindex: u32) -> u8 {
         let l = ct4_key(flow, ifindex);
         let r = admits(PORIN_CT4_V1.get_ptr_mut(&l.key), &l, flow, dir);
         if r == STALE {
-            let _ = PORIN_CT4_V1.remove(&l.key);
+            if PORIN_CT4_V1.remove(&l.key).is_ok() {
+                count_add(ifindex, u32::MAX);
+            }
             return MISS;
         }
         r
@@ -67,7 +111,9 @@ pub fn established(flow: &Flow, dir: Direction, ifindex: u32) -> u8 {
         let l = ct6_key(flow, ifindex);
         let r = admits(PORIN_CT_V1.get_ptr_mut(&l.key), &l, flow, dir);
         if r == STALE {
-            let _ = PORIN_CT_V1.remove(&l.key);
+            if PORIN_CT_V1.remove(&l.key).is_ok() {
+                count_add(ifindex, u32::MAX);
+            }
             return MISS;
         }
         r
@@ -127,7 +173,8 @@ fn admits<K>(entry: Option<*mut CtValue>, l: &CtLookup<K>, flow: &Flow, dir: Dir
 /// e.g. the connection seen the other way) is kept: the packet passes on
 /// policy's word alone. Failing to record otherwise is an error: in enforce
 /// mode the packet drops rather than pass with no state behind it.
-/// `l7` marks an HTTP-ruled connection (`CtValue::l7`).
+/// `l7` marks an HTTP-ruled connection (`CtValue::l7`). The caller
+/// checked [`room`] first.
 #[inline(always)]
 pub fn create(flow: &Flow, dir: Direction, ifindex: u32, l7: u8) -> Result<(), DropReason> {
     // SAFETY: no preconditions.
@@ -149,7 +196,10 @@ pub fn create(flow: &Flow, dir: Direction, ifindex: u32, l7: u8) -> Result<(), D
         )
     };
     match rc {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            count_add(ifindex, 1);
+            Ok(())
+        }
         Err(e) if e == EEXIST => Ok(()),
         Err(_) => Err(DropReason::Internal),
     }

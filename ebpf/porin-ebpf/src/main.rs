@@ -6,6 +6,9 @@
 //! `porin-common`, where the host tests them.
 #![no_std]
 #![no_main]
+// `core::intrinsics::atomic_xadd`: the per-endpoint conntrack counts.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod access;
 mod baseline;

@@ -312,6 +312,8 @@ fn try_handle(
     else {
         return Err(DropReason::PolicyDenied);
     };
+    // A new flow: within the endpoint's share of the tables.
+    conntrack::room(ifindex)?;
     if action == action::ALLOW_HTTP {
         // HTTP stage: record the rule set and where requests start.
         let t = http::tcp(ctx, flow.family, http::scratch()?)?;
