@@ -8,6 +8,11 @@
 //!    entries: a's egress and b's ingress), so every reload writes the whole
 //!    new generation, switches, and deletes the old one. N = 10, 1,000
 //!    (target: median and p99 under 50 ms) and 10,000; 30 reloads each.
+//!    Then N = 1,000 again with the IPv4 conntrack table full (65,536
+//!    connections between the two endpoints, all allowed by both
+//!    policies): every apply also judges each of them again (revocation,
+//!    `datapath::conntrack`), which is the walk's cost; the sweep of idle
+//!    entries walks the same way, timed alone.
 //! 2. Once through the real daemon: `porin run` with two Podman containers
 //!    and 1,000 rules, `porin reload` alternating between two files whose
 //!    ports differ, timed from spawning `porin reload` to its exit (client
@@ -72,11 +77,88 @@ fn main() {
             }
         );
     }
+    full_conntrack(tc);
     if std::env::var_os("PORIN_BENCH_NO_DAEMON").is_some() {
         println!("daemon part skipped (PORIN_BENCH_NO_DAEMON)");
         return;
     }
     daemon_reloads();
+}
+
+/// Reloads of 1,000 rules with 65,536 tracked connections that both
+/// policies allow (ports `[20000, 40000) ∪ ...`: a port both generations
+/// list is not there, so the connections use the any-port rule added to
+/// both), and the sweep alone.
+fn full_conntrack(tc: porin::kernel::TcAttach) {
+    use aya::maps::HashMap;
+    use porin_common::datapath::{Ct4Key, CtValue};
+    let mut dp = Datapath::load(tc, None).expect("load the datapath");
+    let with_any = |mut c: Compiled| {
+        for (subject, peer, direction) in [(A, B, Direction::Egress), (B, A, Direction::Ingress)] {
+            c.policy.insert(
+                PolicyKey::new(subject, peer, direction, 17, 0),
+                PolicyValue::allow(9999),
+            );
+        }
+        c
+    };
+    let a = with_any(compiled(1_000, 20_000));
+    let b = with_any(compiled(1_000, 40_000));
+    dp.apply(&a, &[]).expect("first apply");
+    let n = porin_common::datapath::max_entries::CONNTRACK;
+    {
+        let mut ct: HashMap<_, Ct4Key, CtValue> =
+            porin::maps::open_mut(dp.ebpf_mut(), porin::maps::CT4).expect("CT4");
+        let now = porin::datapath::conntrack::monotonic_s();
+        for i in 0..n {
+            let flow = porin_common::parse::Flow {
+                saddr: v4([10, 231, 251, 1]),
+                daddr: v4([10, 231, 251, 2]),
+                sport: 1024 + (i % 60_000) as u16,
+                dport: 5000 + (i / 60_000) as u16,
+                family: 4,
+                protocol: 17,
+                may_be_reply: false,
+                tcp_flags: 0,
+            };
+            let l = porin_common::decide::ct4_key(&flow, 7_100_001);
+            let v = porin_common::decide::ct_value(
+                now,
+                Direction::Egress,
+                l.origin,
+                0,
+                porin_common::ct::state::UDP,
+            );
+            ct.insert(l.key, v, 0).expect("a connection");
+        }
+    }
+    let mut ms = Vec::with_capacity(RELOADS);
+    for i in 0..RELOADS {
+        let next = if i % 2 == 0 { &b } else { &a };
+        let t = Instant::now();
+        let report = dp.apply(next, &[]).expect("apply");
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(report.revoked.total(), 0, "every connection still allowed");
+    }
+    let (median, p99) = stats(&mut ms);
+    println!(
+        "    1000 rules with {n} tracked connections (each judged again): median {median:7.2} ms  p99 {p99:7.2} ms"
+    );
+    let mut sweep = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let gone = dp.sweep_connections().expect("sweep");
+        sweep.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(gone, 0, "none idle");
+    }
+    let (median, _) = stats(&mut sweep);
+    println!("  sweep of {n} tracked connections (none idle): median {median:7.2} ms");
+}
+
+fn v4(a: [u8; 4]) -> [u8; 16] {
+    let mut w = [0; 16];
+    w[..4].copy_from_slice(&a);
+    w
 }
 
 fn verdict(worst: f64) -> String {

@@ -23,6 +23,10 @@
 //! earlier daemon is withdrawn as soon as discovery reports that container
 //! unclassified.
 //!
+//! The loop wakes at least every second to write the conntrack clock, and
+//! sweeps idle conntrack entries every 10 s (`datapath::conntrack`); every
+//! apply also revokes the connections the new policy no longer allows.
+//!
 //! A reload ([`Input::Reload`], already validated by [`crate::reload`])
 //! replaces the configuration and is settled by the next apply: its outcome
 //! (applied with the reload-to-enforced time, or failed) is logged,
@@ -453,8 +457,8 @@ impl Enforcer {
 
     /// Ends a pending reload with the result of the apply that followed it
     /// (`done`: when that apply returned).
-    fn settle_reload(&mut self, applied_result: &Result<ApplyReport, EnforceError>, done: Instant) {
-        let applied = applied_result;
+    fn settle_reload(&mut self, applied: &Result<ApplyReport, EnforceError>, done: Instant) {
+        let revoked = applied.as_ref().map_or(0, |r| r.revoked.total() as u64);
         let Some(mut p) = self.pending.take() else {
             return;
         };
@@ -481,7 +485,6 @@ impl Enforcer {
             ),
         };
         let applied = result == ReloadResult::Applied;
-        let applied_report = applied_result.as_ref().ok();
         let (generation, slot) = self
             .shared
             .as_ref()
@@ -503,10 +506,7 @@ impl Enforcer {
                 0
             },
             errors: errors.clone(),
-            revoked: match applied_report {
-                Some(r) => r.revoked.total() as u64,
-                None => 0,
-            },
+            revoked,
         };
         let first = outcome(p.requested);
         if applied {

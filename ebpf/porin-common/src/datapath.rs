@@ -15,6 +15,8 @@
 //! | `PORIN_CFG_V1` | array\[1\] | 0 → [`DatapathConfig`] (active generation, ready, deny-cache epoch) | manager |
 //! | `PORIN_CT4_V1` | LRU hash | [`Ct4Key`] (IPv4) → [`CtValue`] | programs (the manager deletes a removed endpoint's entries) |
 //! | `PORIN_CT_V1` | LRU hash | [`CtKey`] (IPv6) → [`CtValue`] | programs (likewise) |
+//! | `PORIN_CTCLK_V1` | array\[1\] | [`CtClock`]: the clock, idle timeouts, quota | manager (every second) |
+//! | `PORIN_CTN_V1` | hash | host veth ifindex → entries (u32) | programs (atomic adds), manager (sweep) |
 //! | `PORIN_DROPS_V1` | per-CPU array | [`DropReason`] → [`Counter`] | programs |
 //! | `PORIN_FWD_V1` | per-CPU array | [`Direction`] → [`Counter`] | programs |
 //! | `PORIN_DCACHE_V1` | per-CPU array\[[`max_entries::DENY_CACHE`]\] | slot → [`DenyEntry`] (deny cache) | programs (the manager invalidates it by bumping [`DatapathConfig::epoch`]) |
@@ -48,8 +50,11 @@
 //!
 //! Entries are keyed by the host veth's ifindex, so the manager deletes an
 //! endpoint's entries when it removes the endpoint (ifindexes are reused).
-//! Entries do not record the policy generation: a policy change does not
-//! cut established flows; the manager deletes CT entries when it must.
+//! Entries do not record the policy generation: after every apply the
+//! manager judges each entry again under the new policy and revokes those
+//! it no longer allows. Entries have states and idle timeouts, and each
+//! endpoint a quota of entries: see [`crate::ct`] (`PORIN_CTCLK_V1`,
+//! `PORIN_CTN_V1`).
 //!
 //! # Deny cache
 //! Repeated packets of a denied flow would pay the whole slow path every
