@@ -331,7 +331,8 @@ fn setup(bpf: &mut Ebpf, entries: usize) {
     let mut clock: Array<_, CtClock> = maps::open_mut(bpf, maps::CT_CLOCK).expect("array");
     let now_s = porin::datapath::conntrack::monotonic_s();
     let timeouts = porin_common::ct::DEFAULT_TIMEOUTS;
-    let max_per_endpoint = porin_common::ct::DEFAULT_MAX_PER_ENDPOINT;
+    // A quota the 20,000 first packets stay under (the check still runs).
+    let max_per_endpoint = max_entries::CONNTRACK;
     let c = CtClock {
         now_s,
         timeouts,
