@@ -252,6 +252,10 @@ fn a_reload_that_removes_the_rule_ends_the_connection_within_a_second() {
         "the client saw the reset {} ms after reload returned",
         (closed.1 as i128 - returned as i128) / 1_000_000
     );
+    eprintln!(
+        "revocation: the client saw the reset {} ms after porin reload returned",
+        (closed.1 as i128 - returned as i128) / 1_000_000
+    );
     let last_served = c
         .iter()
         .filter(|e| e.0 == "served")

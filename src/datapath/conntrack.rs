@@ -207,12 +207,19 @@ fn walk<K: ConnKey>(
                 }
             }
             Step::MarkRevoked => {
-                for _ in 0..3 {
+                let mut marked_at = None;
+                for attempt in 0..3 {
                     // Read again: keep the program's latest times.
-                    let Ok(now) = m.get(&k, 0) else { break };
+                    let Ok(now) = m.get(&k, 0) else {
+                        // Deleted meanwhile (stale, or a new SYN): its next
+                        // packet is judged by the new policy anyway.
+                        marked_at = Some(attempt);
+                        break;
+                    };
                     if now.state == state::REVOKED {
                         done.reset += 1;
                         tuples.insert(k.tuple());
+                        marked_at = Some(attempt);
                         break;
                     }
                     let marked = CtValue {
@@ -226,6 +233,13 @@ fn walk<K: ConnKey>(
                             Err(_) => Ok(()),
                             Ok(_) => Err(e),
                         })?;
+                }
+                // Packets kept moving its state over every mark (three
+                // transitions in a row): fail closed, delete it, so its
+                // next packet is judged by the new policy.
+                if marked_at.is_none() && m.remove(&k).is_ok() {
+                    done.deleted += 1;
+                    tuples.insert(k.tuple());
                 }
             }
         }
