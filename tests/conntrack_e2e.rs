@@ -183,20 +183,8 @@ fn a_reload_that_removes_the_rule_ends_the_connection_within_a_second() {
     });
 
     let mut daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_porin")), &config_file);
-    let seen = std::cell::RefCell::new(Vec::new());
-    daemon.wait_for(
-        |l| {
-            for n in [&srv.name, &cli.name] {
-                if l.contains("endpoint +") && l.contains(n.as_str()) {
-                    seen.borrow_mut().push(n.clone());
-                }
-            }
-            seen.borrow().len() >= 2
-        },
-        Duration::from_secs(20),
-    );
-    daemon.wait_for(
-        |l| l.contains("policy generation") && !l.contains("FAILED"),
+    daemon.wait_enforcing(
+        &[srv.name.as_str(), cli.name.as_str()],
         Duration::from_secs(20),
     );
 
@@ -432,21 +420,8 @@ fn a_flooding_container_fills_only_its_share() {
         events(&server_log).iter().any(|e| e.0 == "listening")
     });
     let mut daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_porin")), &config_file);
-    let seen = std::cell::RefCell::new(Vec::new());
-    daemon.wait_for(
-        |l| {
-            for n in [&flooder.name, &srv.name, &cli.name] {
-                if l.contains("endpoint +") && l.contains(n.as_str()) && !seen.borrow().contains(n)
-                {
-                    seen.borrow_mut().push(n.clone());
-                }
-            }
-            seen.borrow().len() >= 3
-        },
-        Duration::from_secs(20),
-    );
-    daemon.wait_for(
-        |l| l.contains("policy generation") && !l.contains("FAILED"),
+    daemon.wait_enforcing(
+        &[flooder.name.as_str(), srv.name.as_str(), cli.name.as_str()],
         Duration::from_secs(20),
     );
 

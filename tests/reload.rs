@@ -124,23 +124,8 @@ fn a_broken_file_changes_nothing_and_a_valid_one_is_enforced_when_reload_returns
     );
 
     let mut daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_porin")), &config_file);
-    // Other containers may run on the machine: wait for ours, then for an
-    // apply that enforces both.
-    // Both endpoints, in whichever order discovery reports them.
-    let seen = std::cell::RefCell::new(Vec::new());
-    daemon.wait_for(
-        |l| {
-            for n in [&web.name, &client.name] {
-                if l.contains("endpoint +") && l.contains(n.as_str()) {
-                    seen.borrow_mut().push(n.clone());
-                }
-            }
-            seen.borrow().len() >= 2
-        },
-        Duration::from_secs(20),
-    );
-    daemon.wait_for(
-        |l| l.contains("policy generation") && !l.contains("FAILED"),
+    daemon.wait_enforcing(
+        &[web.name.as_str(), client.name.as_str()],
         Duration::from_secs(20),
     );
     assert!(client.http_get(&url, 2), "client -> web:8080 is allowed");

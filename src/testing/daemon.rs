@@ -211,6 +211,29 @@ impl Daemon {
         }
     }
 
+    /// Waits until discovery has reported every container in `names`
+    /// (`endpoint +... NAME`, in any order; other containers may run on the
+    /// machine), then for an apply that did not fail after them; each wait
+    /// gets `within`.
+    pub fn wait_enforcing(&mut self, names: &[&str], within: Duration) {
+        let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        self.wait_for(
+            |l| {
+                if l.contains("endpoint +") {
+                    for n in names.iter().filter(|n| l.contains(**n)) {
+                        seen.borrow_mut().insert(*n);
+                    }
+                }
+                seen.borrow().len() == names.len()
+            },
+            within,
+        );
+        self.wait_for(
+            |l| l.contains("policy generation") && !l.contains("FAILED"),
+            within,
+        );
+    }
+
     /// Sends `signal` to the daemon.
     pub fn signal(&self, signal: i32) {
         // SAFETY: signalling the child this guard started, by PID.
