@@ -375,15 +375,21 @@ pub struct CtKey {
 /// paravirtual clock), as much as the conntrack lookup itself. A hit does
 /// not read it: it copies [`CtClock::now_s`], which the manager writes
 /// every second, into `seen_s` (an array read the verifier inlines). Only a
-/// new entry (the slow path) reads the clock, for `created_s` and its first
-/// `seen_s`. See [`crate::ct`] for the states and how an entry expires.
+/// new entry (the slow path) reads the clock, for its first `seen_s`. See
+/// [`crate::ct`] for the states and how an entry expires.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
     /// Seconds of `CLOCK_MONOTONIC` at the last packet (see above).
     pub seen_s: u32,
-    /// Seconds of `CLOCK_MONOTONIC` at the first packet.
-    pub created_s: u32,
+    /// The interface the peer's packets into this endpoint have come in by
+    /// (`skb->ingress_ifindex`), checked by the anti-spoofing rule for a
+    /// container's source address (`crate::spoof::check_ingress`);
+    /// [`PEER_IN_UNVERIFIED`] until a packet of the peer has been checked.
+    /// A `to_container` hit from another interface is checked again (a
+    /// route change passes and is recorded; a forgery is a miss), so the
+    /// hit costs one compare, not the owner lookup.
+    pub peer_in: u32,
     /// [`Direction`] of the first packet as u8.
     pub direction: u8,
     /// [`ct_origin::KEY_SOURCE`] or [`ct_origin::KEY_DESTINATION`]: which
@@ -400,6 +406,11 @@ pub struct CtValue {
     /// several CPUs may count once): shown, never relied on.
     pub hits: u32,
 }
+
+/// [`CtValue::peer_in`] of an entry no packet from its peer has been
+/// checked for yet (made by `from_container`). Never an ifindex (they are
+/// positive `int`s), nor 0 (a packet the host itself sends).
+pub const PEER_IN_UNVERIFIED: u32 = u32::MAX;
 
 /// `PORIN_CTCLK_V1` (array\[1\]): the conntrack clock, idle timeouts and
 /// per-endpoint quota, written by the manager ([`crate::ct`]).

@@ -15,6 +15,8 @@ use porin_common::{
     parse::Flow,
 };
 
+use crate::identity;
+
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
 /// `-EEXIST` from a `BPF_NOEXIST` insert.
@@ -94,12 +96,18 @@ pub const REVOKED: u8 = 3;
 /// its reversed tuple seen in the other. A hit moves the entry's state and
 /// stamps it with the manager's clock; a stale entry (`Hit::Expired`) is
 /// deleted here and the packet is a miss.
+///
+/// Into the container (`dir` ingress), `came_in` is the packet's
+/// `skb->ingress_ifindex`: a hit needs it to be the way the peer's packets
+/// were checked to come in by (`CtValue::peer_in`); another way is checked
+/// again (`identity::check_ingress`), recorded if it passes, a miss if not
+/// (the slow path then drops it as `SpoofedIngress`). Unused out of it.
 /// Returns [`MISS`], [`HIT`], [`HIT_HTTP`] or [`REVOKED`].
 #[inline(always)]
-pub fn established(flow: &Flow, dir: Direction, ifindex: u32) -> u8 {
+pub fn established(flow: &Flow, dir: Direction, ifindex: u32, came_in: u32) -> u8 {
     if flow.family == 4 {
         let l = ct4_key(flow, ifindex);
-        let r = admits(PORIN_CT4_V1.get_ptr_mut(&l.key), &l, flow, dir);
+        let r = admits(PORIN_CT4_V1.get_ptr_mut(&l.key), &l, flow, dir, came_in);
         if r == STALE {
             if PORIN_CT4_V1.remove(&l.key).is_ok() {
                 count_add(ifindex, u32::MAX);
@@ -109,7 +117,7 @@ pub fn established(flow: &Flow, dir: Direction, ifindex: u32) -> u8 {
         r
     } else {
         let l = ct6_key(flow, ifindex);
-        let r = admits(PORIN_CT_V1.get_ptr_mut(&l.key), &l, flow, dir);
+        let r = admits(PORIN_CT_V1.get_ptr_mut(&l.key), &l, flow, dir, came_in);
         if r == STALE {
             if PORIN_CT_V1.remove(&l.key).is_ok() {
                 count_add(ifindex, u32::MAX);
@@ -124,7 +132,13 @@ pub fn established(flow: &Flow, dir: Direction, ifindex: u32) -> u8 {
 const STALE: u8 = 255;
 
 #[inline(always)]
-fn admits<K>(entry: Option<*mut CtValue>, l: &CtLookup<K>, flow: &Flow, dir: Direction) -> u8 {
+fn admits<K>(
+    entry: Option<*mut CtValue>,
+    l: &CtLookup<K>,
+    flow: &Flow,
+    dir: Direction,
+    came_in: u32,
+) -> u8 {
     let Some(entry) = entry else {
         return MISS;
     };
@@ -145,6 +159,16 @@ fn admits<K>(entry: Option<*mut CtValue>, l: &CtLookup<K>, flow: &Flow, dir: Dir
         }
         if !ct_admits(&*entry, dir, l.origin, l.symmetric, flow.may_be_reply) {
             return MISS;
+        }
+        // A container's address only by its own way in, on a hit too: one
+        // compare while the way stays the same.
+        if let Direction::Ingress = dir {
+            if (*entry).peer_in != came_in {
+                if identity::check_ingress(&flow.saddr, flow.family, came_in).is_err() {
+                    return MISS;
+                }
+                (*entry).peer_in = came_in;
+            }
         }
         let reply = l.origin != (*entry).origin;
         match ct::on_hit(state, seen, clock, flow.protocol, flow.tcp_flags, reply) {
@@ -173,10 +197,17 @@ fn admits<K>(entry: Option<*mut CtValue>, l: &CtLookup<K>, flow: &Flow, dir: Dir
 /// e.g. the connection seen the other way) is kept: the packet passes on
 /// policy's word alone. Failing to record otherwise is an error: in enforce
 /// mode the packet drops rather than pass with no state behind it.
-/// `l7` marks an HTTP-ruled connection (`CtValue::l7`). The caller
-/// checked [`room`] first.
+/// `l7` marks an HTTP-ruled connection (`CtValue::l7`); `peer_in` is the
+/// way in the slow path checked for the peer (`CtValue::peer_in`). The
+/// caller checked [`room`] first.
 #[inline(always)]
-pub fn create(flow: &Flow, dir: Direction, ifindex: u32, l7: u8) -> Result<(), DropReason> {
+pub fn create(
+    flow: &Flow,
+    dir: Direction,
+    ifindex: u32,
+    l7: u8,
+    peer_in: u32,
+) -> Result<(), DropReason> {
     // SAFETY: no preconditions.
     let now_s = (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32;
     let state = ct::initial_state(flow.protocol, flow.tcp_flags);
@@ -184,14 +215,14 @@ pub fn create(flow: &Flow, dir: Direction, ifindex: u32, l7: u8) -> Result<(), D
         let l = ct4_key(flow, ifindex);
         PORIN_CT4_V1.insert(
             &l.key,
-            &ct_value(now_s, dir, l.origin, l7, state),
+            &ct_value(now_s, peer_in, dir, l.origin, l7, state),
             BPF_NOEXIST,
         )
     } else {
         let l = ct6_key(flow, ifindex);
         PORIN_CT_V1.insert(
             &l.key,
-            &ct_value(now_s, dir, l.origin, l7, state),
+            &ct_value(now_s, peer_in, dir, l.origin, l7, state),
             BPF_NOEXIST,
         )
     };
