@@ -482,7 +482,7 @@ fn a_flooding_container_fills_only_its_share() {
         refused >= 130_000 - u64::from(QUOTA) - 1000,
         "the flood's excess flows are refused as CONNTRACK_QUOTA: {refused}; {ct:#}"
     );
-    let fullest = ct["per_endpoint"][0][1].as_u64().unwrap_or(0);
+    let fullest = ct["per_endpoint"][0]["entries"].as_u64().unwrap_or(0);
     assert!(
         fullest <= u64::from(QUOTA),
         "no endpoint beyond its quota: {ct:#}"

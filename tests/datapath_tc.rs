@@ -30,9 +30,9 @@ use porin::{
 use porin_common::{
     ct::{self, state},
     datapath::{
-        action, identity, max_entries, mode, tc_action, Counter, Ct4Key, CtClock, CtKey, CtValue,
-        DatapathConfig, DenyEntry, Direction, DropReason, EndpointInfo, Identity, PolicyKey,
-        PolicyValue, CONFIG_READY,
+        action, identity, max_entries, mode, tc_action, Counter, Ct4Key, CtClock, CtCount, CtKey,
+        CtValue, DatapathConfig, DenyEntry, Direction, DropReason, EndpointInfo, Identity,
+        PolicyKey, PolicyValue, CONFIG_READY,
     },
     dcache::{self, next_epoch},
     decide::{ct4_key, ct6_key},
@@ -227,13 +227,15 @@ impl Dp {
             now_s,
             timeouts: ct::DEFAULT_TIMEOUTS,
             max_per_endpoint,
+            max_http_per_endpoint: 0,
         };
         a.set(0, c, 0).expect("write the clock");
     }
 
+    /// Endpoint `ifindex`'s entries as the programs count them.
     fn ct_count(&self, ifindex: u32) -> Option<u32> {
-        let m: HashMap<_, u32, u32> = maps::open(&self.bpf, maps::CT_COUNTS).expect("hash");
-        m.get(&ifindex, 0).ok()
+        let m: HashMap<_, u32, CtCount> = maps::open(&self.bpf, maps::CT_COUNTS).expect("hash");
+        m.get(&ifindex, 0).ok().map(|c| c.entries)
     }
 
     /// A policy entry of generation 0 for subject WEB.
@@ -1449,7 +1451,14 @@ fn an_endpoint_gets_only_its_quota_of_entries() {
     dp.clock_quota(now, 3);
     // Another endpoint at its quota: counts are per endpoint.
     dp.hash(maps::CT_COUNTS)
-        .insert(EP + 1, 3, 0)
+        .insert(
+            EP + 1,
+            CtCount {
+                entries: 3,
+                http: 0,
+            },
+            0,
+        )
         .expect("count");
     for port in [5000, 5001, 5002] {
         dp.expect(EGRESS, &udp4(A, 40000, B, port), OK, "within the quota");

@@ -432,6 +432,25 @@ pub struct CtClock {
     /// beyond it is refused ([`DropReason::ConntrackQuota`]), so one
     /// container cannot fill the shared tables with its flows.
     pub max_per_endpoint: u32,
+    /// Most HTTP-ruled connections one endpoint may have
+    /// ([`CtCount::http`]); 0: no limit. A new one beyond it is refused
+    /// ([`DropReason::HttpQuota`]), so one container cannot evict the
+    /// others' HTTP stream state (`PORIN_HTTPC_V1`, a shared LRU).
+    pub max_http_per_endpoint: u32,
+}
+
+/// `PORIN_CTN_V1` value: one endpoint's conntrack entries, for the quotas
+/// in [`CtClock`]. The programs add one per entry they make and take one
+/// per stale entry they delete (atomic adds); the manager's sweep sets
+/// both to what the table holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtCount {
+    /// Entries, IPv4 and IPv6 together.
+    pub entries: u32,
+    /// Entries of HTTP-ruled connections ([`CtValue::l7`]) among them:
+    /// each has its HTTP stream state.
+    pub http: u32,
 }
 
 /// Which end of a canonical conntrack key sent a packet
@@ -567,10 +586,14 @@ pub enum DropReason {
     /// did not come in from that container's host veth
     /// (`skb->ingress_ifindex`): a forged or routed-in copy of its address.
     SpoofedIngress = 22,
+    /// A new HTTP-ruled connection of an endpoint that already has as many
+    /// as `conntrack.max_http_per_endpoint` allows ([`CtClock`]): their
+    /// stream state (`PORIN_HTTPC_V1`) is shared by every container.
+    HttpQuota = 23,
 }
 
 /// Number of drop reasons (size of `PORIN_DROPS_V1`).
-pub const DROP_REASONS: u32 = 23;
+pub const DROP_REASONS: u32 = 24;
 
 impl DropReason {
     /// Every reason, in index order (for counters read by index).
@@ -598,6 +621,7 @@ impl DropReason {
         DropReason::SpoofedNeighbour,
         DropReason::WrongDestination,
         DropReason::SpoofedIngress,
+        DropReason::HttpQuota,
     ];
 
     /// The reason stored as `index` (in events and the deny cache).
@@ -631,6 +655,7 @@ impl DropReason {
             DropReason::SpoofedNeighbour => "SPOOFED_NEIGHBOUR",
             DropReason::WrongDestination => "WRONG_DESTINATION",
             DropReason::SpoofedIngress => "SPOOFED_INGRESS",
+            DropReason::HttpQuota => "HTTP_QUOTA",
         }
     }
 
@@ -659,6 +684,7 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::CtClock {}
+    unsafe impl aya::Pod for super::CtCount {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::DenyEntry {}
 }
@@ -673,7 +699,8 @@ const _: () = assert!(core::mem::size_of::<DenyEntry>() == 64);
 const _: () = assert!(core::mem::size_of::<Ct4Key>() == 20);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
-const _: () = assert!(core::mem::size_of::<CtClock>() == 40);
+const _: () = assert!(core::mem::size_of::<CtClock>() == 44);
+const _: () = assert!(core::mem::size_of::<CtCount>() == 8);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
 #[cfg(test)]

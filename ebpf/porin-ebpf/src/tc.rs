@@ -316,7 +316,7 @@ fn try_handle(
         return Err(DropReason::PolicyDenied);
     };
     // A new flow: within the endpoint's share of the tables.
-    conntrack::room(ifindex)?;
+    conntrack::room(ifindex, action == action::ALLOW_HTTP)?;
     if action == action::ALLOW_HTTP {
         // HTTP stage: record the rule set and where requests start.
         let t = http::tcp(ctx, flow.family, http::scratch()?)?;
