@@ -128,13 +128,21 @@ pub const REVOKED: u8 = 3;
 /// `skb->ingress_ifindex`: a hit needs it to be the way the peer's packets
 /// were checked to come in by (`CtValue::peer_in`); another way is checked
 /// again (`identity::check_ingress`), recorded if it passes, a miss if not
-/// (the slow path then drops it as `SpoofedIngress`). Unused out of it.
+/// (the slow path then drops it as `SpoofedIngress`); `came_in` =
+/// `ifindex` (the stage programs' answers) passes. Unused out of it.
 /// Returns [`MISS`], [`HIT`], [`HIT_HTTP`] or [`REVOKED`].
 #[inline(always)]
 pub fn established(flow: &Flow, dir: Direction, ifindex: u32, came_in: u32) -> u8 {
     if flow.family == 4 {
         let l = ct4_key(flow, ifindex);
-        let r = admits(PORIN_CT4_V1.get_ptr_mut(&l.key), &l, flow, dir, came_in);
+        let r = admits(
+            PORIN_CT4_V1.get_ptr_mut(&l.key),
+            &l,
+            flow,
+            dir,
+            ifindex,
+            came_in,
+        );
         if r == STALE || r == STALE_HTTP {
             if PORIN_CT4_V1.remove(&l.key).is_ok() {
                 count_add(ifindex, u32::MAX, r == STALE_HTTP);
@@ -144,7 +152,14 @@ pub fn established(flow: &Flow, dir: Direction, ifindex: u32, came_in: u32) -> u
         r
     } else {
         let l = ct6_key(flow, ifindex);
-        let r = admits(PORIN_CT_V1.get_ptr_mut(&l.key), &l, flow, dir, came_in);
+        let r = admits(
+            PORIN_CT_V1.get_ptr_mut(&l.key),
+            &l,
+            flow,
+            dir,
+            ifindex,
+            came_in,
+        );
         if r == STALE || r == STALE_HTTP {
             if PORIN_CT_V1.remove(&l.key).is_ok() {
                 count_add(ifindex, u32::MAX, r == STALE_HTTP);
@@ -166,6 +181,7 @@ fn admits<K>(
     l: &CtLookup<K>,
     flow: &Flow,
     dir: Direction,
+    ifindex: u32,
     came_in: u32,
 ) -> u8 {
     let Some(entry) = entry else {
@@ -191,9 +207,13 @@ fn admits<K>(
             return MISS;
         }
         // A container's address only by its own way in, on a hit too: one
-        // compare while the way stays the same.
+        // compare while the way stays the same. A packet that came in by
+        // this very veth was sent by this container: one of the answers
+        // the stage programs clone back into it from `from_container` (a
+        // 403, a RST), as the bridge never sends a frame back out of the
+        // port it came in by.
         if let Direction::Ingress = dir {
-            if (*entry).peer_in != came_in {
+            if (*entry).peer_in != came_in && came_in != ifindex {
                 if identity::check_ingress(&flow.saddr, flow.family, came_in).is_err() {
                     return MISS;
                 }

@@ -65,7 +65,12 @@
 //! packet meets step 5 and drops as `SpoofedIngress`, the connection left
 //! as it was. So a packet forged with a container's source address and the
 //! exact tuple of a known connection is refused wherever it comes in
-//! (`a_conntrack_hit_refuses_a_forged_packet_of_a_known_connection`).
+//! (`a_conntrack_hit_refuses_a_forged_packet_of_a_known_connection`). One
+//! way in passes unchecked: this veth itself. A packet that came in by it
+//! was sent by this container, and going back into it means the stage
+//! programs cloned it there (the 403 or RST answering a request or a
+//! revoked connection at `from_container`); the bridge never sends a frame
+//! back out of the port it came in by.
 //!
 //! HTTP rules: a conntrack hit on an HTTP-ruled connection going the
 //! client→server way (`conntrack::HIT_HTTP`) is handed to the HTTP stage
