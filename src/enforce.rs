@@ -60,6 +60,7 @@ use crate::{
         endpoint::{Endpoint, EndpointKey},
         inventory::Event,
         netinfo::{host_addresses, HostPeer},
+        ports::Port,
     },
     policy::{self, CompileError},
     reload::ReloadRequest,
@@ -82,11 +83,19 @@ pub enum Input {
     /// Discovery finished its first complete scan: every container that
     /// exists now has been reported.
     Scanned,
+    /// A veth was just enslaved to a runtime's bridge (`discovery::ports`).
+    Port(Port),
 }
 
 impl From<Event> for Input {
     fn from(e: Event) -> Self {
         Input::Discovery(Box::new(e))
+    }
+}
+
+impl From<Port> for Input {
+    fn from(p: Port) -> Self {
+        Input::Port(p)
     }
 }
 
@@ -225,6 +234,7 @@ impl Enforcer {
             }
             Input::Discovery(event) => *event,
             Input::Scanned => return,
+            Input::Port(port) => return self.guard_port(&port),
         };
         self.count(|c| &c.discovery_events, 1);
         let (sign, ep) = match event {
@@ -246,6 +256,29 @@ impl Enforcer {
             describe(&ep),
             self.endpoints.len()
         );
+    }
+
+    /// A new port of a runtime's bridge, while unclassified containers are
+    /// quarantined: its veth gets the programs now, which drop all its
+    /// traffic until the apply that lists its container (see
+    /// `discovery::ports`). A failure is logged; that apply attaches it.
+    fn guard_port(&mut self, port: &Port) {
+        if !gate::wanted(&self.cfg) {
+            return;
+        }
+        let veth = Veth {
+            ifindex: port.ifindex,
+            name: port.name.clone(),
+        };
+        match self.datapath.guard_port(&veth) {
+            Ok(true) => info!(
+                "guarding {} (ifindex {}), new on {}: all its traffic dropped until its \
+                 container is classified",
+                port.name, port.ifindex, port.bridge
+            ),
+            Ok(false) => {}
+            Err(e) => warn!("guarding {}: {e}", port.name),
+        }
     }
 
     /// Compiles the policy for the current configuration and endpoints and
@@ -427,7 +460,7 @@ impl Enforcer {
                     String::new()
                 };
                 info!(
-                    "policy generation {}: {} endpoints enforced ({audit} in audit mode), {} not enforceable, {} policy entries{revoked}{}{}{}",
+                    "policy generation {}: {} endpoints enforced ({audit} in audit mode), {} not enforceable, {} policy entries{revoked}{}{}{}{}",
                     report.generation,
                     applied.endpoints.len(),
                     applied.unenforced.len(),
@@ -435,6 +468,7 @@ impl Enforcer {
                     list(" attached", &report.attached),
                     list(" detached", &report.detached),
                     list(" FAILED to attach", &report.attach_failures),
+                    list(" guarding (not classified yet)", &report.guarded),
                 );
                 if !report.held.is_empty() {
                     error!(

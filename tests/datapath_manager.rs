@@ -725,3 +725,95 @@ fn the_sweep_deletes_the_http_state_of_connections_gone() {
         )]
     );
 }
+
+/// A new runtime-bridge port is guarded: attached with no endpoint entry
+/// (all its traffic dropped), kept by applies that do not list it and
+/// reported as guarded (not as held: no error), an endpoint's veth once
+/// listed, detached once gone. A port whose ifindex still has an endpoint
+/// entry is not guarded (the old entry would give it an identity).
+#[test]
+fn a_new_bridge_port_is_guarded_until_its_container_is_listed() {
+    use porin::{datapath::Veth, testing::netns::ip_ok};
+    require_root("datapath manager test");
+    let (a, b) = ("pt-dm-guard-a", "pt-dm-guard-b");
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", a])
+        .output();
+    ip_ok(&["link", "add", a, "type", "veth", "peer", "name", b]);
+    struct Gone(&'static str);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", self.0])
+                .output();
+        }
+    }
+    let gone = Gone(a);
+    let ifindex = porin::datapath::ifindex_of(a).expect("ifindex of the test veth");
+    let veth = Veth {
+        ifindex,
+        name: a.to_string(),
+    };
+
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
+    dp.hold_live_veths(true);
+    let mut c = compiled(G1, G2, &[80]);
+    c.endpoints.clear();
+    dp.apply(&c, &[]).expect("apply");
+    assert!(dp.guard_port(&veth).expect("guard"), "attached now");
+    assert!(dp.is_attached(ifindex, a));
+    assert!(!dp.guard_port(&veth).expect("guard again"), "once");
+    let endpoints = |dp: &Datapath| {
+        let m: BpfHashMap<&MapData, u32, EndpointInfo> =
+            maps::open(dp.ebpf(), maps::ENDPOINTS).unwrap();
+        m.get(&ifindex, 0).ok()
+    };
+    assert_eq!(endpoints(&dp), None, "no endpoint entry: drops all");
+
+    let report = dp.apply(&c, &[]).expect("apply without it");
+    assert_eq!(report.guarded, vec![a.to_string()], "{report:?}");
+    assert!(
+        report.held.is_empty() && report.detached.is_empty(),
+        "{report:?}"
+    );
+
+    // Its container classified: its policy, the same attachment (reported
+    // as attached: enforcing its endpoint from now on).
+    c.endpoints
+        .insert(ifindex, EndpointInfo::new(G1, mode::ENFORCE));
+    let report = dp
+        .apply(&c, std::slice::from_ref(&veth))
+        .expect("apply listing it");
+    assert_eq!(report.attached, vec![a.to_string()], "{report:?}");
+    assert!(report.guarded.is_empty(), "{report:?}");
+    let report = dp
+        .apply(&c, std::slice::from_ref(&veth))
+        .expect("apply again");
+    assert!(report.attached.is_empty(), "once: {report:?}");
+    assert_eq!(endpoints(&dp).map(|e| e.identity), Some(G1));
+
+    // Listed no more (its container unreadable): held, an error now.
+    c.endpoints.clear();
+    let report = dp.apply(&c, &[]).expect("apply without it");
+    assert_eq!(report.held, vec![a.to_string()], "{report:?}");
+    assert!(report.guarded.is_empty(), "{report:?}");
+
+    // Gone: detached.
+    drop(gone);
+    let report = dp.apply(&c, &[]).expect("apply after it went");
+    assert_eq!(report.detached, vec![a.to_string()], "{report:?}");
+    assert!(dp.attached().is_empty());
+
+    // An ifindex that still has an endpoint entry is not guarded.
+    let mut d = compiled(G1, G2, &[80]);
+    d.endpoints.clear();
+    d.endpoints
+        .insert(ifindex, EndpointInfo::new(G1, mode::ENFORCE));
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
+    dp.apply(&d, &[])
+        .expect("apply with an entry at the ifindex");
+    assert!(
+        !dp.guard_port(&veth).expect("guard"),
+        "not over another veth's endpoint entry"
+    );
+}

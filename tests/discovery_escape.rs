@@ -10,9 +10,10 @@
 //! The worker connects to a listener of the test's own on the address of
 //! Podman's bridge every 500 ms; the test counts what the listener
 //! accepted while the daemon runs, after a restart and after a SIGKILL and
-//! another start. Needs root, podman and the `x86_64-unknown-linux-musl`
-//! Rust target (the helper is built from
-//! `tests/fixtures/escape/zombie_leader.rs`).
+//! another start. Also a container whose first process sends raw frames
+//! (a packet socket) from its start: none reaches the bridge. Needs root,
+//! podman and the `x86_64-unknown-linux-musl` Rust target (the helpers are
+//! built from `tests/fixtures/escape/`).
 
 use std::{
     net::TcpListener,
@@ -51,12 +52,13 @@ fn unified() -> PathBuf {
 }
 
 impl Fixture {
-    fn new() -> Fixture {
-        let _ = podman(&["rm", "-f", "-t", "0", &format!("porin-t-{TAG}")]);
-        let dir = std::env::temp_dir().join(format!("porin-t-{TAG}"));
+    /// For the container `porin-t-<tag>`.
+    fn new(tag: &str) -> Fixture {
+        let _ = podman(&["rm", "-f", "-t", "0", &format!("porin-t-{tag}")]);
+        let dir = std::env::temp_dir().join(format!("porin-t-{tag}"));
         let f = Fixture {
-            parent: format!("/porin-t-{TAG}"),
-            bpffs: PathBuf::from(format!("/sys/fs/bpf/porin-t-{TAG}")),
+            parent: format!("/porin-t-{tag}"),
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/porin-t-{tag}")),
             config: dir.join("porin.yaml"),
             dir,
         };
@@ -107,10 +109,12 @@ impl Drop for Fixture {
     }
 }
 
-/// Builds the helper as a static binary in `dir`.
-fn build_helper(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/escape/zombie_leader.rs");
-    let out = dir.join("zombie_leader");
+/// Builds helper `name` (`tests/fixtures/escape/NAME.rs`) as a static
+/// binary in `dir`.
+fn build_helper(dir: &Path, name: &str) -> PathBuf {
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/escape/{name}.rs"));
+    let out = dir.join(name);
     let status = Command::new("rustc")
         .args(["--edition", "2021", "--target", "x86_64-unknown-linux-musl"])
         .args(["-O", "-C", "debuginfo=0", "-o"])
@@ -178,8 +182,8 @@ fn is_zombie(pid: u32) -> bool {
 fn a_zombie_leader_container_stays_quarantined_across_restarts_and_a_sigkill() {
     require_root("discovery escape test");
     let _exclusive = Exclusive::acquire();
-    let fx = Fixture::new();
-    let helper = build_helper(&fx.dir);
+    let fx = Fixture::new(TAG);
+    let helper = build_helper(&fx.dir, "zombie_leader");
     let net = PodmanNetwork::default_network();
     let (port, seen) = listen(net.gateway);
 
@@ -251,4 +255,97 @@ fn a_zombie_leader_container_stays_quarantined_across_restarts_and_a_sigkill() {
         (0, 0, 0, 0),
         "the quarantined container must never get through; last daemon's log:\n{log}"
     );
+}
+
+/// `tests/fixtures/arp_watch.py ROLE ARGS` with the host's python3.
+fn arp_watch(role: &str, args: &[&str]) -> std::process::Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arp_watch.py");
+    Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(role)
+        .args(args)
+        .spawn()
+        .expect("python3 arp_watch.py")
+}
+
+/// A container that sends raw frames from its very first process (a packet
+/// socket, which the quarantine gate cannot see: a gratuitous ARP claiming
+/// an address that is not the container's, every millisecond;
+/// `tests/fixtures/escape/raw_arp.rs`) never gets one onto Podman's
+/// bridge: its veth has the programs from the moment the runtime enslaves
+/// it (`discovery::ports`), before the container is classified, and its
+/// policy after. A watcher on the bridge counts the ARP frames claiming
+/// that address by source MAC; a frame the test injects on the bridge
+/// itself shows the watcher sees them. (On our test machine the daemon
+/// classifies such a container about 100 ms after its veth appears, which
+/// also came before its first frame in every run; the guard, attached
+/// about 30 ms after, is what does not depend on that.)
+#[test]
+fn raw_frames_of_a_container_just_started_never_reach_the_bridge() {
+    const RAW: &str = "hdi-raw";
+    const CLAIMED: &str = "10.88.250.250";
+    const CONTROL_MAC: &str = "02:00:00:00:be:ef";
+    require_root("raw-socket guard test");
+    let _exclusive = Exclusive::acquire();
+    let fx = Fixture::new(RAW);
+    let helper = build_helper(&fx.dir, "raw_arp");
+    let net = PodmanNetwork::default_network();
+    let out = fx.dir.join("arp.out");
+    let stop = fx.dir.join("arp.stop");
+    let mut watcher = arp_watch(
+        "watch",
+        &[
+            &net.bridge,
+            CLAIMED,
+            out.to_str().unwrap(),
+            stop.to_str().unwrap(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&out).is_ok_and(|s| s.starts_with("ready")) {
+        assert!(Instant::now() < deadline, "the watcher did not start");
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut daemon = fx.daemon();
+    let mount = format!("{}:/ra:ro", helper.display());
+    let cgroup_parent = format!("--cgroup-parent={}", fx.parent);
+    let container = PodmanContainer::run(
+        RAW,
+        &Spec {
+            labels: &[],
+            args: &["-v", &mount, &cgroup_parent],
+            cmd: &["/ra", CLAIMED, "60"],
+        },
+    );
+    // Guarded before classified: a wait consumes the lines before its
+    // match, so an endpoint line first would fail the second wait.
+    let guarded = daemon.wait_for(|l| l.contains("guarding "), Duration::from_secs(10));
+    eprintln!("{guarded}");
+    daemon.wait_for(|l| l.contains("endpoint +"), Duration::from_secs(10));
+    thread::sleep(Duration::from_secs(2));
+    let status = arp_watch("inject", &[&net.bridge, CLAIMED, CONTROL_MAC])
+        .wait()
+        .expect("inject");
+    assert!(status.success(), "the control frame");
+    thread::sleep(Duration::from_millis(300));
+    std::fs::write(&stop, "").unwrap();
+    assert!(watcher.wait().expect("the watcher ends").success());
+    drop(container);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.ends_with("done\n"), "{text}");
+    let macs: Vec<&str> = text
+        .lines()
+        .filter(|l| *l != "ready" && *l != "done")
+        .collect();
+    assert!(
+        macs.iter().any(|l| l.starts_with(CONTROL_MAC)),
+        "the watcher saw the control frame: {text}"
+    );
+    assert_eq!(
+        macs.len(),
+        1,
+        "no ARP claiming {CLAIMED} from the container reached the bridge: {text}"
+    );
+    assert!(daemon.stop(), "porin run exits 0");
 }

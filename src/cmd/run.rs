@@ -27,6 +27,7 @@ use crate::{
     },
     discovery::{
         live::{LiveDiscovery, ERROR_RETRY},
+        ports,
         scanner::Scanner,
         watch::{Wake, Watcher},
     },
@@ -137,6 +138,15 @@ pub fn run(path: &Path) -> ExitCode {
         }
     };
     let (tx, rx) = mpsc::channel::<Input>();
+    // New ports of the runtimes' bridges, guarded from the moment they
+    // appear (the enforcer decides by the configuration it holds).
+    let ports = match ports::spawn(tx.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            error!("link notifications unavailable, not starting: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     let resync = cfg.discovery.resync_interval;
     let discovery_tx = tx.clone();
     let discovery = thread::Builder::new()
@@ -208,8 +218,9 @@ pub fn run(path: &Path) -> ExitCode {
     };
     stopper.stop();
     let _ = discovery.join();
-    // The discovery thread's sender is gone; dropping ours and the
-    // reloader's ends the loop.
+    ports.stop();
+    // The discovery and ports threads' senders are gone; dropping ours and
+    // the reloader's ends the loop.
     drop(tx);
     reloader.close();
     let _ = enforcement.join();

@@ -157,6 +157,9 @@ pub struct Datapath {
     ct_max_per_endpoint: u32,
     /// Most HTTP-ruled connections per endpoint (0: no limit).
     ct_max_http_per_endpoint: u32,
+    /// Attached veths that are new runtime-bridge ports no endpoint lists
+    /// yet ([`Datapath::guard_port`]).
+    guarded: BTreeSet<u32>,
     /// HTTP stream state found without its connection at the last sweep
     /// (`conntrack::sweep_http_state`).
     http_orphans: std::collections::HashSet<porin_common::datapath::CtKey>,
@@ -179,6 +182,9 @@ struct Attached {
 pub struct ApplyReport {
     pub policy_entries: usize,
     pub generation: u32,
+    /// Veths that carry their endpoint's policy from this apply on: new
+    /// attachments, and guarded ports ([`Datapath::guard_port`]) whose
+    /// container is listed now.
     pub attached: Vec<String>,
     pub detached: Vec<String>,
     /// Veths that could not be attached (e.g. gone already): their
@@ -188,6 +194,9 @@ pub struct ApplyReport {
     /// endpoint entry (all their traffic dropped): see
     /// [`Datapath::hold_live_veths`].
     pub held: Vec<String>,
+    /// New ports of a runtime's bridge guarded until their container is
+    /// classified ([`Datapath::guard_port`]), likewise kept.
+    pub guarded: Vec<String>,
     /// Connections the new policy no longer allows ([`conntrack`]).
     pub revoked: conntrack::Revoked,
 }
@@ -275,6 +284,7 @@ impl Datapath {
             ct_max_per_endpoint: porin_common::ct::DEFAULT_MAX_PER_ENDPOINT,
             ct_max_http_per_endpoint: porin_common::ct::DEFAULT_MAX_HTTP_PER_ENDPOINT,
             http_orphans: Default::default(),
+            guarded: BTreeSet::new(),
         };
         match found {
             None => dp.set_generation(0)?,
@@ -499,6 +509,11 @@ impl Datapath {
         for (i, a) in &self.attached {
             let listed = wanted.get(i).copied();
             if listed.is_some_and(|v| v.name == a.name) {
+                // A guarded port whose container is listed now: its
+                // programs enforce its endpoint from this apply on.
+                if self.guarded.contains(i) {
+                    report.attached.push(a.name.clone());
+                }
                 continue;
             }
             let now = if self.hold_live {
@@ -507,12 +522,17 @@ impl Datapath {
                 None
             };
             match unlisted(*i, listed, now, self.hold_live) {
+                Unlisted::Hold if self.guarded.contains(i) => report.guarded.push(a.name.clone()),
                 Unlisted::Hold => report.held.push(a.name.clone()),
                 Unlisted::Detach => gone.push(*i),
             }
         }
+        // A guarded port an endpoint lists now is an endpoint's veth.
+        self.guarded
+            .retain(|i| !wanted.contains_key(i) && self.attached.contains_key(i));
         let mut reused = Vec::new();
         for ifindex in gone {
+            self.guarded.remove(&ifindex);
             if let Some(a) = self.attached.remove(&ifindex) {
                 report.detached.push(a.name.clone());
                 self.detach(a);
@@ -731,6 +751,38 @@ impl Datapath {
 
     fn classifier(&mut self, name: &str) -> Option<&mut SchedClassifier> {
         self.bpf.program_mut(name).and_then(|p| p.try_into().ok())
+    }
+
+    /// Attaches the programs to `veth`, a new port of a container runtime's
+    /// bridge that no endpoint lists yet (`discovery::ports`): with no
+    /// endpoint entry they drop all its traffic until an apply lists its
+    /// container. Until then applies keep it attached while it exists (in
+    /// [`ApplyReport::guarded`]). Returns whether it was attached now:
+    /// not when it already is, nor when its ifindex still has another
+    /// veth's attachment or endpoint entry (a number reused before the
+    /// apply that clears the old one: attaching now would give the new
+    /// veth the old one's identity; that apply attaches it if listed).
+    pub fn guard_port(&mut self, veth: &Veth) -> Result<bool, DatapathError> {
+        if let Some(a) = self.attached.get(&veth.ifindex) {
+            if a.name != veth.name {
+                debug!(
+                    "not guarding {}: ifindex {} still has {}'s attachment",
+                    veth.name, veth.ifindex, a.name
+                );
+            }
+            return Ok(false);
+        }
+        if self.applied.endpoints.contains_key(&veth.ifindex) {
+            debug!(
+                "not guarding {}: ifindex {} still has an endpoint entry",
+                veth.name, veth.ifindex
+            );
+            return Ok(false);
+        }
+        let a = self.attach(veth)?;
+        self.attached.insert(veth.ifindex, a);
+        self.guarded.insert(veth.ifindex);
+        Ok(true)
     }
 
     /// Names of the veths programs are attached to.

@@ -30,6 +30,7 @@ pub mod inventory;
 pub mod live;
 pub mod netinfo;
 pub mod podman;
+pub mod ports;
 pub mod scanner;
 pub mod state;
 #[cfg(test)]
