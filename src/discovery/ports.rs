@@ -245,7 +245,7 @@ mod tests {
             let mut a = ((4 + data.len()) as u16).to_ne_bytes().to_vec();
             a.extend(ty.to_ne_bytes());
             a.extend(data);
-            while a.len() % 4 != 0 {
+            while !a.len().is_multiple_of(4) {
                 a.push(0);
             }
             a
