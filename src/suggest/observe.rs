@@ -6,9 +6,12 @@
 //! * `NEW_FLOW` (allowed; a conntrack entry was made): always;
 //! * `DROP` with `POLICY_DENIED`, audited or dropped: audit mode makes no
 //!   conntrack entry for what it lets pass, so every packet of such a flow
-//!   is a record, replies included. A TCP packet counts only with SYN and
-//!   without ACK; a UDP or ICMP packet whose reversed tuple started a flow
-//!   earlier is a reply;
+//!   is a record, replies included. A packet whose reversed tuple started
+//!   a flow earlier is a reply; a TCP packet with flags other than a SYN
+//!   without ACK continues a connection; a packet whose tuple was counted
+//!   at the same veth before is a later packet of that flow (records
+//!   written before TCP flags were recorded have none: the tuple rules
+//!   alone tell them apart);
 //! * `L7_HTTP` with a method and path: an HTTP request.
 //!
 //! Anything else (other drop reasons: malformed, spoofed, ...) is counted
@@ -121,6 +124,8 @@ pub fn observe(views: &[FlowView], since_ns: Option<u64>) -> Observed {
     sorted.sort_by_key(|(t, _)| *t);
     // Tuples (saddr, sport, daddr, dport, protocol) that started a flow.
     let mut starts: HashSet<(IpAddr, u16, IpAddr, u16, u8)> = HashSet::new();
+    // The same, with the host veth they were recorded at.
+    let mut counted: HashSet<(u32, (IpAddr, u16, IpAddr, u16, u8))> = HashSet::new();
     for (_, v) in sorted {
         out.records += 1;
         let Some(s) = seen(v) else {
@@ -137,14 +142,17 @@ pub fn observe(views: &[FlowView], since_ns: Option<u64>) -> Observed {
             }
             ("NEW_FLOW", "FORWARDED") => true,
             ("DROP", "AUDIT" | "DROPPED") if reason == "POLICY_DENIED" => {
-                if s.protocol == 6 {
-                    let syn_only = s.tcp_flags & 0x12 == 0x02;
-                    if !syn_only {
-                        skip(&mut out, "TCP packets after the SYN (audit mode)");
-                    }
-                    syn_only
-                } else if starts.contains(&(s.daddr, s.dport, s.saddr, s.sport, s.protocol)) {
-                    skip(&mut out, "replies (audit mode)");
+                let tuple = (s.saddr, s.sport, s.daddr, s.dport, s.protocol);
+                if starts.contains(&(s.daddr, s.dport, s.saddr, s.sport, s.protocol)) {
+                    skip(&mut out, "replies");
+                    false
+                } else if s.protocol == 6 && s.tcp_flags != 0 && s.tcp_flags & 0x12 != 0x02 {
+                    skip(&mut out, "TCP packets after the SYN");
+                    false
+                } else if counted.contains(&(s.ifindex, tuple)) {
+                    // Records without TCP flags (before they were
+                    // recorded), retransmissions, repeated datagrams.
+                    skip(&mut out, "later packets of a flow already counted");
                     false
                 } else {
                     true
@@ -162,7 +170,9 @@ pub fn observe(views: &[FlowView], since_ns: Option<u64>) -> Observed {
             continue;
         }
         if s.http.is_none() {
-            starts.insert((s.saddr, s.sport, s.daddr, s.dport, s.protocol));
+            let tuple = (s.saddr, s.sport, s.daddr, s.dport, s.protocol);
+            starts.insert(tuple);
+            counted.insert((s.ifindex, tuple));
         }
         note_side(
             &mut out,
@@ -433,8 +443,13 @@ pub(crate) mod tests {
             flow(10, false, 12, cli(40000), db(5432)),
             // Audited: the SYN counts, the SYN-ACK and data do not.
             audited(flow(11, true, 11, cli(40001), db(6000)), &["SYN"]),
-            audited(flow(11, false, 12, db(6000), cli(40001)), &["SYN", "ACK"]),
+            audited(flow(11, true, 12, db(6000), cli(40001)), &["SYN", "ACK"]),
             audited(flow(11, true, 11, cli(40001), db(6000)), &["ACK", "PSH"]),
+            // Without flags: the first packet counts, not the reply or the
+            // next packet.
+            audited(flow(11, true, 11, cli(40009), db(6001)), &[]),
+            audited(flow(11, true, 12, db(6001), cli(40009)), &[]),
+            audited(flow(11, true, 11, cli(40009), db(6001)), &[]),
             // Audited UDP: the query counts, the answer is a reply.
             udp(audited(flow(12, true, 11, cli(53000), dns(53)), &[])),
             udp(audited(flow(12, false, 11, dns(53), cli(53000)), &[])),
@@ -449,7 +464,7 @@ pub(crate) mod tests {
             flow(1, true, 11, cli(39999), db(22)),
         ];
         let o = observe(&views, Some(5_000_000_000));
-        assert_eq!(o.records, 9);
+        assert_eq!(o.records, 12);
         let got: Vec<(bool, u16, u8, bool)> = o
             .flows
             .iter()
@@ -461,12 +476,13 @@ pub(crate) mod tests {
                 (true, 5432, 6, false),
                 (false, 5432, 6, false),
                 (true, 6000, 6, false),
+                (true, 6001, 6, false),
                 (true, 53, 17, false),
                 (false, 8080, 6, true),
             ]
         );
         assert_eq!(
-            o.flows[4].http,
+            o.flows[5].http,
             Some(Request {
                 method: "GET".into(),
                 path: "/a".into(),
@@ -474,12 +490,13 @@ pub(crate) mod tests {
             })
         );
         assert_eq!(
-            o.flows[3].dst,
+            o.flows[4].dst,
             Peer::Outside("10.88.250.9".parse().unwrap())
         );
-        assert_eq!(o.skipped["TCP packets after the SYN (audit mode)"], 2);
-        assert_eq!(o.skipped["replies (audit mode)"], 1);
-        assert_eq!(o.skipped.len(), 3, "{:?}", o.skipped);
+        assert_eq!(o.skipped["TCP packets after the SYN"], 1);
+        assert_eq!(o.skipped["replies"], 3);
+        assert_eq!(o.skipped["later packets of a flow already counted"], 1);
+        assert_eq!(o.skipped.len(), 4, "{:?}", o.skipped);
         let c = &o.containers["id-cli"];
         assert_eq!(c.labels["tier"], "front");
         assert_eq!(c.addrs[&"10.88.0.2".parse().unwrap()], Some(11));
