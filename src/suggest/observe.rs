@@ -109,6 +109,9 @@ pub struct Observed {
     pub last: Option<String>,
 }
 
+/// (saddr, sport, daddr, dport, protocol).
+type Tuple = (IpAddr, u16, IpAddr, u16, u8);
+
 /// Reads `views` (any order) from `since_ns` on (nanoseconds since the
 /// epoch; None: all).
 pub fn observe(views: &[FlowView], since_ns: Option<u64>) -> Observed {
@@ -123,9 +126,9 @@ pub fn observe(views: &[FlowView], since_ns: Option<u64>) -> Observed {
     }
     sorted.sort_by_key(|(t, _)| *t);
     // Tuples (saddr, sport, daddr, dport, protocol) that started a flow.
-    let mut starts: HashSet<(IpAddr, u16, IpAddr, u16, u8)> = HashSet::new();
+    let mut starts: HashSet<Tuple> = HashSet::new();
     // The same, with the host veth they were recorded at.
-    let mut counted: HashSet<(u32, (IpAddr, u16, IpAddr, u16, u8))> = HashSet::new();
+    let mut counted: HashSet<(u32, Tuple)> = HashSet::new();
     for (_, v) in sorted {
         out.records += 1;
         let Some(s) = seen(v) else {
