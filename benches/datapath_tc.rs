@@ -337,6 +337,7 @@ fn setup(bpf: &mut Ebpf, entries: usize) {
         now_s,
         timeouts,
         max_per_endpoint,
+        max_http_per_endpoint: porin_common::ct::DEFAULT_MAX_HTTP_PER_ENDPOINT,
     };
     clock.set(0, c, 0).expect("clock");
 

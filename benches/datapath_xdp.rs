@@ -171,6 +171,7 @@ fn test_run_table() {
             l.key,
             ct_value(
                 1,
+                porin_common::datapath::PEER_IN_UNVERIFIED,
                 Direction::Egress,
                 l.origin,
                 0,

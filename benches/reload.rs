@@ -124,6 +124,7 @@ fn full_conntrack(tc: porin::kernel::TcAttach) {
             let l = porin_common::decide::ct4_key(&flow, 7_100_001);
             let v = porin_common::decide::ct_value(
                 now,
+                porin_common::datapath::PEER_IN_UNVERIFIED,
                 Direction::Egress,
                 l.origin,
                 0,

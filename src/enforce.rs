@@ -275,6 +275,7 @@ impl Enforcer {
         self.datapath.set_conntrack_limits(
             self.cfg.conntrack.timeouts(),
             self.cfg.conntrack.max_per_endpoint,
+            self.cfg.conntrack.max_http_per_endpoint,
         );
         let report = self
             .datapath

@@ -2,7 +2,9 @@
 //! 16): a keep-alive connection allowed by a rule sends a request every
 //! 0.25 s; `porin reload` with the rule removed ends it within 1 s, both
 //! ends see a reset, and a new connection on the same 4-tuple is judged
-//! afresh (denied while the rule is gone, allowed once it is back).
+//! afresh (denied while the rule is gone, allowed once it is back). Also
+//! the per-container shares: of conntrack entries (a UDP flood) and of
+//! HTTP-ruled connections.
 //!
 //! Both ends are the host's `python3` (`tests/fixtures/revoke_peer.py`)
 //! run in the containers' network namespaces (`nsenter -t PID -n`): their
@@ -482,7 +484,7 @@ fn a_flooding_container_fills_only_its_share() {
         refused >= 130_000 - u64::from(QUOTA) - 1000,
         "the flood's excess flows are refused as CONNTRACK_QUOTA: {refused}; {ct:#}"
     );
-    let fullest = ct["per_endpoint"][0][1].as_u64().unwrap_or(0);
+    let fullest = ct["per_endpoint"][0]["entries"].as_u64().unwrap_or(0);
     assert!(
         fullest <= u64::from(QUOTA),
         "no endpoint beyond its quota: {ct:#}"
@@ -496,5 +498,183 @@ fn a_flooding_container_fills_only_its_share() {
         table.contains("per-endpoint quota: 8192 entries; packets of new flows refused by it: "),
         "{table}"
     );
+    assert!(daemon.stop(), "porin run exits 0");
+}
+
+fn http_quota_config(socket: &Path, bpffs: &Path, quota: u32) -> String {
+    format!(
+        "version: 1
+enforcement:
+  mode: enforce
+  unknown_workloads: allow
+bpffs: {bpffs}
+control:
+  socket: {socket}
+conntrack:
+  max_http_per_endpoint: {quota}
+groups:
+  - name: cth-srv
+    select:
+      labels: {{porin-cth: srv}}
+  - name: cth-cli
+    select:
+      labels: {{porin-cth: cli}}
+ground_rules:
+  same_group: allow
+  cross_group: deny
+policies:
+  - name: cli-to-srv
+    from: [cth-cli]
+    to: [cth-srv]
+    protocol: tcp
+    ports: [{PORT}]
+    http:
+      - method: GET
+        path: /metrics
+",
+        bpffs = bpffs.display(),
+        socket = socket.display(),
+    )
+}
+
+/// Two clients of one HTTP-ruled server: one holds a keep-alive
+/// connection, the other opens 30 with a quota of 10 HTTP-ruled
+/// connections per container. The second gets its 10 and no more (the
+/// rest refused as `HTTP_QUOTA`, counted in `porin status`); every held
+/// connection, the neighbour's included, still carries requests after.
+#[test]
+fn a_container_gets_only_its_share_of_http_connections() {
+    require_root("live HTTP quota test");
+    assert!(Path::new(PYTHON).exists(), "{PYTHON} is missing");
+    const QUOTA: u32 = 10;
+    let _exclusive = Exclusive::acquire();
+    let dir = Dir(std::env::temp_dir().join(format!("porin-t-cth-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let socket = dir.0.join("run/porin.sock");
+    let sock = socket.to_str().unwrap();
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/porin-t-cth-{}", std::process::id()));
+    let config_file = dir.0.join("porin.yaml");
+    std::fs::write(&config_file, http_quota_config(&socket, &bpffs, QUOTA)).unwrap();
+    let run = |tag: &str, role: &str| {
+        PodmanContainer::run(
+            tag,
+            &Spec {
+                labels: &[("porin-cth", role)],
+                ..Default::default()
+            },
+        )
+    };
+    let srv = run("cth-srv", "srv");
+    let neighbour = run("cth-nb", "cli");
+    let greedy = run("cth-greedy", "cli");
+    let srv_ip = srv.ipv4().expect("server address").to_string();
+    let server_log = dir.0.join("server.log");
+    let _server = Proc(peer(
+        srv.pid(),
+        "echo",
+        &["0.0.0.0", &PORT.to_string(), server_log.to_str().unwrap()],
+    ));
+    wait_until("the server", Duration::from_secs(10), || {
+        events(&server_log).iter().any(|e| e.0 == "listening")
+    });
+    let mut daemon = Daemon::start(Path::new(env!("CARGO_BIN_EXE_porin")), &config_file);
+    daemon.wait_enforcing(
+        &[
+            srv.name.as_str(),
+            neighbour.name.as_str(),
+            greedy.name.as_str(),
+        ],
+        Duration::from_secs(20),
+    );
+    let go = dir.0.join("go");
+    let hold = |c: &PodmanContainer, n: u32, log: &Path| {
+        Proc(peer(
+            c.pid(),
+            "hold",
+            &[
+                &srv_ip,
+                &PORT.to_string(),
+                &n.to_string(),
+                log.to_str().unwrap(),
+                go.to_str().unwrap(),
+            ],
+        ))
+    };
+    let count = |log: &Path, what: &str| {
+        events(log)
+            .iter()
+            .find(|e| e.0 == what)
+            .map(|e| (e.1, e.2.parse::<u128>().unwrap_or(u128::MAX)))
+    };
+    let nb_log = dir.0.join("neighbour.log");
+    let mut nb = hold(&neighbour, 1, &nb_log);
+    wait_until(
+        "the neighbour's connection",
+        Duration::from_secs(10),
+        || count(&nb_log, "held").is_some(),
+    );
+    assert_eq!(
+        count(&nb_log, "held"),
+        Some((1, 0)),
+        "the neighbour's request"
+    );
+    let greedy_log = dir.0.join("greedy.log");
+    let mut g = hold(&greedy, 30, &greedy_log);
+    wait_until(
+        "the greedy client's connections",
+        Duration::from_secs(60),
+        || count(&greedy_log, "held").is_some(),
+    );
+    let held = count(&greedy_log, "held").unwrap();
+    eprintln!("greedy: {} connections held, {} refused", held.0, held.1);
+    // The server's veth counts its side of every connection against its
+    // own share too (the neighbour's one included): 9 or 10 fit.
+    assert!(
+        held.0 <= u128::from(QUOTA) && held.0 >= u128::from(QUOTA) - 1 && held.0 + held.1 == 30,
+        "the greedy client gets its share and no more: {held:?}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_porin"))
+        .args(["status", "--socket", sock, "-o", "json"])
+        .output()
+        .expect("porin status");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let ct = &s["conntrack"];
+    assert_eq!(
+        ct["max_http_per_endpoint"].as_u64(),
+        Some(u64::from(QUOTA)),
+        "{ct:#}"
+    );
+    let refused = ct["http_refused"].as_u64().unwrap_or(0);
+    assert!(
+        refused as u128 >= held.1,
+        "each refused connection's SYN counted as HTTP_QUOTA: {refused}; {ct:#}"
+    );
+    let rows = ct["per_endpoint"].as_array().cloned().unwrap_or_default();
+    assert!(
+        rows.iter()
+            .all(|r| r["http"].as_u64().unwrap_or(u64::MAX) <= u64::from(QUOTA)),
+        "no endpoint beyond its HTTP quota: {ct:#}"
+    );
+    let table = Command::new(env!("CARGO_BIN_EXE_porin"))
+        .args(["status", "--socket", sock])
+        .output()
+        .expect("porin status");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains(&format!(
+            "HTTP quota: {QUOTA} connections; packets of new HTTP-ruled connections refused by it: {refused}"
+        )),
+        "{table}"
+    );
+
+    // Every connection that was let in still carries requests.
+    std::fs::write(&go, "").unwrap();
+    for (p, log, n) in [(&mut nb, &nb_log, 1), (&mut g, &greedy_log, held.0)] {
+        let status = p.0.wait().expect("the client ends");
+        assert!(status.success(), "{:?}", events(log));
+        assert_eq!(count(log, "again"), Some((n, 0)), "{:?}", events(log));
+    }
     assert!(daemon.stop(), "porin run exits 0");
 }

@@ -623,3 +623,105 @@ fn overfill(c: &mut Compiled) {
         );
     }
 }
+
+/// The HTTP stream state of `sport`'s connection from PEER to EP:80 (the
+/// key `porin_common::http::conn_key` makes).
+fn http_conn_key(sport: u16) -> porin_common::datapath::CtKey {
+    let w = |a: [u8; 4]| {
+        let mut x = [0; 16];
+        x[..4].copy_from_slice(&a);
+        x
+    };
+    porin_common::datapath::CtKey {
+        saddr: w(PEER.octets()),
+        daddr: w([10, 231, 250, 1]),
+        sport,
+        dport: 80,
+        protocol: 6,
+        family: 4,
+        _pad: [0; 2],
+        ifindex: EP,
+    }
+}
+
+/// The sweep deletes the HTTP stream state of a connection with no
+/// conntrack entry left, but only at its second walk (a new connection's
+/// state is written just before its entry), keeps that of a live one, and
+/// counts each endpoint's HTTP-ruled entries.
+#[test]
+fn the_sweep_deletes_the_http_state_of_connections_gone() {
+    require_root("the_sweep_deletes_the_http_state_of_connections_gone");
+    use porin_common::{
+        datapath::{Ct4Key, CtCount, CtKey, CtValue},
+        decide::{ct4_key, ct_value},
+        http_stream::{conn_at_syn, HttpConn},
+        parse::Flow,
+    };
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
+    dp.apply(&compiled(G1, G2, &[80]), &[]).expect("apply");
+    let live = http_conn_key(40001);
+    let gone = http_conn_key(40002);
+    {
+        let bpf = dp.ebpf_mut();
+        let mut conns: BpfHashMap<&mut MapData, CtKey, HttpConn> =
+            maps::open_mut(bpf, maps::HTTP_CONNS).unwrap();
+        for k in [live, gone] {
+            conns
+                .insert(k, conn_at_syn(1000, HttpSet::default()), 0)
+                .unwrap();
+        }
+    }
+    {
+        let flow = Flow {
+            saddr: live.saddr,
+            daddr: live.daddr,
+            sport: live.sport,
+            dport: live.dport,
+            family: 4,
+            protocol: 6,
+            may_be_reply: false,
+            tcp_flags: 0,
+        };
+        let l = ct4_key(&flow, EP);
+        let now = porin::datapath::conntrack::monotonic_s();
+        let v = ct_value(
+            now,
+            porin_common::datapath::PEER_IN_UNVERIFIED,
+            Direction::Ingress,
+            l.origin,
+            1,
+            porin_common::ct::state::TCP_ESTABLISHED,
+        );
+        let mut ct: BpfHashMap<&mut MapData, Ct4Key, CtValue> =
+            maps::open_mut(dp.ebpf_mut(), maps::CT4).unwrap();
+        ct.insert(l.key, v, 0).unwrap();
+    }
+    let http_keys = |dp: &Datapath| -> BTreeSet<(u16, u32)> {
+        let m: BpfHashMap<&MapData, CtKey, HttpConn> =
+            maps::open(dp.ebpf(), maps::HTTP_CONNS).unwrap();
+        m.keys()
+            .map(|k| k.unwrap())
+            .map(|k| (k.sport, k.ifindex))
+            .collect()
+    };
+    let both: BTreeSet<_> = [(40001, EP), (40002, EP)].into();
+    dp.sweep_connections().expect("first sweep");
+    assert_eq!(http_keys(&dp), both, "one walk without its entry: kept");
+    dp.sweep_connections().expect("second sweep");
+    assert_eq!(
+        http_keys(&dp),
+        [(40001, EP)].into(),
+        "the second: the orphan deleted, the live one kept"
+    );
+    let counts = dp.connection_counts().expect("counts");
+    assert_eq!(
+        counts,
+        vec![(
+            EP,
+            CtCount {
+                entries: 1,
+                http: 1
+            }
+        )]
+    );
+}

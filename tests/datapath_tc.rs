@@ -30,9 +30,9 @@ use porin::{
 use porin_common::{
     ct::{self, state},
     datapath::{
-        action, identity, max_entries, mode, tc_action, Counter, Ct4Key, CtClock, CtKey, CtValue,
-        DatapathConfig, DenyEntry, Direction, DropReason, EndpointInfo, Identity, PolicyKey,
-        PolicyValue, CONFIG_READY,
+        action, identity, max_entries, mode, tc_action, Counter, Ct4Key, CtClock, CtCount, CtKey,
+        CtValue, DatapathConfig, DenyEntry, Direction, DropReason, EndpointInfo, Identity,
+        PolicyKey, PolicyValue, CONFIG_READY,
     },
     dcache::{self, next_epoch},
     decide::{ct4_key, ct6_key},
@@ -227,13 +227,15 @@ impl Dp {
             now_s,
             timeouts: ct::DEFAULT_TIMEOUTS,
             max_per_endpoint,
+            max_http_per_endpoint: 0,
         };
         a.set(0, c, 0).expect("write the clock");
     }
 
+    /// Endpoint `ifindex`'s entries as the programs count them.
     fn ct_count(&self, ifindex: u32) -> Option<u32> {
-        let m: HashMap<_, u32, u32> = maps::open(&self.bpf, maps::CT_COUNTS).expect("hash");
-        m.get(&ifindex, 0).ok()
+        let m: HashMap<_, u32, CtCount> = maps::open(&self.bpf, maps::CT_COUNTS).expect("hash");
+        m.get(&ifindex, 0).ok().map(|c| c.entries)
     }
 
     /// A policy entry of generation 0 for subject WEB.
@@ -416,7 +418,11 @@ fn allowed_egress_passes_counts_and_creates_conntrack() {
         .expect("a CT entry for the allowed flow");
     assert_eq!(ct.direction, EGRESS as u8);
     assert!(ct.seen_s > 0, "stamped with the kernel's clock");
-    assert_eq!(ct.created_s, ct.seen_s);
+    assert_eq!(
+        ct.peer_in,
+        porin_common::datapath::PEER_IN_UNVERIFIED,
+        "no packet of the peer checked yet"
+    );
     assert_eq!(ct.state, state::TCP_OPENING, "a SYN opens");
 }
 
@@ -1445,7 +1451,14 @@ fn an_endpoint_gets_only_its_quota_of_entries() {
     dp.clock_quota(now, 3);
     // Another endpoint at its quota: counts are per endpoint.
     dp.hash(maps::CT_COUNTS)
-        .insert(EP + 1, 3, 0)
+        .insert(
+            EP + 1,
+            CtCount {
+                entries: 3,
+                http: 0,
+            },
+            0,
+        )
         .expect("count");
     for port in [5000, 5001, 5002] {
         dp.expect(EGRESS, &udp4(A, 40000, B, port), OK, "within the quota");
@@ -2309,31 +2322,73 @@ fn a_conntrack_hit_never_lets_a_container_send_from_an_address_not_its_own() {
     assert_eq!(dp.ct_counts(), (2, 0), "C → A and A → B only");
 }
 
-/// The gap the conntrack notes of `tc.rs` describe, pinned: a conntrack
-/// hit on `to_container` does not look at the interface the packet came in
-/// on, so a forged packet with the exact tuple of a known connection to a
-/// container passes. (When the CT entry records the peer's veth, the
-/// forged reply here turns into a `SpoofedIngress` drop.) Without the
-/// entry, the same forgery is refused.
+/// A conntrack hit into a container checks the way in too: a packet forged
+/// with the exact tuple of a known connection, from an interface the
+/// peer's packets do not come in by, is refused (`SpoofedIngress`) and
+/// leaves the connection as it was; the peer's own packets still pass,
+/// from its veth or (routed) its bridge. Both ends: a connection the
+/// container opened (the way in learnt from the first reply) and one it
+/// accepted (the way in of the first packet).
 #[test]
-fn a_conntrack_hit_admits_a_forged_packet_of_a_known_connection() {
-    require_root("a_conntrack_hit_admits_a_forged_packet_of_a_known_connection");
+fn a_conntrack_hit_refuses_a_forged_packet_of_a_known_connection() {
+    require_root("a_conntrack_hit_refuses_a_forged_packet_of_a_known_connection");
+    const BRIDGE: u32 = 5;
     let mut dp = with_neighbour(mode::ENFORCE);
+    dp.bridge(NEIGHBOUR_VETH, BRIDGE);
     dp.rule(EGRESS, identity::ANY, PROTO_TCP, 0, action::ALLOW);
+    dp.rule(INGRESS, identity::ANY, PROTO_TCP, 80, action::ALLOW);
     let to = dp.prog(INGRESS);
     let run =
         |frame: &[u8], came_in: u32| prog_run::verdict_on_ifindex_from(to, frame, EP, came_in);
+    // Opened by the container: A → B:5432.
     let reply = tcp4_flags(B, 5432, A, 40000, SYN_ACK);
     assert_eq!(run(&reply, UPLINK), SHOT, "no connection yet: refused");
     dp.expect(EGRESS, &tcp4(A, 40000, B, 5432), OK, "A → B:5432");
+    assert_eq!(run(&reply, UPLINK), SHOT, "the first reply forged: refused");
     assert_eq!(run(&reply, NEIGHBOUR_VETH), OK, "B's reply from B's veth");
-    assert_eq!(run(&reply, UPLINK), OK, "the same tuple forged: a hit");
-    let other = tcp4_flags(B, 5432, A, 40001, SYN_ACK);
-    assert_eq!(run(&other, UPLINK), SHOT, "another tuple forged: refused");
+    let ack = tcp4_flags(B, 5432, A, 40000, packets::TCP_ACK);
+    assert_eq!(run(&ack, UPLINK), SHOT, "the tuple forged later: refused");
+    assert_eq!(run(&ack, 0), SHOT, "sent by the host with B's address");
+    assert_eq!(run(&ack, NEIGHBOUR_VETH), OK, "B's own packets still pass");
+    assert_eq!(run(&ack, BRIDGE), OK, "routed by the host: B's bridge");
+    assert_eq!(run(&ack, UPLINK), SHOT, "and still no forgery");
+    // Come in by this very veth: an answer the stage programs clone back
+    // into the container (a 403, a RST); the bridge never sends a frame
+    // back out of its port.
+    assert_eq!(run(&ack, EP), OK, "cloned back into the container");
+    assert_eq!(run(&ack, UPLINK), SHOT, "which records no new way in");
+    // Accepted by the container: B → A:80, first seen from B's veth.
+    let syn = tcp4_flags(B, 41000, A, 80, packets::TCP_SYN);
+    assert_eq!(run(&syn, NEIGHBOUR_VETH), OK, "B → A:80 allowed");
+    let data = tcp4_flags(B, 41000, A, 80, packets::TCP_ACK);
+    assert_eq!(run(&data, UPLINK), SHOT, "its tuple forged: refused");
+    assert_eq!(run(&data, NEIGHBOUR_VETH), OK, "B's next packet passes");
     dp.expect_drops(
-        &[(DropReason::SpoofedIngress, 2)],
-        "forgeries without an entry",
+        &[(DropReason::SpoofedIngress, 7)],
+        "every forgery, and only them, refused as spoofed",
     );
+}
+
+/// A hit from an interface other than the one recorded, by a peer that is
+/// no container (the world through two uplinks, a route change), passes
+/// and costs no drop: only a container's address is tied to a way in.
+#[test]
+fn a_route_change_of_a_world_peer_keeps_its_connection() {
+    require_root("a_route_change_of_a_world_peer_keeps_its_connection");
+    const OTHER_UPLINK: u32 = UPLINK + 40;
+    let mut dp = with_neighbour(mode::ENFORCE);
+    dp.rule(EGRESS, identity::WORLD, PROTO_TCP, 443, action::ALLOW);
+    let world = Ipv4Addr::new(198, 51, 100, 7);
+    dp.expect(EGRESS, &tcp4(A, 40000, world, 443), OK, "A → world:443");
+    let to = dp.prog(INGRESS);
+    let run =
+        |frame: &[u8], came_in: u32| prog_run::verdict_on_ifindex_from(to, frame, EP, came_in);
+    let reply = tcp4_flags(world, 443, A, 40000, SYN_ACK);
+    assert_eq!(run(&reply, UPLINK), OK, "the reply by one uplink");
+    let ack = tcp4_flags(world, 443, A, 40000, packets::TCP_ACK);
+    assert_eq!(run(&ack, OTHER_UPLINK), OK, "then by another");
+    assert_eq!(run(&ack, UPLINK), OK, "and back");
+    dp.expect_drops(&[], "nothing refused");
 }
 
 /// Routed by the host (containers on two bridges, a published port reached

@@ -318,6 +318,7 @@ fn replies_and_established_connections_pass_without_a_policy() {
             l.key,
             ct_value(
                 1,
+                porin_common::datapath::PEER_IN_UNVERIFIED,
                 Direction::Egress,
                 l.origin,
                 0,

@@ -43,8 +43,9 @@ use porin::{
 };
 use porin_common::{
     datapath::{
-        identity, mode, tc_action, Counter, DatapathConfig, Direction, DropReason, EndpointInfo,
-        Identity, PolicyKey, PolicyValue, CONFIG_READY,
+        identity, mode, tc_action, Counter, Ct4Key, CtClock, CtCount, CtKey, CtValue,
+        DatapathConfig, Direction, DropReason, EndpointInfo, Identity, PolicyKey, PolicyValue,
+        CONFIG_READY,
     },
     http::{HttpError, HttpKey, Request, MAX_HEAD},
     http_stream::{conn_at_syn, segment as host_segment, tcp_flag, Verdict, MAX_TAILS},
@@ -1385,4 +1386,82 @@ fn a_revoked_connection_in_audit_mode_passes_counted() {
     let ack = segment(40061, 5001, packets::TCP_ACK, b"");
     assert_eq!(dp.run(&ack), (OK, ack.clone()), "unchanged");
     assert_eq!(dp.drops(DropReason::ConnectionRevoked), 1, "counted");
+}
+
+/// Writes the conntrack clock at `now_s` (0: nothing expires) with at most
+/// `max_http` HTTP-ruled connections per endpoint.
+fn http_quota(dp: &mut Dp, now_s: u32, max_http: u32) {
+    let mut a: Array<_, CtClock> = maps::open_mut(&mut dp.bpf, maps::CT_CLOCK).expect("clock map");
+    let c = CtClock {
+        now_s,
+        timeouts: porin_common::ct::DEFAULT_TIMEOUTS,
+        max_per_endpoint: 0,
+        max_http_per_endpoint: max_http,
+    };
+    a.set(0, c, 0).expect("write the clock");
+}
+
+/// Endpoint `ifindex`'s counts as the programs keep them.
+fn counts(dp: &Dp, ifindex: u32) -> CtCount {
+    let m: HashMap<_, u32, CtCount> = maps::open(&dp.bpf, maps::CT_COUNTS).expect("counts");
+    m.get(&ifindex, 0).unwrap_or_default()
+}
+
+/// An endpoint gets only its quota of HTTP-ruled connections (their
+/// stream state is one LRU for all): one more is refused as `HttpQuota`
+/// and leaves no state; its open connections still carry requests; a
+/// stale one the programs delete gives its place back. Another endpoint at
+/// its quota changes nothing here.
+#[test]
+fn an_endpoint_gets_only_its_quota_of_http_connections() {
+    require_root("an_endpoint_gets_only_its_quota_of_http_connections");
+    let mut dp = Dp::new(mode::ENFORCE, &default_rules());
+    http_quota(&mut dp, 0, 2);
+    let full = CtCount {
+        entries: 2,
+        http: 2,
+    };
+    dp.hash(maps::CT_COUNTS)
+        .insert(EP + 1, full, 0)
+        .expect("count");
+    dp.open(41000, 1000);
+    dp.open(41001, 1000);
+    assert_eq!(counts(&dp, EP), full, "two HTTP-ruled connections");
+    let third = segment(41002, 1000, packets::TCP_SYN, b"");
+    assert_eq!(dp.run(&third).0, SHOT, "a third one: over the quota");
+    assert_eq!(dp.drops(DropReason::HttpQuota), 1);
+    assert_eq!(counts(&dp, EP), full, "nothing recorded for it");
+    let conns: HashMap<_, CtKey, porin_common::http_stream::HttpConn> =
+        maps::open(&dp.bpf, maps::HTTP_CONNS).expect("conns");
+    assert_eq!(conns.keys().count(), 2, "no stream state for it");
+    let (v, out) = dp.run(&request(41000, 1001, GET_METRICS));
+    assert_eq!((v, out.len()), (OK, 14 + 40 + GET_METRICS.len()));
+    // Connection 41001, still opening, goes stale (60 s): the packet that
+    // meets it deletes it (its place given back) and is judged as new: a
+    // pure ACK picked up mid-stream, recorded again (its payload would be
+    // refused). Had the deletion not given the place back, the count
+    // would now be 3, or the ACK refused.
+    let seen = {
+        let ct: HashMap<_, Ct4Key, CtValue> = maps::open(&dp.bpf, maps::CT4).expect("ct");
+        ct.iter()
+            .filter_map(Result::ok)
+            .find(|(k, _)| k.sport == 41001 || k.dport == 41001)
+            .expect("41001's entry")
+            .1
+            .seen_s
+    };
+    http_quota(&mut dp, seen + 61, 2);
+    let late = segment(41001, 1001, packets::TCP_ACK, b"");
+    assert_eq!(
+        dp.run(&late).0,
+        OK,
+        "stale: judged afresh, within the quota"
+    );
+    assert_eq!(counts(&dp, EP), full, "one deleted, one made");
+    assert_eq!(dp.run(&third).0, SHOT, "still no room for a third");
+    // Without a quota (0), it fits.
+    http_quota(&mut dp, seen + 61, 0);
+    dp.open(41002, 1000);
+    assert_eq!(counts(&dp, EP).http, 3);
+    assert_eq!(dp.drops(DropReason::HttpQuota), 2, "the two refusals");
 }

@@ -244,22 +244,36 @@ pub fn policy_text(p: &PolicyDump) -> String {
     o
 }
 
-/// The CONNTRACK section: the quota, what it refused, the fullest
+/// The CONNTRACK section: the quotas, what they refused, the fullest
 /// endpoints.
 fn conntrack_lines(c: &crate::control::proto::ConntrackStatus) -> String {
-    let quota = if c.max_per_endpoint == 0 {
-        "no limit".to_string()
-    } else {
-        format!("{} entries", c.max_per_endpoint)
+    let quota = |n: u32, what: &str| {
+        if n == 0 {
+            "no limit".to_string()
+        } else {
+            format!("{n} {what}")
+        }
     };
     let mut o = format!(
-        "\nCONNTRACK\nper-endpoint quota: {quota}; packets of new flows refused by it: {}\n",
-        c.refused
+        "\nCONNTRACK\nper-endpoint quota: {}; packets of new flows refused by it: {}\n\
+         HTTP quota: {}; packets of new HTTP-ruled connections refused by it: {}\n",
+        quota(c.max_per_endpoint, "entries"),
+        c.refused,
+        quota(c.max_http_per_endpoint, "connections"),
+        c.http_refused,
     );
     if !c.per_endpoint.is_empty() {
-        let mut rows = vec![vec!["VETH".to_string(), "ENTRIES".to_string()]];
-        for (veth, n) in c.per_endpoint.iter().take(10) {
-            rows.push(vec![veth.clone(), n.to_string()]);
+        let mut rows = vec![vec![
+            "VETH".to_string(),
+            "ENTRIES".to_string(),
+            "HTTP".to_string(),
+        ]];
+        for e in c.per_endpoint.iter().take(10) {
+            rows.push(vec![
+                e.veth.clone(),
+                e.entries.to_string(),
+                e.http.to_string(),
+            ]);
         }
         o.push_str(&table(&rows));
     }
@@ -270,6 +284,40 @@ fn conntrack_lines(c: &crate::control::proto::ConntrackStatus) -> String {
 mod tests {
     use super::*;
     use crate::control::proto::{EndpointStatus, MapFill};
+
+    #[test]
+    fn the_conntrack_section_shows_both_quotas_and_the_fullest_endpoints() {
+        use crate::control::proto::{ConntrackStatus, EndpointConnections};
+        let c = ConntrackStatus {
+            max_per_endpoint: 8192,
+            max_http_per_endpoint: 0,
+            refused: 12,
+            http_refused: 3,
+            per_endpoint: vec![EndpointConnections {
+                veth: "veth1".into(),
+                entries: 40,
+                http: 2,
+            }],
+        };
+        let t = conntrack_lines(&c);
+        assert!(
+            t.contains(
+                "per-endpoint quota: 8192 entries; packets of new flows refused by it: 12\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "HTTP quota: no limit; packets of new HTTP-ruled connections refused by it: 3\n"
+            ),
+            "{t}"
+        );
+        let row = t.lines().find(|l| l.starts_with("veth1")).expect("a row");
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            ["veth1", "40", "2"]
+        );
+    }
 
     #[test]
     fn the_status_table_lines_up() {

@@ -170,8 +170,8 @@ pub(crate) fn decode(root: &Node, sink: &mut Sink) -> Option<Config> {
 const CT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
 const CT_TIMEOUT_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// `conntrack:`: `timeouts:` by state, each a duration in 1s-30d, and
-/// `max_per_endpoint` (0: no limit).
+/// `conntrack:`: `timeouts:` by state, each a duration in 1s-30d,
+/// `max_per_endpoint` and `max_http_per_endpoint` (0: no limit).
 fn conntrack(node: &Node, path: &str, sink: &mut Sink) -> Option<Conntrack> {
     let mut f = Fields::new(node, path, sink)?;
     let d = Conntrack::default();
@@ -206,6 +206,7 @@ fn conntrack(node: &Node, path: &str, sink: &mut Sink) -> Option<Conntrack> {
             icmp: one("icmp", d.icmp, s),
             other: one("other", d.other, s),
             max_per_endpoint: d.max_per_endpoint,
+            max_http_per_endpoint: d.max_http_per_endpoint,
         };
         g.finish(s);
         Some(c)
@@ -215,9 +216,14 @@ fn conntrack(node: &Node, path: &str, sink: &mut Sink) -> Option<Conntrack> {
         u32_in(n, p, s, 0..=porin_common::datapath::max_entries::CONNTRACK)
     })
     .unwrap_or(d.max_per_endpoint);
+    let max_http_per_endpoint = opt(&mut f, "max_http_per_endpoint", sink, |n, p, s| {
+        u32_in(n, p, s, 0..=porin_common::http::max_entries::CONNS)
+    })
+    .unwrap_or(d.max_http_per_endpoint);
     f.finish(sink);
     Some(Conntrack {
         max_per_endpoint,
+        max_http_per_endpoint,
         ..t
     })
 }

@@ -1100,3 +1100,25 @@ fn conntrack_quota() {
         "out of range",
     );
 }
+
+#[test]
+fn conntrack_http_quota() {
+    assert_eq!(
+        ok("version: 1\n").conntrack.max_http_per_endpoint,
+        porin_common::ct::DEFAULT_MAX_HTTP_PER_ENDPOINT
+    );
+    let c = ok("version: 1\nconntrack:\n  max_http_per_endpoint: 64\n");
+    assert_eq!(c.conntrack.max_http_per_endpoint, 64);
+    assert_eq!(
+        c.conntrack.max_per_endpoint,
+        porin_common::ct::DEFAULT_MAX_PER_ENDPOINT,
+        "the other quota keeps its default"
+    );
+    assert_one(
+        "version: 1\nconntrack:\n  max_http_per_endpoint: 20000\n",
+        3,
+        26,
+        "conntrack.max_http_per_endpoint",
+        "out of range",
+    );
+}

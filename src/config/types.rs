@@ -63,6 +63,8 @@ pub struct Conntrack {
     pub other: Duration,
     /// Most entries one endpoint may have (0: no limit).
     pub max_per_endpoint: u32,
+    /// Most HTTP-ruled connections one endpoint may have (0: no limit).
+    pub max_http_per_endpoint: u32,
 }
 
 impl Default for Conntrack {
@@ -82,6 +84,7 @@ impl Default for Conntrack {
             icmp: t(state::ICMP),
             other: t(state::OTHER),
             max_per_endpoint: porin_common::ct::DEFAULT_MAX_PER_ENDPOINT,
+            max_http_per_endpoint: porin_common::ct::DEFAULT_MAX_HTTP_PER_ENDPOINT,
         }
     }
 }

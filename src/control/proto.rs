@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::flows::record::FlowView;
 
 /// Protocol version; see the module notes. 2: `Status::last_reload`, and
-/// `Request::Reload` / `Response::Reload`.
-pub const VERSION: u16 = 2;
+/// `Request::Reload` / `Response::Reload`. 3: `Status::conntrack`,
+/// `ReloadOutcome::revoked`.
+pub const VERSION: u16 = 3;
 /// Largest request payload the daemon accepts.
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// Largest reply payload (a policy dump or a page of flows).
@@ -170,17 +171,32 @@ pub struct Status {
     pub conntrack: ConntrackStatus,
 }
 
-/// Conntrack's share per endpoint (`conntrack.max_per_endpoint`).
+/// Conntrack's share per endpoint (`conntrack.max_per_endpoint`,
+/// `conntrack.max_http_per_endpoint`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConntrackStatus {
     /// Most entries per endpoint (0: no limit).
     pub max_per_endpoint: u32,
+    /// Most HTTP-ruled connections per endpoint (0: no limit).
+    pub max_http_per_endpoint: u32,
     /// Packets of new flows refused because their endpoint was at the
     /// quota, since the programs were loaded (`CONNTRACK_QUOTA` drops,
     /// audited ones included).
     pub refused: u64,
-    /// (host veth, entries) of every endpoint with entries, most first.
-    pub per_endpoint: Vec<(String, u32)>,
+    /// Likewise for the HTTP quota (`HTTP_QUOTA` drops).
+    pub http_refused: u64,
+    /// Every endpoint with entries, most first.
+    pub per_endpoint: Vec<EndpointConnections>,
+}
+
+/// One endpoint's share of the conntrack tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointConnections {
+    /// Host veth name (`ifindex N` when it no longer exists).
+    pub veth: String,
+    pub entries: u32,
+    /// HTTP-ruled connections among them.
+    pub http: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

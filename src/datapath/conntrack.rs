@@ -22,11 +22,18 @@
 //! its write and tries again (a program writes the state only on a
 //! transition, so a second write holds).
 
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashSet},
+};
+
 use aya::maps::HashMap as BpfHashMap;
 use log::debug;
 use porin_common::{
     ct::{self, state},
-    datapath::{ct_origin, mode, proto, Ct4Key, CtClock, CtKey, CtValue, Direction},
+    datapath::{ct_origin, mode, proto, Ct4Key, CtClock, CtCount, CtKey, CtValue, Direction},
+    decide::{ct4_key, ct6_key},
+    http_stream::HttpConn,
     maps::MapDef,
     parse::Flow,
 };
@@ -248,13 +255,47 @@ fn walk<K: ConnKey>(
     Ok(done)
 }
 
+/// The HTTP stream state whose connection has no conntrack entry left
+/// (`orphans`), given the live entries' keys. Keys are the first packet's
+/// tuple at the endpoint (`porin_common::http::conn_key`).
+fn http_orphans(
+    keys: impl Iterator<Item = CtKey>,
+    live4: &HashSet<Ct4Key>,
+    live6: &HashSet<CtKey>,
+) -> HashSet<CtKey> {
+    keys.filter(|k| {
+        let flow = Flow {
+            saddr: k.saddr,
+            daddr: k.daddr,
+            sport: k.sport,
+            dport: k.dport,
+            family: k.family,
+            protocol: k.protocol,
+            may_be_reply: false,
+            tcp_flags: 0,
+        };
+        if k.family == 4 {
+            !live4.contains(&ct4_key(&flow, k.ifindex).key)
+        } else {
+            !live6.contains(&ct6_key(&flow, k.ifindex).key)
+        }
+    })
+    .collect()
+}
+
 impl Datapath {
     /// Sets the idle timeouts (seconds by `porin_common::ct::state`) and
-    /// the most entries per endpoint (0: no limit) that the next
-    /// [`Self::tick_conntrack`] writes.
-    pub fn set_conntrack_limits(&mut self, timeouts: [u32; ct::STATES], max_per_endpoint: u32) {
+    /// the most entries, and HTTP-ruled connections, per endpoint (0: no
+    /// limit) that the next [`Self::tick_conntrack`] writes.
+    pub fn set_conntrack_limits(
+        &mut self,
+        timeouts: [u32; ct::STATES],
+        max_per_endpoint: u32,
+        max_http_per_endpoint: u32,
+    ) {
         self.ct_timeouts = timeouts;
         self.ct_max_per_endpoint = max_per_endpoint;
+        self.ct_max_http_per_endpoint = max_http_per_endpoint;
     }
 
     fn ct_clock(&self) -> CtClock {
@@ -262,10 +303,11 @@ impl Datapath {
             now_s: monotonic_s(),
             timeouts: self.ct_timeouts,
             max_per_endpoint: self.ct_max_per_endpoint,
+            max_http_per_endpoint: self.ct_max_http_per_endpoint,
         }
     }
 
-    /// Writes the clock (now), the timeouts and the quota to
+    /// Writes the clock (now), the timeouts and the quotas to
     /// `PORIN_CTCLK_V1`.
     pub fn tick_conntrack(&mut self) -> Result<(), DatapathError> {
         let clock = self.ct_clock();
@@ -275,28 +317,41 @@ impl Datapath {
     }
 
     /// Deletes every connection idle longer than its state's timeout (see
-    /// the module notes), then sets each endpoint's count in
-    /// `PORIN_CTN_V1` to the entries it has left. Returns how many were
-    /// deleted.
+    /// the module notes), then the HTTP stream state of connections gone,
+    /// then sets each endpoint's counts in `PORIN_CTN_V1` to the entries
+    /// it has left. Returns how many connections were deleted.
     pub fn sweep_connections(&mut self) -> Result<usize, DatapathError> {
         let clock = self.ct_clock();
-        let idle = |v: &CtValue| {
-            if ct::expired(v.state, v.seen_s, &clock) {
-                Step::Delete
-            } else {
-                Step::Keep
-            }
-        };
-        let counts = std::cell::RefCell::new(std::collections::BTreeMap::<u32, u32>::new());
+        let counts = RefCell::new(BTreeMap::<u32, CtCount>::new());
+        let live4 = RefCell::new(HashSet::new());
+        let live6 = RefCell::new(HashSet::new());
         let keep = |ifindex: u32, v: &CtValue| {
-            let s = idle(v);
+            if ct::expired(v.state, v.seen_s, &clock) {
+                return Step::Delete;
+            }
+            let mut counts = counts.borrow_mut();
+            let c = counts.entry(ifindex).or_default();
+            c.entries += 1;
+            if v.l7 != 0 {
+                c.http += 1;
+            }
+            Step::Keep
+        };
+        let v4 = walk(&mut self.bpf, maps::CT4, |k, v| {
+            let s = keep(k.ifindex, v);
             if matches!(s, Step::Keep) {
-                *counts.borrow_mut().entry(ifindex).or_default() += 1;
+                live4.borrow_mut().insert(*k);
             }
             s
-        };
-        let v4 = walk(&mut self.bpf, maps::CT4, |k, v| keep(k.ifindex, v))?;
-        let v6 = walk(&mut self.bpf, maps::CT6, |k, v| keep(k.ifindex, v))?;
+        })?;
+        let v6 = walk(&mut self.bpf, maps::CT6, |k, v| {
+            let s = keep(k.ifindex, v);
+            if matches!(s, Step::Keep) {
+                live6.borrow_mut().insert(*k);
+            }
+            s
+        })?;
+        self.sweep_http_state(&live4.into_inner(), &live6.into_inner())?;
         self.write_counts(&counts.into_inner())?;
         let n = v4.deleted + v6.deleted;
         if n > 0 {
@@ -305,16 +360,42 @@ impl Datapath {
         Ok(n)
     }
 
+    /// Deletes the HTTP stream state (`PORIN_HTTPC_V1`) of connections that
+    /// have had no
+    /// conntrack entry at two sweeps in a row: the programs delete only the
+    /// conntrack entry of a stale connection, and the state must not wait
+    /// for the LRU, which would evict live connections' state first if it
+    /// is idler. Two sweeps, because a new connection's stream state is
+    /// written just before its conntrack entry: one missing at a single
+    /// walk may be one being made.
+    fn sweep_http_state(
+        &mut self,
+        live4: &HashSet<Ct4Key>,
+        live6: &HashSet<CtKey>,
+    ) -> Result<(), DatapathError> {
+        let mut conns = map_mut!(self.bpf, maps::HTTP_CONNS, BpfHashMap<_, CtKey, HttpConn>);
+        let keys: Vec<CtKey> = conns.keys().filter_map(Result::ok).collect();
+        let orphans = http_orphans(keys.into_iter(), live4, live6);
+        let mut gone = 0;
+        for k in orphans.intersection(&self.http_orphans) {
+            if conns.remove(k).is_ok() {
+                gone += 1;
+            }
+        }
+        if gone > 0 {
+            debug!("conntrack: swept the HTTP state of {gone} connections gone");
+        }
+        self.http_orphans = orphans;
+        Ok(())
+    }
+
     /// Sets `PORIN_CTN_V1` to `counts` (endpoints not listed: 0, those
     /// without an endpoint entry: removed). The programs' adds between the
-    /// walk and this write are lost until the next sweep: the count errs
+    /// walk and this write are lost until the next sweep: the counts err
     /// low by the flows made meanwhile (a few, in milliseconds).
-    fn write_counts(
-        &mut self,
-        counts: &std::collections::BTreeMap<u32, u32>,
-    ) -> Result<(), DatapathError> {
+    fn write_counts(&mut self, counts: &BTreeMap<u32, CtCount>) -> Result<(), DatapathError> {
         let endpoints: Vec<u32> = self.applied.endpoints.keys().copied().collect();
-        let mut m = map_mut!(self.bpf, maps::CT_COUNTS, BpfHashMap<_, u32, u32>);
+        let mut m = map_mut!(self.bpf, maps::CT_COUNTS, BpfHashMap<_, u32, CtCount>);
         let present: Vec<u32> = m.keys().filter_map(Result::ok).collect();
         for i in present {
             if !endpoints.contains(&i) && !counts.contains_key(&i) {
@@ -322,7 +403,7 @@ impl Datapath {
             }
         }
         for i in endpoints.iter().chain(counts.keys()) {
-            let n = counts.get(i).copied().unwrap_or(0);
+            let n = counts.get(i).copied().unwrap_or_default();
             m.insert(i, n, 0)
                 .map_err(map_err(maps::CT_COUNTS.name, "write"))?;
         }
@@ -331,8 +412,8 @@ impl Datapath {
 
     /// Each endpoint's conntrack entries as the programs count them
     /// (`PORIN_CTN_V1`), for `porin status`.
-    pub fn connection_counts(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
-        let m: BpfHashMap<_, u32, u32> = maps::open(&self.bpf, maps::CT_COUNTS)?;
+    pub fn connection_counts(&self) -> Result<Vec<(u32, CtCount)>, DatapathError> {
+        let m: BpfHashMap<_, u32, CtCount> = maps::open(&self.bpf, maps::CT_COUNTS)?;
         Ok(m.iter().filter_map(Result::ok).collect())
     }
 
@@ -352,6 +433,55 @@ impl Datapath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn http_key(family: u8, client: u8, sport: u16, ifindex: u32) -> CtKey {
+        let addr = |last: u8| {
+            let mut a = [0; 16];
+            if family == 4 {
+                a[..4].copy_from_slice(&[10, 0, 0, last]);
+            } else {
+                a[0] = 0xfd;
+                a[15] = last;
+            }
+            a
+        };
+        CtKey {
+            saddr: addr(client),
+            daddr: addr(1),
+            sport,
+            dport: 80,
+            protocol: proto::TCP,
+            family,
+            _pad: [0; 2],
+            ifindex,
+        }
+    }
+
+    /// An HTTP connection's state is an orphan when the canonical key of
+    /// its first packet has no live entry at its endpoint; either order of
+    /// addresses, both families.
+    #[test]
+    fn http_state_is_an_orphan_only_without_its_connection() {
+        let flow = |k: &CtKey| Flow {
+            saddr: k.saddr,
+            daddr: k.daddr,
+            sport: k.sport,
+            dport: k.dport,
+            family: k.family,
+            protocol: k.protocol,
+            may_be_reply: false,
+            tcp_flags: 0,
+        };
+        // Client 10.0.0.2 sorts after the server: its key is reversed.
+        let live4 = http_key(4, 2, 40000, 7);
+        let live6 = http_key(6, 9, 40000, 7);
+        let elsewhere = http_key(4, 2, 40000, 8);
+        let gone = http_key(4, 3, 40001, 7);
+        let l4: HashSet<Ct4Key> = [ct4_key(&flow(&live4), 7).key].into();
+        let l6: HashSet<CtKey> = [ct6_key(&flow(&live6), 7).key].into();
+        let orphans = http_orphans([live4, live6, elsewhere, gone].into_iter(), &l4, &l6);
+        assert_eq!(orphans, [elsewhere, gone].into());
+    }
 
     #[test]
     fn the_first_packet_comes_back_from_the_canonical_key() {

@@ -155,6 +155,11 @@ pub struct Datapath {
     ct_timeouts: [u32; porin_common::ct::STATES],
     /// Most conntrack entries per endpoint (0: no limit).
     ct_max_per_endpoint: u32,
+    /// Most HTTP-ruled connections per endpoint (0: no limit).
+    ct_max_http_per_endpoint: u32,
+    /// HTTP stream state found without its connection at the last sweep
+    /// (`conntrack::sweep_http_state`).
+    http_orphans: std::collections::HashSet<porin_common::datapath::CtKey>,
 }
 
 struct Attached {
@@ -268,6 +273,8 @@ impl Datapath {
             hold_live: false,
             ct_timeouts: porin_common::ct::DEFAULT_TIMEOUTS,
             ct_max_per_endpoint: porin_common::ct::DEFAULT_MAX_PER_ENDPOINT,
+            ct_max_http_per_endpoint: porin_common::ct::DEFAULT_MAX_HTTP_PER_ENDPOINT,
+            http_orphans: Default::default(),
         };
         match found {
             None => dp.set_generation(0)?,

@@ -8,10 +8,10 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf,
 };
-use porin_common::datapath::{Counter, Ct4Key, CtClock, CtKey, CtValue, DropReason};
+use porin_common::datapath::{Counter, Ct4Key, CtClock, CtCount, CtKey, CtValue, DropReason};
 
 use crate::{
-    control::proto::{ConntrackStatus, MapFill},
+    control::proto::{ConntrackStatus, EndpointConnections, MapFill},
     maps::{self, Holds, MapDef},
 };
 
@@ -151,7 +151,7 @@ pub struct CounterMaps {
     /// IPv6 connections.
     pub ct6: HashMap<MapData, CtKey, CtValue>,
     /// Entries per endpoint and the quota.
-    pub ct_counts: HashMap<MapData, u32, u32>,
+    pub ct_counts: HashMap<MapData, u32, CtCount>,
     pub ct_clock: Array<MapData, CtClock>,
 }
 
@@ -167,22 +167,29 @@ impl CounterMaps {
         })
     }
 
-    /// The quota, the flows it refused and each endpoint's entries (veths
-    /// by name where they still exist, else `ifindex N`).
+    /// The quotas, the flows they refused and each endpoint's entries
+    /// (veths by name where they still exist, else `ifindex N`).
     pub fn conntrack_status(&self) -> ConntrackStatus {
         let refused = Self::sum(&self.drops, DropReason::ConntrackQuota as u32).packets;
-        let max_per_endpoint = self.ct_clock.get(&0, 0).map_or(0, |c| c.max_per_endpoint);
-        let mut per_endpoint: Vec<(String, u32)> = self
+        let http_refused = Self::sum(&self.drops, DropReason::HttpQuota as u32).packets;
+        let clock = self.ct_clock.get(&0, 0).unwrap_or_default();
+        let mut per_endpoint: Vec<EndpointConnections> = self
             .ct_counts
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, n)| *n > 0)
-            .map(|(i, n)| (crate::datapath::veth_name(i), n))
+            .filter(|(_, n)| n.entries > 0 || n.http > 0)
+            .map(|(i, n)| EndpointConnections {
+                veth: crate::datapath::veth_name(i),
+                entries: n.entries,
+                http: n.http,
+            })
             .collect();
-        per_endpoint.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        per_endpoint.sort_by(|a, b| b.entries.cmp(&a.entries).then(a.veth.cmp(&b.veth)));
         ConntrackStatus {
-            max_per_endpoint,
+            max_per_endpoint: clock.max_per_endpoint,
+            max_http_per_endpoint: clock.max_http_per_endpoint,
             refused,
+            http_refused,
             per_endpoint,
         }
     }

@@ -77,6 +77,11 @@ pub const STATE_NAMES: [&str; STATES] = [
 /// to fill it.
 pub const DEFAULT_MAX_PER_ENDPOINT: u32 = crate::datapath::max_entries::CONNTRACK / 8;
 
+/// Default most HTTP-ruled connections per endpoint
+/// (`CtClock::max_http_per_endpoint`): an eighth of the HTTP stream state
+/// table (`PORIN_HTTPC_V1`), likewise.
+pub const DEFAULT_MAX_HTTP_PER_ENDPOINT: u32 = crate::http::max_entries::CONNS / 8;
+
 /// Default idle timeouts in seconds, by state: near Cilium's and Linux
 /// conntrack's (TCP established 6 h, SYN 60 s, close 10 s; UDP 60 s;
 /// ICMP 30 s).
@@ -193,6 +198,7 @@ mod tests {
             now_s,
             timeouts: DEFAULT_TIMEOUTS,
             max_per_endpoint: 0,
+            max_http_per_endpoint: 0,
         }
     }
 

@@ -375,15 +375,21 @@ pub struct CtKey {
 /// paravirtual clock), as much as the conntrack lookup itself. A hit does
 /// not read it: it copies [`CtClock::now_s`], which the manager writes
 /// every second, into `seen_s` (an array read the verifier inlines). Only a
-/// new entry (the slow path) reads the clock, for `created_s` and its first
-/// `seen_s`. See [`crate::ct`] for the states and how an entry expires.
+/// new entry (the slow path) reads the clock, for its first `seen_s`. See
+/// [`crate::ct`] for the states and how an entry expires.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
     /// Seconds of `CLOCK_MONOTONIC` at the last packet (see above).
     pub seen_s: u32,
-    /// Seconds of `CLOCK_MONOTONIC` at the first packet.
-    pub created_s: u32,
+    /// The interface the peer's packets into this endpoint have come in by
+    /// (`skb->ingress_ifindex`), checked by the anti-spoofing rule for a
+    /// container's source address (`crate::spoof::check_ingress`);
+    /// [`PEER_IN_UNVERIFIED`] until a packet of the peer has been checked.
+    /// A `to_container` hit from another interface is checked again (a
+    /// route change passes and is recorded; a forgery is a miss), so the
+    /// hit costs one compare, not the owner lookup.
+    pub peer_in: u32,
     /// [`Direction`] of the first packet as u8.
     pub direction: u8,
     /// [`ct_origin::KEY_SOURCE`] or [`ct_origin::KEY_DESTINATION`]: which
@@ -400,6 +406,11 @@ pub struct CtValue {
     /// several CPUs may count once): shown, never relied on.
     pub hits: u32,
 }
+
+/// [`CtValue::peer_in`] of an entry no packet from its peer has been
+/// checked for yet (made by `from_container`). Never an ifindex (they are
+/// positive `int`s), nor 0 (a packet the host itself sends).
+pub const PEER_IN_UNVERIFIED: u32 = u32::MAX;
 
 /// `PORIN_CTCLK_V1` (array\[1\]): the conntrack clock, idle timeouts and
 /// per-endpoint quota, written by the manager ([`crate::ct`]).
@@ -421,6 +432,25 @@ pub struct CtClock {
     /// beyond it is refused ([`DropReason::ConntrackQuota`]), so one
     /// container cannot fill the shared tables with its flows.
     pub max_per_endpoint: u32,
+    /// Most HTTP-ruled connections one endpoint may have
+    /// ([`CtCount::http`]); 0: no limit. A new one beyond it is refused
+    /// ([`DropReason::HttpQuota`]), so one container cannot evict the
+    /// others' HTTP stream state (`PORIN_HTTPC_V1`, a shared LRU).
+    pub max_http_per_endpoint: u32,
+}
+
+/// `PORIN_CTN_V1` value: one endpoint's conntrack entries, for the quotas
+/// in [`CtClock`]. The programs add one per entry they make and take one
+/// per stale entry they delete (atomic adds); the manager's sweep sets
+/// both to what the table holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtCount {
+    /// Entries, IPv4 and IPv6 together.
+    pub entries: u32,
+    /// Entries of HTTP-ruled connections ([`CtValue::l7`]) among them:
+    /// each has its HTTP stream state.
+    pub http: u32,
 }
 
 /// Which end of a canonical conntrack key sent a packet
@@ -556,10 +586,14 @@ pub enum DropReason {
     /// did not come in from that container's host veth
     /// (`skb->ingress_ifindex`): a forged or routed-in copy of its address.
     SpoofedIngress = 22,
+    /// A new HTTP-ruled connection of an endpoint that already has as many
+    /// as `conntrack.max_http_per_endpoint` allows ([`CtClock`]): their
+    /// stream state (`PORIN_HTTPC_V1`) is shared by every container.
+    HttpQuota = 23,
 }
 
 /// Number of drop reasons (size of `PORIN_DROPS_V1`).
-pub const DROP_REASONS: u32 = 23;
+pub const DROP_REASONS: u32 = 24;
 
 impl DropReason {
     /// Every reason, in index order (for counters read by index).
@@ -587,6 +621,7 @@ impl DropReason {
         DropReason::SpoofedNeighbour,
         DropReason::WrongDestination,
         DropReason::SpoofedIngress,
+        DropReason::HttpQuota,
     ];
 
     /// The reason stored as `index` (in events and the deny cache).
@@ -620,6 +655,7 @@ impl DropReason {
             DropReason::SpoofedNeighbour => "SPOOFED_NEIGHBOUR",
             DropReason::WrongDestination => "WRONG_DESTINATION",
             DropReason::SpoofedIngress => "SPOOFED_INGRESS",
+            DropReason::HttpQuota => "HTTP_QUOTA",
         }
     }
 
@@ -648,6 +684,7 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::CtClock {}
+    unsafe impl aya::Pod for super::CtCount {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::DenyEntry {}
 }
@@ -662,7 +699,8 @@ const _: () = assert!(core::mem::size_of::<DenyEntry>() == 64);
 const _: () = assert!(core::mem::size_of::<Ct4Key>() == 20);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
-const _: () = assert!(core::mem::size_of::<CtClock>() == 40);
+const _: () = assert!(core::mem::size_of::<CtClock>() == 44);
+const _: () = assert!(core::mem::size_of::<CtCount>() == 8);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
 #[cfg(test)]

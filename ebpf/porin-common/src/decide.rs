@@ -196,18 +196,27 @@ pub fn ct_admits(
 
 /// The conntrack value for a connection first seen at `now_s` (seconds
 /// of `CLOCK_MONOTONIC`), in `dir`, from the key's end `origin`, in
-/// `state` ([`crate::ct::initial_state`]).
+/// `state` ([`crate::ct::initial_state`]), its peer's packets checked as
+/// coming in by `peer_in` ([`CtValue::peer_in`]).
 ///
 /// Built from two words: a struct literal's zero pad bytes became a call to
 /// bpf-linker's byte-loop `memset` (see `parse::HeaderBuf`).
 #[inline(always)]
-pub fn ct_value(now_s: u32, dir: Direction, origin: u8, l7: u8, state: u8) -> CtValue {
-    // Native byte order: `seen_s` and `created_s` are both `now_s`;
-    // direction, origin, l7 and state land at offsets 8..12 in memory and
-    // `hits` (offsets 12..16) is zero, on either endianness.
+pub fn ct_value(
+    now_s: u32,
+    peer_in: u32,
+    dir: Direction,
+    origin: u8,
+    l7: u8,
+    state: u8,
+) -> CtValue {
+    // Native byte order: `seen_s` then `peer_in`; direction, origin, l7
+    // and state land at offsets 8..12 in memory and `hits` (offsets
+    // 12..16) is zero, on either endianness.
     let t = now_s.to_ne_bytes();
+    let p = peer_in.to_ne_bytes();
     let words: [u64; 2] = [
-        u64::from_ne_bytes([t[0], t[1], t[2], t[3], t[0], t[1], t[2], t[3]]),
+        u64::from_ne_bytes([t[0], t[1], t[2], t[3], p[0], p[1], p[2], p[3]]),
         u64::from_ne_bytes([dir as u8, origin, l7, state, 0, 0, 0, 0]),
     ];
     // SAFETY: `CtValue` is `repr(C)`, 16 bytes without implicit padding,
@@ -485,7 +494,7 @@ mod tests {
             for first in &all {
                 for &d0 in &dirs {
                     let (k0, o0, _) = lookup(first, 7);
-                    let entry = ct_value(1, d0, o0, 0, 0);
+                    let entry = ct_value(1, 0, d0, o0, 0, 0);
                     let stored = old_key(first, 7, false);
                     for f in &all {
                         for &dir in &dirs {
@@ -541,10 +550,10 @@ mod tests {
             for origin in [ct_origin::KEY_SOURCE, ct_origin::KEY_DESTINATION] {
                 for (l7, state) in [(0, 0), (1, 4), (0, 7)] {
                     assert_eq!(
-                        ct_value(0x0123_4567, dir, origin, l7, state),
+                        ct_value(0x0123_4567, 0x89ab_cdef, dir, origin, l7, state),
                         CtValue {
                             seen_s: 0x0123_4567,
-                            created_s: 0x0123_4567,
+                            peer_in: 0x89ab_cdef,
                             direction: dir as u8,
                             origin,
                             l7,

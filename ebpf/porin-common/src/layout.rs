@@ -20,7 +20,8 @@
 /// | 6 | Long header values skipped: `HttpSet` 8 → 16 bytes (the header-name filter), so `PORIN_HTTPS_V1`'s values and `PORIN_HTTPC_V1`'s `HttpConn` (32 → 40); `Request` (`PORIN_HTTPH_V1`) grew; `PORIN_HTTPP_V1` 4 → 6 slots (`http_value`, `http_chunk`); chunked bodies (`HttpConn` states 5-11) |
 /// | 7 | Conntrack states and timeouts: `CtValue` times in seconds with a state byte (was a nanosecond time), the new `PORIN_CTCLK_V1` and `PORIN_CTN_V1` (per-endpoint counts); `PORIN_HTTPP_V1` 6 → 8 slots (revocation); two more drop reasons (`PORIN_DROPS_V1` 18 → 20 entries) |
 /// | 8 | Anti-spoofing: three more drop reasons (`PORIN_DROPS_V1` 20 → 23 entries); `PORIN_UPEP4_V1`/`PORIN_UPEP6_V1` are read by the TC programs too (and list endpoints with several veths); the new `PORIN_VBR_V1` (host veth → bridge) |
-pub const LAYOUT: u32 = 8;
+/// | 9 | `CtValue::created_s` became `peer_in` (the way in checked for the peer; a `to_container` hit checks it); `PORIN_CTN_V1`'s values are `CtCount` (entries and HTTP-ruled ones), `CtClock::max_http_per_endpoint`; one more drop reason, `HttpQuota` (`PORIN_DROPS_V1` 23 → 24 entries) |
+pub const LAYOUT: u32 = 9;
 
 /// [`MetaRecord::magic`] of a written record ("PORM").
 pub const META_MAGIC: u32 = 0x504F_524D;

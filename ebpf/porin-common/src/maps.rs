@@ -19,8 +19,8 @@ use core::{marker::PhantomData, mem::size_of};
 
 use crate::{
     datapath::{
-        max_entries as dp, Counter, Ct4Key, CtClock, CtKey, CtValue, DatapathConfig, DenyEntry,
-        EndpointInfo, Identity, PolicyKey, PolicyValue, DIRECTIONS, DROP_REASONS,
+        max_entries as dp, Counter, Ct4Key, CtClock, CtCount, CtKey, CtValue, DatapathConfig,
+        DenyEntry, EndpointInfo, Identity, PolicyKey, PolicyValue, DIRECTIONS, DROP_REASONS,
     },
     flow::{lost, EventConfig, FlowEvent, RateState},
     http::{max_entries as http, HttpKey, HttpSet, HttpValue, Request},
@@ -177,7 +177,7 @@ pub const CT6: MapDef<CtKey, CtValue> = MapDef::new("PORIN_CT_V1", LruHash, dp::
 /// The conntrack clock, idle timeouts and quota (one entry, `crate::ct`).
 pub const CT_CLOCK: MapDef<u32, CtClock> = MapDef::new("PORIN_CTCLK_V1", Array, 1);
 /// Conntrack entries per endpoint (host veth ifindex), for the quota.
-pub const CT_COUNTS: MapDef<u32, u32> = MapDef::new("PORIN_CTN_V1", Hash, dp::ENDPOINTS);
+pub const CT_COUNTS: MapDef<u32, CtCount> = MapDef::new("PORIN_CTN_V1", Hash, dp::ENDPOINTS);
 /// The per-CPU deny cache.
 pub const DENY_CACHE: MapDef<u32, DenyEntry> =
     MapDef::new("PORIN_DCACHE_V1", PerCpuArray, dp::DENY_CACHE);

@@ -10,10 +10,12 @@ use aya_ebpf::{
 };
 use porin_common::{
     ct::{self, Hit},
-    datapath::{max_entries, Ct4Key, CtClock, CtKey, CtValue, Direction, DropReason},
+    datapath::{max_entries, Ct4Key, CtClock, CtCount, CtKey, CtValue, Direction, DropReason},
     decide::{ct4_key, ct6_key, ct_admits, ct_value, CtLookup},
     parse::Flow,
 };
+
+use crate::identity;
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
@@ -36,46 +38,73 @@ static PORIN_CT_V1: LruHashMap<CtKey, CtValue> =
 #[map]
 static PORIN_CTCLK_V1: Array<CtClock> = Array::with_max_entries(1, 0);
 
-/// Entries per endpoint (host veth ifindex), IPv4 and IPv6 together: the
-/// programs add one per entry they make and take one per stale entry they
-/// delete (atomic adds: every CPU writes it); the manager's sweep sets
-/// them to what the tables hold, which also accounts for the entries the
-/// manager deletes and those the LRU evicts.
+/// Entries per endpoint (host veth ifindex), IPv4 and IPv6 together, and
+/// the HTTP-ruled ones among them (`CtCount`): the programs add one per
+/// entry they make and take one per stale entry they delete (atomic adds:
+/// every CPU writes it); the manager's sweep sets them to what the tables
+/// hold, which also accounts for the entries the manager deletes and those
+/// the LRU evicts.
 #[map]
-static PORIN_CTN_V1: HashMap<u32, u32> = HashMap::with_max_entries(max_entries::ENDPOINTS, 0);
+static PORIN_CTN_V1: HashMap<u32, CtCount> = HashMap::with_max_entries(max_entries::ENDPOINTS, 0);
 
 /// Adds `delta` (wrapping: `u32::MAX` takes one) to endpoint `ifindex`'s
-/// count, atomically: `core::sync::atomic` has no atomics for the BPF
-/// target, so the intrinsic. Its result is unused, so LLVM emits the plain
-/// atomic add (`BPF_XADD`, no fetch), which every kernel we support (5.10
-/// included) has.
+/// entries, and to its HTTP-ruled ones if `l7`, atomically:
+/// `core::sync::atomic` has no atomics for the BPF target, so the
+/// intrinsic. Its result is unused, so LLVM emits the plain atomic add
+/// (`BPF_XADD`, no fetch), which every kernel we support (5.10 included)
+/// has.
 #[inline(always)]
-fn count_add(ifindex: u32, delta: u32) {
+fn count_add(ifindex: u32, delta: u32, l7: bool) {
     use core::intrinsics::{atomic_xadd, AtomicOrdering};
     if let Some(c) = PORIN_CTN_V1.get_ptr_mut(&ifindex) {
-        // SAFETY: a pointer to the map value, valid for this run, aligned.
-        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(c, delta) };
+        // SAFETY: pointers into the map value, valid for this run, aligned.
+        unsafe {
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
+                core::ptr::addr_of_mut!((*c).entries),
+                delta,
+            );
+            if l7 {
+                atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
+                    core::ptr::addr_of_mut!((*c).http),
+                    delta,
+                );
+            }
+        }
     }
 }
 
-/// Whether endpoint `ifindex` may have one more entry: under its quota
-/// (`CtClock::max_per_endpoint`, 0 for none). Starts its count if it has
-/// none yet. Checked once before a new flow is recorded (HTTP state
+/// Whether endpoint `ifindex` may have one more entry, an HTTP-ruled one
+/// if `l7`: under its quotas (`CtClock::max_per_endpoint`,
+/// `CtClock::max_http_per_endpoint`, 0 for none). Starts its count if it
+/// has none yet. Checked once before a new flow is recorded (HTTP state
 /// included), so a refused flow leaves nothing behind.
 #[inline(always)]
-pub fn room(ifindex: u32) -> Result<(), DropReason> {
-    let quota = PORIN_CTCLK_V1.get(0).map_or(0, |c| c.max_per_endpoint);
-    match PORIN_CTN_V1.get_ptr_mut(&ifindex) {
-        // SAFETY: as in `count_add`; a racing add at worst lets one more in.
-        Some(c) if quota != 0 && unsafe { core::ptr::read_volatile(c) } >= quota => {
-            Err(DropReason::ConntrackQuota)
-        }
-        Some(_) => Ok(()),
-        None => {
-            let _ = PORIN_CTN_V1.insert(&ifindex, &0, BPF_NOEXIST);
-            Ok(())
-        }
+pub fn room(ifindex: u32, l7: bool) -> Result<(), DropReason> {
+    let (quota, http_quota) = PORIN_CTCLK_V1
+        .get(0)
+        .map_or((0, 0), |c| (c.max_per_endpoint, c.max_http_per_endpoint));
+    let Some(c) = PORIN_CTN_V1.get_ptr_mut(&ifindex) else {
+        let zero = CtCount {
+            entries: 0,
+            http: 0,
+        };
+        let _ = PORIN_CTN_V1.insert(&ifindex, &zero, BPF_NOEXIST);
+        return Ok(());
+    };
+    // SAFETY: as in `count_add`; a racing add at worst lets one more in.
+    let (entries, http) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*c).entries)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*c).http)),
+        )
+    };
+    if quota != 0 && entries >= quota {
+        return Err(DropReason::ConntrackQuota);
     }
+    if l7 && http_quota != 0 && http >= http_quota {
+        return Err(DropReason::HttpQuota);
+    }
+    Ok(())
 }
 
 /// [`established`]: not a known connection (or a stale entry, deleted).
@@ -94,25 +123,46 @@ pub const REVOKED: u8 = 3;
 /// its reversed tuple seen in the other. A hit moves the entry's state and
 /// stamps it with the manager's clock; a stale entry (`Hit::Expired`) is
 /// deleted here and the packet is a miss.
+///
+/// Into the container (`dir` ingress), `came_in` is the packet's
+/// `skb->ingress_ifindex`: a hit needs it to be the way the peer's packets
+/// were checked to come in by (`CtValue::peer_in`); another way is checked
+/// again (`identity::check_ingress`), recorded if it passes, a miss if not
+/// (the slow path then drops it as `SpoofedIngress`); `came_in` =
+/// `ifindex` (the stage programs' answers) passes. Unused out of it.
 /// Returns [`MISS`], [`HIT`], [`HIT_HTTP`] or [`REVOKED`].
 #[inline(always)]
-pub fn established(flow: &Flow, dir: Direction, ifindex: u32) -> u8 {
+pub fn established(flow: &Flow, dir: Direction, ifindex: u32, came_in: u32) -> u8 {
     if flow.family == 4 {
         let l = ct4_key(flow, ifindex);
-        let r = admits(PORIN_CT4_V1.get_ptr_mut(&l.key), &l, flow, dir);
-        if r == STALE {
+        let r = admits(
+            PORIN_CT4_V1.get_ptr_mut(&l.key),
+            &l,
+            flow,
+            dir,
+            ifindex,
+            came_in,
+        );
+        if r == STALE || r == STALE_HTTP {
             if PORIN_CT4_V1.remove(&l.key).is_ok() {
-                count_add(ifindex, u32::MAX);
+                count_add(ifindex, u32::MAX, r == STALE_HTTP);
             }
             return MISS;
         }
         r
     } else {
         let l = ct6_key(flow, ifindex);
-        let r = admits(PORIN_CT_V1.get_ptr_mut(&l.key), &l, flow, dir);
-        if r == STALE {
+        let r = admits(
+            PORIN_CT_V1.get_ptr_mut(&l.key),
+            &l,
+            flow,
+            dir,
+            ifindex,
+            came_in,
+        );
+        if r == STALE || r == STALE_HTTP {
             if PORIN_CT_V1.remove(&l.key).is_ok() {
-                count_add(ifindex, u32::MAX);
+                count_add(ifindex, u32::MAX, r == STALE_HTTP);
             }
             return MISS;
         }
@@ -122,9 +172,18 @@ pub fn established(flow: &Flow, dir: Direction, ifindex: u32) -> u8 {
 
 /// [`admits`]: the entry is stale, delete it.
 const STALE: u8 = 255;
+/// [`admits`]: the entry is stale and HTTP-ruled, delete it.
+const STALE_HTTP: u8 = 254;
 
 #[inline(always)]
-fn admits<K>(entry: Option<*mut CtValue>, l: &CtLookup<K>, flow: &Flow, dir: Direction) -> u8 {
+fn admits<K>(
+    entry: Option<*mut CtValue>,
+    l: &CtLookup<K>,
+    flow: &Flow,
+    dir: Direction,
+    ifindex: u32,
+    came_in: u32,
+) -> u8 {
     let Some(entry) = entry else {
         return MISS;
     };
@@ -140,11 +199,26 @@ fn admits<K>(entry: Option<*mut CtValue>, l: &CtLookup<K>, flow: &Flow, dir: Dir
         let state = (*entry).state;
         // Expired entries go whether or not they admit this packet: a
         // stale entry must not keep a new connection from being recorded.
+        let stale = if (*entry).l7 != 0 { STALE_HTTP } else { STALE };
         if ct::expired(state, seen, clock) {
-            return STALE;
+            return stale;
         }
         if !ct_admits(&*entry, dir, l.origin, l.symmetric, flow.may_be_reply) {
             return MISS;
+        }
+        // A container's address only by its own way in, on a hit too: one
+        // compare while the way stays the same. A packet that came in by
+        // this very veth was sent by this container: one of the answers
+        // the stage programs clone back into it from `from_container` (a
+        // 403, a RST), as the bridge never sends a frame back out of the
+        // port it came in by.
+        if let Direction::Ingress = dir {
+            if (*entry).peer_in != came_in && came_in != ifindex {
+                if identity::check_ingress(&flow.saddr, flow.family, came_in).is_err() {
+                    return MISS;
+                }
+                (*entry).peer_in = came_in;
+            }
         }
         let reply = l.origin != (*entry).origin;
         match ct::on_hit(state, seen, clock, flow.protocol, flow.tcp_flags, reply) {
@@ -153,7 +227,7 @@ fn admits<K>(entry: Option<*mut CtValue>, l: &CtLookup<K>, flow: &Flow, dir: Dir
                     (*entry).state = next;
                 }
             }
-            Hit::Expired => return STALE,
+            Hit::Expired => return stale,
             Hit::Revoked => return REVOKED,
         }
         (*entry).hits = (*entry).hits.wrapping_add(1);
@@ -173,10 +247,17 @@ fn admits<K>(entry: Option<*mut CtValue>, l: &CtLookup<K>, flow: &Flow, dir: Dir
 /// e.g. the connection seen the other way) is kept: the packet passes on
 /// policy's word alone. Failing to record otherwise is an error: in enforce
 /// mode the packet drops rather than pass with no state behind it.
-/// `l7` marks an HTTP-ruled connection (`CtValue::l7`). The caller
-/// checked [`room`] first.
+/// `l7` marks an HTTP-ruled connection (`CtValue::l7`); `peer_in` is the
+/// way in the slow path checked for the peer (`CtValue::peer_in`). The
+/// caller checked [`room`] first.
 #[inline(always)]
-pub fn create(flow: &Flow, dir: Direction, ifindex: u32, l7: u8) -> Result<(), DropReason> {
+pub fn create(
+    flow: &Flow,
+    dir: Direction,
+    ifindex: u32,
+    l7: u8,
+    peer_in: u32,
+) -> Result<(), DropReason> {
     // SAFETY: no preconditions.
     let now_s = (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32;
     let state = ct::initial_state(flow.protocol, flow.tcp_flags);
@@ -184,20 +265,20 @@ pub fn create(flow: &Flow, dir: Direction, ifindex: u32, l7: u8) -> Result<(), D
         let l = ct4_key(flow, ifindex);
         PORIN_CT4_V1.insert(
             &l.key,
-            &ct_value(now_s, dir, l.origin, l7, state),
+            &ct_value(now_s, peer_in, dir, l.origin, l7, state),
             BPF_NOEXIST,
         )
     } else {
         let l = ct6_key(flow, ifindex);
         PORIN_CT_V1.insert(
             &l.key,
-            &ct_value(now_s, dir, l.origin, l7, state),
+            &ct_value(now_s, peer_in, dir, l.origin, l7, state),
             BPF_NOEXIST,
         )
     };
     match rc {
         Ok(()) => {
-            count_add(ifindex, 1);
+            count_add(ifindex, 1, l7 != 0);
             Ok(())
         }
         Err(e) if e == EEXIST => Ok(()),

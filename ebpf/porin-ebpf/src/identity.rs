@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, HashMap, LpmTrie},
 };
 use porin_common::{
-    datapath::{identity, max_entries, EndpointInfo, Identity},
-    uplink,
+    datapath::{identity, max_entries, DropReason, EndpointInfo, Identity},
+    spoof, uplink,
 };
 
 /// Host veth ifindex → the endpoint behind it.
@@ -30,6 +30,21 @@ static PORIN_NET4_V1: LpmTrie<[u8; 4], Identity> =
 #[map]
 static PORIN_NET6_V1: LpmTrie<[u8; 16], Identity> =
     LpmTrie::with_max_entries(max_entries::NETWORKS, 0);
+
+/// Into a container: a container's source address `saddr` only from that
+/// container's veth or its bridge, `came_in` being `skb->ingress_ifindex`
+/// (`porin_common::spoof::check_ingress`). Two lookups at most.
+#[inline(always)]
+pub fn check_ingress(saddr: &[u8; 16], family: u8, came_in: u32) -> Result<(), DropReason> {
+    let owner = owner_of(saddr, family);
+    // The owner's bridge only when the veth is not the way in.
+    let bridge = if owner != 0 && owner != came_in {
+        bridge_of(owner)
+    } else {
+        0
+    };
+    spoof::check_ingress(owner, came_in, bridge)
+}
 
 /// Container addresses → the host veth of the interface that carries them
 /// (written by the manager, `sync_endpoint_addresses`): the owner an

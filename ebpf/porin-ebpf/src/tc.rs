@@ -55,21 +55,22 @@
 //! in `tests/datapath_tc.rs` tries each way.
 //!
 //! **`to_container`: the destination is the container's own** by the same
-//! argument. **The ingress interface is not checked on a hit:** a packet
-//! forged outside with a container's source address and the exact tuple of
-//! a connection this container has with that container (its ports
-//! included) is admitted by the entry, whichever interface it came in on
-//! (`a_conntrack_hit_admits_a_forged_packet_of_a_known_connection` pins
-//! this). Checking it would cost the owner lookup on every hit (a hash
-//! lookup, about 20-30 ns, over the hit budget). The cheap fix records the
-//! peer address's owner veth in the CT entry when it is made (`CtValue`
-//! grows 16 → 20 bytes) and, on a `to_container` hit only, compares it with
-//! `skb->ingress_ifindex` (one compare on the entry already read; a
-//! mismatch looks the owner's bridge up, and a packet still not matching is
-//! treated as a miss, so the checks of step 5 drop it): not done here,
-//! `CtValue` belongs to conntrack. Until then, listing the node's uplinks
-//! (`from_uplink` drops outside packets with a container's source) closes
-//! it for packets from outside.
+//! argument. **The way in is checked on a hit too, for one compare:** the
+//! entry records the interface its peer's packets were checked to come in
+//! by (`CtValue::peer_in`: the first packet's `skb->ingress_ifindex` for a
+//! connection the container accepted, learnt from the first reply for one
+//! it opened). A hit from another interface runs the check of step 5 again
+//! (`identity::check_ingress`): passed (a route change, a peer that is no
+//! container), the new way is recorded; failed, the hit is a miss, and the
+//! packet meets step 5 and drops as `SpoofedIngress`, the connection left
+//! as it was. So a packet forged with a container's source address and the
+//! exact tuple of a known connection is refused wherever it comes in
+//! (`a_conntrack_hit_refuses_a_forged_packet_of_a_known_connection`). One
+//! way in passes unchecked: this veth itself. A packet that came in by it
+//! was sent by this container, and going back into it means the stage
+//! programs cloned it there (the 403 or RST answering a request or a
+//! revoked connection at `from_container`); the bridge never sends a frame
+//! back out of the port it came in by.
 //!
 //! HTTP rules: a conntrack hit on an HTTP-ruled connection going the
 //! client→server way (`conntrack::HIT_HTTP`) is handed to the HTTP stage
@@ -83,7 +84,7 @@
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use porin_common::{
-    datapath::{action, Direction, DropReason, EndpointInfo},
+    datapath::{action, Direction, DropReason, EndpointInfo, PEER_IN_UNVERIFIED},
     decide::{self, peer_addr},
     flow,
     parse::{Flow, Parsed},
@@ -116,7 +117,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
     let mut cache_epoch = 0;
     let mut hit = dcache::Hit::NONE;
     if let Ok(Parsed::Flow(flow)) = &parsed {
-        let ct = conntrack::established(flow, dir, ifindex);
+        let ct = conntrack::established(flow, dir, ifindex, came_in(ctx, dir));
         if ct == conntrack::HIT {
             let verdict = decide::verdict(Ok(()), None);
             counters::record(&verdict, dir, ctx.len());
@@ -232,6 +233,18 @@ struct Seen {
     new_flow: bool,
 }
 
+/// The interface a packet into the container came in by
+/// (`skb->ingress_ifindex`: 0 when the host sent it); 0 for a packet out
+/// of it, whose way in is the container's own veth.
+#[inline(always)]
+fn came_in(ctx: &TcContext, dir: Direction) -> u32 {
+    match dir {
+        // SAFETY: the context pointer the kernel passed in.
+        Direction::Ingress => unsafe { (*ctx.skb.skb).ingress_ifindex },
+        Direction::Egress => 0,
+    }
+}
+
 /// Everything after a conntrack miss, for a known endpoint.
 #[inline(always)]
 fn try_handle(
@@ -277,12 +290,14 @@ fn try_handle(
     seen.has_flow = true;
     let generation = policy::active_generation()?;
     // Addresses against the veth that owns them (`porin_common::spoof`),
-    // never identities: replicas of a group have one identity.
-    match dir {
+    // never identities: replicas of a group have one identity. `peer_in`:
+    // the way in checked for the peer, recorded with a new connection.
+    let peer_in = match dir {
         // A container may only send from its own addresses: the receiving
         // side judges the sender by the source address.
         Direction::Egress => {
             spoof::check_source(identity::owner_of(&flow.saddr, flow.family), ifindex)?;
+            PEER_IN_UNVERIFIED
         }
         // Only what is addressed to this container (or to a group), and a
         // container's address only from that container's veth.
@@ -294,18 +309,11 @@ fn try_handle(
                 identity::owner_of(&flow.daddr, flow.family)
             };
             spoof::check_destination(group, owner, ifindex)?;
-            // SAFETY: the context pointer the kernel passed in.
-            let came_in = unsafe { (*ctx.skb.skb).ingress_ifindex };
-            let owner = identity::owner_of(&flow.saddr, flow.family);
-            // The owner's bridge only when the veth is not the way in.
-            let bridge = if owner != 0 && owner != came_in {
-                identity::bridge_of(owner)
-            } else {
-                0
-            };
-            spoof::check_ingress(owner, came_in, bridge)?;
+            let came_in = came_in(ctx, dir);
+            identity::check_ingress(&flow.saddr, flow.family, came_in)?;
+            came_in
         }
-    }
+    };
     let peer = identity::of_address(peer_addr(&flow, dir), flow.family);
     seen.peer = peer;
     let Some((key, action)) = policy::lookup(endpoint.identity, peer, &flow, dir, generation)
@@ -313,12 +321,12 @@ fn try_handle(
         return Err(DropReason::PolicyDenied);
     };
     // A new flow: within the endpoint's share of the tables.
-    conntrack::room(ifindex)?;
+    conntrack::room(ifindex, action == action::ALLOW_HTTP)?;
     if action == action::ALLOW_HTTP {
         // HTTP stage: record the rule set and where requests start.
         let t = http::tcp(ctx, flow.family, http::scratch()?)?;
         http::open(&flow, ifindex, &key, &t)?;
-        conntrack::create(&flow, dir, ifindex, 1)?;
+        conntrack::create(&flow, dir, ifindex, 1, peer_in)?;
         seen.new_flow = true;
         if t.payload_len > 0 {
             // Data on the SYN (TCP Fast Open) would reach the server before
@@ -337,7 +345,7 @@ fn try_handle(
     // Nothing to remember of a packet to a group address (no reply comes
     // from one); its entry would let the receiver send from it.
     if spoof::tracks(&flow.daddr, flow.family) {
-        conntrack::create(&flow, dir, ifindex, 0)?;
+        conntrack::create(&flow, dir, ifindex, 0, peer_in)?;
         seen.new_flow = true;
     }
     Ok(())

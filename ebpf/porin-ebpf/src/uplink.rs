@@ -188,7 +188,7 @@ fn try_from_uplink(frame: &PacketFrame, ifindex: u32, seen: &mut Seen) -> Result
         Some(veth) => {
             // A revoked connection passes too: `to_container` answers it
             // with RSTs both ways.
-            if conntrack::established(&flow, Direction::Ingress, veth) != conntrack::MISS {
+            if conntrack::established(&flow, Direction::Ingress, veth, ifindex) != conntrack::MISS {
                 return Ok(pass::ESTABLISHED);
             }
             container_policy(&flow, veth, seen)?;
