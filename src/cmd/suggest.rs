@@ -292,6 +292,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn whatif_prints_counts_and_a_table_per_outcome() {
+        let mut r = whatif::Report {
+            judged: 4,
+            passed: 2,
+            unjudged_http: 1,
+            ..Default::default()
+        };
+        r.dropped.insert(
+            (
+                "group web".into(),
+                "group db".into(),
+                "tcp/5432".into(),
+                "POLICY_DENIED",
+            ),
+            (2, "web-1 10.88.0.6:41012 -> db-1 10.88.0.7:5432".into()),
+        );
+        let obs = observe::Observed {
+            records: 9,
+            ..Default::default()
+        };
+        let t = render(Path::new("c.yaml"), &obs, "flows.jsonl", &r);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "c.yaml: 4 connection starts and requests judged, from 9 records (flows.jsonl), - to -"
+        );
+        assert_eq!(
+            lines[1],
+            "passed: 2; would be dropped: 2; denied but passed by audit mode: 0"
+        );
+        assert!(lines[2].starts_with("1 connections allowed onto HTTP-ruled ports"));
+        assert_eq!(lines[4], "WOULD BE DROPPED");
+        assert!(
+            lines[5].starts_with("FROM       TO        PORT      REASON"),
+            "{t}"
+        );
+        assert!(
+            lines[6].starts_with("group web  group db  tcp/5432  POLICY_DENIED  2      web-1"),
+            "{t}"
+        );
+        assert!(!t.contains("AUDITED"), "{t}");
+    }
+
+    #[test]
     fn a_bad_log_line_is_named_by_file_line_and_column() {
         let dir = std::env::temp_dir().join(format!("porin-suggest-log-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -165,8 +165,8 @@ pub fn replay(cfg: &Config, obs: &Observed) -> Result<Report, CompileError> {
             continue;
         };
         let key = (
-            side(&c, &s.src, &s.saddr),
-            side(&c, &s.dst, &s.daddr),
+            side(&c, &s.saddr),
+            side(&c, &s.daddr),
             port_text(s),
             reason.name(),
         );
@@ -216,8 +216,8 @@ fn http_verdict(c: &Compiled, key: Option<PolicyKey>, req: &Request) -> Result<(
     }
 }
 
-/// A side's identity under the candidate (`group web`, `world`, ...).
-fn side(c: &Compiled, _peer: &Peer, addr: &IpAddr) -> String {
+/// An address's identity under the candidate (`group web`, `world`, ...).
+fn side(c: &Compiled, addr: &IpAddr) -> String {
     let (bytes, family) = match addr {
         IpAddr::V4(v) => {
             let mut b = [0u8; 16];
