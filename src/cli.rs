@@ -62,10 +62,14 @@ pub struct StatusArgs {
     pub output: OutputFormat,
 }
 
-/// Show the compiled policy the daemon enforces, per endpoint.
+/// Show the compiled policy the daemon enforces, per endpoint; or suggest
+/// one from recorded flows (`policy suggest`), or check a candidate
+/// against them (`policy whatif FILE`).
 #[derive(FromArgs, Debug, Clone)]
 #[argh(subcommand, name = "policy")]
 pub struct PolicyArgs {
+    #[argh(subcommand)]
+    pub action: Option<PolicyAction>,
     /// configuration file naming the control socket
     #[argh(option, short = 'c')]
     pub config: Option<PathBuf>,
@@ -75,6 +79,71 @@ pub struct PolicyArgs {
     /// output format: table (default) or json
     #[argh(option, short = 'o', default = "OutputFormat::Table")]
     pub output: OutputFormat,
+}
+
+#[derive(FromArgs, Debug, Clone)]
+#[argh(subcommand)]
+pub enum PolicyAction {
+    Suggest(SuggestArgs),
+    Whatif(WhatifArgs),
+}
+
+/// Print a configuration that allows exactly the flows recorded (the
+/// daemon's history and flow log, or --log files): groups from labels,
+/// policies per peer, protocol and port, HTTP rules from requests.
+#[derive(FromArgs, Debug, Clone)]
+#[argh(subcommand, name = "suggest")]
+pub struct SuggestArgs {
+    /// the daemon's configuration: its control socket and flow log are
+    /// read, and its sections other than enforcement, ground_rules,
+    /// groups, networks and policies are copied into the suggestion
+    /// (default: /etc/porin/porin.yaml if it exists)
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// control socket (overrides the config's `control.socket`)
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
+    /// read these flow log files (JSON lines, repeatable) instead of the
+    /// daemon's history and its configured flow log
+    #[argh(option)]
+    pub log: Vec<PathBuf>,
+    /// only records from the last DURATION (e.g. 30m, 24h); default: all
+    #[argh(option)]
+    pub since: Option<String>,
+    /// fold the paths below one prefix into a prefix rule when they go on
+    /// into at least N different segments (default 3; two identifiers,
+    /// such as numbers, always fold)
+    #[argh(option, default = "3")]
+    pub fold: usize,
+    /// output format: yaml (the only one)
+    #[argh(option, short = 'o', default = "String::from(\"yaml\")")]
+    pub output: String,
+}
+
+/// Replay the recorded flows against a candidate configuration with the
+/// datapath's decision code; list those it would drop. Exit 0 when none,
+/// 1 when some would be dropped or FILE is invalid, 2 when the flows
+/// cannot be read.
+#[derive(FromArgs, Debug, Clone)]
+#[argh(subcommand, name = "whatif")]
+pub struct WhatifArgs {
+    /// the candidate configuration
+    #[argh(positional)]
+    pub file: PathBuf,
+    /// the daemon's configuration, for its control socket and flow log
+    /// (default: /etc/porin/porin.yaml if it exists)
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// control socket (overrides the config's `control.socket`)
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
+    /// read these flow log files (JSON lines, repeatable) instead of the
+    /// daemon's history and its configured flow log
+    #[argh(option)]
+    pub log: Vec<PathBuf>,
+    /// only records from the last DURATION (e.g. 30m, 24h); default: all
+    #[argh(option)]
+    pub since: Option<String>,
 }
 
 /// Show recent flows (new connections, drops) from the daemon's history.

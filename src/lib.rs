@@ -21,6 +21,7 @@ pub mod reload;
 pub mod selftest;
 pub mod signals;
 pub mod state;
+pub mod suggest;
 pub mod testing;
 
 /// Porin's version, as printed by `porin version`.

@@ -3,7 +3,7 @@
 use std::{path::Path, process::ExitCode};
 
 use porin::{
-    cli::{Cli, Command, EndpointsArgs, OutputFormat},
+    cli::{Cli, Command, EndpointsArgs, OutputFormat, PolicyAction},
     cmd::{self, endpoints, EXIT_CONFIG, EXIT_RUNTIME},
     discovery::scanner::Scanner,
     kernel::KernelFeatures,
@@ -22,7 +22,11 @@ fn main() -> ExitCode {
         Command::Endpoints(args) => list_endpoints(&args),
         Command::Run(args) => cmd::run::run(&args.config),
         Command::Status(args) => cmd::status::status(&args),
-        Command::Policy(args) => cmd::status::policy(&args),
+        Command::Policy(args) => match &args.action {
+            Some(PolicyAction::Suggest(a)) => cmd::suggest::suggest(a),
+            Some(PolicyAction::Whatif(a)) => cmd::suggest::whatif(a),
+            None => cmd::status::policy(&args),
+        },
         Command::Flows(args) => cmd::flows::flows(&args),
         Command::Reload(args) => cmd::reload::reload(&args),
         Command::Uninstall(args) => cmd::uninstall::uninstall(&args),

@@ -35,6 +35,8 @@ pub struct EndpointMeta {
     /// Full container id.
     pub id: String,
     pub runtime: String,
+    /// Image reference as the runtime reports it.
+    pub image: String,
     /// `key=value`, sorted.
     pub labels: Vec<String>,
 }
@@ -222,6 +224,7 @@ pub fn snapshot(
             name: ep.name.clone(),
             id: ep.key.id.clone(),
             runtime: ep.key.runtime.to_string(),
+            image: ep.image.clone(),
             labels: ep.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         });
         for a in ep.addresses() {

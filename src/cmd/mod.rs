@@ -6,6 +6,7 @@ pub mod io;
 pub mod reload;
 pub mod run;
 pub mod status;
+pub mod suggest;
 pub mod uninstall;
 
 use std::path::Path;

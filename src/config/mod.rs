@@ -30,7 +30,8 @@ use std::path::Path;
 pub use decode::SCHEMA_VERSION;
 pub use error::{ConfigError, ConfigErrors};
 pub use types::*;
-pub use validate::RESERVED_NAMES;
+pub use units::{format_duration, parse_duration};
+pub use validate::{check_name, RESERVED_NAMES};
 
 /// Reads and validates the configuration file at `path`. Errors (I/O
 /// included) name the file.

@@ -25,8 +25,8 @@ use crate::flows::record::FlowView;
 
 /// Protocol version; see the module notes. 2: `Status::last_reload`, and
 /// `Request::Reload` / `Response::Reload`. 3: `Status::conntrack`,
-/// `ReloadOutcome::revoked`.
-pub const VERSION: u16 = 3;
+/// `ReloadOutcome::revoked`. 4: `PeerView::runtime` and `image` in flows.
+pub const VERSION: u16 = 4;
 /// Largest request payload the daemon accepts.
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// Largest reply payload (a policy dump or a page of flows).

@@ -95,6 +95,16 @@ impl FlowRecord {
                 .as_ref()
                 .map(|m| m.labels.clone())
                 .unwrap_or_default(),
+            runtime: s
+                .endpoint
+                .as_ref()
+                .map(|m| m.runtime.clone())
+                .unwrap_or_default(),
+            image: s
+                .endpoint
+                .as_ref()
+                .map(|m| m.image.clone())
+                .unwrap_or_default(),
         };
         let http = (e.kind == kind::HTTP).then(|| {
             let len = usize::from(e.http_path_len).min(HTTP_PATH_BYTES);
@@ -167,6 +177,13 @@ pub struct PeerView {
     pub container_name: String,
     pub container_id: String,
     pub labels: Vec<String>,
+    /// The container's runtime (`podman`, `containerd`, `docker`); empty
+    /// when not a container. Absent in logs written before it existed.
+    #[serde(default)]
+    pub runtime: String,
+    /// The container's image reference; empty when not a container.
+    #[serde(default)]
+    pub image: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,6 +327,7 @@ pub(crate) mod tests {
             name: "sensor-1".into(),
             id: "a".repeat(64),
             runtime: "podman".into(),
+            image: "localhost/sensor:1".into(),
             labels: vec!["app=sensor".into()],
         });
         Directory {
@@ -336,6 +354,8 @@ pub(crate) mod tests {
         assert_eq!(v.source.identity_name, "sensor");
         assert_eq!(v.source.container_name, "sensor-1");
         assert_eq!(v.source.labels, ["app=sensor"]);
+        assert_eq!(v.source.image, "localhost/sensor:1");
+        assert_eq!(v.source.runtime, "podman");
         assert_eq!(v.source.ip, "10.88.0.2");
         assert_eq!(v.source.port, 40000);
         assert_eq!(v.destination.identity_name, "web");

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use porin_common::{
-    datapath::{action, identity, Direction, Identity, PolicyValue},
+    datapath::{action, identity, Direction, Identity, PolicyKey, PolicyValue},
     decide::{peer_addr, policy_key, policy_lookups},
     parse::Flow,
 };
@@ -36,11 +36,24 @@ impl Compiled {
     /// How this policy judges `flow`, first seen at host veth `ifindex`
     /// going `dir`.
     pub fn judge(&self, ifindex: u32, flow: &Flow, dir: Direction) -> Judged {
+        self.judge_entry(ifindex, flow, dir).0
+    }
+
+    /// [`Compiled::judge`] and the policy key whose entry allowed the flow
+    /// (generation 0, as in [`Compiled::policy`]; `None` unless allowed):
+    /// the key of an `ALLOW_HTTP` entry names its rule set in
+    /// [`Compiled::http_maps`].
+    pub fn judge_entry(
+        &self,
+        ifindex: u32,
+        flow: &Flow,
+        dir: Direction,
+    ) -> (Judged, Option<PolicyKey>) {
         let Some(ep) = self.endpoints.get(&ifindex) else {
-            return Judged::NoEndpoint;
+            return (Judged::NoEndpoint, None);
         };
         if dir == Direction::Egress && self.identity_of(&flow.saddr, flow.family) != ep.identity {
-            return Judged::Denied;
+            return (Judged::Denied, None);
         }
         let peer = self.identity_of(peer_addr(flow, dir), flow.family);
         let mut key = policy_key(ep.identity, flow, dir, 0);
@@ -50,13 +63,13 @@ impl Compiled {
             key.port = port;
             if let Some(PolicyValue { action: a, .. }) = self.policy.get(&key) {
                 return if *a == action::ALLOW || *a == action::ALLOW_HTTP {
-                    Judged::Allowed(*a)
+                    (Judged::Allowed(*a), Some(key))
                 } else {
-                    Judged::Denied
+                    (Judged::Denied, None)
                 };
             }
         }
-        Judged::Denied
+        (Judged::Denied, None)
     }
 
     /// The identity the programs give `addr` (IPv4 in its first 4 bytes

@@ -112,7 +112,8 @@ pub fn flow_verdict(v: &Verdict) -> u8 {
 ///   sees them; the source and destination follow from `dir` (egress: the
 ///   endpoint sends);
 /// * `rule`: `PolicyValue::rule` of the allowing entry, 0 otherwise;
-/// * `tcp_flags`: the TCP flags byte, 0 when not known;
+/// * `tcp_flags`: the TCP flags byte; 0 takes the flow's own
+///   (`Flow::tcp_flags`, 0 for other protocols);
 /// * `ctx` (first): the program's context, for `bpf_perf_event_output`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -217,7 +218,9 @@ fn emit_with<C: EbpfContext>(
         Direction::Egress => (endpoint_identity, peer_identity),
         Direction::Ingress => (peer_identity, endpoint_identity),
     };
-    let (addrs, ports, proto, family) = match flow {
+    // The packet's own TCP flags when the caller has none to give (the
+    // TC programs' slow path: they tell a connection's SYN from the rest).
+    let (addrs, ports, proto, family, seen_flags) = match flow {
         Some(f) => {
             // SAFETY: `Flow` is repr(C, align(8)) with both addresses first:
             // its first 32 bytes are four aligned words.
@@ -228,9 +231,15 @@ fn emit_with<C: EbpfContext>(
                 u64::from(f.sport) | u64::from(f.dport) << 16,
                 f.protocol,
                 f.family,
+                f.tcp_flags,
             )
         }
-        None => ([0; 4], 0, 0, 0),
+        None => ([0; 4], 0, 0, 0, 0),
+    };
+    let tcp_flags = if tcp_flags == 0 {
+        seen_flags
+    } else {
+        tcp_flags
     };
     let flags = u64::from(kind)
         | u64::from(verdict) << 8

@@ -194,7 +194,7 @@ fn handle(ctx: &TcContext, dir: Direction) -> i32 {
 }
 
 /// A deny-cache hit: the drop the slow path gave this flow's first packet,
-/// with the same counters and flow event (rule 0, no TCP flags, as there).
+/// with the same counters and flow event (rule 0, as there).
 #[inline(always)]
 fn repeat_drop(
     ctx: &TcContext,
