@@ -206,8 +206,9 @@ impl Enforcer {
     }
 
     /// Takes one input into account (no apply yet), with a log line per
-    /// endpoint change.
-    pub fn take(&mut self, input: Input) {
+    /// endpoint change. Returns whether it needs an apply: a guarded port
+    /// ([`Input::Port`]) does not, it is attached at once.
+    pub fn take(&mut self, input: Input) -> bool {
         let event = match input {
             Input::Reload(req) => {
                 let req = *req;
@@ -230,11 +231,14 @@ impl Enforcer {
                         })
                     }
                 }
-                return;
+                return true;
             }
             Input::Discovery(event) => *event,
-            Input::Scanned => return,
-            Input::Port(port) => return self.guard_port(&port),
+            Input::Scanned => return true,
+            Input::Port(port) => {
+                self.guard_port(&port);
+                return false;
+            }
         };
         self.count(|c| &c.discovery_events, 1);
         let (sign, ep) = match event {
@@ -256,6 +260,7 @@ impl Enforcer {
             describe(&ep),
             self.endpoints.len()
         );
+        true
     }
 
     /// A new port of a runtime's bridge, while unclassified containers are
@@ -263,7 +268,7 @@ impl Enforcer {
     /// traffic until the apply that lists its container (see
     /// `discovery::ports`). A failure is logged; that apply attaches it.
     fn guard_port(&mut self, port: &Port) {
-        if !gate::wanted(&self.cfg) {
+        if !gate::wanted(&self.cfg) || !self.cfg.discovery.runtimes.contains(&port.runtime) {
             return;
         }
         let veth = Veth {
@@ -363,7 +368,9 @@ impl Enforcer {
         loop {
             match rx.recv() {
                 Ok(Input::Scanned) => break,
-                Ok(input) => self.take(input),
+                Ok(input) => {
+                    self.take(input);
+                }
                 Err(_) => return self.stop(),
             }
         }
@@ -394,13 +401,16 @@ impl Enforcer {
             if first.is_none() && !retry {
                 continue;
             }
+            let mut changed = false;
             if let Some(first) = first {
-                self.take(first);
+                changed |= self.take(first);
                 while let Ok(more) = rx.try_recv() {
-                    self.take(more);
+                    changed |= self.take(more);
                 }
             }
-            retry = !self.apply_and_log();
+            if changed || retry {
+                retry = !self.apply_and_log();
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 //! has classified it, but a raw `AF_PACKET` socket sends frames straight
 //! onto its veth, which has no programs yet. So the daemon watches the
 //! host's link notifications on a thread of its own, and the moment a veth
-//! is enslaved to a runtime's bridge ([`is_runtime_bridge`]) the enforcer
+//! is enslaved to a runtime's bridge ([`bridge_runtime`]) the enforcer
 //! attaches the programs to it (`Datapath::guard_port`). With no endpoint
 //! entry they drop everything the veth carries (`UnknownEndpoint`), until
 //! the apply that lists the container's endpoint gives it its policy.
@@ -29,6 +29,7 @@ use std::{
 use log::{debug, warn};
 
 use super::netinfo::netlink::{self, RTM_NEWLINK};
+use crate::config::Runtime;
 
 /// A veth just enslaved to a runtime's bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,25 +38,35 @@ pub struct Port {
     pub name: String,
     /// The bridge's name.
     pub bridge: String,
+    /// The runtime whose bridge it is ([`bridge_runtime`]).
+    pub runtime: Runtime,
 }
 
-/// Whether `name` is a bridge a container runtime creates for its default
-/// or user-defined networks: Podman's `podman0`, `podman1`, … (netavark)
-/// and `cni-podman0`, … (CNI), the CNI bridge plugin's `cni0`, nerdctl's
-/// `nerdctl0`, … and Docker's `docker0` and `br-<network id>`.
-pub fn is_runtime_bridge(name: &str) -> bool {
+/// The runtime whose bridge `name` is, by the names the runtimes give the
+/// bridges of their default and user-defined networks: Podman's `podman0`,
+/// `podman1`, … (netavark) and `cni-podman0`, … (CNI); containerd's (the
+/// CNI bridge plugin's `cni0`, nerdctl's `nerdctl0`, …); Docker's
+/// `docker0` and `br-<network id>`. The enforcer guards only the bridges of
+/// the runtimes discovery reads (`discovery.runtimes`): a port of another
+/// runtime's container would never be listed, so never opened again.
+pub fn bridge_runtime(name: &str) -> Option<Runtime> {
     let numbered = |prefix: &str| {
         name.strip_prefix(prefix)
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
-    numbered("podman")
-        || numbered("cni-podman")
-        || numbered("cni")
-        || numbered("nerdctl")
-        || numbered("docker")
+    if numbered("podman") || numbered("cni-podman") {
+        Some(Runtime::Podman)
+    } else if numbered("cni") || numbered("nerdctl") {
+        Some(Runtime::Containerd)
+    } else if numbered("docker")
         || name
             .strip_prefix("br-")
             .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        Some(Runtime::Docker)
+    } else {
+        None
+    }
 }
 
 /// The veths enslaved to some interface in one netlink datagram:
@@ -186,7 +197,9 @@ pub fn spawn<T: From<Port> + Send + 'static>(tx: Sender<T>) -> io::Result<Ports>
                     continue;
                 }
                 for (ifindex, name, master) in enslaved_veths(&buf[..n as usize]) {
-                    let Some(bridge) = name_of(master).filter(|b| is_runtime_bridge(b)) else {
+                    let Some((bridge, runtime)) =
+                        name_of(master).and_then(|b| bridge_runtime(&b).map(|r| (b, r)))
+                    else {
                         continue;
                     };
                     debug!("{name} (ifindex {ifindex}) enslaved to {bridge}");
@@ -194,6 +207,7 @@ pub fn spawn<T: From<Port> + Send + 'static>(tx: Sender<T>) -> io::Result<Ports>
                         ifindex,
                         name,
                         bridge,
+                        runtime,
                     };
                     if tx.send(port.into()).is_err() {
                         return;
@@ -213,16 +227,16 @@ mod tests {
 
     #[test]
     fn runtime_bridges_are_known_by_their_names() {
-        for yes in [
-            "podman0",
-            "podman12",
-            "cni-podman0",
-            "cni0",
-            "nerdctl0",
-            "docker0",
-            "br-0123456789ab",
+        for (name, runtime) in [
+            ("podman0", Runtime::Podman),
+            ("podman12", Runtime::Podman),
+            ("cni-podman0", Runtime::Podman),
+            ("cni0", Runtime::Containerd),
+            ("nerdctl0", Runtime::Containerd),
+            ("docker0", Runtime::Docker),
+            ("br-0123456789ab", Runtime::Docker),
         ] {
-            assert!(is_runtime_bridge(yes), "{yes}");
+            assert_eq!(bridge_runtime(name), Some(runtime), "{name}");
         }
         for no in [
             "podman",
@@ -235,7 +249,7 @@ mod tests {
             "lxcbr0",
             "cni-podman",
         ] {
-            assert!(!is_runtime_bridge(no), "{no}");
+            assert_eq!(bridge_runtime(no), None, "{no}");
         }
     }
 

@@ -98,6 +98,11 @@ pub fn room(ifindex: u32, l7: bool) -> Result<(), DropReason> {
             core::ptr::read_volatile(core::ptr::addr_of!((*c).http)),
         )
     };
+    // A count the sweep set just before an entry it did not see was made
+    // and then deleted again wraps below zero (there is no compare-and-swap
+    // on 5.10 to clamp it); read as 0 until the next sweep, not as full.
+    let low = |n: u32| if n & 0x8000_0000 != 0 { 0 } else { n };
+    let (entries, http) = (low(entries), low(http));
     if quota != 0 && entries >= quota {
         return Err(DropReason::ConntrackQuota);
     }
