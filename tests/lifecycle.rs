@@ -43,7 +43,7 @@ use aya::{
     },
 };
 use porin::testing::{
-    daemon::{test_bpffs, BpffsGuard, Daemon},
+    daemon::{test_bpffs, BpffsGuard, Daemon, Exclusive},
     podman::{PodmanContainer, Spec},
     require_root,
 };
@@ -406,10 +406,16 @@ struct World {
     denied: Vec<SocketAddr>,
     /// The containers' host veths (name, ifindex).
     veths: Vec<(String, u32)>,
+    /// The right to run daemons, for the whole test from before its
+    /// containers exist: a quarantine-mode daemon of another test guards
+    /// every new veth on the node (`discovery::ports`), which would fail
+    /// this test's baseline. Last: dropped after everything above.
+    _exclusive: Exclusive,
 }
 
 impl World {
     fn new(tag: &str) -> Self {
+        let exclusive = Exclusive::acquire();
         let dir = std::env::temp_dir().join(format!("porin-t-lc-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut cg = CgroupScope::new(tag, &dir);
@@ -456,6 +462,7 @@ impl World {
             stop_servers,
             allowed,
             denied,
+            _exclusive: exclusive,
         };
         // Without Porin everything connects: the probe can fail. (Retried
         // for a moment: the containers' network may still be settling.)
