@@ -8,11 +8,12 @@ use aya::{programs::ProgramError, Ebpf, EbpfError, EbpfLoader};
 use crate::kernel::{EventsTransport, KernelFeatures};
 
 /// The programs' object file, as built for this binary's architecture, with
-/// flow events through a ring buffer (kernel 5.8+).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/porin"));
+/// flow events through a ring buffer (kernel 5.8+), zlib-compressed by
+/// `build.rs` (the binary's size budget; see there).
+static OBJECT_ZLIB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/porin.zlib"));
 /// The same programs with flow events through a perf event array, for
 /// kernels without ring buffers (see `build.rs`).
-static OBJECT_PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/porin-perf"));
+static OBJECT_PERF_ZLIB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/porin-perf.zlib"));
 
 /// The transport [`open`] loads, once chosen.
 static TRANSPORT: OnceLock<EventsTransport> = OnceLock::new();
@@ -51,25 +52,62 @@ pub enum LoadError {
     },
     #[error("map `{name}` is missing from the eBPF object")]
     MissingMap { name: &'static str },
+    #[error(
+        "the eBPF object embedded in this binary does not inflate ({0}); the binary is damaged"
+    )]
+    Inflate(String),
 }
 
-/// The raw object bytes for [`transport`], or an error when the build
-/// skipped the eBPF build.
-pub fn object() -> Result<&'static [u8], LoadError> {
+/// An eBPF object inflated from the binary. Its bytes start 8-byte aligned,
+/// as the ELF parser reads headers in place. Dropped once loaded, so the
+/// daemon does not keep a second copy of its programs on the heap.
+pub struct Object {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl std::ops::Deref for Object {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `words` owns at least `len` initialised bytes (see
+        // `inflate`), u8 has no alignment or validity requirements, and the
+        // slice borrows `self`.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// The object for [`transport`], or an error when the build skipped the
+/// eBPF build.
+pub fn object() -> Result<Object, LoadError> {
     object_for(transport())
 }
 
-/// The raw object bytes with flow events through `t`.
-pub fn object_for(t: EventsTransport) -> Result<&'static [u8], LoadError> {
-    let bytes = match t {
-        EventsTransport::RingBuf => OBJECT,
-        EventsTransport::Perf => OBJECT_PERF,
+/// The object with flow events through `t`.
+pub fn object_for(t: EventsTransport) -> Result<Object, LoadError> {
+    let packed = match t {
+        EventsTransport::RingBuf => OBJECT_ZLIB,
+        EventsTransport::Perf => OBJECT_PERF_ZLIB,
     };
-    if bytes.is_empty() {
-        Err(LoadError::NotEmbedded)
-    } else {
-        Ok(bytes)
+    if packed.is_empty() {
+        return Err(LoadError::NotEmbedded);
     }
+    inflate(packed)
+}
+
+fn inflate(packed: &[u8]) -> Result<Object, LoadError> {
+    let bytes = miniz_oxide::inflate::decompress_to_vec_zlib(packed)
+        .map_err(|e| LoadError::Inflate(format!("{:?}", e.status)))?;
+    let mut words = vec![0u64; bytes.len().div_ceil(8)];
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        *word = u64::from_ne_bytes(b);
+    }
+    Ok(Object {
+        words,
+        len: bytes.len(),
+    })
 }
 
 /// Parses the object for [`transport`] and creates its maps in the kernel.
@@ -86,7 +124,7 @@ pub fn open_with(t: EventsTransport) -> Result<Ebpf, LoadError> {
     // daemon small and the load fast.
     EbpfLoader::new()
         .btf(None)
-        .load(object_for(t)?)
+        .load(&object_for(t)?)
         .map_err(LoadError::Object)
 }
 
@@ -131,6 +169,31 @@ impl Loadable for aya::programs::SchedClassifier {
 mod tests {
     use super::*;
 
+    /// Both embedded objects inflate to 8-byte aligned ELF files for BPF,
+    /// and a damaged one is an error, not a panic or a wrong object.
+    #[test]
+    fn the_embedded_objects_inflate_to_aligned_bpf_elf_files() {
+        for t in [EventsTransport::RingBuf, EventsTransport::Perf] {
+            let Ok(obj) = object_for(t) else {
+                eprintln!("SKIPPED: no eBPF objects in an AYA_BUILD_SKIP build");
+                return;
+            };
+            assert_eq!(&obj[..4], b"\x7fELF", "{t:?}");
+            assert_eq!(
+                u16::from_le_bytes([obj[18], obj[19]]),
+                247,
+                "{t:?}: e_machine EM_BPF"
+            );
+            assert_eq!(obj.as_ptr() as usize % 8, 0, "{t:?}");
+            assert!(obj.len() > OBJECT_ZLIB.len(), "{t:?}: inflated");
+        }
+        let mut damaged = OBJECT_ZLIB.to_vec();
+        if damaged.len() > 100 {
+            damaged.truncate(damaged.len() / 2);
+            assert!(matches!(inflate(&damaged), Err(LoadError::Inflate(_))));
+        }
+    }
+
     /// No program may hold a BPF-to-BPF call: 5.10's arm64 JIT refuses
     /// them in programs that tail-call ("tail_calls are not allowed in
     /// non-JITed programs with bpf-to-bpf calls"), the HTTP stage then
@@ -146,7 +209,7 @@ mod tests {
                 eprintln!("SKIPPED: no eBPF objects in an AYA_BUILD_SKIP build");
                 return;
             };
-            let obj = aya_obj::Object::parse(bytes).expect("the object parses");
+            let obj = aya_obj::Object::parse(&bytes).expect("the object parses");
             assert!(obj.programs.contains_key("http_parse"));
             for (name, prog) in &obj.programs {
                 let f = &obj.functions[&prog.function_key()];

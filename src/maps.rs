@@ -100,7 +100,7 @@ mod tests {
                 eprintln!("SKIPPED: no eBPF objects in an AYA_BUILD_SKIP build");
                 return;
             };
-            let obj = aya_obj::Object::parse(bytes).expect("the object parses");
+            let obj = aya_obj::Object::parse(&bytes).expect("the object parses");
             let mut found = Vec::new();
             for (name, m) in &obj.maps {
                 // `.data`/`.rodata`/`.bss` are globals, not declared maps.

@@ -271,7 +271,7 @@ impl Gate {
             loader.map_max_entries(maps::EVENTS.name, u32::try_from(page).unwrap_or(4096));
         }
         let mut bpf = loader
-            .load(ebpf::object()?)
+            .load(&ebpf::object()?)
             .map_err(ebpf::LoadError::Object)?;
         for name in [GATE_INGRESS, GATE_EGRESS] {
             let prog: &mut CgroupSkb = bpf

@@ -86,7 +86,7 @@ pub(super) struct Persist {
 /// Decides, prepares the directory and loads the object with pinned maps.
 pub(super) fn open(dir: &Path) -> Result<(Ebpf, Persist), DatapathError> {
     let pins = PinDir::new(dir);
-    let maps = pin::object_maps(ebpf::object()?)?;
+    let maps = pin::object_maps(&ebpf::object()?)?;
     let found = pin::prepare(&pins, &maps)?;
     let bpf = pin::open_pinned(&pins, &maps)?;
     Ok((

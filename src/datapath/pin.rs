@@ -386,7 +386,7 @@ pub fn open_pinned(pins: &PinDir, maps: &[ObjectMap]) -> Result<Ebpf, LoadError>
     for (name, path) in &paths {
         loader.map_pin_path(name.as_str(), path.as_path());
     }
-    loader.load(ebpf::object()?).map_err(LoadError::Object)
+    loader.load(&ebpf::object()?).map_err(LoadError::Object)
 }
 
 /// Writes this build's layout record.
@@ -452,7 +452,7 @@ mod tests {
         let Ok(obj) = ebpf::object() else {
             return; // AYA_BUILD_SKIP build
         };
-        let maps = object_maps(obj).expect("parse");
+        let maps = object_maps(&obj).expect("parse");
         assert!(maps.iter().any(|m| m.name == META.name), "{maps:?}");
         assert!(maps.iter().any(|m| m.name == ENDPOINTS.name));
         assert!(maps.iter().all(|m| !m.name.starts_with('.')));
