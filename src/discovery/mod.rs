@@ -32,6 +32,7 @@ pub mod netinfo;
 pub mod podman;
 pub mod ports;
 pub mod scanner;
+pub mod sqlite;
 pub mod state;
 #[cfg(test)]
 mod testdir;

@@ -8,9 +8,14 @@
 //! comes from the same bucket ([`NetnsRecord`]): key `netns`, the path of
 //! the namespace file Podman created (absent for `--network host` and for
 //! containers joining another's namespace), and key `state`, JSON whose
-//! `pid` is the container's init process while it runs. Podman 5 may use SQLite (`libpod/db.sql`)
-//! instead, which Porin does not read: that is reported as an error rather
-//! than guessed around.
+//! `pid` is the container's init process while it runs.
+//!
+//! Podman 5 creates an SQLite database instead (`libpod/db.sql`, in WAL
+//! mode; read by [`super::sqlite`] without locks): table `ContainerConfig`
+//! (`ID`, `JSON`: the same config JSON as BoltDB's `config` key) and table
+//! `ContainerState` (`ID`, `JSON`: the state, whose `netns` and `pid` are
+//! the namespace record). Podman 5 keeps using an existing BoltDB, so that
+//! one wins when both are there.
 //!
 //! Without either database, c/storage's `<driver>-containers/containers.json`
 //! still names each container and its image (no labels or annotations).
@@ -22,10 +27,12 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::bolt::{Bolt, Value};
+use super::sqlite::Sqlite;
 use super::state::StateError;
 use super::{NetnsRecord, RuntimeMeta};
 
 const BOLT_DB: &str = "libpod/bolt_state.db";
+/// Podman's static dir (`<graphroot>/libpod`) is where Podman 5 puts it.
 const SQLITE_DB: &str = "libpod/db.sql";
 const STORAGE_FILE: &str = "containers.json";
 
@@ -39,7 +46,7 @@ pub fn read_podman(graphroot: &Path) -> Result<HashMap<String, RuntimeMeta>, Sta
     }
     let sqlite = graphroot.join(SQLITE_DB);
     if present(&sqlite)? {
-        return Err(StateError::UnsupportedDatabase { path: sqlite });
+        return read_sqlite(&sqlite);
     }
     read_storage(graphroot)
 }
@@ -73,6 +80,57 @@ fn read_bolt(path: &Path) -> Result<HashMap<String, RuntimeMeta>, StateError> {
         }
     }
     Ok(out)
+}
+
+fn read_sqlite(path: &Path) -> Result<HashMap<String, RuntimeMeta>, StateError> {
+    let db = Sqlite::open(path)?;
+    let configs = db.table("ContainerConfig")?;
+    let states = db.table("ContainerState")?;
+    let column = |table: &super::sqlite::Table, name: &str, of: &str| {
+        table
+            .column(name)
+            .ok_or_else(|| StateError::missing(path, format!("table {of} has no column {name}")))
+    };
+    let (c_id, c_json) = (
+        column(&configs, "ID", "ContainerConfig")?,
+        column(&configs, "JSON", "ContainerConfig")?,
+    );
+    let (s_id, s_json) = (
+        column(&states, "ID", "ContainerState")?,
+        column(&states, "JSON", "ContainerState")?,
+    );
+    let state_of: HashMap<&[u8], &[u8]> = states
+        .rows
+        .iter()
+        .filter_map(|row| Some((cell(row, s_id)?, cell(row, s_json)?)))
+        .collect();
+    let mut out = HashMap::new();
+    for row in &configs.rows {
+        let Some(id) = cell(row, c_id) else { continue };
+        let id = String::from_utf8_lossy(id);
+        // One damaged row must not hide the other containers.
+        let Some(config) = cell(row, c_json) else {
+            log::warn!("{}: container {id} has no config", path.display());
+            continue;
+        };
+        match meta_from_config(config) {
+            Ok(mut meta) => {
+                let state = state_of.get(id.as_bytes()).copied();
+                let netns = state
+                    .and_then(|s| serde_json::from_slice::<State>(s).ok())
+                    .and_then(|s| s.netns);
+                meta.netns = netns_record(netns.as_deref().map(str::as_bytes), state);
+                out.insert(id.into_owned(), meta);
+            }
+            Err(e) => log::warn!("{}", StateError::json(path, format!("container {id}"), e)),
+        }
+    }
+    Ok(out)
+}
+
+/// Column `i` of `row` as bytes (text or blob).
+fn cell(row: &[super::sqlite::Value], i: usize) -> Option<&[u8]> {
+    row.get(i).and_then(|v| v.bytes())
 }
 
 /// The parts of libpod's `ContainerConfig` Porin uses. Go writes nil maps
@@ -121,6 +179,9 @@ fn meta_from_config(json: &[u8]) -> Result<RuntimeMeta, serde_json::Error> {
 struct State {
     #[serde(default)]
     pid: Option<u32>,
+    /// Set in Podman 5's SQLite state; BoltDB keeps it under its own key.
+    #[serde(default)]
+    netns: Option<String>,
 }
 
 /// A container's namespace record from its `netns` and `state` keys. What

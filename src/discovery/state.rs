@@ -22,12 +22,6 @@ pub enum StateError {
     Missing { path: PathBuf, what: String },
     #[error("{}: {problem}", path.display())]
     Invalid { path: PathBuf, problem: String },
-    #[error(
-        "{}: unsupported state database (Podman's SQLite database); \
-         Porin reads the BoltDB one (bolt_state.db)",
-        path.display()
-    )]
-    UnsupportedDatabase { path: PathBuf },
     #[error("`{0}` is not a valid containerd namespace or container id")]
     BadIdentifier(String),
 }

@@ -61,19 +61,85 @@ fn reads_every_container_from_the_bolt_database() {
     assert!(!all.contains_key(FX2));
 }
 
+/// Podman 5's tables (libpod/sqlite_state_internal.go), written by the real
+/// SQLite library in WAL mode; the process ends without closing, so the
+/// rows stay in `db.sql-wal` as they do while Podman runs.
+const PODMAN5: &str = r#"
+import sqlite3, sys, os, json
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode = WAL")
+db.execute("PRAGMA wal_autocheckpoint = 0")
+db.executescript("""
+CREATE TABLE IF NOT EXISTS IDNamespace(ID TEXT PRIMARY KEY NOT NULL);
+CREATE TABLE IF NOT EXISTS ContainerConfig(
+        ID              TEXT    PRIMARY KEY NOT NULL,
+        Name            TEXT    UNIQUE NOT NULL,
+        PodID           TEXT,
+        JSON            TEXT    NOT NULL,
+        FOREIGN KEY (ID)    REFERENCES IDNamespace(ID)    DEFERRABLE INITIALLY DEFERRED,
+        FOREIGN KEY (ID)    REFERENCES ContainerState(ID) DEFERRABLE INITIALLY DEFERRED,
+        FOREIGN KEY (PodID) REFERENCES PodConfig(ID)
+);
+CREATE TABLE IF NOT EXISTS ContainerState(
+        ID       TEXT    PRIMARY KEY NOT NULL,
+        State    INTEGER NOT NULL,
+        ExitCode INTEGER,
+        JSON     TEXT    NOT NULL,
+        FOREIGN KEY (ID) REFERENCES ContainerConfig(ID) DEFERRABLE INITIALLY DEFERRED,
+        CHECK (ExitCode BETWEEN -1 AND 255)
+);
+""")
+def add(id, name, labels, state):
+    config = {"id": id, "name": name, "rootfsImageName": "localhost/bb:latest",
+              "RawImageName": "localhost/bb", "labels": labels,
+              "spec": {"ociVersion": "1.2.0", "annotations": {"com.example.note": "hello"},
+                       "process": {"env": ["PATH=/usr/bin"] * 200}}}
+    db.execute("BEGIN")
+    db.execute("INSERT INTO IDNamespace VALUES (?)", (id,))
+    db.execute("INSERT INTO ContainerConfig VALUES (?, ?, NULL, ?)", (id, name, json.dumps(config)))
+    db.execute("INSERT INTO ContainerState VALUES (?, 3, NULL, ?)", (id, json.dumps(state)))
+    db.execute("COMMIT")
+add(sys.argv[2], "web5", {"app": "web", "tier": "front"},
+    {"state": 3, "pid": 4242, "netns": "/run/netns/netns-1b2c3d4e"})
+add(sys.argv[3], "stopped5", None, {"state": 4})
+sys.stdout.flush()
+os._exit(0)
+"#;
+
 #[test]
-fn sqlite_database_is_reported_as_unsupported() {
+fn reads_podman_5s_sqlite_database_with_its_wal() {
     let root = graphroot(&[]);
-    fs::create_dir_all(root.path().join("libpod")).unwrap();
-    fs::write(root.path().join(SQLITE_DB), b"SQLite format 3\0").unwrap();
-    let err = read_podman(root.path()).unwrap_err();
-    assert!(
-        matches!(err, StateError::UnsupportedDatabase { .. }),
-        "{err:?}"
+    let db = root.path().join(SQLITE_DB);
+    fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", PODMAN5])
+        .arg(&db)
+        .args([WEB1, FX1])
+        .output()
+        .expect("python3 (installed by .ci/setup) writes the SQLite fixture");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(fs::metadata(root.path().join("libpod/db.sql-wal")).unwrap().len() > 0);
+
+    let all = read_podman(root.path()).unwrap();
+    assert_eq!(all.len(), 2, "{all:#?}");
+    let web = &all[WEB1];
+    assert_eq!(web.name, "web5");
+    assert_eq!(web.image, "localhost/bb:latest");
+    assert_eq!(web.labels, labels(&[("app", "web"), ("tier", "front")]));
+    assert_eq!(
+        web.annotations.get("com.example.note"),
+        Some(&"hello".to_string())
     );
-    let text = err.to_string();
-    assert!(text.contains("libpod/db.sql"), "{text}");
-    assert!(text.contains("unsupported state database"), "{text}");
+    assert_eq!(
+        web.netns.path.as_deref(),
+        Some(Path::new("/run/netns/netns-1b2c3d4e"))
+    );
+    assert_eq!(web.netns.init_pid, Some(4242));
+    // `labels: null` (Go's nil map) and a state without pid or netns.
+    let stopped = &all[FX1];
+    assert_eq!(stopped.name, "stopped5");
+    assert!(stopped.labels.is_empty());
+    assert_eq!(stopped.netns, NetnsRecord::default());
 
     // An existing BoltDB is what Podman 5 keeps using: it wins.
     fs::copy(
@@ -81,7 +147,16 @@ fn sqlite_database_is_reported_as_unsupported() {
         root.path().join(BOLT_DB),
     )
     .unwrap();
-    assert_eq!(read_podman(root.path()).unwrap().len(), 2);
+    assert_eq!(read_podman(root.path()).unwrap()[WEB1].name, "web1");
+}
+
+#[test]
+fn a_damaged_sqlite_database_is_an_error_naming_it() {
+    let root = graphroot(&[]);
+    fs::create_dir_all(root.path().join("libpod")).unwrap();
+    fs::write(root.path().join(SQLITE_DB), b"SQLite format 3\0").unwrap();
+    let text = read_podman(root.path()).unwrap_err().to_string();
+    assert!(text.contains("libpod/db.sql"), "{text}");
 }
 
 #[test]
