@@ -314,6 +314,7 @@ fn default_discovery() -> Discovery {
         runtimes: vec![Runtime::Podman, Runtime::Containerd, Runtime::Docker],
         containerd: vec![ContainerdInstance::default()],
         podman_graphroots: vec!["/var/lib/containers/storage".into()],
+        docker_root: crate::discovery::docker::DEFAULT_ROOT.into(),
     }
 }
 
@@ -358,6 +359,7 @@ fn discovery(node: &Node, path: &str, sink: &mut Sink) -> Option<Discovery> {
     let containerd = opt(&mut f, "containerd", sink, containerd_instances).unwrap_or(d.containerd);
     let podman_graphroots =
         opt(&mut f, "podman_graphroots", sink, graphroots).unwrap_or(d.podman_graphroots);
+    let docker_root = opt(&mut f, "docker_root", sink, absolute_path).unwrap_or(d.docker_root);
     f.finish(sink);
     Some(Discovery {
         cgroup_root,
@@ -365,6 +367,7 @@ fn discovery(node: &Node, path: &str, sink: &mut Sink) -> Option<Discovery> {
         runtimes,
         containerd,
         podman_graphroots,
+        docker_root,
     })
 }
 

@@ -492,6 +492,9 @@ fn discovery_state_locations() {
     ];
     assert_eq!(c.discovery.containerd, want);
     assert_eq!(c.discovery.podman_graphroots.len(), 2);
+    assert_eq!(c.discovery.docker_root, Path::new("/var/lib/docker"));
+    let c = ok("version: 1\ndiscovery:\n  docker_root: /data/docker\n");
+    assert_eq!(c.discovery.docker_root, Path::new("/data/docker"));
 }
 
 #[test]
@@ -510,6 +513,13 @@ fn discovery_state_location_mistakes() {
         17,
         "discovery.containerd[0].root_dir",
         "`var/lib/c` must be an absolute path",
+    );
+    assert_one(
+        "version: 1\ndiscovery:\n  docker_root: data/docker\n",
+        3,
+        16,
+        "discovery.docker_root",
+        "`data/docker` must be an absolute path",
     );
     assert_one(
         "version: 1\ndiscovery:\n  podman_graphroots: [/srv/a, srv/b]\n",

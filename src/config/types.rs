@@ -206,6 +206,8 @@ pub struct Discovery {
     pub containerd: Vec<ContainerdInstance>,
     /// Podman storage roots (`graphroot`); never empty, no duplicates.
     pub podman_graphroots: Vec<PathBuf>,
+    /// dockerd's `data-root` (container records under `containers/`).
+    pub docker_root: PathBuf,
 }
 
 /// Where one containerd daemon keeps its state (`--state`, `state` in its

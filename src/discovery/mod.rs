@@ -25,6 +25,7 @@
 pub mod bolt;
 pub mod cgroup;
 pub mod containerd;
+pub mod docker;
 pub mod endpoint;
 pub mod inventory;
 pub mod live;

@@ -11,7 +11,7 @@
 //! ([`NetnsRecord`]): the namespace file the runtime keeps, else the init
 //! process it recorded (which must be in the container's cgroup: a stale
 //! record is not believed). Only for containers whose runtime keeps no
-//! record (Docker, a runtime not enabled, Podman without its database) is
+//! record (a runtime not enabled, Podman without its database) is
 //! it the lowest PID in the cgroup. The processes in the cgroup are the
 //! container's to shape: a leader that ends its main thread is a zombie
 //! without namespaces while its other threads talk on (issue 17). A
@@ -30,6 +30,7 @@ use log::debug;
 use super::{
     cgroup::{CgroupError, CgroupFs, ContainerCgroup},
     containerd::{self, ContainerdInstance},
+    docker,
     endpoint::{short_id, Endpoint, EndpointKey},
     netinfo::{self, NetInfo, NetnsSource},
     podman, NetnsRecord, Runtime, RuntimeMeta,
@@ -81,6 +82,7 @@ pub struct Scanner {
     cgroups: CgroupFs,
     runtimes: Vec<Runtime>,
     podman_graphroots: Vec<PathBuf>,
+    docker_root: PathBuf,
     containerd: Vec<ContainerdInstance>,
     cache: HashMap<EndpointKey, Cached>,
 }
@@ -98,6 +100,7 @@ impl Scanner {
             cgroups,
             runtimes: cfg.runtimes.iter().copied().map(runtime_of).collect(),
             podman_graphroots: cfg.podman_graphroots.clone(),
+            docker_root: cfg.docker_root.clone(),
             containerd: cfg.containerd.clone(),
             cache: HashMap::new(),
         }
@@ -243,10 +246,9 @@ impl Scanner {
                 }
                 Err(last)
             }
-            // Docker's state is not read (yet): the container is reported
-            // with its id as name and no labels, so groups select it only by
-            // runtime, and it counts as unmanaged otherwise.
-            Runtime::Docker => Ok(fallback_meta(key)),
+            Runtime::Docker => {
+                docker::read_docker(&self.docker_root, &key.id).map_err(|e| e.to_string())
+            }
         }
     }
 

@@ -116,7 +116,8 @@ impl Sqlite {
             let wal = read_optional(&wal_path)?;
             // A commit or checkpoint between the reads: the two files may
             // not belong together.
-            if wal.len() != wal_before.len() || wal.get(..WAL_HEADER) != wal_before.get(..WAL_HEADER)
+            if wal.len() != wal_before.len()
+                || wal.get(..WAL_HEADER) != wal_before.get(..WAL_HEADER)
             {
                 last = Some("the write-ahead log changed while it was read".to_string());
                 continue;
@@ -191,7 +192,9 @@ impl Sqlite {
             let sql = String::from_utf8_lossy(text(4)).into_owned();
             let columns = columns_of(&sql);
             if columns.is_empty() {
-                return Err(format!("table {name}: cannot read its columns from `{sql}`"));
+                return Err(format!(
+                    "table {name}: cannot read its columns from `{sql}`"
+                ));
             }
             return Ok(Table {
                 columns,
@@ -249,12 +252,19 @@ impl Sqlite {
                 }
                 Ok(())
             }
-            k => Err(format!("page {page_no}: type {k} is not a table b-tree page")),
+            k => Err(format!(
+                "page {page_no}: type {k} is not a table b-tree page"
+            )),
         }
     }
 
     /// The whole payload of the table leaf cell at `off`, overflow included.
-    fn leaf_payload(&self, page: &[u8], off: usize, seen: &mut HashSet<u32>) -> Result<Vec<u8>, String> {
+    fn leaf_payload(
+        &self,
+        page: &[u8],
+        off: usize,
+        seen: &mut HashSet<u32>,
+    ) -> Result<Vec<u8>, String> {
         let (size, n) = varint(page, off)?;
         let (_rowid, m) = varint(page, off + n)?;
         let start = off + n + m;
@@ -299,7 +309,10 @@ impl Sqlite {
     /// Page `n` (1-based) as of the newest commit.
     fn page(&self, n: u32) -> Result<&[u8], String> {
         if n == 0 || n > self.page_count {
-            return Err(format!("page {n} is beyond the database's {} pages", self.page_count));
+            return Err(format!(
+                "page {n} is beyond the database's {} pages",
+                self.page_count
+            ));
         }
         let (bytes, start) = match self.wal_pages.get(&n) {
             Some(&off) => (&self.wal, off),
@@ -406,7 +419,9 @@ fn decode_record(p: &[u8]) -> Result<Vec<Value>, String> {
             10 | 11 => return Err(format!("reserved serial type {serial}")),
             n => usize::try_from((n - 12) / 2).map_err(|_| "value too large")?,
         };
-        let v = p.get(body..body + len).ok_or("record value out of the record")?;
+        let v = p
+            .get(body..body + len)
+            .ok_or("record value out of the record")?;
         body += len;
         out.push(match serial {
             0 => Value::Null,

@@ -117,8 +117,17 @@ fn reads_podman_5s_sqlite_database_with_its_wal() {
         .args([WEB1, FX1])
         .output()
         .expect("python3 (installed by .ci/setup) writes the SQLite fixture");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(fs::metadata(root.path().join("libpod/db.sql-wal")).unwrap().len() > 0);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        fs::metadata(root.path().join("libpod/db.sql-wal"))
+            .unwrap()
+            .len()
+            > 0
+    );
 
     let all = read_podman(root.path()).unwrap();
     assert_eq!(all.len(), 2, "{all:#?}");

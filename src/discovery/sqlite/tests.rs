@@ -35,7 +35,19 @@ fn text(v: &Value) -> String {
 /// Row `i` of the `many` table, as both Python and this test compute it.
 fn int_of(i: usize) -> i64 {
     // One value per serial type width: 8/9 (0, 1), 1, 2, 3, 4, 6, 8 bytes.
-    [0, 1, -1, 127, -128, 32767, -40000, 1 << 23, 1 << 31, -(1 << 40), 1 << 62][i % 11]
+    [
+        0,
+        1,
+        -1,
+        127,
+        -128,
+        32767,
+        -40000,
+        1 << 23,
+        1 << 31,
+        -(1 << 40),
+        1 << 62,
+    ][i % 11]
 }
 
 const MANY: &str = r#"
@@ -80,7 +92,10 @@ fn reads_every_row_and_type_at_every_page_size() {
             assert_eq!(row[4], Value::Text(vec![b'x'; i * 37 % 9000]), "row {i}");
         }
         let err = db.table("Missing").unwrap_err().to_string();
-        assert!(err.contains("db.sql") && err.contains("no table Missing"), "{err}");
+        assert!(
+            err.contains("db.sql") && err.contains("no table Missing"),
+            "{err}"
+        );
     }
 }
 
@@ -120,7 +135,10 @@ fn commits_only_in_the_wal_are_read() {
     let path = dir.path().join("db.sql");
     python(WAL, &path);
     let wal = wal_path(&path);
-    assert!(fs::metadata(&wal).unwrap().len() > 0, "the WAL must hold the commits");
+    assert!(
+        fs::metadata(&wal).unwrap().len() > 0,
+        "the WAL must hold the commits"
+    );
 
     let rows = rows_by_id(&Sqlite::open(&path).unwrap());
     assert_eq!(rows.len(), 40);
@@ -199,8 +217,14 @@ fn not_a_database_is_an_error_naming_the_file() {
     let path = dir.path().join("db.sql");
     fs::write(&path, b"SQLite format 3\0").unwrap();
     let err = Sqlite::open(&path).err().expect("too short").to_string();
-    assert!(err.contains("db.sql") && err.contains("bad header"), "{err}");
-    let err = Sqlite::open(&dir.path().join("absent")).err().unwrap().to_string();
+    assert!(
+        err.contains("db.sql") && err.contains("bad header"),
+        "{err}"
+    );
+    let err = Sqlite::open(&dir.path().join("absent"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("cannot read"), "{err}");
 }
 
