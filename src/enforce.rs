@@ -656,6 +656,8 @@ mod tests {
             netns_inode: 1,
             host_network,
             interfaces,
+            labels_from: String::new(),
+            netns_from: String::new(),
         }
     }
 

@@ -134,6 +134,20 @@ fn podman_containers_are_discovered_with_labels_ip_and_veth() {
             ep.interfaces
         );
         assert_host_veth(ep);
+        // Debian 12's Podman 4 keeps BoltDB; the record names the netns
+        // file Podman made.
+        assert!(
+            ep.labels_from.ends_with("libpod/bolt_state.db"),
+            "{}: labels from {:?}",
+            c.name,
+            ep.labels_from
+        );
+        assert!(
+            ep.netns_from.starts_with("runtime record: /run/netns/"),
+            "{}: netns from {:?}",
+            c.name,
+            ep.netns_from
+        );
     }
     let h = find(&eps, &host.name);
     assert!(h.host_network, "host-network container marked as such");
@@ -198,6 +212,18 @@ fn containerd_containers_are_discovered_with_labels_ip_and_veth() {
             ep.interfaces
         );
         assert_host_veth(ep);
+        assert_eq!(
+            ep.labels_from,
+            ctrd.root_dir
+                .join("io.containerd.metadata.v1.bolt/meta.db")
+                .display()
+                .to_string()
+        );
+        assert_eq!(
+            ep.netns_from,
+            format!("runtime record: init pid {}", c.pid()),
+            "{id}"
+        );
     }
     assert!(find(&eps, "dc-hostnet").host_network);
     drop(host);

@@ -47,6 +47,12 @@ pub struct EndpointView<'a> {
     pub netns_inode: u64,
     pub host_network: bool,
     pub interfaces: Vec<InterfaceView<'a>>,
+    /// The runtime's file the name and labels came from.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub labels_from: &'a str,
+    /// Where the network namespace was read from.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub netns_from: &'a str,
     /// `ready`, or `pending` while the container is still starting.
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,6 +114,8 @@ impl<'a> EndpointView<'a> {
                     }),
                 })
                 .collect(),
+            labels_from: &ep.labels_from,
+            netns_from: &ep.netns_from,
             state: if pending_reason.is_some() {
                 "pending"
             } else {

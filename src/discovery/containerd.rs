@@ -74,6 +74,7 @@ pub fn read_containerd(
     match (from_db, bundle) {
         (Ok(Some(mut meta)), annotations) => {
             meta.annotations = annotations.unwrap_or_default();
+            meta.source = db_path.display().to_string();
             Ok(meta)
         }
         // A database that exists but cannot be read is an error, not a
@@ -82,7 +83,12 @@ pub fn read_containerd(
         // (and its policy) while the file is being rewritten. The caller
         // retries; until then the container has no identity.
         (Err(e), _) => Err(e),
-        (Ok(None), Some(annotations)) => Ok(meta_from_bundle(id, annotations)),
+        (Ok(None), Some(annotations)) => Ok(RuntimeMeta {
+            source: bundle_dir(instance, namespace, id)
+                .map(|d| format!("{} (annotations)", d.join("config.json").display()))
+                .unwrap_or_default(),
+            ..meta_from_bundle(id, annotations)
+        }),
         (Ok(None), None) => Err(StateError::missing(
             &db_path,
             format!("no container `{id}` in namespace `{namespace}` and no running task"),
@@ -114,7 +120,10 @@ pub fn read_containerd_all(
                     out.push(ContainerdContainer {
                         namespace: ns.to_owned(),
                         id: id.to_owned(),
-                        meta: container_meta(id, c),
+                        meta: RuntimeMeta {
+                            source: db_path.display().to_string(),
+                            ..container_meta(id, c)
+                        },
                         init_pid: None,
                     });
                 }
@@ -132,7 +141,10 @@ pub fn read_containerd_all(
         }
         let (annotations, init_pid) = bundle_or_warn(&dir);
         out.push(ContainerdContainer {
-            meta: meta_from_bundle(&id, annotations),
+            meta: RuntimeMeta {
+                source: format!("{} (annotations)", dir.join("config.json").display()),
+                ..meta_from_bundle(&id, annotations)
+            },
             namespace,
             id,
             init_pid,

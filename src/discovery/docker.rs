@@ -66,7 +66,12 @@ struct NetworkSettings {
 pub fn read_docker(root: &Path, id: &str) -> Result<RuntimeMeta, StateError> {
     let path = record_path(root, id)?;
     let bytes = fs::read(&path).map_err(|e| StateError::io(&path, e))?;
-    meta_from_record(&bytes).map_err(|e| StateError::json(&path, "container record", e))
+    let meta =
+        meta_from_record(&bytes).map_err(|e| StateError::json(&path, "container record", e))?;
+    Ok(RuntimeMeta {
+        source: path.display().to_string(),
+        ..meta
+    })
 }
 
 fn record_path(root: &Path, id: &str) -> Result<PathBuf, StateError> {
@@ -95,6 +100,7 @@ fn meta_from_record(json: &[u8]) -> Result<RuntimeMeta, serde_json::Error> {
         labels,
         annotations: BTreeMap::new(),
         netns: NetnsRecord { path, init_pid },
+        source: String::new(),
     })
 }
 
@@ -131,6 +137,10 @@ mod tests {
             Some(Path::new("/var/run/docker/netns/87ca3fc53893"))
         );
         assert_eq!(meta.netns.init_pid, Some(31337));
+        assert_eq!(
+            meta.source,
+            dir.join("config.v2.json").display().to_string()
+        );
     }
 
     #[test]

@@ -60,6 +60,12 @@ pub struct Endpoint {
     pub host_network: bool,
     /// Interfaces inside the container (none for host-network containers).
     pub interfaces: Vec<Interface>,
+    /// The runtime's file the name and labels came from (empty: none).
+    pub labels_from: String,
+    /// Where the network namespace was read from: the runtime's record (a
+    /// namespace file or its init PID) or, without one, the lowest PID in
+    /// the cgroup.
+    pub netns_from: String,
 }
 
 impl Endpoint {

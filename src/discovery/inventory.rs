@@ -98,6 +98,8 @@ mod tests {
             netns_inode: 1,
             host_network: false,
             interfaces: vec![],
+            labels_from: String::new(),
+            netns_from: String::new(),
         }
     }
 

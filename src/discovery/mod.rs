@@ -79,6 +79,8 @@ pub struct RuntimeMeta {
     pub annotations: BTreeMap<String, String>,
     /// Where the runtime says the container's network namespace is.
     pub netns: NetnsRecord,
+    /// The file the name and labels were read from (empty: none was).
+    pub source: String,
 }
 
 /// The runtime's own record of a container's network namespace: what

@@ -74,6 +74,7 @@ fn read_bolt(path: &Path) -> Result<HashMap<String, RuntimeMeta>, StateError> {
         match meta_from_config(config) {
             Ok(mut meta) => {
                 meta.netns = netns_record(ctr.get(b"netns"), ctr.get(b"state"));
+                meta.source = path.display().to_string();
                 out.insert(id.into_owned(), meta);
             }
             Err(e) => log::warn!("{}", StateError::json(path, format!("container {id}"), e)),
@@ -120,6 +121,7 @@ fn read_sqlite(path: &Path) -> Result<HashMap<String, RuntimeMeta>, StateError> 
                     .and_then(|s| serde_json::from_slice::<State>(s).ok())
                     .and_then(|s| s.netns);
                 meta.netns = netns_record(netns.as_deref().map(str::as_bytes), state);
+                meta.source = path.display().to_string();
                 out.insert(id.into_owned(), meta);
             }
             Err(e) => log::warn!("{}", StateError::json(path, format!("container {id}"), e)),
@@ -171,6 +173,7 @@ fn meta_from_config(json: &[u8]) -> Result<RuntimeMeta, serde_json::Error> {
         labels: c.labels.unwrap_or_default(),
         annotations: c.spec.and_then(|s| s.annotations).unwrap_or_default(),
         netns: NetnsRecord::default(),
+        source: String::new(),
     })
 }
 
@@ -235,9 +238,15 @@ fn read_storage(graphroot: &Path) -> Result<HashMap<String, RuntimeMeta>, StateE
         let file = entry.path().join(STORAGE_FILE);
         if present(&file)? {
             let bytes = fs::read(&file).map_err(|e| StateError::io(&file, e))?;
+            let source = format!("{} (no labels)", file.display());
             out.extend(
                 metas_from_storage(&bytes)
-                    .map_err(|e| StateError::json(&file, "container list", e))?,
+                    .map_err(|e| StateError::json(&file, "container list", e))?
+                    .into_iter()
+                    .map(|(id, meta)| {
+                        let source = source.clone();
+                        (id, RuntimeMeta { source, ..meta })
+                    }),
             );
         }
     }

@@ -318,12 +318,47 @@ fn endpoint(key: EndpointKey, cg: &ContainerCgroup, c: &Cached) -> Endpoint {
         netns_inode: c.net.netns_inode,
         host_network: c.net.host_network,
         interfaces: c.net.interfaces.clone(),
+        labels_from: c.meta.source.clone(),
+        netns_from: netns_from(&c.source, &c.meta.netns),
+    }
+}
+
+/// [`Endpoint::netns_from`] for a namespace read from `source`.
+fn netns_from(source: &NetnsSource, record: &NetnsRecord) -> String {
+    match source {
+        NetnsSource::Path(p) => format!("runtime record: {}", p.display()),
+        NetnsSource::Process(0) => String::new(),
+        NetnsSource::Process(pid) if record.init_pid == Some(*pid) => {
+            format!("runtime record: init pid {pid}")
+        }
+        NetnsSource::Process(pid) => format!("lowest pid {pid} in its cgroup (no runtime record)"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_say_where_their_namespace_was_read_from() {
+        let record = NetnsRecord {
+            path: None,
+            init_pid: Some(7),
+        };
+        let file = NetnsSource::Path("/run/netns/netns-1".into());
+        assert_eq!(
+            netns_from(&file, &record),
+            "runtime record: /run/netns/netns-1"
+        );
+        assert_eq!(
+            netns_from(&NetnsSource::Process(7), &record),
+            "runtime record: init pid 7"
+        );
+        assert_eq!(
+            netns_from(&NetnsSource::Process(3), &NetnsRecord::default()),
+            "lowest pid 3 in its cgroup (no runtime record)"
+        );
+    }
 
     #[test]
     fn the_runtimes_record_wins_over_the_cgroups_processes() {

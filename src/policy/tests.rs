@@ -117,6 +117,8 @@ pub(crate) fn endpoint(spec: EndpointSpec) -> Endpoint {
         netns_inode: 1,
         host_network: spec.host_network,
         interfaces,
+        labels_from: String::new(),
+        netns_from: String::new(),
     }
 }
 

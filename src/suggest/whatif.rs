@@ -111,6 +111,8 @@ pub fn endpoints(obs: &Observed) -> Vec<Endpoint> {
                 netns_inode: 1,
                 host_network: false,
                 interfaces,
+                labels_from: String::new(),
+                netns_from: String::new(),
             }
         })
         .collect()

@@ -42,6 +42,11 @@ fn running_container_from_database_and_bundle() {
             labels: map(&[("app", "x"), STOP_SIGNAL, ("tier", "back")]),
             // ctr copies --label values into the spec next to --annotation.
             annotations: map(&[("app", "x"), ("note", "hello"), ("tier", "back")]),
+            source: fixture()
+                .root_dir
+                .join("io.containerd.metadata.v1.bolt/meta.db")
+                .display()
+                .to_string(),
             ..RuntimeMeta::default()
         }
     );
@@ -105,6 +110,11 @@ fn bundle_stands_in_without_the_database() {
     assert_eq!(meta.image, "");
     assert_eq!(meta.labels, annotations);
     assert_eq!(meta.annotations, annotations);
+    assert!(
+        meta.source.ends_with("wst-c1/config.json (annotations)"),
+        "{}",
+        meta.source
+    );
 
     // The bulk reader finds the running task through its bundle alone.
     let all = read_containerd_all(&instance).unwrap();

@@ -144,6 +144,7 @@ fn reads_podman_5s_sqlite_database_with_its_wal() {
         Some(Path::new("/run/netns/netns-1b2c3d4e"))
     );
     assert_eq!(web.netns.init_pid, Some(4242));
+    assert_eq!(web.source, db.display().to_string());
     // `labels: null` (Go's nil map) and a state without pid or netns.
     let stopped = &all[FX1];
     assert_eq!(stopped.name, "stopped5");
@@ -178,6 +179,12 @@ fn storage_list_is_the_fallback_without_a_database() {
     let want = RuntimeMeta {
         name: "web1".into(),
         image: "localhost/bb:latest".into(),
+        source: format!(
+            "{} (no labels)",
+            root.path()
+                .join("overlay-containers/containers.json")
+                .display()
+        ),
         ..RuntimeMeta::default()
     };
     assert_eq!(all.get(WEB1), Some(&want), "{all:#?}");
