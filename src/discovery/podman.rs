@@ -10,8 +10,8 @@
 //! containers joining another's namespace), and key `state`, JSON whose
 //! `pid` is the container's init process while it runs.
 //!
-//! Podman 5 creates an SQLite database instead (`libpod/db.sql`, in WAL
-//! mode; read by [`super::sqlite`] without locks): table `ContainerConfig`
+//! Podman 5 creates an SQLite database instead (`<graphroot>/db.sql`, in
+//! WAL mode in some versions; read by [`super::sqlite`] without locks): table `ContainerConfig`
 //! (`ID`, `JSON`: the same config JSON as BoltDB's `config` key) and table
 //! `ContainerState` (`ID`, `JSON`: the state, whose `netns` and `pid` are
 //! the namespace record). Podman 5 keeps using an existing BoltDB, so that
@@ -32,8 +32,8 @@ use super::state::StateError;
 use super::{NetnsRecord, RuntimeMeta};
 
 const BOLT_DB: &str = "libpod/bolt_state.db";
-/// Podman's static dir (`<graphroot>/libpod`) is where Podman 5 puts it.
-const SQLITE_DB: &str = "libpod/db.sql";
+/// Beside `libpod/`, not in it (seen with Podman 5.4: `tests/fixtures/podman5`).
+const SQLITE_DB: &str = "db.sql";
 const STORAGE_FILE: &str = "containers.json";
 
 /// Every container Podman knows under `graphroot`, by full container id.

@@ -1,6 +1,7 @@
 //! A minimal, read-only SQLite reader: the rows of one table.
 //!
-//! Podman 5 keeps its state in SQLite (`libpod/db.sql`) in WAL mode, so the
+//! Podman 5 keeps its state in SQLite (`<graphroot>/db.sql`), in WAL mode in
+//! some versions (the state code sets `journal_mode = WAL`), so the
 //! newest rows are often only in the write-ahead log `db.sql-wal`, not yet
 //! checkpointed into the database file. This reads both files into memory
 //! and overlays the WAL's committed pages on the database's, as a reader

@@ -122,12 +122,7 @@ fn reads_podman_5s_sqlite_database_with_its_wal() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        fs::metadata(root.path().join("libpod/db.sql-wal"))
-            .unwrap()
-            .len()
-            > 0
-    );
+    assert!(fs::metadata(root.path().join("db.sql-wal")).unwrap().len() > 0);
 
     let all = read_podman(root.path()).unwrap();
     assert_eq!(all.len(), 2, "{all:#?}");
@@ -152,6 +147,7 @@ fn reads_podman_5s_sqlite_database_with_its_wal() {
     assert_eq!(stopped.netns, NetnsRecord::default());
 
     // An existing BoltDB is what Podman 5 keeps using: it wins.
+    fs::create_dir_all(root.path().join("libpod")).unwrap();
     fs::copy(
         fixture("bolt/podman-bolt_state.db"),
         root.path().join(BOLT_DB),
@@ -160,13 +156,36 @@ fn reads_podman_5s_sqlite_database_with_its_wal() {
     assert_eq!(read_podman(root.path()).unwrap()[WEB1].name, "web1");
 }
 
+/// The database a real Podman 5.4.2 wrote (how: tests/fixtures/podman5).
+#[test]
+fn reads_the_database_a_real_podman_5_wrote() {
+    let root = graphroot(&[(SQLITE_DB, "podman5/db.sql")]);
+    let all = read_podman(root.path()).unwrap();
+    assert_eq!(all.len(), 2, "{all:#?}");
+    let web = &all["6917e7af36331d68edbaa57f80a10143f95e32f47c193738ffc0a9bf12af9c60"];
+    assert_eq!(web.name, "web5");
+    assert_eq!(web.image, "localhost/bb:5");
+    assert_eq!(web.labels, labels(&[("app", "web"), ("tier", "front")]));
+    assert_eq!(
+        web.annotations.get("com.example.note"),
+        Some(&"hello".to_string())
+    );
+    // Running with `--network none`: Podman records the init pid only.
+    assert_eq!(web.netns.init_pid, Some(13502));
+    assert_eq!(web.netns.path, None);
+    // Created, never started: no labels (`null`), no namespace record.
+    let idle = &all["e46b8b6558938acf94fcaac7d87ab3be47e63547d04a4a5d005f40be45ee6ffe"];
+    assert_eq!(idle.name, "idle5");
+    assert!(idle.labels.is_empty());
+    assert_eq!(idle.netns, NetnsRecord::default());
+}
+
 #[test]
 fn a_damaged_sqlite_database_is_an_error_naming_it() {
     let root = graphroot(&[]);
-    fs::create_dir_all(root.path().join("libpod")).unwrap();
     fs::write(root.path().join(SQLITE_DB), b"SQLite format 3\0").unwrap();
     let text = read_podman(root.path()).unwrap_err().to_string();
-    assert!(text.contains("libpod/db.sql"), "{text}");
+    assert!(text.contains("/db.sql:"), "{text}");
 }
 
 #[test]
