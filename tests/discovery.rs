@@ -1,4 +1,5 @@
-//! Discovery against real containers: Podman and a private containerd, each
+//! Discovery against real containers: Podman, a private containerd and a
+//! private dockerd (Debian's docker.io), each
 //! container started with labels at `run` time, found by scanning cgroups
 //! and reading the runtimes' on-disk state. Needs root.
 
@@ -20,6 +21,7 @@ use porin::{
     },
     testing::{
         containerd::{Containerd, NAMESPACE},
+        docker::Dockerd,
         podman::{podman, podman_ok, PodmanContainer, Spec},
         require_root,
     },
@@ -236,6 +238,56 @@ fn containerd_containers_are_discovered_with_labels_ip_and_veth() {
         "removed container still reported"
     );
     find(&eps, "dc-web");
+}
+
+#[test]
+fn docker_containers_are_discovered_with_labels_ip_and_veth() {
+    require_root("docker discovery test");
+    let dockerd = Dockerd::start("disc", 31);
+    dockerd.load_image();
+    let cfg = config(&format!(
+        "version: 1\ndiscovery:\n  docker_root: {}\n",
+        dockerd.data_root.display()
+    ));
+    let specs = [
+        ("porin-t-dk-sensor", [("app", "sensor"), ("site", "north")]),
+        ("porin-t-dk-web", [("app", "web"), ("site", "south")]),
+    ];
+    let containers: Vec<_> = specs
+        .iter()
+        .map(|(name, l)| dockerd.run(name, l, &[]))
+        .collect();
+    let eps = scan(&cfg);
+    for (c, (name, l)) in containers.iter().zip(&specs) {
+        let ep = find(&eps, name);
+        assert_eq!(ep.key.runtime, Runtime::Docker);
+        assert_eq!(ep.key.id, c.id);
+        assert_eq!(ep.image, porin::testing::podman::IMAGE);
+        assert_eq!(ep.labels, labels(l));
+        assert!(ep.pids.contains(&c.pid()));
+        let ip = IpAddr::V4(c.ipv4());
+        assert!(
+            ep.addresses().any(|a| a == ip),
+            "{name}: {ip} not in {:?}",
+            ep.interfaces
+        );
+        assert_host_veth(ep);
+        assert_eq!(
+            ep.labels_from,
+            dockerd
+                .data_root
+                .join("containers")
+                .join(&c.id)
+                .join("config.v2.json")
+                .display()
+                .to_string()
+        );
+        assert_eq!(
+            ep.netns_from,
+            format!("runtime record: {}", c.sandbox_key()),
+            "{name}"
+        );
+    }
 }
 
 /// Waits for an event about container `name` matching `want`.

@@ -8,6 +8,7 @@
 
 pub mod containerd;
 pub mod daemon;
+pub mod docker;
 pub mod netns;
 pub mod packets;
 pub mod podman;
