@@ -260,6 +260,14 @@ impl Enforcer {
             describe(&ep),
             self.endpoints.len()
         );
+        if sign != '-' && !ep.foreign_netns.is_empty() {
+            warn!(
+                "endpoint {} {}: threads {:?} run in another network namespace than the \
+                 container's, where its veth cannot see their traffic: held to the \
+                 strictest verdict (no policy applies) until they leave",
+                ep.key, ep.name, ep.foreign_netns
+            );
+        }
         true
     }
 
@@ -658,6 +666,7 @@ mod tests {
             interfaces,
             labels_from: String::new(),
             netns_from: String::new(),
+            foreign_netns: Vec::new(),
         }
     }
 

@@ -62,6 +62,11 @@ pub struct Endpoint {
     pub interfaces: Vec<Interface>,
     /// The runtime's file the name and labels came from (empty: none).
     pub labels_from: String,
+    /// Threads of the container's processes that run in a network namespace
+    /// other than the container's (`unshare -n`, `setns`): the container
+    /// then has traffic its veth does not see, and is held to the strictest
+    /// verdict (see `policy`). Empty for nearly every container.
+    pub foreign_netns: Vec<u32>,
     /// Where the network namespace was read from: the runtime's record (a
     /// namespace file or its init PID) or, without one, the lowest PID in
     /// the cgroup.

@@ -100,6 +100,7 @@ mod tests {
             interfaces: vec![],
             labels_from: String::new(),
             netns_from: String::new(),
+            foreign_netns: Vec::new(),
         }
     }
 

@@ -320,7 +320,39 @@ fn endpoint(key: EndpointKey, cg: &ContainerCgroup, c: &Cached) -> Endpoint {
         interfaces: c.net.interfaces.clone(),
         labels_from: c.meta.source.clone(),
         netns_from: netns_from(&c.source, &c.meta.netns),
+        foreign_netns: if c.net.netns_inode == 0 {
+            Vec::new()
+        } else {
+            foreign_netns(&cg.pids, c.net.netns_inode)
+        },
     }
+}
+
+/// The threads of `pids` whose network namespace is not `own` (inode).
+/// Read afresh at every scan, unlike the cached network information: a
+/// process may move at any time. Threads are checked one by one, since a
+/// thread can `unshare(CLONE_NEWNET)` alone; a thread whose namespace
+/// cannot be read (it has exited, or it is a zombie leader) says nothing.
+fn foreign_netns(pids: &[u32], own: u64) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(m) = std::fs::metadata(task.path().join("ns/net")) {
+                if m.ino() != own {
+                    out.push(tid);
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// [`Endpoint::netns_from`] for a namespace read from `source`.

@@ -131,6 +131,12 @@ pub(super) fn endpoints(
     out: &mut Compiled,
 ) {
     let identity_of = |c: &Choice| -> (Identity, usize, u8) {
+        if !c.endpoint.foreign_netns.is_empty() {
+            // Part of the container talks where its veth cannot see: no
+            // label may buy it any rule (see `Endpoint::foreign_netns`).
+            let mode = c.group.map_or(cfg.enforcement.mode, |i| cfg.groups[i].mode);
+            return (reserved::SPLIT_NETNS, UNMANAGED_RANK, mode_value(mode));
+        }
         match c.group {
             Some(i) => {
                 let g = &cfg.groups[i];

@@ -242,6 +242,7 @@ impl Identities {
             reserved::HOST => return "host".into(),
             reserved::WORLD => return "world".into(),
             reserved::UNMANAGED => return "unmanaged".into(),
+            reserved::SPLIT_NETNS => return "held (split network namespaces)".into(),
             _ => {}
         }
         match self.names.get(&identity) {

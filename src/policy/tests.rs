@@ -119,6 +119,7 @@ pub(crate) fn endpoint(spec: EndpointSpec) -> Endpoint {
         interfaces,
         labels_from: String::new(),
         netns_from: String::new(),
+        foreign_netns: Vec::new(),
     }
 }
 
@@ -448,6 +449,49 @@ groups:
         &[endpoint(EndpointSpec::new("x1").veth(12, &["10.88.0.12"]))],
     );
     assert_eq!(audit.endpoints[&12].mode, mode::AUDIT);
+}
+
+/// A container with a thread in a network namespace of its own is held to
+/// the strictest verdict: an identity no entry names, whatever its labels
+/// and whatever `unknown_workloads` says, in its group's mode; its
+/// addresses carry that identity too, so peers' rules do not apply to it.
+#[test]
+fn a_container_split_over_network_namespaces_gets_no_rule() {
+    let yaml = "\
+version: 1
+enforcement: {mode: enforce, unknown_workloads: allow}
+groups:
+  - {name: a, select: {name: \"a*\"}, mode: audit}
+  - {name: b, select: {name: \"b*\"}}
+ground_rules: {same_group: allow, cross_group: allow, host_ingress: allow}
+";
+    let mut a2 = endpoint(EndpointSpec::new("a2").veth(13, &["10.88.0.13"]));
+    a2.foreign_netns = vec![4321];
+    let mut b2 = endpoint(EndpointSpec::new("b2").veth(14, &["10.88.0.14"]));
+    b2.foreign_netns = vec![99];
+    let mut x2 = endpoint(EndpointSpec::new("x2").veth(15, &["10.88.0.15"]));
+    x2.foreign_netns = vec![7];
+    let c = ok(
+        &cfg(yaml),
+        &[
+            endpoint(EndpointSpec::new("a1").veth(10, &["10.88.0.10"])),
+            a2,
+            b2,
+            x2,
+        ],
+    );
+    let info = |i: u32| (c.endpoints[&i].identity, c.endpoints[&i].mode);
+    assert_eq!(info(10), (a(), mode::AUDIT));
+    assert_eq!(info(13), (reserved::SPLIT_NETNS, mode::AUDIT));
+    assert_eq!(info(14), (reserved::SPLIT_NETNS, mode::ENFORCE));
+    assert_eq!(info(15), (reserved::SPLIT_NETNS, mode::ENFORCE));
+    assert_eq!(c.ip4[&[10, 88, 0, 14]], reserved::SPLIT_NETNS);
+    for e in entries(&c) {
+        assert!(
+            e.0 != reserved::SPLIT_NETNS && e.2 != reserved::SPLIT_NETNS,
+            "no entry names the split identity: {e:?}"
+        );
+    }
 }
 
 #[test]

@@ -113,6 +113,7 @@ pub fn endpoints(obs: &Observed) -> Vec<Endpoint> {
                 interfaces,
                 labels_from: String::new(),
                 netns_from: String::new(),
+                foreign_netns: Vec::new(),
             }
         })
         .collect()

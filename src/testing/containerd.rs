@@ -108,7 +108,7 @@ impl Containerd {
     }
 
     /// Imports the busybox test image (built by Podman) as
-    /// `localhost/porin-bb:2`.
+    /// `localhost/porin-bb:3`.
     pub fn import_image(&self) {
         podman::ensure_image();
         let archive = self.dir.join("bb-oci.tar");

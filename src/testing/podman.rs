@@ -1,6 +1,6 @@
 //! Real Podman containers for tests, removed on drop.
 //!
-//! Containers run the project's busybox image (`localhost/porin-bb:2`,
+//! Containers run the project's busybox image (`localhost/porin-bb:3`,
 //! built locally from Debian's busybox-static: no registry is needed). Names
 //! are `porin-t-<tag>`; a leftover of an aborted run with the same name is
 //! removed before the container is started again.
@@ -13,7 +13,7 @@ use std::{
 };
 
 /// The image every test container runs.
-pub const IMAGE: &str = "localhost/porin-bb:2";
+pub const IMAGE: &str = "localhost/porin-bb:3";
 /// Prefix of every container the harness starts.
 pub const NAME_PREFIX: &str = "porin-t-";
 

@@ -101,6 +101,7 @@ pub type Identity = u32;
 /// | 2 | `WORLD` | any address that is not an endpoint, the host, or in a named network |
 /// | 3 | `UNMANAGED` | a container no group selects |
 /// | 4 | `UPDATING` | an address or endpoint whose identity is being changed; no policy entry ever names it, so only wildcard (`ANY`) entries apply while it is set |
+/// | 5 | `SPLIT_NETNS` | a container with threads in another network namespace (traffic its veth does not see); no policy entry names it either: the strictest verdict |
 /// | 0x0100_0000..=0x01FF_FFFF | groups | derived from the group name |
 /// | 0x0200_0000..=0x02FF_FFFF | networks | derived from the network name |
 pub mod identity {
@@ -113,6 +114,9 @@ pub mod identity {
     /// Held by an address or endpoint while a reload moves it to another
     /// identity, across the policy generation flip (see the manager).
     pub const UPDATING: Identity = 4;
+    /// A container some of whose threads run in a network namespace of
+    /// their own; like `UPDATING`, no policy entry ever names it.
+    pub const SPLIT_NETNS: Identity = 5;
     /// First value of the derived ranges; everything below is reserved.
     pub const GROUP_BASE: Identity = 0x0100_0000;
     pub const NETWORK_BASE: Identity = 0x0200_0000;
@@ -124,7 +128,10 @@ pub mod identity {
     /// legitimately arrives from outside.
     #[inline(always)]
     pub fn is_local(id: Identity) -> bool {
-        id == HOST || id == UNMANAGED || (GROUP_BASE..NETWORK_BASE).contains(&id)
+        id == HOST
+            || id == UNMANAGED
+            || id == SPLIT_NETNS
+            || (GROUP_BASE..NETWORK_BASE).contains(&id)
     }
 }
 
