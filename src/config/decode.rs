@@ -608,13 +608,14 @@ fn group(
 
 fn selector(node: &Node, path: &str, sink: &mut Sink) -> Option<Selector> {
     let mut f = Fields::new(node, path, sink)?;
+    let annotations = opt(&mut f, "annotations", sink, labels);
     let labels = opt(&mut f, "labels", sink, labels);
     let glob = |n: &Node, p: &str, s: &mut Sink| non_empty_string(n, p, s).map(Glob::new);
     let name = opt(&mut f, "name", sink, glob);
     let image = opt(&mut f, "image", sink, glob);
     let runtime = opt(&mut f, "runtime", sink, |n, p, s| choice(n, p, s, RUNTIMES));
     let loc = f.loc();
-    let written = ["labels", "name", "image", "runtime"]
+    let written = ["labels", "annotations", "name", "image", "runtime"]
         .iter()
         .any(|k| f.has(k));
     f.finish(sink);
@@ -622,7 +623,7 @@ fn selector(node: &Node, path: &str, sink: &mut Sink) -> Option<Selector> {
         sink.error(
             loc,
             path,
-            "needs at least one of labels, name, image, runtime (a group that selects \
+            "needs at least one of labels, annotations, name, image, runtime (a group that selects \
              everything would be easy to create by mistake; use name: \"*\" to mean it)",
         );
         return None;
@@ -630,6 +631,7 @@ fn selector(node: &Node, path: &str, sink: &mut Sink) -> Option<Selector> {
     Some(Selector {
         // After a reported mistake the value no longer matters.
         labels: labels.unwrap_or_default(),
+        annotations: annotations.unwrap_or_default(),
         name,
         image,
         runtime,
@@ -646,7 +648,7 @@ fn labels(node: &Node, path: &str, sink: &mut Sink) -> Option<BTreeMap<String, S
     for e in all {
         let p = key_path(path, e.key);
         if e.key.is_empty() {
-            sink.error(e.key_loc, &p, "label key must not be empty");
+            sink.error(e.key_loc, &p, "key must not be empty");
             continue;
         }
         if let Some(v) = non_empty_string(e.value, &p, sink) {

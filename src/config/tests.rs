@@ -617,7 +617,14 @@ fn empty_selector() {
         4,
         13,
         "groups[0].select",
-        "needs at least one of labels, name, image, runtime",
+        "needs at least one of labels, annotations, name, image, runtime",
+    );
+    assert_one(
+        "version: 1\ngroups:\n  - name: g\n    select:\n      annotations: {\"\": x}\n",
+        5,
+        21,
+        "groups[0].select.annotations[\"\"]",
+        "key must not be empty",
     );
     assert_one(
         "version: 1\ngroups:\n  - name: g\n    select:\n      labels: {app: \"\"}\n",
@@ -626,6 +633,18 @@ fn empty_selector() {
         "groups[0].select.labels.app",
         "must not be empty",
     );
+}
+
+#[test]
+fn annotations_select_like_labels() {
+    let c = ok(
+        "version: 1\ngroups:\n  - name: g\n    select:\n      annotations: {io.example/role: gw}\n",
+    );
+    assert_eq!(
+        c.groups[0].select.annotations,
+        std::collections::BTreeMap::from([("io.example/role".to_string(), "gw".to_string())])
+    );
+    assert!(c.groups[0].select.labels.is_empty());
 }
 
 #[test]

@@ -289,6 +289,9 @@ pub struct Group {
 pub struct Selector {
     /// Exact label key -> value matches.
     pub labels: BTreeMap<String, String>,
+    /// Exact OCI annotation key -> value matches (the runtime-neutral
+    /// source: the annotations of the container's OCI spec).
+    pub annotations: BTreeMap<String, String>,
     pub name: Option<Glob>,
     pub image: Option<Glob>,
     pub runtime: Option<Runtime>,

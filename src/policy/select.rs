@@ -21,10 +21,14 @@ use crate::discovery::{endpoint::Endpoint, Runtime};
 /// Whether every criterion of `sel` matches `ep`.
 pub fn matches(sel: &Selector, ep: &Endpoint) -> bool {
     let labels = sel.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v));
+    let annotations = sel
+        .annotations
+        .iter()
+        .all(|(k, v)| ep.annotations.get(k) == Some(v));
     let name = sel.name.as_ref().is_none_or(|g| g.matches(&ep.name));
     let image = sel.image.as_ref().is_none_or(|g| g.matches(&ep.image));
     let runtime = sel.runtime.is_none_or(|r| same_runtime(r, ep.key.runtime));
-    labels && name && image && runtime
+    labels && annotations && name && image && runtime
 }
 
 /// The configuration and discovery name runtimes with separate enums (each
@@ -130,6 +134,25 @@ groups:
 
     fn cfg() -> Config {
         parse(GROUPS, "test.yaml").unwrap()
+    }
+
+    #[test]
+    fn annotations_select_by_exact_key_and_value() {
+        let c = parse(
+            "version: 1\ngroups:\n  - name: gw\n    select:\n      annotations: {io.example/role: gw}\n      labels: {app: x}\n",
+            "test.yaml",
+        )
+        .unwrap();
+        let sel = &c.groups[0].select;
+        let mut ep = endpoint(EndpointSpec::new("a").label("app", "x"));
+        assert!(!matches(sel, &ep), "no annotation");
+        ep.annotations
+            .insert("io.example/role".into(), "gateway".into());
+        assert!(!matches(sel, &ep), "another value");
+        ep.annotations.insert("io.example/role".into(), "gw".into());
+        assert!(matches(sel, &ep));
+        ep.labels.clear();
+        assert!(!matches(sel, &ep), "labels still must match too");
     }
 
     #[test]
