@@ -389,6 +389,64 @@ fn audit_mode_counts_and_passes() {
     assert_eq!(dp.drops(DropReason::HttpDenied), 1);
 }
 
+/// Audit mode judges every request of a keep-alive connection, also after
+/// one no rule allows (before, the connection stopped being judged at the
+/// first would-be denial), and records each as an HTTP event: the would-be
+/// denials as audited drops (rule 0), the allowed ones with their rule.
+#[test]
+fn audit_mode_judges_and_records_every_request_of_a_connection() {
+    require_root("audit_mode_judges_and_records_every_request_of_a_connection");
+    let dp = Dp::new(mode::AUDIT, &default_rules());
+    let maps = porin::flows::maps::EventMaps::open(&dp.bpf).expect("event maps");
+    let (mut source, mut ctl) = maps.split();
+    ctl.set_cpu_rate(1000, 1_000_000_000).unwrap();
+    dp.open(40010, 1);
+    let requests: [&[u8]; 4] = [
+        b"DELETE /metrics HTTP/1.1\r\nHost: web\r\n\r\n",
+        GET_METRICS,
+        b"GET /admin HTTP/1.1\r\nHost: web\r\n\r\n",
+        GET_METRICS,
+    ];
+    let mut seq = 2u32;
+    for r in requests {
+        let frame = request(40010, seq, r);
+        assert_eq!(dp.run(&frame), (OK, frame.clone()), "audit mode passes");
+        seq += r.len() as u32;
+    }
+    assert_eq!(dp.drops(DropReason::HttpDenied), 2, "both denials judged");
+    assert_eq!(
+        dp.drops(DropReason::HttpUnsupported),
+        0,
+        "the connection was never given up"
+    );
+    let mut events = Vec::new();
+    while source.take(100, |item| {
+        if let porin::flows::source::Item::Record(bytes) = item {
+            events.push(porin::flows::record::decode(bytes).expect("a record"));
+        }
+    }) > 0
+    {}
+    let http: Vec<(String, u8, bool)> = events
+        .iter()
+        .filter(|e| e.kind == porin_common::flow::kind::HTTP)
+        .map(|e| {
+            let path = String::from_utf8_lossy(&e.http_path[..e.http_path_len as usize]);
+            (path.into_owned(), e.verdict, e.rule != 0)
+        })
+        .collect();
+    use porin_common::flow::verdict::{AUDIT, FORWARDED};
+    assert_eq!(
+        http,
+        [
+            ("/metrics".to_string(), AUDIT, false),
+            ("/metrics".to_string(), FORWARDED, true),
+            ("/admin".to_string(), AUDIT, false),
+            ("/metrics".to_string(), FORWARDED, true),
+        ],
+        "{events:#?}"
+    );
+}
+
 #[test]
 fn missing_required_header_is_denied() {
     require_root("missing_required_header_is_denied");
@@ -1048,11 +1106,12 @@ fn client_side_audit_mode_counts_and_passes() {
     let frame = request(42020, 2, b"DELETE /metrics HTTP/1.1\r\n\r\n");
     assert_eq!(dp.run(&frame), (OK, frame));
     assert_eq!(dp.drops(DropReason::HttpDenied), 1);
-    // What follows passes too, counted as enforce mode would refuse it (a
-    // denied connection's later payload).
+    // The connection goes on being judged: the next request is allowed
+    // (before, it was counted as a denied connection's later payload).
     let frame = request(42020, 2 + 28, GET_METRICS);
     assert_eq!(dp.run(&frame), (OK, frame));
-    assert_eq!(dp.drops(DropReason::HttpUnsupported), 1);
+    assert_eq!(dp.drops(DropReason::HttpUnsupported), 0);
+    assert_eq!(dp.drops(DropReason::HttpDenied), 1);
 }
 
 #[test]

@@ -37,7 +37,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use porin_common::{
-    datapath::{tc_action, CtKey, Direction, DropReason, PolicyKey},
+    datapath::{mode, tc_action, CtKey, Direction, DropReason, PolicyKey},
     decide::{self, peer_addr},
     flow,
     flow::HTTP_PATH_BYTES,
@@ -147,8 +147,10 @@ pub struct Scratch {
     restored: u32,
     /// 1 when the connection was inside a head when the packet came.
     was_head: u32,
-    /// The event to send with the verdict: 1 for a request's (the
-    /// connection's first, or a denied one), with these fields.
+    /// The event to send with the verdict: [`EV_REQUEST`] for a request's
+    /// (the connection's first, a denied one, or any in audit mode), or
+    /// [`EV_AUDIT_DENIED`] for a request audit mode let through although no
+    /// rule allows it; with these fields.
     ev: u32,
     ev_method: u32,
     ev_path_len: u32,
@@ -1105,13 +1107,23 @@ pub fn http_finish(ctx: TcContext) -> i32 {
         }
         // SAFETY: values read at once.
         let rule = judge(&s.req, &s.conn.set, |k| unsafe { PORIN_HTTPR_V1.get(k) });
-        if rule == 0 {
+        let audit = identity::endpoint(ifindex).is_some_and(|e| e.mode == mode::AUDIT);
+        if rule == 0 && !audit {
             record_request(s, 0);
             Err(DropReason::HttpDenied)
         } else {
-            if s.conn.requests == 0 {
-                // The connection's first request goes out as an event;
-                // later ones are only counted.
+            if rule == 0 {
+                // Audit mode: the request goes through, recorded as one
+                // enforce mode would refuse, and the connection goes on
+                // being judged, so every later request is seen too.
+                if s.ev != EV_AUDIT_DENIED {
+                    record_request(s, 0);
+                    s.ev = EV_AUDIT_DENIED;
+                }
+            } else if (s.conn.requests == 0 || audit) && s.ev != EV_AUDIT_DENIED {
+                // The connection's first request goes out as an event, and
+                // in audit mode every one (what `porin policy suggest`
+                // learns from); later ones in enforce mode are only counted.
                 record_request(s, rule);
             }
             allowed(&mut s.conn, &s.req);
@@ -1132,6 +1144,13 @@ pub fn http_finish(ctx: TcContext) -> i32 {
     conclude(&ctx, &flow, dir, ifindex, &t, s, result, true)
 }
 
+/// [`Scratch::ev`]: a request recorded.
+const EV_REQUEST: u32 = 1;
+/// [`Scratch::ev`]: a request no rule allows, passed by audit mode; it wins
+/// over later requests of the same packet (one event per packet), so the
+/// would-be denial is counted and evented.
+const EV_AUDIT_DENIED: u32 = 2;
+
 /// Makes the request in `s.req` the packet's event (`rule` 0: denied).
 #[inline(always)]
 fn record_request(s: &mut Scratch, rule: u32) {
@@ -1141,7 +1160,7 @@ fn record_request(s: &mut Scratch, rule: u32) {
         w += 1;
     }
     let len = s.req.path_len as u32;
-    s.ev = 1;
+    s.ev = EV_REQUEST;
     s.ev_method = u32::from(s.req.method);
     s.ev_path_len = if len > HTTP_PATH_BYTES as u32 {
         HTTP_PATH_BYTES as u32
@@ -1170,6 +1189,11 @@ fn conclude(
     if result.is_ok() && s.ev == 0 {
         return settle(ctx, dir, result);
     }
+    let result = if result.is_ok() && s.ev == EV_AUDIT_DENIED {
+        Err(DropReason::HttpDenied)
+    } else {
+        result
+    };
     // A decision worth an event: the endpoint's mode and both identities.
     let endpoint = identity::endpoint(ifindex);
     let mut verdict = decide::verdict(result, endpoint.map(|ep| ep.mode));
