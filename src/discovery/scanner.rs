@@ -333,8 +333,13 @@ fn endpoint(key: EndpointKey, cg: &ContainerCgroup, c: &Cached) -> Endpoint {
 /// process may move at any time. Threads are checked one by one, since a
 /// thread can `unshare(CLONE_NEWNET)` alone; a thread whose namespace
 /// cannot be read (it has exited, or it is a zombie leader) says nothing.
+/// Nor does one in the host's namespace (the daemon's own): a runtime's
+/// `exec` helper is there for a moment after it joined the container's
+/// cgroup and before it joins its namespaces, and an unprivileged
+/// container cannot enter it.
 fn foreign_netns(pids: &[u32], own: u64) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt;
+    let host = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
     let mut out = Vec::new();
     for pid in pids {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -345,7 +350,7 @@ fn foreign_netns(pids: &[u32], own: u64) -> Vec<u32> {
                 continue;
             };
             if let Ok(m) = std::fs::metadata(task.path().join("ns/net")) {
-                if m.ino() != own {
+                if m.ino() != own && m.ino() != host {
                     out.push(tid);
                 }
             }
