@@ -414,6 +414,48 @@ fn http_rule_sets_follow_the_policy_generation() {
     assert!(http_rules(&dp).is_empty());
 }
 
+/// HTTP requests are counted by policy number: an apply that changes the
+/// list of policies zeroes the counts, so none is credited to another
+/// policy under the same number; an apply that keeps the list keeps them.
+#[test]
+fn http_request_counts_start_again_when_policies_are_renumbered() {
+    require_root("http_request_counts_start_again_when_policies_are_renumbered");
+    let mut dp = Datapath::load(TcAttach::Tcx, None).expect("load the datapath");
+    let mut a = with_http(&dp.http_key(), &[8080], &[(8080, "/metrics")]);
+    a.rules = vec!["scrape".into()];
+    dp.apply(&a, &[]).expect("apply A");
+    // What the HTTP stage adds per allowed request, written by hand.
+    let set = |dp: &mut Datapath, slot: u32, n: u64| {
+        let map = dp.ebpf_mut().map_mut(maps::HTTP_ALLOWED.name).unwrap();
+        let mut arr: aya::maps::PerCpuArray<&mut aya::maps::MapData, u64> =
+            aya::maps::PerCpuArray::try_from(map).unwrap();
+        let cpus = arr.get(&0, 0).unwrap().len();
+        let mut v = vec![0u64; cpus];
+        v[0] = n;
+        arr.set(slot, aya::maps::PerCpuValues::try_from(v).unwrap(), 0)
+            .unwrap();
+    };
+    let counts = |dp: &Datapath| {
+        porin::flows::maps::CounterMaps::open(dp.ebpf())
+            .unwrap()
+            .http_allowed(2)
+    };
+    set(&mut dp, 1, 7);
+    assert_eq!(counts(&dp), [0, 7, 0]);
+
+    // The same policies, another rule: the counts stay.
+    let mut b = with_http(&dp.http_key(), &[8080], &[(8080, "/health")]);
+    b.rules = a.rules.clone();
+    dp.apply(&b, &[]).expect("apply B");
+    assert_eq!(counts(&dp), [0, 7, 0]);
+
+    // A policy inserted before it: numbers move, counts start at 0.
+    let mut c = b.clone();
+    c.rules = vec!["health".into(), "scrape".into()];
+    dp.apply(&c, &[]).expect("apply C");
+    assert_eq!(counts(&dp), [0, 0, 0]);
+}
+
 /// Rule entry `i` of a set no policy entry uses, as an apply that failed
 /// after writing its rules, or a daemon that forgot to delete them, leaves
 /// behind.

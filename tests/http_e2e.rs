@@ -210,6 +210,31 @@ fn http_rules_are_enforced_on_real_containers() {
         "a denied request event: {text}"
     );
 
+    // Every allowed request is counted in the kernel, also those that sent
+    // no event (a connection's later requests): `porin flows` ends its
+    // table with the counts per policy.
+    let flows = std::process::Command::new(env!("CARGO_BIN_EXE_porin"))
+        .args(["flows", "--socket"])
+        .arg(&socket)
+        .args(["-n", "1"])
+        .output()
+        .expect("porin flows");
+    let table = String::from_utf8_lossy(&flows.stdout);
+    let counted: u64 = table
+        .lines()
+        .skip_while(|l| !l.starts_with("POLICY"))
+        .find(|l| l.starts_with("scrape "))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("no count for policy scrape in:\n{table}"));
+    let evented = http
+        .iter()
+        .filter(|l| l.contains("FORWARDED") && l.contains("\"scrape\""))
+        .count() as u64;
+    assert!(
+        counted >= evented.max(1),
+        "{counted} requests counted, {evented} allowed request events:\n{table}"
+    );
+
     assert!(daemon.stop(), "daemon stops cleanly");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -357,6 +357,18 @@ fn allowed_get_passes_unchanged() {
         OK
     );
     assert_eq!(dp.drops(DropReason::HttpDenied), 0);
+    assert_eq!(
+        allowed_counts(&dp),
+        [0, 1],
+        "the request is counted under its policy (number 1)"
+    );
+}
+
+/// `PORIN_HTTPN_V1`: allowed requests by policy number, summed over CPUs.
+fn allowed_counts(dp: &Dp) -> Vec<u64> {
+    porin::flows::maps::CounterMaps::open(&dp.bpf)
+        .expect("counter maps")
+        .http_allowed(1)
 }
 
 #[test]
@@ -418,6 +430,11 @@ fn audit_mode_judges_and_records_every_request_of_a_connection() {
         dp.drops(DropReason::HttpUnsupported),
         0,
         "the connection was never given up"
+    );
+    assert_eq!(
+        allowed_counts(&dp),
+        [0, 2],
+        "every allowed request counted, the audited denials not"
     );
     let mut events = Vec::new();
     while source.take(100, |item| {

@@ -47,12 +47,39 @@ pub fn flows(args: &FlowsArgs) -> ExitCode {
                 other => return Err(fail(format!("unexpected reply {other:?}"))),
             }
             if !args.follow {
+                if args.output == OutputFormat::Table {
+                    print_http_counts(&socket, &mut out);
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             reply = client.next_reply().map_err(fail)?;
         }
     };
     run().unwrap_or_else(|c| c)
+}
+
+/// After the table: the HTTP requests each policy allowed, which the
+/// kernel counts one by one (the table shows only the events). Silent when
+/// there are none, or when the daemon is older and does not count them.
+fn print_http_counts(socket: &std::path::Path, out: &mut impl Write) {
+    let reply = crate::control::client::Client::connect(socket)
+        .and_then(|mut c| c.call(&Request::HttpCounts));
+    let Ok(Response::HttpCounts(counts)) = reply else {
+        return;
+    };
+    if counts.is_empty() {
+        return;
+    }
+    let mut rows = vec![vec![
+        "POLICY".to_string(),
+        "HTTP REQUESTS ALLOWED".to_string(),
+    ]];
+    rows.extend(
+        counts
+            .iter()
+            .map(|c| vec![c.policy.clone(), c.allowed.to_string()]),
+    );
+    let _ = write!(out, "\n{}", table(&rows));
 }
 
 /// Flows as table rows (with the header when `header`) or JSON lines.

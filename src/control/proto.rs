@@ -51,6 +51,10 @@ pub enum Request {
     /// it, and apply it if valid. Answered with [`Response::Reload`] once
     /// the new policy is enforced (or refused).
     Reload,
+    /// The HTTP requests each policy allowed, counted in the kernel
+    /// ([`Response::HttpCounts`]). Last: older daemons, which do not know
+    /// it, still decode every other request.
+    HttpCounts,
 }
 
 /// Which flows a client wants; empty fields match everything.
@@ -70,6 +74,16 @@ pub enum Response {
     Flows(Vec<FlowView>),
     Error(ErrorReply),
     Reload(ReloadOutcome),
+    /// Policies with allowed HTTP requests, in policy order.
+    HttpCounts(Vec<PolicyCount>),
+}
+
+/// HTTP requests one policy allowed since its number last changed (`other`:
+/// the policies past the counted ones).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCount {
+    pub policy: String,
+    pub allowed: u64,
 }
 
 /// How a reload ended.

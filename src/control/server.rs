@@ -186,6 +186,17 @@ async fn connection(mut s: UnixStream, ctx: &Ctx) -> Result<(), FrameError> {
                 let reply = reload(ctx).await;
                 write(&mut s, &proto::encode_response(&reply)).await?
             }
+            Request::HttpCounts => {
+                let counts = crate::metrics::http_allowed(ctx)
+                    .into_iter()
+                    .map(|(policy, allowed)| proto::PolicyCount { policy, allowed })
+                    .collect();
+                write(
+                    &mut s,
+                    &proto::encode_response(&Response::HttpCounts(counts)),
+                )
+                .await?
+            }
             Request::Flows {
                 filter,
                 last,

@@ -262,3 +262,29 @@ pub fn clean_after_flip(
     remove_hash::<HttpKey, HttpValue>(bpf, maps::HTTP_RULES, &gone)?;
     Ok(0)
 }
+
+/// Zeroes `PORIN_HTTPN_V1` (allowed requests by policy number): done when
+/// an apply changes the list of policies, so a count never carries over to
+/// another policy under the same number (Prometheus reads the drop as a
+/// counter reset).
+pub fn reset_allowed_counts(bpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let def = maps::HTTP_ALLOWED;
+    let map = bpf
+        .map_mut(def.name)
+        .ok_or(LoadError::MissingMap { name: def.name })?;
+    let mut a: aya::maps::PerCpuArray<&mut MapData, u64> =
+        aya::maps::PerCpuArray::try_from(map).map_err(map_err(def.name, "open"))?;
+    // One value per possible CPU, as the kernel reads them back.
+    let cpus = a.get(&0, 0).map_err(map_err(def.name, "read"))?.len();
+    for i in 0..def.max_entries {
+        let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]).map_err(|source| {
+            DatapathError::MapValues {
+                map: def.name,
+                op: "reset",
+                source,
+            }
+        })?;
+        a.set(i, zeros, 0).map_err(map_err(def.name, "reset"))?;
+    }
+    Ok(())
+}

@@ -90,6 +90,13 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("map `{map}`: {op}: {source}")]
+    MapValues {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Pin(#[from] pin::PinError),
     #[error("getrandom(2) for the HTTP hash key: {0}")]
@@ -366,6 +373,12 @@ impl Datapath {
             {
                 Ok(r) => report.revoked = r,
                 Err(e) => result = Err(e),
+            }
+        }
+        // Counts are by policy number: renumbered policies start at 0.
+        if result.is_ok() && old.rules != new.rules {
+            if let Err(e) = http::reset_allowed_counts(&mut self.bpf) {
+                log::warn!("{e}: HTTP request counts may be credited to the wrong policy");
             }
         }
         self.applied = match &result {

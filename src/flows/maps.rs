@@ -153,6 +153,8 @@ pub struct CounterMaps {
     /// Entries per endpoint and the quota.
     pub ct_counts: HashMap<MapData, u32, CtCount>,
     pub ct_clock: Array<MapData, CtClock>,
+    /// Allowed HTTP requests by policy number.
+    pub http_allowed: PerCpuArray<MapData, u64>,
 }
 
 impl CounterMaps {
@@ -164,7 +166,23 @@ impl CounterMaps {
             ct6: typed(bpf, maps::CT6)?,
             ct_counts: typed(bpf, maps::CT_COUNTS)?,
             ct_clock: typed(bpf, maps::CT_CLOCK)?,
+            http_allowed: typed(bpf, maps::HTTP_ALLOWED)?,
         })
+    }
+
+    /// Allowed HTTP requests of policies `1..=policies` (index `i` for
+    /// policy `i`), summed over the CPUs; index 0 counts the policies past
+    /// [`maps::HTTP_COUNTED_POLICIES`]. One lookup per policy.
+    pub fn http_allowed(&self, policies: usize) -> Vec<u64> {
+        let last = policies.min(maps::HTTP_COUNTED_POLICIES as usize - 1) as u32;
+        (0..=last)
+            .map(|i| {
+                self.http_allowed
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0)
+            })
+            .collect()
     }
 
     /// The quotas, the flows they refused and each endpoint's entries

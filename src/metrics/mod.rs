@@ -28,6 +28,9 @@ pub struct Sample {
     pub dropped: Vec<Counter>,
     /// Rate limited, ring full.
     pub lost: [u64; 2],
+    /// (policy name, HTTP requests it allowed), policies with HTTP rules
+    /// and a count only; `other` for policies past the counted ones.
+    pub http_allowed: Vec<(String, u64)>,
     /// (identity, identity name, [forwarded, dropped, audit]).
     pub identities: Vec<(u32, String, [u64; 3])>,
     pub maps: Vec<MapFill>,
@@ -49,6 +52,7 @@ impl Sample {
         let snap = sh.snapshot();
         let c = &sh.counters;
         let mut maps = snap.maps.clone();
+        let http_allowed = http_allowed(ctx);
         let (forwarded, dropped) = match &ctx.counters {
             Some(m) => {
                 maps.extend(m.ct_fill());
@@ -79,6 +83,7 @@ impl Sample {
             forwarded,
             dropped,
             lost: ctx.lost(),
+            http_allowed,
             identities,
             maps,
             flow_events: Counters::get(&c.flow_events),
@@ -97,6 +102,29 @@ impl Sample {
                 .unwrap_or(0.0),
         }
     }
+}
+
+/// (policy name, HTTP requests it allowed) for the policies that allowed
+/// any, in policy order, `other` (the policies past the counted ones) last;
+/// read from the kernel's per-CPU counts under the applied policy names.
+pub fn http_allowed(ctx: &Ctx) -> Vec<(String, u64)> {
+    let Some(m) = &ctx.counters else {
+        return Vec::new();
+    };
+    let snap = ctx.shared.snapshot();
+    let rules = &snap.directory.rules;
+    let counts = m.http_allowed(rules.len());
+    let mut out: Vec<(String, u64)> = counts
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, n)| **n > 0)
+        .filter_map(|(i, n)| rules.get(i - 1).map(|r| (r.to_string(), *n)))
+        .collect();
+    if counts.first().is_some_and(|n| *n > 0) {
+        out.push(("other".into(), counts[0]));
+    }
+    out
 }
 
 /// Label values are fixed strings or names validated by the config
@@ -172,6 +200,19 @@ pub fn render(s: &Sample) -> String {
             "porin_dropped_bytes_total{{reason=\"{}\"}} {}",
             DropReason::name_of(i as u8),
             c.bytes
+        );
+    }
+    family(
+        &mut o,
+        "porin_http_requests_allowed_total",
+        "counter",
+        "HTTP requests allowed, by the policy whose rule allowed them (counted in the kernel, every request; resets when a reload renumbers the policies).",
+    );
+    for (policy, n) in &s.http_allowed {
+        let _ = writeln!(
+            o,
+            "porin_http_requests_allowed_total{{policy=\"{}\"}} {n}",
+            esc(policy)
         );
     }
     family(
@@ -322,6 +363,7 @@ mod tests {
                 })
                 .collect(),
             lost: [7, 1],
+            http_allowed: vec![("scrape".into(), 42), ("other".into(), 1)],
             identities: vec![(0x0100_0001, "web".into(), [2, 1, 0])],
             maps: vec![MapFill {
                 name: maps::ENDPOINTS.name.into(),
@@ -346,6 +388,8 @@ mod tests {
             "porin_flow_events_total{identity=\"16777217\",identity_name=\"web\",verdict=\"FORWARDED\"} 2",
             "porin_flow_events_lost_total{cause=\"rate_limit\"} 7",
             "porin_flow_events_lost_total{cause=\"ring_full\"} 1",
+            "porin_http_requests_allowed_total{policy=\"scrape\"} 42",
+            "porin_http_requests_allowed_total{policy=\"other\"} 1",
             &entries,
             &capacity,
             "porin_policy_generation 2",

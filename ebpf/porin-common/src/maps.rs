@@ -231,6 +231,13 @@ pub const HTTP_CONNS: MapDef<CtKey, HttpConn> = MapDef::new("PORIN_HTTPC_V1", Lr
 pub const HTTP_HEADS: MapDef<CtKey, Request> = MapDef::new("PORIN_HTTPH_V1", LruHash, http::HEADS);
 /// The rule hash key (one entry).
 pub const HTTP_KEY: MapDef<u32, SipKey> = MapDef::new("PORIN_HTTPK_V1", Array, 1);
+/// Policies whose allowed HTTP requests are counted one by one (by policy
+/// number, 1-based); requests allowed by a later one count in slot 0.
+pub const HTTP_COUNTED_POLICIES: u32 = 1024;
+/// Allowed HTTP requests, by the number of the policy that allowed them
+/// (per CPU; the manager zeroes it when a reload renumbers policies).
+pub const HTTP_ALLOWED: MapDef<u32, u64> =
+    MapDef::new("PORIN_HTTPN_V1", PerCpuArray, HTTP_COUNTED_POLICIES);
 /// Bytes of the HTTP stage's per-CPU scratch (`Scratch` in the eBPF
 /// crate's `http.rs`): the host test reports the new size when it changes.
 pub const HTTP_SCRATCH_BYTES: usize = 2048;
@@ -298,6 +305,7 @@ pub const ALL: &[MapSpec] = &[
     HTTP_HEADS.spec(),
     HTTP_KEY.spec(),
     HTTP_SCRATCH.spec(),
+    HTTP_ALLOWED.spec(),
     UPLINK_CONFIG.spec(),
     UPLINK_DENY4.spec(),
     UPLINK_DENY6.spec(),

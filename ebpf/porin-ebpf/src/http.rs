@@ -94,6 +94,27 @@ static PORIN_HTTPH_V1: LruHashMap<CtKey, Request> =
 static PORIN_HTTPK_V1: Array<SipKey> =
     Array::with_max_entries(porin_common::maps::HTTP_KEY.max_entries, 0);
 
+/// Allowed requests by policy number (`porin_common::maps::HTTP_ALLOWED`):
+/// every allowed request is counted here, events or not.
+#[map]
+static PORIN_HTTPN_V1: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(porin_common::maps::HTTP_COUNTED_POLICIES, 0);
+
+/// Counts a request allowed by policy `rule` (1-based; past the array's
+/// end in slot 0). Per CPU: a plain add.
+#[inline(always)]
+fn count_allowed(rule: u32) {
+    let slot = if rule < porin_common::maps::HTTP_COUNTED_POLICIES {
+        rule
+    } else {
+        0
+    };
+    if let Some(n) = PORIN_HTTPN_V1.get_ptr_mut(slot) {
+        // SAFETY: this CPU's value, valid for this run.
+        unsafe { *n += 1 };
+    }
+}
+
 /// The hash key, or None while it is not written.
 #[inline(always)]
 fn hash_key() -> Option<&'static SipKey> {
@@ -1125,6 +1146,9 @@ pub fn http_finish(ctx: TcContext) -> i32 {
                 // in audit mode every one (what `porin policy suggest`
                 // learns from); later ones in enforce mode are only counted.
                 record_request(s, rule);
+            }
+            if rule != 0 {
+                count_allowed(rule);
             }
             allowed(&mut s.conn, &s.req);
             // The segment's next bytes: a body, or a pipelined request.
