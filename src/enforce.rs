@@ -128,7 +128,15 @@ pub struct Enforcer {
     gate: Option<Gate>,
     /// A reload taken but not yet settled by an apply.
     pending: Option<PendingReload>,
+    /// Host veths of containers that just left, with when: a stopping
+    /// container's cgroup goes before its veth, so such a veth is held for
+    /// a moment as a matter of course (logged as an error only later).
+    departed: BTreeMap<String, Instant>,
 }
+
+/// How long a departed container's veth may outlive it before being held
+/// is worth an error (its network is normally torn down within a second).
+const VETH_TEARDOWN: Duration = Duration::from_secs(10);
 
 struct PendingReload {
     trigger: &'static str,
@@ -155,6 +163,7 @@ impl Enforcer {
             unified: None,
             gate: None,
             pending: None,
+            departed: BTreeMap::new(),
         }
     }
 
@@ -252,6 +261,12 @@ impl Enforcer {
             }
             Event::Removed(e) => {
                 self.endpoints.remove(&e.key);
+                let now = Instant::now();
+                self.departed
+                    .retain(|_, at| now.duration_since(*at) < VETH_TEARDOWN);
+                for v in e.host_veths() {
+                    self.departed.insert(v.name.clone(), now);
+                }
                 ('-', e)
             }
         };
@@ -488,12 +503,25 @@ impl Enforcer {
                     list(" FAILED to attach", &report.attach_failures),
                     list(" guarding (not classified yet)", &report.guarded),
                 );
-                if !report.held.is_empty() {
+                let (tearing_down, held): (Vec<&String>, Vec<&String>) =
+                    report.held.iter().partition(|v| {
+                        self.departed
+                            .get(*v)
+                            .is_some_and(|at| at.elapsed() < VETH_TEARDOWN)
+                    });
+                if !tearing_down.is_empty() {
+                    info!(
+                        "veths {} of containers that just stopped still exist: held (all their \
+                         traffic dropped) until they go",
+                        join(&tearing_down)
+                    );
+                }
+                if !held.is_empty() {
                     error!(
                         "veths {} still exist but no known container lists them (a container \
                          discovery cannot read, or one whose network is being torn down): they \
                          stay attached with no endpoint entry and all their traffic is dropped",
-                        report.held.join(",")
+                        join(&held)
                     );
                 }
                 report.attach_failures.is_empty()
@@ -602,6 +630,14 @@ fn gate_verdict(e: &Endpoint, attached: impl Fn(&HostPeer) -> bool) -> bool {
     }
     let mut veths = e.host_veths().peekable();
     veths.peek().is_some() && veths.all(attached)
+}
+
+fn join(names: &[&String]) -> String {
+    names
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn list(what: &str, names: &[String]) -> String {
