@@ -53,6 +53,10 @@ pub struct EndpointView<'a> {
     /// Where the network namespace was read from.
     #[serde(skip_serializing_if = "str::is_empty")]
     pub netns_from: &'a str,
+    /// Threads in another network namespace: the container is held to the
+    /// strictest verdict while there are any.
+    #[serde(skip_serializing_if = "<[u32]>::is_empty")]
+    pub foreign_netns: &'a [u32],
     /// `ready`, or `pending` while the container is still starting.
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,6 +120,7 @@ impl<'a> EndpointView<'a> {
                 .collect(),
             labels_from: &ep.labels_from,
             netns_from: &ep.netns_from,
+            foreign_netns: &ep.foreign_netns,
             state: if pending_reason.is_some() {
                 "pending"
             } else {

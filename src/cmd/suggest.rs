@@ -87,6 +87,19 @@ pub fn whatif(args: &WhatifArgs) -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(EXIT_CONFIG)
         })?;
+        for g in candidate
+            .groups
+            .iter()
+            .filter(|g| !g.select.annotations.is_empty())
+        {
+            // Flow records carry labels, not annotations: such a group
+            // selects none of the replayed containers.
+            eprintln!(
+                "porin: warning: group {} selects by annotations, which the recorded flows \
+                 do not carry: whatif treats it as selecting no container",
+                g.name
+            );
+        }
         let base = base_config(args.config.as_deref())?;
         let (views, source) = gather(
             base.as_ref().map(|b| &b.2),

@@ -331,8 +331,9 @@ fn endpoint(key: EndpointKey, cg: &ContainerCgroup, c: &Cached) -> Endpoint {
 /// The threads of `pids` whose network namespace is not `own` (inode).
 /// Read afresh at every scan, unlike the cached network information: a
 /// process may move at any time. Threads are checked one by one, since a
-/// thread can `unshare(CLONE_NEWNET)` alone; a thread whose namespace
-/// cannot be read (it has exited, or it is a zombie leader) says nothing.
+/// thread can `unshare(CLONE_NEWNET)` alone. A thread that has gone (or
+/// a zombie leader, which has no namespaces) says nothing; a namespace
+/// that exists but cannot be read counts as another one (fail closed).
 /// Nor does one in the host's namespace (the daemon's own): a runtime's
 /// `exec` helper is there for a moment after it joined the container's
 /// cgroup and before it joins its namespaces, and an unprivileged
@@ -349,10 +350,11 @@ fn foreign_netns(pids: &[u32], own: u64) -> Vec<u32> {
             let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            if let Ok(m) = std::fs::metadata(task.path().join("ns/net")) {
-                if m.ino() != own && m.ino() != host {
-                    out.push(tid);
-                }
+            match std::fs::metadata(task.path().join("ns/net")) {
+                Ok(m) if m.ino() != own && m.ino() != host => out.push(tid),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => out.push(tid),
             }
         }
     }

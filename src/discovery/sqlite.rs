@@ -28,6 +28,9 @@
 //! - record: header size, one serial type per column (varints), values;
 //! - `sqlite_schema` is the table rooted at page 1: (type, name, tbl_name,
 //!   rootpage, sql);
+//! - a column declared `INTEGER PRIMARY KEY` is the rowid and is stored as
+//!   NULL in the record: this reader returns NULL for it (Podman's tables
+//!   read here have none: their keys are `TEXT PRIMARY KEY`);
 //! - WAL: 32-byte header (magic 0x377f0682/3, the low bit naming the
 //!   checksum's word order; page size; salts; checksum), then frames: a
 //!   24-byte header (page number, database size in pages for a commit
@@ -54,6 +57,13 @@ const LEAF_TABLE: u8 = 13;
 
 /// Tree depth limit: a table of millions of rows is 4-5 levels deep.
 pub const MAX_DEPTH: usize = 32;
+/// Most columns a record may have (SQLite's own hard limit).
+const MAX_COLUMNS: usize = 32_767;
+/// Most memory the rows of one table may take once decoded (values and
+/// their bookkeeping): a crafted file whose cells repeat one large record
+/// must not make the daemon allocate without bound.
+const MAX_DECODED: usize = 256 << 20;
+
 /// How often [`Sqlite::open`] reads the files again when the WAL changed
 /// while they were being read (a commit or a checkpoint in between).
 const READ_ATTEMPTS: usize = 5;
@@ -209,7 +219,8 @@ impl Sqlite {
     fn rows(&self, root: u32) -> Result<Vec<Vec<Value>>, String> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        self.walk(root, 0, &mut seen, &mut out)?;
+        let mut budget = MAX_DECODED;
+        self.walk(root, 0, &mut seen, &mut budget, &mut out)?;
         Ok(out)
     }
 
@@ -218,6 +229,7 @@ impl Sqlite {
         page_no: u32,
         depth: usize,
         seen: &mut HashSet<u32>,
+        budget: &mut usize,
         out: &mut Vec<Vec<Value>>,
     ) -> Result<(), String> {
         if depth > MAX_DEPTH {
@@ -242,14 +254,25 @@ impl Sqlite {
             INTERIOR_TABLE => {
                 for i in 0..cells {
                     let child = be32(page, cell_at(i)?)?;
-                    self.walk(child, depth + 1, seen, out)?;
+                    self.walk(child, depth + 1, seen, budget, out)?;
                 }
-                self.walk(be32(page, header + 8)?, depth + 1, seen, out)
+                self.walk(be32(page, header + 8)?, depth + 1, seen, budget, out)
             }
             LEAF_TABLE => {
+                let mut cells_seen = HashSet::new();
                 for i in 0..cells {
-                    let payload = self.leaf_payload(page, cell_at(i)?, seen)?;
-                    out.push(decode_record(&payload)?);
+                    let at = cell_at(i)?;
+                    // Cells never share bytes: a repeat is a crafted page.
+                    if !cells_seen.insert(at) {
+                        return Err(format!("page {page_no}: two cells at offset {at}"));
+                    }
+                    let payload = self.leaf_payload(page, at, seen)?;
+                    let row = decode_record(&payload)?;
+                    let cost = payload.len() + (row.len() + 1) * size_of::<Value>();
+                    *budget = budget
+                        .checked_sub(cost)
+                        .ok_or("the table decodes to more than 256 MiB")?;
+                    out.push(row);
                 }
                 Ok(())
             }
@@ -346,18 +369,16 @@ fn wal_index(wal: &[u8], page_size: usize) -> Result<(HashMap<u32, usize>, Optio
     if wal.len() < WAL_HEADER {
         return Ok((pages, None));
     }
+    // A header that is not valid (being written, or not a WAL) makes the
+    // whole log void, as it does for SQLite's own readers.
     let magic = be32(wal, 0)?;
     if magic & !1 != WAL_MAGIC {
-        return Err("the write-ahead log has a bad magic number".into());
+        return Ok((pages, None));
     }
     let big_endian = magic & 1 == 1;
-    if be32(wal, 8)? as usize != page_size {
-        return Err("the write-ahead log's page size differs from the database's".into());
-    }
     let salts = &wal[16..24];
     let mut sum = checksum((0, 0), &wal[..24], big_endian);
-    if sum != (be32(wal, 24)?, be32(wal, 28)?) {
-        // A header being rewritten: nothing in the log can be trusted yet.
+    if sum != (be32(wal, 24)?, be32(wal, 28)?) || be32(wal, 8)? as usize != page_size {
         return Ok((pages, None));
     }
     let mut pending = Vec::new();
@@ -410,6 +431,9 @@ fn decode_record(p: &[u8]) -> Result<Vec<Value>, String> {
     let mut body = header_len;
     let mut out = Vec::new();
     while pos < header_len {
+        if out.len() == MAX_COLUMNS {
+            return Err(format!("a record of more than {MAX_COLUMNS} columns"));
+        }
         let (serial, n) = varint(p, pos)?;
         pos += n;
         let len = match serial {

@@ -206,7 +206,7 @@ pub fn render(s: &Sample) -> String {
         &mut o,
         "porin_http_requests_allowed_total",
         "counter",
-        "HTTP requests allowed, by the policy whose rule allowed them (counted in the kernel, every request; resets when a reload renumbers the policies).",
+        "HTTP requests judged allowed, by the policy whose rule allowed them (counted in the kernel, every request; starts again at 0 when a reload changes the list of policies, and at daemon start).",
     );
     for (policy, n) in &s.http_allowed {
         let _ = writeln!(

@@ -247,7 +247,8 @@ fn ip(args: &[&str]) {
 /// the directory and the bridge.
 fn clear_leftovers(dir: &Path, bridge: &str) {
     if dir.exists() {
-        let needle = dir.display().to_string();
+        // With the slash: another tag that starts with this one is not it.
+        let needle = format!("{}/", dir.display());
         if let Ok(procs) = fs::read_dir("/proc") {
             for entry in procs.flatten() {
                 let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {

@@ -228,6 +228,38 @@ fn not_a_database_is_an_error_naming_the_file() {
     assert!(err.contains("cannot read"), "{err}");
 }
 
+/// A leaf page whose cell pointers repeat one cell (each decode of a large
+/// record would allocate again) is refused, not decoded over and over.
+#[test]
+fn repeated_cells_are_refused() {
+    let dir = TempDir::new("sqlite-rep");
+    let path = dir.path().join("db.sql");
+    python(
+        "import sqlite3, sys\n\
+         db = sqlite3.connect(sys.argv[1])\n\
+         db.execute('CREATE TABLE ContainerConfig(ID TEXT PRIMARY KEY NOT NULL, JSON TEXT)')\n\
+         db.executemany('INSERT INTO ContainerConfig VALUES (?, ?)', [('a', 'x'), ('b', 'y'), ('c', 'z')])\n\
+         db.commit()\n",
+        &path,
+    );
+    assert_eq!(rows_by_id(&Sqlite::open(&path).unwrap()).len(), 3);
+    // The table's root (page 2, a leaf): every pointer to the first cell.
+    let mut bytes = fs::read(&path).unwrap();
+    let page = be16(&bytes, 16).unwrap() as usize;
+    assert_eq!(bytes[page], LEAF_TABLE, "the fixture's table is one leaf");
+    let first = [bytes[page + 8], bytes[page + 9]];
+    for i in 1..3 {
+        bytes[page + 8 + 2 * i..page + 10 + 2 * i].copy_from_slice(&first);
+    }
+    fs::write(&path, &bytes).unwrap();
+    let err = Sqlite::open(&path)
+        .unwrap()
+        .table("ContainerConfig")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("two cells"), "{err}");
+}
+
 #[test]
 fn columns_of_podman_tables() {
     let sql = "CREATE TABLE ContainerConfig(
