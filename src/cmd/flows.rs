@@ -48,7 +48,7 @@ pub fn flows(args: &FlowsArgs) -> ExitCode {
             }
             if !args.follow {
                 if args.output == OutputFormat::Table {
-                    print_http_counts(&socket, &mut out);
+                    print_http_counts(&mut client, &mut out);
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -61,10 +61,8 @@ pub fn flows(args: &FlowsArgs) -> ExitCode {
 /// After the table: the HTTP requests each policy allowed, which the
 /// kernel counts one by one (the table shows only the events). Silent when
 /// there are none, or when the daemon is older and does not count them.
-fn print_http_counts(socket: &std::path::Path, out: &mut impl Write) {
-    let reply = crate::control::client::Client::connect(socket)
-        .and_then(|mut c| c.call(&Request::HttpCounts));
-    let Ok(Response::HttpCounts(counts)) = reply else {
+fn print_http_counts(client: &mut crate::control::client::Client, out: &mut impl Write) {
+    let Ok(Response::HttpCounts(counts)) = client.call(&Request::HttpCounts) else {
         return;
     };
     if counts.is_empty() {

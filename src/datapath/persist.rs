@@ -86,9 +86,11 @@ pub(super) struct Persist {
 /// Decides, prepares the directory and loads the object with pinned maps.
 pub(super) fn open(dir: &Path) -> Result<(Ebpf, Persist), DatapathError> {
     let pins = PinDir::new(dir);
-    let maps = pin::object_maps(&ebpf::object()?)?;
+    // Inflated once for both: reading its map list and loading it.
+    let object = ebpf::object()?;
+    let maps = pin::object_maps(&object)?;
     let found = pin::prepare(&pins, &maps)?;
-    let bpf = pin::open_pinned(&pins, &maps)?;
+    let bpf = pin::open_pinned(&pins, &maps, &object)?;
     Ok((
         bpf,
         Persist {

@@ -54,10 +54,7 @@ use aya::{
 use aya_obj::EbpfSectionKind;
 use porin_common::layout::{self, Compat, MetaRecord, LAYOUT};
 
-use crate::{
-    ebpf::{self, LoadError},
-    maps,
-};
+use crate::{ebpf::LoadError, maps};
 
 /// Maps that carry no enforcement state: the programs only write them and
 /// the daemon reads each record once. A pinned one of another shape (the
@@ -373,9 +370,9 @@ pub fn check_maps(pins: &PinDir, maps: &[ObjectMap]) -> Result<(), PinError> {
     Ok(())
 }
 
-/// Loads the object with every map in `maps` pinned under `pins` (reusing
+/// Loads `object` with every map in `maps` pinned under `pins` (reusing
 /// the pins that exist).
-pub fn open_pinned(pins: &PinDir, maps: &[ObjectMap]) -> Result<Ebpf, LoadError> {
+pub fn open_pinned(pins: &PinDir, maps: &[ObjectMap], object: &[u8]) -> Result<Ebpf, LoadError> {
     let paths: Vec<(String, PathBuf)> = maps
         .iter()
         .map(|m| (m.name.clone(), pins.map(&m.name)))
@@ -386,7 +383,7 @@ pub fn open_pinned(pins: &PinDir, maps: &[ObjectMap]) -> Result<Ebpf, LoadError>
     for (name, path) in &paths {
         loader.map_pin_path(name.as_str(), path.as_path());
     }
-    loader.load(&ebpf::object()?).map_err(LoadError::Object)
+    loader.load(object).map_err(LoadError::Object)
 }
 
 /// Writes this build's layout record.
@@ -449,7 +446,7 @@ mod tests {
 
     #[test]
     fn the_object_declares_the_meta_map_and_every_map_is_pinnable() {
-        let Ok(obj) = ebpf::object() else {
+        let Ok(obj) = crate::ebpf::object() else {
             return; // AYA_BUILD_SKIP build
         };
         let maps = object_maps(&obj).expect("parse");

@@ -68,12 +68,13 @@ pub fn read_containerd(
     let db_path = meta_db_path(instance);
     let from_db = open_db(&db_path)
         .map(|db| db.and_then(|db| container(&db, namespace, id).map(|c| container_meta(id, c))));
-    let bundle = bundle_dir(instance, namespace, id)
-        .map(|dir| read_annotations(&dir))
-        .transpose()?;
+    let bundle = match bundle_dir(instance, namespace, id) {
+        Some(dir) => Some((read_annotations(&dir)?, dir)),
+        None => None,
+    };
     match (from_db, bundle) {
-        (Ok(Some(mut meta)), annotations) => {
-            meta.annotations = annotations.unwrap_or_default();
+        (Ok(Some(mut meta)), bundle) => {
+            meta.annotations = bundle.map(|(a, _)| a).unwrap_or_default();
             meta.source = db_path.display().to_string();
             Ok(meta)
         }
@@ -83,12 +84,7 @@ pub fn read_containerd(
         // (and its policy) while the file is being rewritten. The caller
         // retries; until then the container has no identity.
         (Err(e), _) => Err(e),
-        (Ok(None), Some(annotations)) => Ok(RuntimeMeta {
-            source: bundle_dir(instance, namespace, id)
-                .map(|d| format!("{} (annotations)", d.join("config.json").display()))
-                .unwrap_or_default(),
-            ..meta_from_bundle(id, annotations)
-        }),
+        (Ok(None), Some((annotations, dir))) => Ok(meta_from_bundle(id, annotations, &dir)),
         (Ok(None), None) => Err(StateError::missing(
             &db_path,
             format!("no container `{id}` in namespace `{namespace}` and no running task"),
@@ -141,10 +137,7 @@ pub fn read_containerd_all(
         }
         let (annotations, init_pid) = bundle_or_warn(&dir);
         out.push(ContainerdContainer {
-            meta: RuntimeMeta {
-                source: format!("{} (annotations)", dir.join("config.json").display()),
-                ..meta_from_bundle(&id, annotations)
-            },
+            meta: meta_from_bundle(&id, annotations, &dir),
             namespace,
             id,
             init_pid,
@@ -252,8 +245,11 @@ fn container_meta(id: &str, c: Bucket<'_>) -> RuntimeMeta {
     }
 }
 
-fn meta_from_bundle(id: &str, annotations: BTreeMap<String, String>) -> RuntimeMeta {
+/// A container only its running task's bundle (`dir`) describes: its
+/// annotations stand in for labels.
+fn meta_from_bundle(id: &str, annotations: BTreeMap<String, String>, dir: &Path) -> RuntimeMeta {
     RuntimeMeta {
+        source: format!("{} (annotations)", dir.join("config.json").display()),
         name: id.to_owned(),
         image: String::new(),
         labels: annotations.clone(),

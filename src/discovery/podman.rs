@@ -116,11 +116,12 @@ fn read_sqlite(path: &Path) -> Result<HashMap<String, RuntimeMeta>, StateError> 
         };
         match meta_from_config(config) {
             Ok(mut meta) => {
-                let state = state_of.get(id.as_bytes()).copied();
-                let netns = state
-                    .and_then(|s| serde_json::from_slice::<State>(s).ok())
-                    .and_then(|s| s.netns);
-                meta.netns = netns_record(netns.as_deref().map(str::as_bytes), state);
+                // Podman 5 keeps the namespace path in the state itself.
+                let state = state_of.get(id.as_bytes()).and_then(|s| parse_state(s));
+                meta.netns = match state {
+                    Some(s) => record(s.netns.as_deref(), s.pid),
+                    None => NetnsRecord::default(),
+                };
                 meta.source = path.display().to_string();
                 out.insert(id.into_owned(), meta);
             }
@@ -191,15 +192,26 @@ struct State {
 /// is absent or unreadable is not known (the scanner then falls back to
 /// the container's processes); a pid of 0 means "not running".
 fn netns_record(netns: Option<&[u8]>, state: Option<&[u8]>) -> NetnsRecord {
-    let path = netns
-        .and_then(|p| std::str::from_utf8(p).ok())
-        .filter(|p| p.starts_with('/'))
-        .map(std::path::PathBuf::from);
-    let init_pid = state
-        .and_then(|s| serde_json::from_slice::<State>(s).ok())
-        .and_then(|s| s.pid)
-        .filter(|&pid| pid > 0);
-    NetnsRecord { path, init_pid }
+    record(
+        netns.and_then(|p| std::str::from_utf8(p).ok()),
+        state.and_then(parse_state).and_then(|s| s.pid),
+    )
+}
+
+/// A `ContainerState` JSON, or None when it cannot be read.
+fn parse_state(json: &[u8]) -> Option<State> {
+    serde_json::from_slice(json).ok()
+}
+
+/// The record from a namespace path (absolute only) and an init pid (0 is
+/// "not running").
+fn record(path: Option<&str>, pid: Option<u32>) -> NetnsRecord {
+    NetnsRecord {
+        path: path
+            .filter(|p| p.starts_with('/'))
+            .map(std::path::PathBuf::from),
+        init_pid: pid.filter(|&pid| pid > 0),
+    }
 }
 
 /// One entry of c/storage's `containers.json`.

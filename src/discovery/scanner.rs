@@ -340,7 +340,9 @@ fn endpoint(key: EndpointKey, cg: &ContainerCgroup, c: &Cached) -> Endpoint {
 /// container cannot enter it.
 fn foreign_netns(pids: &[u32], own: u64) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt;
-    let host = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+    // The daemon's own namespace never changes: read once, not per container.
+    static HOST: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let host = *HOST.get_or_init(|| std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino()));
     let mut out = Vec::new();
     for pid in pids {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

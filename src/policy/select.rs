@@ -15,20 +15,24 @@
 //! traffic can only be seen as the host's. They are listed apart
 //! ([`Selection::host_network`]) instead of getting an endpoint entry.
 
+use std::collections::BTreeMap;
+
 use crate::config::{self, Group, Selector};
 use crate::discovery::{endpoint::Endpoint, Runtime};
 
 /// Whether every criterion of `sel` matches `ep`.
 pub fn matches(sel: &Selector, ep: &Endpoint) -> bool {
-    let labels = sel.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v));
-    let annotations = sel
-        .annotations
-        .iter()
-        .all(|(k, v)| ep.annotations.get(k) == Some(v));
+    let labels = has_all(&sel.labels, &ep.labels);
+    let annotations = has_all(&sel.annotations, &ep.annotations);
     let name = sel.name.as_ref().is_none_or(|g| g.matches(&ep.name));
     let image = sel.image.as_ref().is_none_or(|g| g.matches(&ep.image));
     let runtime = sel.runtime.is_none_or(|r| same_runtime(r, ep.key.runtime));
     labels && annotations && name && image && runtime
+}
+
+/// Whether `have` holds every key of `want` with the same value.
+fn has_all(want: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+    want.iter().all(|(k, v)| have.get(k) == Some(v))
 }
 
 /// The configuration and discovery name runtimes with separate enums (each

@@ -310,31 +310,7 @@ impl Drop for CtrContainer<'_> {
 /// command line, so nothing else is touched), the bridge and the directory.
 fn clear_leftovers(dir: &Path, bridge: &str) {
     if dir.exists() {
-        let needle = dir.display().to_string();
-        if let Ok(procs) = fs::read_dir("/proc") {
-            for entry in procs.flatten() {
-                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                    // SAFETY: a process an earlier run of this test started.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        // Container processes whose shim died: runc still knows them.
-        let runc_root = dir.join("runc");
-        if let Ok(nss) = fs::read_dir(runc_root.join(NAMESPACE)) {
-            for c in nss.flatten() {
-                let _ = Command::new("runc")
-                    .arg("--root")
-                    .arg(runc_root.join(NAMESPACE))
-                    .args(["delete", "-f"])
-                    .arg(c.file_name())
-                    .output();
-            }
-        }
+        super::kill_leftovers(dir, &dir.join("runc").join(NAMESPACE));
         let _ = fs::remove_dir_all(dir);
     }
     let _ = Command::new("ip").args(["link", "del", bridge]).output();

@@ -247,32 +247,8 @@ fn ip(args: &[&str]) {
 /// the directory and the bridge.
 fn clear_leftovers(dir: &Path, bridge: &str) {
     if dir.exists() {
-        // With the slash: another tag that starts with this one is not it.
+        super::kill_leftovers(dir, &dir.join("exec/runtime-runc/moby"));
         let needle = format!("{}/", dir.display());
-        if let Ok(procs) = fs::read_dir("/proc") {
-            for entry in procs.flatten() {
-                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                    // SAFETY: a process a run of this test started.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        // Container processes whose shim died: runc still knows them.
-        let runc_root = dir.join("exec/runtime-runc/moby");
-        if let Ok(cs) = fs::read_dir(&runc_root) {
-            for c in cs.flatten() {
-                let _ = Command::new("runc")
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "-f"])
-                    .arg(c.file_name())
-                    .output();
-            }
-        }
         // Namespace files and shm mounts dockerd left mounted.
         let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         let mut points: Vec<&str> = mounts
