@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::error::Sink;
 use super::http::{self, HeaderMatch, HttpPath, Method, MAX_HEADERS};
+use super::mqtt;
 use super::read::{
     choice, entries, index_path, key_path, list, non_empty_list, non_empty_string, parsed, string,
     u32_in, Fields,
@@ -798,6 +799,24 @@ fn policy(node: &Node, path: &str, sink: &mut Sink, names: &Names) -> Option<Pol
         }
         None => Vec::new(),
     };
+    let mqtt = f.optional("mqtt").and_then(|(n, p)| {
+        if protocol != Protocol::Tcp {
+            sink.error(n.loc, &p, "MQTT rules need `protocol: tcp`");
+        } else if ports_node.is_none() {
+            sink.error(
+                n.loc,
+                &p,
+                "MQTT rules need explicit `ports` (the ports the broker listens on, e.g. [1883])",
+            );
+        } else if !http.is_empty() {
+            sink.error(
+                n.loc,
+                &p,
+                "a policy has `http` or `mqtt` rules, not both (a port speaks one protocol)",
+            );
+        }
+        mqtt_rule(n, &p, sink)
+    });
     f.finish(sink);
 
     // Checked only when both sides resolved: an unresolved name may well
@@ -811,8 +830,104 @@ fn policy(node: &Node, path: &str, sink: &mut Sink, names: &Names) -> Option<Pol
         protocol,
         ports,
         http,
+        mqtt,
         loc: node.loc,
     })
+}
+
+fn mqtt_rule(node: &Node, path: &str, sink: &mut Sink) -> Option<MqttRule> {
+    let mut f = Fields::new(node, path, sink)?;
+    let client_ids = opt(&mut f, "client_id", sink, |n, p, s| {
+        one_or_list(n, p, s, ClientId::parse)
+    })
+    .unwrap_or_default();
+    let topics = |field: &'static str, f: &mut Fields, sink: &mut Sink| {
+        let list = opt(f, field, sink, |n, p, s| {
+            let v = one_or_list(n, p, s, TopicPattern::parse)?;
+            if v.len() > mqtt::MAX_TOPICS {
+                s.error(
+                    n.loc,
+                    p,
+                    format!("at most {} patterns, found {}", mqtt::MAX_TOPICS, v.len()),
+                );
+                return None;
+            }
+            Some(v)
+        });
+        list.unwrap_or_default()
+    };
+    let publish = topics("publish", &mut f, sink);
+    let subscribe = topics("subscribe", &mut f, sink);
+    let max_qos = opt(&mut f, "max_qos", sink, |n, p, s| u32_in(n, p, s, 0..=2)).unwrap_or(2);
+    let retain = opt(&mut f, "retain", sink, |n, p, s| match &n.value {
+        Value::Bool(b) => Some(*b),
+        other => {
+            s.error(
+                n.loc,
+                p,
+                format!("expected true or false, found {}", other.kind()),
+            );
+            None
+        }
+    })
+    .unwrap_or(true);
+    let max_message_size = opt(&mut f, "max_message_size", sink, |n, p, s| {
+        let v = match &n.value {
+            Value::Int(_) => u32_in(n, p, s, 1..=MQTT_MAX_REMAINING).map(u64::from),
+            _ => parsed(n, p, s, units::parse_size),
+        }?;
+        if !(1..=u64::from(MQTT_MAX_REMAINING)).contains(&v) {
+            s.error(
+                n.loc,
+                p,
+                format!("size {v} is out of range 1-{MQTT_MAX_REMAINING} (MQTT's largest packet)"),
+            );
+            return None;
+        }
+        Some(v as u32)
+    });
+    f.finish(sink);
+    Some(MqttRule {
+        client_ids,
+        publish,
+        subscribe,
+        max_qos: max_qos as u8,
+        retain,
+        max_message_size,
+        loc: node.loc,
+    })
+}
+
+/// MQTT's largest remaining length (a 4-byte varint).
+const MQTT_MAX_REMAINING: u32 = 268_435_455;
+
+/// A string or a list of strings, each through `parse`; duplicates are
+/// errors.
+fn one_or_list<T: PartialEq>(
+    node: &Node,
+    path: &str,
+    sink: &mut Sink,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Option<Vec<T>> {
+    if let Value::Str(_) = &node.value {
+        return parsed(node, path, sink, parse).map(|v| vec![v]);
+    }
+    let nodes = non_empty_list(node, path, sink, "leave the field out instead")?;
+    let mut out: Vec<(T, &str, Loc, String)> = Vec::new();
+    let mut ok = true;
+    for (i, item) in nodes.iter().enumerate() {
+        let ip = index_path(path, i);
+        match parsed(item, &ip, sink, &parse) {
+            Some(v) => out.push((v, string(item, &ip, sink).unwrap_or(""), item.loc, ip)),
+            None => ok = false,
+        }
+    }
+    validate::report_duplicates(
+        out.iter().map(|(_, t, l, p)| (*t, *l, p.as_str())),
+        "pattern",
+        sink,
+    );
+    ok.then(|| out.into_iter().map(|(v, ..)| v).collect())
 }
 
 fn ports(node: &Node, path: &str, sink: &mut Sink, protocol: Protocol) -> Option<Vec<PortRange>> {

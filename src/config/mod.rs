@@ -5,7 +5,7 @@
 //!    (only a YAML syntax error stops here);
 //! 2. `decode` builds the typed [`Config`] from the tree with the generic
 //!    readers of `read`, checking types, ranges and value syntax (`cidr`,
-//!    `http`, `units`) and collecting errors instead of stopping;
+//!    `http`, `mqtt`, `units`) and collecting errors instead of stopping;
 //! 3. `validate` checks what spans items: names, and what references
 //!    point at.
 //!
@@ -16,6 +16,7 @@ mod cidr;
 mod decode;
 mod error;
 mod http;
+mod mqtt;
 mod read;
 mod tree;
 mod types;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub use super::cidr::Cidr;
 pub use super::http::{HeaderMatch, HttpPath, Method};
+pub use super::mqtt::{ClientId, Level, TopicPattern};
 
 /// A position in the configuration file (both 1-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -383,6 +384,8 @@ pub struct Policy {
     pub ports: Vec<PortRange>,
     /// Empty means no HTTP restriction.
     pub http: Vec<HttpRule>,
+    /// MQTT rules: every packet of the connection is judged by them.
+    pub mqtt: Option<MqttRule>,
     pub loc: Loc,
 }
 
@@ -448,6 +451,24 @@ pub struct HttpRule {
     /// Exact Host header, lowercase.
     pub host: Option<String>,
     pub headers: Vec<HeaderMatch>,
+    pub loc: Loc,
+}
+
+/// A policy's MQTT rules (the `mqtt:` field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttRule {
+    /// Client ids a CONNECT may carry; empty: any.
+    pub client_ids: Vec<ClientId>,
+    /// Topics a PUBLISH may name; empty: none.
+    pub publish: Vec<TopicPattern>,
+    /// What a SUBSCRIBE filter may cover; empty: none.
+    pub subscribe: Vec<TopicPattern>,
+    /// Highest QoS of a PUBLISH (0-2).
+    pub max_qos: u8,
+    /// Whether a PUBLISH may set RETAIN.
+    pub retain: bool,
+    /// Largest PUBLISH (remaining length, bytes).
+    pub max_message_size: Option<u32>,
     pub loc: Loc,
 }
 

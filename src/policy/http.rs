@@ -32,6 +32,7 @@ use porin_common::sip::SipKey;
 use crate::config::{Config, HttpPath, HttpRule, Loc, Method};
 
 use super::compiled::HttpTarget;
+use super::mqtt::MqttMaps;
 
 /// A key for compiling without a datapath (`check-config`, tests): the
 /// rule hashes it gives match no datapath's, whose keys are random.
@@ -65,6 +66,9 @@ pub struct HttpMaps {
     pub sets: BTreeMap<PolicyKey, HttpSet>,
     /// `PORIN_HTTPR_V1`.
     pub rules: BTreeMap<HttpKey, HttpValue>,
+    /// The MQTT sets and automata (`PORIN_MQTTS_V1`, `PORIN_MQTTT_V1`)
+    /// of the sets marked [`porin_common::http::SET_MQTT`].
+    pub mqtt: MqttMaps,
 }
 
 /// The keys whose entry answers for `k` only if `k` itself is absent, and
@@ -114,6 +118,11 @@ pub fn compile(
         let rules: Vec<u32> = rules.into_iter().collect();
         let set = match done.get(&rules) {
             Some(s) => *s,
+            None if rules.iter().any(|&r| policy_of(cfg, r).mqtt.is_some()) => {
+                let s = compile_mqtt(cfg, hash_key, &rules, &mut out.mqtt)?;
+                done.insert(rules.clone(), s);
+                s
+            }
             None => {
                 let s = compile_set(cfg, hash_key, &rules, &mut out.rules)?;
                 done.insert(rules.clone(), s);
@@ -137,7 +146,77 @@ pub fn compile(
             ),
         });
     }
+    if out.mqtt.edges.len() > MQTT_EDGE_ENTRIES {
+        let p = &cfg.policies[0];
+        return Err(HttpCompileError {
+            policy: p.name.clone(),
+            loc: p.loc,
+            why: format!(
+                "the MQTT rules need {} map entries, more than the {MQTT_EDGE_ENTRIES} \
+                 the datapath holds",
+                out.mqtt.edges.len()
+            ),
+        });
+    }
     Ok(out)
+}
+
+/// Entries of `PORIN_MQTTT_V1` one configuration may use: half the map, so
+/// a reload can write the new sets beside the old.
+pub const MQTT_EDGE_ENTRIES: usize = porin_common::mqtt::max_entries::EDGES as usize / 2;
+
+fn policy_of(cfg: &Config, rule: u32) -> &crate::config::Policy {
+    &cfg.policies[rule as usize - 1]
+}
+
+/// The MQTT rule set of the connections `rules` (1-based policy indexes)
+/// allow: one policy's `mqtt` rules. MQTT rules are not merged: a client
+/// id rule holds for its own policy's topics, and a union of two
+/// policies' would let each client use the other's topics; nor do HTTP
+/// and MQTT rules share a port.
+fn compile_mqtt(
+    cfg: &Config,
+    key: &SipKey,
+    rules: &[u32],
+    out: &mut MqttMaps,
+) -> Result<HttpSet, HttpCompileError> {
+    let with_mqtt: Vec<u32> = rules
+        .iter()
+        .copied()
+        .filter(|&r| policy_of(cfg, r).mqtt.is_some())
+        .collect();
+    let first = policy_of(cfg, with_mqtt[0]);
+    let fail = |why: String| HttpCompileError {
+        policy: first.name.clone(),
+        loc: first.loc,
+        why,
+    };
+    if let Some(&other) = rules.iter().find(|&&r| policy_of(cfg, r).mqtt.is_none()) {
+        return Err(fail(format!(
+            "its MQTT rules and the HTTP rules of policy `{}` apply to the same connections \
+             (a port speaks one protocol)",
+            policy_of(cfg, other).name
+        )));
+    }
+    if let Some(&other) = with_mqtt.get(1) {
+        return Err(fail(format!(
+            "its MQTT rules and those of policy `{}` apply to the same connections; \
+             MQTT rules are not merged (a client id rule holds for its own topics): \
+             write them as one policy",
+            policy_of(cfg, other).name
+        )));
+    }
+    let Some(rule) = &first.mqtt else {
+        unreachable!("filtered above");
+    };
+    let id = set_id(format!("mqtt#{}|{rule:?}", with_mqtt[0]).as_bytes());
+    let set = super::mqtt::compile_set(id, key, rule, &mut out.edges).map_err(fail)?;
+    out.sets.insert(id, set);
+    Ok(HttpSet {
+        id,
+        depths: porin_common::http::SET_MQTT,
+        names: 0,
+    })
 }
 
 /// Canonical text of a rule set: its policies' indexes and rules.

@@ -53,6 +53,7 @@ mod explain;
 pub mod http;
 pub mod identity;
 mod judge;
+pub mod mqtt;
 mod rules;
 pub mod select;
 

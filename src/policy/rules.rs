@@ -229,7 +229,7 @@ fn compile_policy(p: &Policy, rule: u32, ids: &Identities, out: &mut Entries) ->
             let key_ports: &[u16] = if icmp { &[0] } else { &ports };
             for &port in key_ports {
                 let k = PolicyKey::new(subject, peer, dir, protocol, port);
-                if !p.http.is_empty() && protocol == proto::TCP {
+                if (!p.http.is_empty() || p.mqtt.is_some()) && protocol == proto::TCP {
                     out.allow_http(k, rule)?;
                     out.http.push(HttpTarget { key: k, rule });
                 } else {

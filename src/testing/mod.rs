@@ -9,6 +9,7 @@
 pub mod containerd;
 pub mod daemon;
 pub mod docker;
+pub mod mqtt;
 pub mod netns;
 pub mod packets;
 pub mod podman;

@@ -1182,7 +1182,9 @@ pub struct HttpSet {
     /// [`set_id`] of the set.
     pub id: u32,
     /// Bit `d`: some prefix rule of the set has depth `d` (slashes in its
-    /// prefix), so prefix `d` of a request path is looked up.
+    /// prefix), so prefix `d` of a request path is looked up. [`SET_MQTT`]:
+    /// the set is an MQTT rule set (`PORIN_MQTTS_V1` under `id`), and the
+    /// connection's stream is judged by [`crate::mqtt`] instead.
     pub depths: u32,
     /// A one-word Bloom filter of the header names the set's conditions
     /// name: [`name_bit`] of each [`header_name_hash`]. The parser keeps
@@ -1191,6 +1193,10 @@ pub struct HttpSet {
     /// of [`skip_value`]. A false positive only keeps a header more.
     pub names: u64,
 }
+
+/// [`HttpSet::depths`] bit of an MQTT rule set (no HTTP prefix is this
+/// deep: at most [`MAX_SEGMENTS`]).
+pub const SET_MQTT: u32 = 1 << 31;
 
 /// `PORIN_HTTPR_V1` key.
 #[repr(C)]

@@ -16,6 +16,7 @@ pub mod http;
 pub mod http_stream;
 pub mod layout;
 pub mod maps;
+pub mod mqtt;
 pub mod packet;
 pub mod parse;
 pub mod probe;

@@ -1,0 +1,344 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::config::{Loc, MqttRule};
+use crate::testing::mqtt::{connect, pingreq, publish, subscribe};
+use porin_common::mqtt::{parse_stream, ptype, Judged, MqttError, Session};
+
+const KEY: SipKey = SipKey { k0: 7, k1: 11 };
+
+fn rule(client: &[&str], publish: &[&str], subscribe: &[&str]) -> MqttRule {
+    MqttRule {
+        client_ids: client.iter().map(|c| ClientId::parse(c).unwrap()).collect(),
+        publish: publish
+            .iter()
+            .map(|p| TopicPattern::parse(p).unwrap())
+            .collect(),
+        subscribe: subscribe
+            .iter()
+            .map(|p| TopicPattern::parse(p).unwrap())
+            .collect(),
+        max_qos: 2,
+        retain: true,
+        max_message_size: None,
+        loc: Loc { line: 1, column: 1 },
+    }
+}
+
+/// The verdicts of the heads of `stream`, or the error that stopped it.
+fn judge(r: &MqttRule, stream: &[u8]) -> Result<Vec<Judged>, MqttError> {
+    let mut edges = BTreeMap::new();
+    let set = compile_set(42, &KEY, r, &mut edges).unwrap();
+    let lookup = |k: &MqttKey| edges.get(k).copied();
+    let mut out = Vec::new();
+    let mut session = Session::default();
+    parse_stream(stream, &KEY, &set, &mut session, &lookup, |_, j| {
+        out.push(*j)
+    })?;
+    Ok(out)
+}
+
+/// Whether a client `id` (level `level`) may publish to `topic`.
+fn may_publish(r: &MqttRule, level: u8, id: &str, topic: &str) -> bool {
+    let mut s = connect(level, id);
+    s.extend(publish(level, topic, 0, false, b"21.5"));
+    let j = judge(r, &s).unwrap();
+    assert_eq!(j.len(), 2);
+    assert!(j[0].allowed, "CONNECT of {id:?}");
+    j[1].allowed
+}
+
+fn may_subscribe(r: &MqttRule, level: u8, id: &str, filter: &str) -> bool {
+    let mut s = connect(level, id);
+    s.extend(subscribe(level, &[filter]));
+    let j = judge(r, &s).unwrap();
+    assert_eq!(j[1].ptype, ptype::SUBSCRIBE);
+    j[1].allowed
+}
+
+#[test]
+fn publish_topics() {
+    let r = rule(
+        &[],
+        &[
+            "sensors/+/temperature",
+            "cams/{client_id}/#",
+            "$SYS/x",
+            "a/#",
+        ],
+        &[],
+    );
+    for level in [4, 5] {
+        let ok = |t: &str| may_publish(&r, level, "cam-1", t);
+        assert!(ok("sensors/kitchen/temperature"));
+        assert!(!ok("sensors/kitchen/humidity"));
+        assert!(!ok("sensors/kitchen/temperature/x"));
+        assert!(!ok("sensors/temperature"));
+        assert!(ok("cams/cam-1/frames"));
+        assert!(ok("cams/cam-1"), "`#` covers its parent");
+        assert!(!ok("cams/cam-2/frames"));
+        assert!(!ok("cams/cam-1x/frames"));
+        assert!(ok("a"));
+        assert!(ok("a/b/c/d/e/f/g"));
+        assert!(ok("$SYS/x"));
+        assert!(!ok("$SYS/y"));
+        assert!(!ok("b"));
+        // A topic longer than one parse chunk.
+        assert!(ok(&format!("a/{}", "x".repeat(200))));
+        assert!(ok(&format!("cams/cam-1/{}", "y/".repeat(60))));
+    }
+}
+
+#[test]
+fn wildcards_do_not_match_dollar_topics() {
+    let r = rule(&[], &["#", "+/status"], &["#"]);
+    assert!(may_publish(&r, 4, "c", "anything/at/all"));
+    assert!(!may_publish(&r, 4, "c", "$SYS/broker/load"));
+    assert!(!may_publish(&r, 4, "c", "$x/status"));
+    assert!(may_subscribe(&r, 4, "c", "#"));
+    assert!(!may_subscribe(&r, 4, "c", "$SYS/#"));
+    // A client named like a `$` level gains nothing through {client_id}.
+    let r = rule(&[], &["{client_id}/#"], &[]);
+    assert!(may_publish(&r, 4, "cam", "cam/x"));
+    assert!(!may_publish(&r, 4, "$SYS", "$SYS/x"));
+}
+
+#[test]
+fn subscribe_filters_must_be_covered() {
+    let r = rule(
+        &[],
+        &[],
+        &["cmd/cams/#", "status/+/online", "{client_id}/cfg"],
+    );
+    let ok = |f: &str| may_subscribe(&r, 5, "cam-7", f);
+    assert!(ok("cmd/cams/#"));
+    assert!(ok("cmd/cams/7"));
+    assert!(ok("cmd/cams/+/x"));
+    assert!(ok("cmd/cams"), "`cmd/cams/#` covers `cmd/cams`");
+    assert!(!ok("cmd/#"));
+    assert!(!ok("cmd/+"));
+    assert!(!ok("#"));
+    assert!(ok("status/+/online"));
+    assert!(ok("status/hub/online"));
+    assert!(!ok("status/#"));
+    assert!(!ok("status/+/+"));
+    assert!(ok("cam-7/cfg"));
+    assert!(!ok("cam-8/cfg"));
+    assert!(
+        !ok("+/cfg"),
+        "`+` covers every client's, not only this one's"
+    );
+    // Every filter of one SUBSCRIBE must be covered.
+    let mut s = connect(4, "cam-7");
+    s.extend(subscribe(4, &["cmd/cams/1", "cmd/x"]));
+    assert!(!judge(&r, &s).unwrap()[1].allowed);
+    let mut s = connect(4, "cam-7");
+    s.extend(subscribe(4, &["cmd/cams/1", "status/a/online"]));
+    assert!(judge(&r, &s).unwrap()[1].allowed);
+}
+
+#[test]
+fn client_ids() {
+    let r = rule(&["cam-*", "hub"], &["#"], &[]);
+    let connects = |id: &str| judge(&r, &connect(4, id)).unwrap()[0].allowed;
+    assert!(connects("cam-1"));
+    assert!(connects("cam-"));
+    assert!(connects("hub"));
+    assert!(!connects("hub2"));
+    assert!(!connects("ca"));
+    assert!(!connects("x-cam-1"));
+    assert!(!connects(""), "an empty id matches no pattern");
+    let any = rule(&[], &["#"], &[]);
+    assert!(judge(&any, &connect(5, "")).unwrap()[0].allowed);
+    let star = rule(&["*"], &["#"], &[]);
+    assert!(judge(&star, &connect(5, "whatever")).unwrap()[0].allowed);
+}
+
+#[test]
+fn qos_retain_and_size_limits() {
+    let mut r = rule(&[], &["t"], &[]);
+    r.max_qos = 1;
+    r.retain = false;
+    r.max_message_size = Some(100);
+    let verdict = |qos, retain, len| {
+        let mut s = connect(4, "c");
+        s.extend(publish(4, "t", qos, retain, &vec![b'x'; len]));
+        judge(&r, &s).unwrap()[1].allowed
+    };
+    assert!(verdict(0, false, 10));
+    assert!(verdict(1, false, 10));
+    assert!(!verdict(2, false, 10));
+    assert!(!verdict(0, true, 10));
+    // Remaining length: 2 + 1 (topic) + 97 = 100.
+    assert!(verdict(0, false, 97));
+    assert!(!verdict(0, false, 98));
+}
+
+#[test]
+fn bodies_are_skipped_and_packets_follow_each_other() {
+    let r = rule(&[], &["a"], &[]);
+    let mut s = connect(5, "c");
+    // A payload that looks like packets must not be parsed as them.
+    let fake = subscribe(5, &["#"]);
+    s.extend(publish(5, "a", 1, false, &fake));
+    s.extend(pingreq());
+    s.extend(publish(5, "a", 0, false, &vec![0x30; 5000]));
+    let j = judge(&r, &s).unwrap();
+    let types: Vec<u8> = j.iter().map(|j| j.ptype).collect();
+    assert_eq!(
+        types,
+        [
+            ptype::CONNECT,
+            ptype::PUBLISH,
+            ptype::PINGREQ,
+            ptype::PUBLISH
+        ]
+    );
+    assert!(j.iter().all(|j| j.allowed));
+    // The property length (0) and the payload.
+    assert_eq!(j[3].body, 5001);
+}
+
+#[test]
+fn refused_streams() {
+    let r = rule(&[], &["#"], &["#"]);
+    let err = |s: &[u8]| judge(&r, s).unwrap_err();
+    // Not CONNECT first: a PUBLISH, TLS, HTTP (WebSocket's upgrade).
+    assert_eq!(err(&publish(4, "a", 0, false, b"")), MqttError::Malformed);
+    assert_eq!(err(&[0x16, 0x03, 0x01, 0x02, 0x00]), MqttError::Malformed);
+    assert_eq!(err(b"GET /mqtt HTTP/1.1\r\n"), MqttError::Malformed);
+    // A second CONNECT.
+    let mut s = connect(4, "c");
+    s.extend(connect(4, "d"));
+    assert_eq!(err(&s), MqttError::Malformed);
+    // MQTT 3.1 (`MQIsdp`).
+    let mut b = vec![0, 6];
+    b.extend_from_slice(b"MQIsdp");
+    b.extend([3, 2, 0, 60, 0, 1, b'c']);
+    assert_eq!(
+        err(&crate::testing::mqtt::packet(0x10, &b)),
+        MqttError::Unsupported
+    );
+    // A topic alias stands for the topic.
+    let mut s = connect(5, "c");
+    s.extend(crate::testing::mqtt::packet(0x30, &[0, 0, 3, 0x23, 0, 1]));
+    assert_eq!(err(&s), MqttError::TopicAlias);
+    // Wildcards in a PUBLISH topic; a remaining length of 5 bytes.
+    let mut s = connect(4, "c");
+    s.extend(publish(4, "a/+", 0, false, b""));
+    assert_eq!(err(&s), MqttError::Malformed);
+    let mut s = connect(4, "c");
+    s.extend([0x30, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    assert_eq!(err(&s), MqttError::Malformed);
+    // A topic length past the packet's end.
+    let mut s = connect(4, "c");
+    s.extend([0x30, 0x03, 0x00, 0x09, b'a']);
+    assert_eq!(err(&s), MqttError::Malformed);
+    // Bad filters: `#` not last, `+` inside a level, empty.
+    for f in ["a/#/b", "a+", "#a", ""] {
+        let mut s = connect(4, "c");
+        s.extend(subscribe(4, &[f]));
+        assert_eq!(err(&s), MqttError::Malformed, "{f:?}");
+    }
+    // QoS 3, and DUP on QoS 0.
+    let mut s = connect(4, "c");
+    s.extend([0x36, 0x03, 0x00, 0x01, b'a']);
+    assert_eq!(err(&s), MqttError::Malformed);
+    let mut s = connect(4, "c");
+    s.extend([0x38, 0x03, 0x00, 0x01, b'a']);
+    assert_eq!(err(&s), MqttError::Malformed);
+}
+
+#[test]
+fn long_heads_are_refused() {
+    let r = rule(&[], &["#"], &[]);
+    let mut s = connect(4, "c");
+    s.extend(publish(4, &"a".repeat(1100), 0, false, b""));
+    assert_eq!(judge(&r, &s).unwrap_err(), MqttError::TooLarge);
+}
+
+/// Topic text from a small alphabet, so patterns and topics meet often.
+fn level() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("a".to_string()),
+        Just("b".to_string()),
+        Just("c".to_string()),
+        Just("".to_string()),
+        Just("$s".to_string()),
+        Just("id".to_string()),
+    ]
+}
+
+fn topic() -> impl Strategy<Value = String> {
+    prop::collection::vec(level(), 1..5)
+        .prop_map(|l| l.join("/"))
+        .prop_filter("empty topic", |t| !t.is_empty())
+}
+
+fn pattern() -> impl Strategy<Value = TopicPattern> {
+    (
+        prop::collection::vec(
+            prop_oneof![
+                4 => level(),
+                2 => Just("+".to_string()),
+                1 => Just("{client_id}".to_string())
+            ],
+            0..4,
+        ),
+        any::<bool>(),
+    )
+        .prop_filter_map("empty", |(mut l, hash)| {
+            if hash {
+                l.push("#".into());
+            }
+            let text = l.join("/");
+            (!text.is_empty()).then(|| TopicPattern::parse(&text).unwrap())
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// The automaton walked by the parser agrees with MQTT's matching,
+    /// written from the specification, on every topic.
+    #[test]
+    fn automaton_matches_the_reference(
+        patterns in prop::collection::vec(pattern(), 1..6),
+        topics in prop::collection::vec(topic(), 1..12),
+    ) {
+        let mut r = rule(&[], &[], &[]);
+        r.publish = patterns.clone();
+        for t in &topics {
+            let want = patterns.iter().any(|p| reference_matches(p, t, Some("id")));
+            prop_assert_eq!(may_publish(&r, 4, "id", t), want, "topic {:?}", t);
+        }
+    }
+
+    /// A filter allowed to subscribe matches only allowed topics (sound),
+    /// and a filter equal to a pattern is allowed (exact for one pattern).
+    #[test]
+    fn subscribe_is_sound(
+        patterns in prop::collection::vec(pattern(), 1..5),
+        filter in pattern(),
+        topics in prop::collection::vec(topic(), 1..24),
+    ) {
+        let mut r = rule(&[], &[], &[]);
+        r.subscribe = patterns.clone();
+        let f = filter.to_string().replace("{client_id}", "id");
+        let filter = TopicPattern::parse(&f).unwrap();
+        if may_subscribe(&r, 4, "id", &f) {
+            for t in &topics {
+                if reference_matches(&filter, t, None) {
+                    prop_assert!(
+                        patterns.iter().any(|p| reference_matches(p, t, Some("id"))),
+                        "filter {:?} allowed but topic {:?} is not", f, t
+                    );
+                }
+            }
+        }
+        for p in &patterns {
+            let text = p.to_string().replace("{client_id}", "id");
+            prop_assert!(may_subscribe(&r, 5, "id", &text), "pattern {:?} as a filter", text);
+        }
+    }
+}
