@@ -8,6 +8,8 @@
 //!   framing) are loaded with the main programs and put
 //!   (with `revoked_from_container` / `revoked_to_container`, 6 and 7:
 //!   the RSTs that end a revoked connection)
+//!   and `mqtt_parse` / `mqtt_finish` (8 and 9: MQTT-ruled
+//!   connections, whose sets are marked `SET_MQTT`)
 //!   in `PORIN_HTTPP_V1`: the main programs tail-call the entries for
 //!   HTTP-ruled connections. Without them those packets drop (`Internal`),
 //!   never pass unjudged.
@@ -39,6 +41,7 @@ use aya::{
 };
 use porin_common::datapath::{Direction, PolicyKey};
 use porin_common::http::{HttpKey, HttpSet, HttpValue};
+use porin_common::mqtt::{MqttKey, MqttNext, MqttSet};
 use porin_common::sip::SipKey;
 
 use super::{map_err, purge, remove_hash, write_hash, DatapathError};
@@ -54,6 +57,8 @@ pub const HTTP_VALUE: &str = "http_value";
 pub const HTTP_CHUNK: &str = "http_chunk";
 pub const REVOKED_FROM_CONTAINER: &str = "revoked_from_container";
 pub const REVOKED_TO_CONTAINER: &str = "revoked_to_container";
+pub const MQTT_PARSE: &str = "mqtt_parse";
+pub const MQTT_FINISH: &str = "mqtt_finish";
 
 /// The hash key's map (one entry).
 pub const KEY_MAP: &str = maps::HTTP_KEY.name;
@@ -117,7 +122,7 @@ pub fn ensure_key(bpf: &mut Ebpf) -> Result<(SipKey, bool), DatapathError> {
 
 /// The stage's slots in `PORIN_HTTPP_V1`, as in the eBPF crate's
 /// `http::stage_index`.
-const STAGE_SLOTS: u32 = 8;
+const STAGE_SLOTS: u32 = 10;
 
 /// Loads the HTTP stage programs and registers them for the tail calls.
 ///
@@ -153,6 +158,9 @@ fn register_stage(bpf: &mut Ebpf) -> Result<(), DatapathError> {
         // a stage program for the same reasons (its own stack and budget).
         (REVOKED_FROM_CONTAINER, 6 + Direction::Egress as u32),
         (REVOKED_TO_CONTAINER, 6 + Direction::Ingress as u32),
+        // MQTT rules: the same entries and stream state, MQTT's parse.
+        (MQTT_PARSE, 8),
+        (MQTT_FINISH, 9),
     ] {
         let fd = ebpf::load_program::<SchedClassifier>(bpf, name)?
             .fd()
@@ -203,11 +211,35 @@ pub fn write_before_flip(
             !live.contains(&k.set) && !new.http_maps.rules.contains_key(k)
         })?;
     }
+    if sweep {
+        let live = live_sets(bpf, 1 - next)?;
+        let mqtt = &new.http_maps.mqtt;
+        swept += purge::<u32, MqttSet>(bpf, maps::MQTT_SETS, |id| {
+            !live.contains(id) && !mqtt.sets.contains_key(id)
+        })?;
+        swept += purge::<MqttKey, MqttNext>(bpf, maps::MQTT_EDGES, |k| {
+            !live.contains(&k.set) && !mqtt.edges.contains_key(k)
+        })?;
+    }
     write_hash(
         bpf,
         maps::HTTP_RULES,
         "insert",
         new.http_maps.rules.iter().map(|(k, v)| (*k, *v)),
+    )?;
+    // MQTT automata before their sets, sets before the policy sets that
+    // name them: a connection never meets a set without its edges.
+    write_hash(
+        bpf,
+        maps::MQTT_EDGES,
+        "insert",
+        new.http_maps.mqtt.edges.iter().map(|(k, v)| (*k, *v)),
+    )?;
+    write_hash(
+        bpf,
+        maps::MQTT_SETS,
+        "insert",
+        new.http_maps.mqtt.sets.iter().map(|(k, v)| (*k, *v)),
     )?;
     let sets = new.http_maps.sets.iter().map(|(k, v)| {
         (
@@ -247,11 +279,35 @@ pub fn clean_after_flip(
     sweep: bool,
 ) -> Result<usize, DatapathError> {
     purge::<PolicyKey, HttpSet>(bpf, maps::HTTP_SETS, |k| u32::from(k.generation) != active)?;
+    let mqtt = &new.http_maps.mqtt;
     if sweep {
-        return purge::<HttpKey, HttpValue>(bpf, maps::HTTP_RULES, |k| {
+        let n = purge::<HttpKey, HttpValue>(bpf, maps::HTTP_RULES, |k| {
             !new.http_maps.rules.contains_key(k)
-        });
+        })?;
+        let m = purge::<u32, MqttSet>(bpf, maps::MQTT_SETS, |id| !mqtt.sets.contains_key(id))?;
+        let e = purge::<MqttKey, MqttNext>(bpf, maps::MQTT_EDGES, |k| !mqtt.edges.contains_key(k))?;
+        return Ok(n + m + e);
     }
+    // Sets before their edges: a connection of a retired set whose edges
+    // went first would only miss (deny), but none is left meeting either.
+    let gone_sets: Vec<u32> = old
+        .http_maps
+        .mqtt
+        .sets
+        .keys()
+        .filter(|id| !mqtt.sets.contains_key(id))
+        .copied()
+        .collect();
+    remove_hash::<u32, MqttSet>(bpf, maps::MQTT_SETS, &gone_sets)?;
+    let gone_edges: Vec<MqttKey> = old
+        .http_maps
+        .mqtt
+        .edges
+        .keys()
+        .filter(|k| !mqtt.edges.contains_key(k))
+        .copied()
+        .collect();
+    remove_hash::<MqttKey, MqttNext>(bpf, maps::MQTT_EDGES, &gone_edges)?;
     let gone: Vec<HttpKey> = old
         .http_maps
         .rules

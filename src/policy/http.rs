@@ -210,7 +210,8 @@ fn compile_mqtt(
         unreachable!("filtered above");
     };
     let id = set_id(format!("mqtt#{}|{rule:?}", with_mqtt[0]).as_bytes());
-    let set = super::mqtt::compile_set(id, key, rule, &mut out.edges).map_err(fail)?;
+    let mut set = super::mqtt::compile_set(id, key, rule, &mut out.edges).map_err(fail)?;
+    set.rule = with_mqtt[0];
     out.sets.insert(id, set);
     Ok(HttpSet {
         id,

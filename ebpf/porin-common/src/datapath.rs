@@ -597,10 +597,25 @@ pub enum DropReason {
     /// as `conntrack.max_http_per_endpoint` allows ([`CtClock`]): their
     /// stream state (`PORIN_HTTPC_V1`) is shared by every container.
     HttpQuota = 23,
+    /// An MQTT packet on an MQTT-ruled connection that the connection's
+    /// MQTT rules refuse (client id, topic, filter, QoS, retain, size;
+    /// see [`crate::mqtt`]).
+    MqttDenied = 24,
+    /// Payload on an MQTT-ruled connection that is not MQTT 3.1.1 or 5.0
+    /// as a client sends it (no CONNECT first, bad lengths or flags, TLS,
+    /// WebSocket).
+    MqttMalformed = 25,
+    /// MQTT the datapath does not judge, denied: protocol 3.1, a head
+    /// over the size limit or more head bytes in one packet than the stage
+    /// parses, lost connection state.
+    MqttUnsupported = 26,
+    /// An MQTT 5 PUBLISH whose topic is given by a topic alias (an empty
+    /// topic): Porin keeps no table of aliases.
+    MqttTopicAlias = 27,
 }
 
 /// Number of drop reasons (size of `PORIN_DROPS_V1`).
-pub const DROP_REASONS: u32 = 24;
+pub const DROP_REASONS: u32 = 28;
 
 impl DropReason {
     /// Every reason, in index order (for counters read by index).
@@ -629,6 +644,10 @@ impl DropReason {
         DropReason::WrongDestination,
         DropReason::SpoofedIngress,
         DropReason::HttpQuota,
+        DropReason::MqttDenied,
+        DropReason::MqttMalformed,
+        DropReason::MqttUnsupported,
+        DropReason::MqttTopicAlias,
     ];
 
     /// The reason stored as `index` (in events and the deny cache).
@@ -663,6 +682,10 @@ impl DropReason {
             DropReason::WrongDestination => "WRONG_DESTINATION",
             DropReason::SpoofedIngress => "SPOOFED_INGRESS",
             DropReason::HttpQuota => "HTTP_QUOTA",
+            DropReason::MqttDenied => "MQTT_DENIED",
+            DropReason::MqttMalformed => "MQTT_MALFORMED",
+            DropReason::MqttUnsupported => "MQTT_UNSUPPORTED",
+            DropReason::MqttTopicAlias => "MQTT_TOPIC_ALIAS",
         }
     }
 

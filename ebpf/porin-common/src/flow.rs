@@ -14,6 +14,9 @@ pub mod kind {
     pub const DROP: u8 = 2;
     /// An HTTP request judged by L7 rules.
     pub const HTTP: u8 = 3;
+    /// An MQTT packet judged by MQTT rules: `http_method` holds the
+    /// packet type, `http_path` the topic, filter or client id.
+    pub const MQTT: u8 = 4;
 }
 
 /// [`FlowEvent::verdict`] values (Hubble: FORWARDED, DROPPED, AUDIT).

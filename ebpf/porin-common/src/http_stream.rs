@@ -77,8 +77,15 @@ pub struct HttpConn {
     pub set: HttpSet,
     /// [`conn_state`] value.
     pub state: u32,
-    /// Requests allowed on the connection so far.
+    /// Requests (MQTT: packets) allowed on the connection so far.
     pub requests: u32,
+    /// MQTT-ruled connections: the protocol level of the CONNECT (0
+    /// before it).
+    pub mqtt_level: u32,
+    /// 1 when [`HttpConn::mqtt_client`] is known (a non-empty client id).
+    pub mqtt_has_client: u32,
+    /// The keyed hash of the CONNECT's client id (`{client_id}` levels).
+    pub mqtt_client: u64,
 }
 
 /// What the byte at [`HttpConn::next_seq`] is.
@@ -145,16 +152,9 @@ pub mod tcp_flag {
 /// allowed under `set`: its first request starts right after the SYN.
 #[inline(always)]
 pub fn conn_at_syn(syn_seq: u32, set: HttpSet) -> HttpConn {
-    let first = syn_seq.wrapping_add(1);
-    HttpConn {
-        next_seq: first,
-        body_from: first,
-        body_left: 0,
-        head_len: 0,
-        set,
-        state: conn_state::START,
-        requests: 0,
-    }
+    let mut c = HttpConn::default();
+    reset_at_syn(&mut c, syn_seq, set);
+    c
 }
 
 /// A connection picked up mid-stream (state evicted, daemon restarted) by
@@ -163,15 +163,47 @@ pub fn conn_at_syn(syn_seq: u32, set: HttpSet) -> HttpConn {
 /// a new connection on the 4-tuple, [`syn_may_restart`].)
 #[inline(always)]
 pub fn conn_lost(seq: u32, set: HttpSet) -> HttpConn {
-    HttpConn {
-        next_seq: seq,
-        body_from: seq,
-        body_left: 0,
-        head_len: 0,
-        set,
-        state: conn_state::DENIED,
-        requests: 0,
+    let mut c = HttpConn::default();
+    reset_lost(&mut c, seq, set);
+    c
+}
+
+/// [`conn_at_syn`] in place.
+#[inline(always)]
+pub fn reset_at_syn(c: &mut HttpConn, syn_seq: u32, set: HttpSet) {
+    reset(c, syn_seq.wrapping_add(1), set, conn_state::START);
+}
+
+/// [`conn_lost`] in place.
+#[inline(always)]
+pub fn reset_lost(c: &mut HttpConn, seq: u32, set: HttpSet) {
+    reset(c, seq, set, conn_state::DENIED);
+}
+
+/// Every field written, one volatile store each: the kernel's programs
+/// make no BPF-to-BPF calls, and LLVM turns a run of zero stores (a
+/// struct literal) into a call to `memset`.
+#[inline(always)]
+fn reset(c: &mut HttpConn, first: u32, set: HttpSet, state: u32) {
+    macro_rules! put {
+        ($e:expr, $v:expr) => {{
+            let v = $v;
+            // SAFETY: a plain field of a live `&mut HttpConn`.
+            unsafe { core::ptr::write_volatile(&mut $e, v) }
+        }};
     }
+    put!(c.next_seq, first);
+    put!(c.body_from, first);
+    put!(c.body_left, 0);
+    put!(c.head_len, 0);
+    put!(c.set.id, set.id);
+    put!(c.set.depths, set.depths);
+    put!(c.set.names, set.names);
+    put!(c.state, state);
+    put!(c.requests, 0);
+    put!(c.mqtt_level, 0);
+    put!(c.mqtt_has_client, 0);
+    put!(c.mqtt_client, 0);
 }
 
 /// What to do with a client→server segment, before its bytes are read.
@@ -639,7 +671,7 @@ mod pod {
     unsafe impl aya::Pod for super::HttpConn {}
 }
 
-const _: () = assert!(core::mem::size_of::<HttpConn>() == 40);
+const _: () = assert!(core::mem::size_of::<HttpConn>() == 56);
 
 #[cfg(test)]
 mod tests {

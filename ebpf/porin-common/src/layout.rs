@@ -21,7 +21,8 @@
 /// | 7 | Conntrack states and timeouts: `CtValue` times in seconds with a state byte (was a nanosecond time), the new `PORIN_CTCLK_V1` and `PORIN_CTN_V1` (per-endpoint counts); `PORIN_HTTPP_V1` 6 → 8 slots (revocation); two more drop reasons (`PORIN_DROPS_V1` 18 → 20 entries) |
 /// | 8 | Anti-spoofing: three more drop reasons (`PORIN_DROPS_V1` 20 → 23 entries); `PORIN_UPEP4_V1`/`PORIN_UPEP6_V1` are read by the TC programs too (and list endpoints with several veths); the new `PORIN_VBR_V1` (host veth → bridge) |
 /// | 9 | `CtValue::created_s` became `peer_in` (the way in checked for the peer; a `to_container` hit checks it); `PORIN_CTN_V1`'s values are `CtCount` (entries and HTTP-ruled ones), `CtClock::max_http_per_endpoint`; one more drop reason, `HttpQuota` (`PORIN_DROPS_V1` 23 → 24 entries) |
-pub const LAYOUT: u32 = 9;
+/// | 10 | MQTT rules: `HttpConn` 40 → 56 bytes (the MQTT session: protocol level, client id hash), the new `PORIN_MQTTS_V1`, `PORIN_MQTTT_V1` and `PORIN_MQTTH_V1`, `PORIN_HTTPP_V1` 8 → 10 slots (`mqtt_parse`, `mqtt_finish`), four more drop reasons (`PORIN_DROPS_V1` 24 → 28 entries) |
+pub const LAYOUT: u32 = 10;
 
 /// [`MetaRecord::magic`] of a written record ("PORM").
 pub const META_MAGIC: u32 = 0x504F_524D;

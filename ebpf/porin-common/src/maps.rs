@@ -26,6 +26,7 @@ use crate::{
     http::{max_entries as http, HttpKey, HttpSet, HttpValue, Request},
     http_stream::HttpConn,
     layout::MetaRecord,
+    mqtt::{max_entries as mqtt, MqttHead, MqttKey, MqttNext, MqttSet},
     probe::FRAME_CLASSES,
     sip::SipKey,
     uplink::{max_entries as up, pass, FloodKey, FloodState, UplinkConfig},
@@ -218,7 +219,7 @@ pub const LOST: MapDef<u32, u64> = MapDef::new("PORIN_LOST_V1", PerCpuArray, los
 
 // The HTTP stage (http.rs).
 /// The stage's programs, by `Direction` (tail calls).
-pub const HTTP_PROGRAMS: MapDef<u32, u32> = MapDef::new("PORIN_HTTPP_V1", MapKind::ProgArray, 8);
+pub const HTTP_PROGRAMS: MapDef<u32, u32> = MapDef::new("PORIN_HTTPP_V1", MapKind::ProgArray, 10);
 /// HTTP rule sets, under the policy key that names them.
 pub const HTTP_SETS: MapDef<PolicyKey, HttpSet> =
     MapDef::new("PORIN_HTTPS_V1", Hash, http::SETS).flags(NO_PREALLOC);
@@ -238,9 +239,18 @@ pub const HTTP_COUNTED_POLICIES: u32 = 1024;
 /// (per CPU; the manager zeroes it when a reload renumbers policies).
 pub const HTTP_ALLOWED: MapDef<u32, u64> =
     MapDef::new("PORIN_HTTPN_V1", PerCpuArray, HTTP_COUNTED_POLICIES);
+// MQTT rules (mqtt.rs, in the HTTP stage's programs and stream state).
+/// MQTT rule sets, by set id (`HttpSet::id` of a `SET_MQTT` set).
+pub const MQTT_SETS: MapDef<u32, MqttSet> =
+    MapDef::new("PORIN_MQTTS_V1", Hash, mqtt::SETS).flags(NO_PREALLOC);
+/// The sets' topic automata and client-id rules.
+pub const MQTT_EDGES: MapDef<MqttKey, MqttNext> =
+    MapDef::new("PORIN_MQTTT_V1", Hash, mqtt::EDGES).flags(NO_PREALLOC);
+/// The parser's state of MQTT heads that span segments.
+pub const MQTT_HEADS: MapDef<CtKey, MqttHead> = MapDef::new("PORIN_MQTTH_V1", LruHash, mqtt::HEADS);
 /// Bytes of the HTTP stage's per-CPU scratch (`Scratch` in the eBPF
 /// crate's `http.rs`): the host test reports the new size when it changes.
-pub const HTTP_SCRATCH_BYTES: usize = 2048;
+pub const HTTP_SCRATCH_BYTES: usize = 2296;
 /// The stage's per-CPU scratch buffer (one entry).
 pub const HTTP_SCRATCH: MapDef<u32, Opaque<HTTP_SCRATCH_BYTES>> =
     MapDef::new("PORIN_HTTPB_V1", PerCpuArray, 1);
@@ -306,6 +316,9 @@ pub const ALL: &[MapSpec] = &[
     HTTP_KEY.spec(),
     HTTP_SCRATCH.spec(),
     HTTP_ALLOWED.spec(),
+    MQTT_SETS.spec(),
+    MQTT_EDGES.spec(),
+    MQTT_HEADS.spec(),
     UPLINK_CONFIG.spec(),
     UPLINK_DENY4.spec(),
     UPLINK_DENY6.spec(),

@@ -61,6 +61,7 @@
 //! earlier packet, but Porin keeps no table of aliases. A PUBLISH that
 //! *sets* an alias carries its topic and is judged on it.
 
+use crate::http_stream::{conn_state, HttpConn};
 use crate::sip::{Sip, SipKey};
 
 /// Head bytes judged per tail call of the kernel's stage (as HTTP's).
@@ -206,7 +207,8 @@ pub struct MqttSet {
     pub publish_root: u32,
     /// [`node_flag`] bits of the subscribe root.
     pub subscribe_root: u32,
-    pub _pad: u32,
+    /// The 1-based number of the policy whose rules these are (events).
+    pub rule: u32,
     /// Bit `i`: some client-id rule is a prefix of `i` bytes
     /// ([`kind::CID_PREFIX`] entries hold their hashes).
     pub cid_prefixes: u64,
@@ -304,6 +306,8 @@ pub struct MqttHead {
     pub subscribe_root: u32,
     /// Bytes of the current text (topic, filter, client id) so far.
     pub text_len: u32,
+    /// [`MqttSet::rule`].
+    pub rule: u32,
     /// [`phase`].
     pub phase: u8,
     /// The packet's type and flags (fixed header).
@@ -325,7 +329,7 @@ pub struct MqttHead {
     pub hit: u8,
     /// Filters of the SUBSCRIBE so far.
     pub filters: u8,
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 1],
     /// The first [`TEXT_BYTES`] bytes of the text, for the event, in
     /// little-endian words (zero past the text), as the event carries them.
     pub text: [u64; TEXT_BYTES / 8],
@@ -351,36 +355,72 @@ pub struct Judged {
     pub body: u32,
 }
 
+/// A volatile store. The kernel's stage has no BPF-to-BPF calls (5.10's
+/// arm64 JIT refuses them next to tail calls), and LLVM merges runs of
+/// plain zero stores into a call to `memset`.
+macro_rules! put {
+    ($e:expr, $v:expr) => {{
+        let v = $v;
+        // SAFETY: a plain field of a live `&mut`.
+        unsafe { core::ptr::write_volatile(&mut $e, v) }
+    }};
+}
+
 /// Starts a head's parse under the connection's `set`.
 #[inline(always)]
 pub fn begin(h: &mut MqttHead, key: &SipKey, set: &MqttSet, s: &Session) {
-    h.key = *key;
-    h.sip = Sip::new(key);
-    h.client = s.client.unwrap_or(0);
-    h.has_client = u8::from(s.client.is_some());
-    h.level = s.level;
-    h.left = 0;
-    h.rlen = 0;
-    h.acc = 0;
-    h.field = 0;
-    h.node = DEAD;
-    h.nflags = 0;
-    h.set = set.id;
-    h.set_flags = set.flags;
-    h.max_size = set.max_size;
-    h.root = set.publish_root;
-    h.subscribe_root = set.subscribe_root;
-    h.cid_prefixes = set.cid_prefixes;
-    h.text_len = 0;
-    h.phase = phase::TYPE;
-    h.ptype = 0;
-    h.pflags = 0;
-    h.shift = 0;
-    h.depth = 0;
-    h.dollar = 0;
-    h.wild = 0;
-    h.hit = 0;
-    h.filters = 0;
+    put!(h.key.k0, key.k0);
+    put!(h.key.k1, key.k1);
+    restart_hash(h);
+    put!(h.client, s.client.unwrap_or(0));
+    put!(h.has_client, u8::from(s.client.is_some()));
+    put!(h.level, s.level);
+    put!(h.left, 0);
+    put!(h.rlen, 0);
+    put!(h.acc, 0);
+    put!(h.field, 0);
+    put!(h.node, DEAD);
+    put!(h.nflags, 0);
+    put!(h.set, set.id);
+    put!(h.rule, set.rule);
+    put!(h.set_flags, set.flags);
+    put!(h.max_size, set.max_size);
+    put!(h.root, set.publish_root);
+    put!(h.subscribe_root, set.subscribe_root);
+    put!(h.cid_prefixes, set.cid_prefixes);
+    put!(h.phase, phase::TYPE);
+    put!(h.ptype, 0);
+    put!(h.pflags, 0);
+    put!(h.shift, 0);
+    put!(h.hit, 0);
+    put!(h.filters, 0);
+    clear_text(h);
+}
+
+/// Starts the hash of a new level (or text) under the head's key.
+#[inline(always)]
+fn restart_hash(h: &mut MqttHead) {
+    let fresh = Sip::new(&h.key);
+    put!(h.sip.v[0], fresh.v[0]);
+    put!(h.sip.v[1], fresh.v[1]);
+    put!(h.sip.v[2], fresh.v[2]);
+    put!(h.sip.v[3], fresh.v[3]);
+    put!(h.sip.m, 0);
+    put!(h.sip.n, 0);
+}
+
+/// Starts a new text (topic, filter, client id).
+#[inline(always)]
+fn clear_text(h: &mut MqttHead) {
+    put!(h.text_len, 0);
+    put!(h.depth, 0);
+    put!(h.dollar, 0);
+    put!(h.wild, 0);
+    let mut w = 0;
+    while w < TEXT_BYTES / 8 {
+        put!(h.text[w], 0);
+        w += 1;
+    }
 }
 
 /// The outcome of one byte.
@@ -592,16 +632,8 @@ where
             return Err(MqttError::Malformed);
         }
         h.field = len;
-        h.text_len = 0;
-        let mut w = 0;
-        while w < TEXT_BYTES / 8 {
-            h.text[w] = 0;
-            w += 1;
-        }
-        h.sip = Sip::new(&h.key);
-        h.depth = 0;
-        h.dollar = 0;
-        h.wild = 0;
+        clear_text(h);
+        restart_hash(h);
         if ph == phase::C_CIDLEN {
             h.phase = phase::C_CID;
             h.hit = 0;
@@ -824,7 +856,7 @@ where
     let at_root = h.depth == 0;
     h.depth = h.depth.saturating_add(1);
     let hash = h.sip.finish();
-    h.sip = Sip::new(&h.key);
+    restart_hash(h);
     if at_root && h.dollar != 0 {
         // `$` topics: no wildcard at the root matches them.
         h.nflags &= !node_flag::ALL;
@@ -875,7 +907,7 @@ where
     }
     h.wild = 0;
     h.depth = h.depth.saturating_add(1);
-    h.sip = Sip::new(&h.key);
+    restart_hash(h);
     if h.nflags & node_flag::ALL != 0 || h.node == DEAD {
         return;
     }
@@ -949,6 +981,21 @@ where
     Ok(())
 }
 
+/// After a head was judged and allowed (or passed by audit mode): the
+/// rest of the packet, `body` bytes, is skipped, then the next packet.
+#[inline(always)]
+pub fn allowed(conn: &mut HttpConn, body: u32) {
+    conn.requests = conn.requests.wrapping_add(1);
+    conn.body_from = conn.next_seq;
+    conn.body_left = body;
+    conn.head_len = 0;
+    conn.state = if body == 0 {
+        conn_state::START
+    } else {
+        conn_state::BODY
+    };
+}
+
 /// The keyed hash of a topic level, a client id or a prefix, as the
 /// parser takes it.
 pub fn text_hash(key: &SipKey, bytes: &[u8]) -> u64 {
@@ -964,3 +1011,19 @@ pub const CONNACK_V311: [u8; 4] = [0x20, 0x02, 0x00, 0x05];
 pub const CONNACK_V5: [u8; 8] = [0x20, 0x06, 0x00, 0x87, 0x03, 0x1f, 0x00, 0x00];
 /// A DISCONNECT with reason 0x87 (Not authorized), MQTT 5.
 pub const DISCONNECT_V5: [u8; 4] = [0xe0, 0x02, 0x87, 0x00];
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)] plain data without implicit padding, valid for any
+    // bytes.
+    unsafe impl aya::Pod for super::MqttSet {}
+    unsafe impl aya::Pod for super::MqttKey {}
+    unsafe impl aya::Pod for super::MqttNext {}
+    unsafe impl aya::Pod for super::MqttHead {}
+}
+
+// Layout checks: the kernel and userspace must agree byte for byte.
+const _: () = assert!(core::mem::size_of::<MqttSet>() == 32);
+const _: () = assert!(core::mem::size_of::<MqttKey>() == 16);
+const _: () = assert!(core::mem::size_of::<MqttNext>() == 8);
+const _: () = assert!(core::mem::size_of::<MqttHead>() == 208);

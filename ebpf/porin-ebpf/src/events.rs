@@ -157,11 +157,13 @@ pub struct L7<'a> {
     pub path: &'a [u64; 8],
 }
 
-/// [`emit`] with the HTTP fields filled (`kind` is `flow::kind::HTTP`).
+/// [`emit`] with the L7 fields filled (`kind` is `flow::kind::HTTP` or
+/// `flow::kind::MQTT`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn emit_http<C: EbpfContext>(
+pub fn emit_l7<C: EbpfContext>(
     ctx: &C,
+    kind: u8,
     verdict: u8,
     drop_reason: u8,
     dir: Direction,
@@ -175,7 +177,7 @@ pub fn emit_http<C: EbpfContext>(
 ) {
     emit_with(
         ctx,
-        porin_common::flow::kind::HTTP,
+        kind,
         verdict,
         drop_reason,
         dir,

@@ -43,12 +43,12 @@ use porin_common::{
     flow::HTTP_PATH_BYTES,
     http::{
         conn_key, feed, framing, judge, max_entries, parse_begin, skip_value, value_skippable,
-        HttpError, HttpKey, HttpSet, HttpValue, Request, CHUNK, MAX_HEAD, VCHUNK,
+        HttpError, HttpKey, HttpSet, HttpValue, Request, CHUNK, MAX_HEAD, SET_MQTT, VCHUNK,
     },
     http_stream::{
-        allowed, chunk_feed, conn_at_syn, conn_lost, conn_state, in_chunked_body, next, parsed,
-        plan, syn_may_restart, tcp_flag, value_room, HttpConn, Next, Plan, LINE_CHUNK, MAX_TAILS,
-        STEPS,
+        allowed, chunk_feed, conn_state, in_chunked_body, next, parsed, plan, reset_at_syn,
+        reset_lost, syn_may_restart, tcp_flag, value_room, HttpConn, Next, Plan, LINE_CHUNK,
+        MAX_TAILS, STEPS,
     },
     packet::ETH_HLEN,
     parse::{Flow, Parsed},
@@ -78,7 +78,7 @@ static PORIN_HTTPR_V1: HashMap<HttpKey, HttpValue> =
     HashMap::with_max_entries(max_entries::RULES, BPF_F_NO_PREALLOC);
 
 #[map]
-static PORIN_HTTPC_V1: LruHashMap<CtKey, HttpConn> =
+pub(crate) static PORIN_HTTPC_V1: LruHashMap<CtKey, HttpConn> =
     LruHashMap::with_max_entries(max_entries::CONNS, 0);
 
 /// The parser's state of heads that span segments, by connection (LRU: an
@@ -117,7 +117,7 @@ fn count_allowed(rule: u32) {
 
 /// The hash key, or None while it is not written.
 #[inline(always)]
-fn hash_key() -> Option<&'static SipKey> {
+pub(crate) fn hash_key() -> Option<&'static SipKey> {
     match PORIN_HTTPK_V1.get(0) {
         Some(k) if !k.is_zero() => Some(k),
         _ => None,
@@ -139,50 +139,77 @@ const OUT: usize = 192;
 pub struct Scratch {
     /// The payload bytes of one [`feed`] (the first [`CHUNK`]) or one
     /// [`skip_value`].
-    buf: [u8; VCHUNK],
+    pub(crate) buf: [u8; VCHUNK],
     /// The head being parsed (restored from `PORIN_HTTPH_V1` when it began
     /// in an earlier segment).
-    req: Request,
+    pub(crate) req: Request,
     /// The connection's state as this packet moves it; written back to
     /// `PORIN_HTTPC_V1` only when the packet passes.
-    conn: HttpConn,
+    pub(crate) conn: HttpConn,
     /// The connection's key.
-    ckey: CtKey,
+    pub(crate) ckey: CtKey,
     /// The answer being built: Ethernet + IPv6 + TCP + 403 at most.
-    out: [u8; OUT],
+    pub(crate) out: [u8; OUT],
     /// IP + TCP headers of the packet.
-    hdr: [u8; 64],
+    pub(crate) hdr: [u8; 64],
     /// The event's request path: its first bytes, zero past its end.
     pub path: [u64; HTTP_PATH_BYTES / 8],
-    t: Tcp,
-    dir: u32,
+    pub(crate) t: Tcp,
+    pub(crate) dir: u32,
     /// Payload offset of the next byte to consume.
-    off: u32,
+    pub(crate) off: u32,
     /// Tail calls into [`http_parse`] and [`http_finish`] so far.
-    tails: u32,
+    pub(crate) tails: u32,
     /// What [`http_finish`] does: [`finish::JUDGE`], [`finish::PASS`] or
     /// `finish::FAIL + HttpError`.
-    finish: u32,
+    pub(crate) finish: u32,
     /// 1 once `req` holds the current head's state (begun or restored in
     /// this packet).
-    restored: u32,
+    pub(crate) restored: u32,
     /// 1 when the connection was inside a head when the packet came.
-    was_head: u32,
+    pub(crate) was_head: u32,
     /// The event to send with the verdict: [`EV_REQUEST`] for a request's
     /// (the connection's first, a denied one, or any in audit mode), or
     /// [`EV_AUDIT_DENIED`] for a request audit mode let through although no
     /// rule allows it; with these fields.
-    ev: u32,
-    ev_method: u32,
-    ev_path_len: u32,
-    ev_rule: u32,
+    pub(crate) ev: u32,
+    pub(crate) ev_method: u32,
+    pub(crate) ev_path_len: u32,
+    pub(crate) ev_rule: u32,
     /// [`Next::Parse`]'s fields, through memory (see [`http_parse`]).
-    step_begin: u32,
-    step_n: u32,
+    pub(crate) step_begin: u32,
+    pub(crate) step_n: u32,
+    /// The event's kind: `flow::kind::HTTP` or `flow::kind::MQTT`.
+    pub(crate) ev_kind: u32,
+    /// What a denial answers the client ([`answer`]).
+    pub(crate) answer: u32,
+    /// The MQTT head being parsed (restored from `PORIN_MQTTH_V1` when it
+    /// began in an earlier segment).
+    pub(crate) mhead: porin_common::mqtt::MqttHead,
+    /// The MQTT head just judged: packet type, verdict, body bytes.
+    pub(crate) m_ptype: u32,
+    pub(crate) m_allowed: u32,
+    pub(crate) m_body: u32,
+}
+
+/// [`Scratch::answer`]: what [`deny`] sends the client before the RST
+/// to the server.
+pub mod answer {
+    /// `HTTP/1.1 403` and FIN.
+    pub const HTTP_403: u32 = 0;
+    /// MQTT 3.1.1 CONNACK "not authorized" and FIN.
+    pub const CONNACK_V311: u32 = 1;
+    /// MQTT 5 CONNACK 0x87 and FIN.
+    pub const CONNACK_V5: u32 = 2;
+    /// MQTT 5 DISCONNECT 0x87 and FIN.
+    pub const DISCONNECT_V5: u32 = 3;
+    /// FIN alone (MQTT 3.1.1 has no error for a refused PUBLISH or
+    /// SUBSCRIBE: the connection is closed).
+    pub const FIN: u32 = 4;
 }
 
 /// [`Scratch::finish`] values.
-mod finish {
+pub(crate) mod finish {
     /// A head ended: judge it.
     pub const JUDGE: u32 = 0;
     /// Every byte consumed: write the state back and pass.
@@ -261,13 +288,20 @@ pub fn tcp(ctx: &TcContext, family: u8, s: &mut Scratch) -> Result<Tcp, DropReas
 
 /// Records a new HTTP-ruled connection allowed by the entry under `key`.
 #[inline(always)]
-pub fn open(flow: &Flow, ifindex: u32, key: &PolicyKey, t: &Tcp) -> Result<(), DropReason> {
+pub fn open(
+    flow: &Flow,
+    ifindex: u32,
+    key: &PolicyKey,
+    t: &Tcp,
+    s: &mut Scratch,
+) -> Result<(), DropReason> {
     // SAFETY: read at once.
     let Some(set) = (unsafe { PORIN_HTTPS_V1.get(key) }) else {
         return Err(DropReason::Internal);
     };
     let ckey = conn_key(flow, ifindex);
-    let conn = if t.flags & u32::from(tcp_flag::SYN | tcp_flag::ACK) == u32::from(tcp_flag::SYN) {
+    // Built in the scratch: the main programs' stack has no room for it.
+    if t.flags & u32::from(tcp_flag::SYN | tcp_flag::ACK) == u32::from(tcp_flag::SYN) {
         // Conntrack lost the connection but the stream state is still
         // here: the same rule as a SYN on a known connection.
         // SAFETY: read at once.
@@ -276,14 +310,14 @@ pub fn open(flow: &Flow, ifindex: u32, key: &PolicyKey, t: &Tcp) -> Result<(), D
                 return Err(DropReason::HttpStream);
             }
         }
-        conn_at_syn(t.seq, *set)
+        reset_at_syn(&mut s.conn, t.seq, *set);
     } else {
         // Picked up mid-stream (state evicted, daemon restarted): where
         // requests start is unknown, so payload is denied.
-        conn_lost(t.seq, *set)
-    };
+        reset_lost(&mut s.conn, t.seq, *set);
+    }
     PORIN_HTTPC_V1
-        .insert(&ckey, &conn, 0)
+        .insert(&ckey, &s.conn, 0)
         .map_err(|_| DropReason::Internal)
 }
 
@@ -324,6 +358,7 @@ pub fn deny(
     t: &Tcp,
     s: &mut Scratch,
 ) -> bool {
+    let which = s.answer;
     let o = &mut s.out;
     let v4 = flow.family == 4;
     let l4: usize = if v4 { 34 } else { 54 };
@@ -333,7 +368,8 @@ pub fn deny(
     }
     // The answer: Ethernet addresses swapped, IP and TCP from the server.
     swap_macs(o);
-    write_ip(o, flow, v4, true, 20 + FORBIDDEN.len());
+    let plen = put_answer(o, l4 + 20, which);
+    write_ip(o, flow, v4, true, 20 + plen);
     write_tcp(
         o,
         l4,
@@ -343,12 +379,7 @@ pub fn deny(
         t.seq.wrapping_add(t.payload_len),
         tcp_flag::ACK | tcp_flag::PSH | tcp_flag::FIN,
     );
-    let mut k = 0;
-    while k < FORBIDDEN.len() {
-        o[l4 + 20 + k] = FORBIDDEN[k];
-        k += 1;
-    }
-    if !put_packet(ctx, o, v4, l4, 20 + FORBIDDEN.len()) {
+    if !put_packet(ctx, o, v4, l4, 20 + plen) {
         return false;
     }
     let flags = match dir {
@@ -367,6 +398,33 @@ pub fn deny(
     write_ip(o, flow, v4, false, 20);
     write_tcp(o, l4, flow.sport, flow.dport, t.seq, 0, tcp_flag::RST);
     put_packet(ctx, o, v4, l4, 20)
+}
+
+/// Writes the [`answer`] `which` at `o[at..]`; returns its length.
+#[inline(always)]
+fn put_answer(o: &mut [u8; OUT], at: usize, which: u32) -> usize {
+    use porin_common::mqtt::{CONNACK_V311, CONNACK_V5, DISCONNECT_V5};
+    if which == answer::HTTP_403 {
+        put_bytes(o, at, FORBIDDEN)
+    } else if which == answer::CONNACK_V311 {
+        put_bytes(o, at, &CONNACK_V311)
+    } else if which == answer::CONNACK_V5 {
+        put_bytes(o, at, &CONNACK_V5)
+    } else if which == answer::DISCONNECT_V5 {
+        put_bytes(o, at, &DISCONNECT_V5)
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn put_bytes<const N: usize>(o: &mut [u8; OUT], at: usize, bytes: &[u8; N]) -> usize {
+    let mut k = 0;
+    while k < N {
+        o[at + k] = bytes[k];
+        k += 1;
+    }
+    N
 }
 
 /// Answers a packet of a revoked connection: a RST cloned back to its
@@ -541,7 +599,9 @@ fn checksums(o: &mut [u8; OUT], v4: bool, l4: usize, tcp_len: usize) -> Option<(
         return None;
     }
     let l4 = l4 & 63;
-    if tcp_len != 20 && tcp_len != 20 + FORBIDDEN.len() {
+    // The answers' lengths (a multiple of 4 each): none, MQTT's 4 and 8
+    // bytes, the 403.
+    if tcp_len != 20 && tcp_len != 24 && tcp_len != 28 && tcp_len != 20 + FORBIDDEN.len() {
         return None;
     }
     let segment = csum(&o[l4..l4 + tcp_len], 0)?;
@@ -691,6 +751,10 @@ pub mod stage_index {
     pub const CHUNK: u32 = 5;
     /// A revoked connection's packet ([`revoke`]): 6 + `Direction`.
     pub const REVOKE: u32 = 6;
+    /// One chunk of an MQTT head (`crate::mqtt::mqtt_parse`).
+    pub const MQTT_PARSE: u32 = 8;
+    /// Judge an MQTT head, record, answer (`crate::mqtt::mqtt_finish`).
+    pub const MQTT_FINISH: u32 = 9;
 }
 
 /// Hands the packet to the HTTP stage entry for `dir` (a tail call, which
@@ -711,7 +775,7 @@ pub fn revoke(ctx: &TcContext, dir: Direction) -> i32 {
 
 /// Tail-calls stage program `index`; on failure drops (`Internal`).
 #[inline(always)]
-fn tail(ctx: &TcContext, index: u32, dir: Direction) -> i32 {
+pub(crate) fn tail(ctx: &TcContext, index: u32, dir: Direction) -> i32 {
     // SAFETY: the context is the program's own.
     unsafe { PORIN_HTTPP_V1.tail_call(ctx, index) };
     drop_internal(ctx, dir)
@@ -733,7 +797,7 @@ pub fn http_to_container(ctx: TcContext) -> i32 {
 
 /// The packet's flow (the main program parsed it a moment ago).
 #[inline(always)]
-fn flow_of(ctx: &TcContext) -> Option<Flow> {
+pub(crate) fn flow_of(ctx: &TcContext) -> Option<Flow> {
     match parse::headers(ctx) {
         Ok(Parsed::Flow(f)) => Some(f),
         _ => None,
@@ -741,7 +805,7 @@ fn flow_of(ctx: &TcContext) -> Option<Flow> {
 }
 
 #[inline(always)]
-fn dir_of(d: u32) -> Direction {
+pub(crate) fn dir_of(d: u32) -> Direction {
     if d == Direction::Ingress as u32 {
         Direction::Ingress
     } else {
@@ -752,14 +816,14 @@ fn dir_of(d: u32) -> Direction {
 /// Counts `result` (no endpoint mode: a pass or a drop, not audited) and
 /// returns its action; for the stage's decisions that carry no event.
 #[inline(always)]
-fn settle(ctx: &TcContext, dir: Direction, result: Result<(), DropReason>) -> i32 {
+pub(crate) fn settle(ctx: &TcContext, dir: Direction, result: Result<(), DropReason>) -> i32 {
     let verdict = decide::verdict(result, None);
     counters::record(&verdict, dir, ctx.len());
     verdict.action
 }
 
 #[inline(always)]
-fn drop_internal(ctx: &TcContext, dir: Direction) -> i32 {
+pub(crate) fn drop_internal(ctx: &TcContext, dir: Direction) -> i32 {
     settle(ctx, dir, Err(DropReason::Internal))
 }
 
@@ -782,6 +846,8 @@ fn entry(ctx: &TcContext, dir: Direction) -> i32 {
         Err(r) => return settle(ctx, dir, Err(r)),
     };
     s.ev = 0;
+    s.ev_kind = u32::from(flow::kind::HTTP);
+    s.answer = answer::HTTP_403;
     let ckey = conn_key(&flow, ifindex);
     let Some(conn) = PORIN_HTTPC_V1.get_ptr_mut(&ckey) else {
         return conclude(
@@ -800,8 +866,8 @@ fn entry(ctx: &TcContext, dir: Direction) -> i32 {
     match plan(conn, t.seq, t.payload_len, t.flags as u8) {
         Plan::Pass => {}
         Plan::Restart => {
-            let fresh = conn_at_syn(t.seq, conn.set);
-            copy(conn, &fresh);
+            let set = conn.set;
+            reset_at_syn(conn, t.seq, set);
         }
         Plan::Drop => {
             // No answer: the client's TCP sends the bytes again in order,
@@ -844,6 +910,9 @@ fn entry(ctx: &TcContext, dir: Direction) -> i32 {
             s.tails = 0;
             s.restored = 0;
             s.was_head = u32::from(conn.state == conn_state::HEAD);
+            if conn.set.depths & SET_MQTT != 0 {
+                return tail(ctx, stage_index::MQTT_PARSE, dir);
+            }
             return tail(ctx, stage_index::PARSE, dir);
         }
     }
@@ -1031,7 +1100,11 @@ pub fn http_chunk(ctx: TcContext) -> i32 {
 /// saw a length that might be 0. The length loaded, or None (the caller
 /// drops: `Internal`).
 #[inline(always)]
-fn load_payload<const CAP: u32>(ctx: &TcContext, s: &mut Scratch, n: u32) -> Option<u32> {
+pub(crate) fn load_payload<const CAP: u32>(
+    ctx: &TcContext,
+    s: &mut Scratch,
+    n: u32,
+) -> Option<u32> {
     const { assert!(CAP.is_power_of_two() && CAP as usize <= VCHUNK) };
     // SAFETY: a local.
     let n = unsafe { core::ptr::read_volatile(&n) };
@@ -1053,7 +1126,7 @@ fn load_payload<const CAP: u32>(ctx: &TcContext, s: &mut Scratch, n: u32) -> Opt
 /// tail calls. For the stage's plain-data structs (a multiple of 4 bytes
 /// long, 4-aligned).
 #[inline(always)]
-fn copy<T: Copy>(dst: &mut T, src: &T) {
+pub(crate) fn copy<T: Copy>(dst: &mut T, src: &T) {
     const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
     let words = core::mem::size_of::<T>() / 4;
     let d = (dst as *mut T).cast::<u32>();
@@ -1169,11 +1242,11 @@ pub fn http_finish(ctx: TcContext) -> i32 {
 }
 
 /// [`Scratch::ev`]: a request recorded.
-const EV_REQUEST: u32 = 1;
+pub(crate) const EV_REQUEST: u32 = 1;
 /// [`Scratch::ev`]: a request no rule allows, passed by audit mode; it wins
 /// over later requests of the same packet (one event per packet), so the
 /// would-be denial is counted and evented.
-const EV_AUDIT_DENIED: u32 = 2;
+pub(crate) const EV_AUDIT_DENIED: u32 = 2;
 
 /// Makes the request in `s.req` the packet's event (`rule` 0: denied).
 #[inline(always)]
@@ -1200,7 +1273,7 @@ fn record_request(s: &mut Scratch, rule: u32) {
 /// without one as a drop event; a pass without one has no event.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn conclude(
+pub(crate) fn conclude(
     ctx: &TcContext,
     flow: &Flow,
     dir: Direction,
@@ -1232,8 +1305,9 @@ fn conclude(
             path_len: s.ev_path_len as u16,
             path: &s.path,
         };
-        events::emit_http(
+        events::emit_l7(
             ctx,
+            s.ev_kind as u8,
             kind_verdict,
             why,
             dir,

@@ -20,6 +20,7 @@ mod gate;
 mod http;
 mod identity;
 mod meta;
+mod mqtt;
 mod parse;
 mod policy;
 mod probe;

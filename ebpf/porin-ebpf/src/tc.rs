@@ -324,8 +324,9 @@ fn try_handle(
     conntrack::room(ifindex, action == action::ALLOW_HTTP)?;
     if action == action::ALLOW_HTTP {
         // HTTP stage: record the rule set and where requests start.
-        let t = http::tcp(ctx, flow.family, http::scratch()?)?;
-        http::open(&flow, ifindex, &key, &t)?;
+        let s = http::scratch()?;
+        let t = http::tcp(ctx, flow.family, s)?;
+        http::open(&flow, ifindex, &key, &t, s)?;
         conntrack::create(&flow, dir, ifindex, 1, peer_in)?;
         seen.new_flow = true;
         if t.payload_len > 0 {
