@@ -1287,7 +1287,11 @@ pub(crate) fn conclude(
         return settle(ctx, dir, result);
     }
     let result = if result.is_ok() && s.ev == EV_AUDIT_DENIED {
-        Err(DropReason::HttpDenied)
+        Err(if s.ev_kind == u32::from(flow::kind::MQTT) {
+            DropReason::MqttDenied
+        } else {
+            DropReason::HttpDenied
+        })
     } else {
         result
     };

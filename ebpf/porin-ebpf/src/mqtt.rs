@@ -157,6 +157,16 @@ pub fn mqtt_parse(ctx: TcContext) -> i32 {
         Some(Ok((k, j))) => {
             parsed(&mut s.conn, k as u32);
             s.off += k as u32;
+            if j.allowed && j.ptype != ptype::CONNECT && j.ptype != ptype::SUBSCRIBE && !audit(&ctx)
+            {
+                // Allowed, and no event to send (enforce mode records
+                // PUBLISH only when refused): on with the next packet at
+                // the cost of one tail call, not two, so a segment of
+                // many small packets stays within the budget.
+                mqtt::allowed(&mut s.conn, j.body);
+                s.tails += 1;
+                return tail(&ctx, stage_index::MQTT_PARSE, dir);
+            }
             s.m_ptype = u32::from(j.ptype);
             s.m_allowed = u32::from(j.allowed);
             s.m_body = j.body;
@@ -164,6 +174,14 @@ pub fn mqtt_parse(ctx: TcContext) -> i32 {
         }
         Some(Err(e)) => fail(&ctx, s, e, dir),
     }
+}
+
+/// Whether the packet's endpoint is in audit mode.
+#[inline(always)]
+fn audit(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer the kernel passed in.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    identity::endpoint(ifindex).is_some_and(|e| e.mode == mode::AUDIT)
 }
 
 /// Judges a complete head (and goes on with the segment's next bytes), or
@@ -223,7 +241,7 @@ pub fn mqtt_finish(ctx: TcContext) -> i32 {
         Ok(())
     } else if what == finish::JUDGE {
         let pt = s.m_ptype as u8;
-        let audit = identity::endpoint(ifindex).is_some_and(|e| e.mode == mode::AUDIT);
+        let audit = audit(&ctx);
         if pt == ptype::CONNECT {
             // The session every later head is parsed in.
             s.conn.mqtt_level = u32::from(s.mhead.level);
