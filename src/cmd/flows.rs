@@ -135,11 +135,23 @@ fn side(p: &crate::flows::record::PeerView) -> String {
 fn row(v: &FlowView) -> Vec<String> {
     // HH:MM:SS.mmm of the RFC 3339 time (UTC).
     let time = v.time.get(11..23).unwrap_or(&v.time).to_string();
-    let why = match (&v.drop_reason_desc, v.policy.as_str()) {
+    let mut why = match (&v.drop_reason_desc, v.policy.as_str()) {
         (Some(r), _) => r.clone(),
         (None, "") => "ground rule".into(),
         (None, p) => format!("policy {p}"),
     };
+    // What an L7 verdict was about.
+    if let Some(h) = &v.l7_http {
+        why = format!("{why}: {} {}", h.method, h.url);
+    }
+    if let Some(m) = &v.l7_mqtt {
+        let what = if m.client_id.is_empty() {
+            &m.topic
+        } else {
+            &m.client_id
+        };
+        why = format!("{why}: {} {what}", m.packet_type);
+    }
     vec![
         time,
         v.verdict.clone(),

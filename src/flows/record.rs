@@ -113,6 +113,16 @@ impl FlowRecord {
                 url: String::from_utf8_lossy(&e.http_path[..len]).into_owned(),
             }
         });
+        let mqtt = (e.kind == kind::MQTT).then(|| {
+            let len = usize::from(e.http_path_len).min(HTTP_PATH_BYTES);
+            let text = String::from_utf8_lossy(&e.http_path[..len]).into_owned();
+            let connect = e.http_method == porin_common::mqtt::ptype::CONNECT;
+            MqttView {
+                packet_type: porin_common::mqtt::ptype::name(e.http_method).to_string(),
+                client_id: if connect { text.clone() } else { String::new() },
+                topic: if connect { String::new() } else { text },
+            }
+        });
         FlowView {
             time: rfc3339(self.time_ns),
             verdict: self.verdict().to_string(),
@@ -122,6 +132,7 @@ impl FlowRecord {
                 kind::NEW_FLOW => "NEW_FLOW",
                 kind::DROP => "DROP",
                 kind::HTTP => "L7_HTTP",
+                kind::MQTT => "L7_MQTT",
                 _ => "UNKNOWN",
             }
             .to_string(),
@@ -143,6 +154,7 @@ impl FlowRecord {
             bytes: e.bytes,
             policy: self.policy.as_deref().unwrap_or_default().to_string(),
             l7_http: http,
+            l7_mqtt: mqtt,
         }
     }
 }
@@ -166,6 +178,10 @@ pub struct FlowView {
     /// The policy that allowed it; empty for a ground rule or a drop.
     pub policy: String,
     pub l7_http: Option<HttpView>,
+    /// MQTT packets judged by MQTT rules. Absent in logs written before
+    /// it existed.
+    #[serde(default)]
+    pub l7_mqtt: Option<MqttView>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +212,16 @@ pub struct InterfaceView {
 pub struct HttpView {
     pub method: String,
     pub url: String,
+}
+
+/// An MQTT packet of an `L7_MQTT` record: its type, and the first 64
+/// bytes of its topic (PUBLISH), filter (SUBSCRIBE) or client id
+/// (CONNECT).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttView {
+    pub packet_type: String,
+    pub topic: String,
+    pub client_id: String,
 }
 
 /// Decodes a ring-buffer record; None when its size is not the layout's.
@@ -393,6 +419,31 @@ pub(crate) mod tests {
         e.http_method = porin_common::http::method::OTHER;
         let v = FlowRecord::enrich(4, 0, e, &directory()).view();
         assert_eq!(v.l7_http.unwrap().method, "?");
+    }
+
+    #[test]
+    fn mqtt_events_carry_packet_type_and_topic() {
+        let mut e = drop_event();
+        e.kind = kind::MQTT;
+        e.drop_reason = porin_common::datapath::DropReason::MqttDenied as u8;
+        e.http_method = porin_common::mqtt::ptype::PUBLISH;
+        e.http_path[..9].copy_from_slice(b"cams/2/fr");
+        e.http_path_len = 9;
+        let v = FlowRecord::enrich(3, 0, e, &directory()).view();
+        assert_eq!(v.event_type, "L7_MQTT");
+        assert_eq!(v.drop_reason_desc.as_deref(), Some("MQTT_DENIED"));
+        let m = v.l7_mqtt.clone().expect("MQTT fields");
+        assert_eq!(
+            (m.packet_type.as_str(), m.topic.as_str()),
+            ("PUBLISH", "cams/2/fr")
+        );
+        assert!(v.l7_http.is_none());
+        e.http_method = porin_common::mqtt::ptype::CONNECT;
+        let m = FlowRecord::enrich(4, 0, e, &directory())
+            .view()
+            .l7_mqtt
+            .unwrap();
+        assert_eq!((m.client_id.as_str(), m.topic.as_str()), ("cams/2/fr", ""));
     }
 
     #[test]

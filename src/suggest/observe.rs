@@ -385,6 +385,7 @@ pub(crate) mod tests {
             bytes: 74,
             policy: String::new(),
             l7_http: None,
+            l7_mqtt: None,
         }
     }
 

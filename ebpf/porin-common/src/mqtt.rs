@@ -1006,11 +1006,17 @@ pub fn text_hash(key: &SipKey, bytes: &[u8]) -> u64 {
 /// 3.1.1.
 pub const CONNACK_V311: [u8; 4] = [0x20, 0x02, 0x00, 0x05];
 /// A CONNACK refusing a CONNECT, MQTT 5: reason 0x87 (Not authorized),
-/// with an empty reason string so the packet is 8 bytes (checksummed in
-/// 4-byte words).
-pub const CONNACK_V5: [u8; 8] = [0x20, 0x06, 0x00, 0x87, 0x03, 0x1f, 0x00, 0x00];
-/// A DISCONNECT with reason 0x87 (Not authorized), MQTT 5.
-pub const DISCONNECT_V5: [u8; 4] = [0xe0, 0x02, 0x87, 0x00];
+/// with the reason string "by Porin" (and 16 bytes long: the kernel
+/// checksums answers in 4-byte words).
+pub const CONNACK_V5: [u8; 16] = [
+    0x20, 0x0e, 0x00, 0x87, 0x0b, 0x1f, 0x00, 0x08, b'b', b'y', b' ', b'P', b'o', b'r', b'i', b'n',
+];
+/// A DISCONNECT with reason 0x87 (Not authorized), MQTT 5, with the reason
+/// string "Porin" (12 bytes). A reason string, not only the code: paho-mqtt
+/// 1.6 reads a DISCONNECT's reason code only when properties follow it.
+pub const DISCONNECT_V5: [u8; 12] = [
+    0xe0, 0x0a, 0x87, 0x08, 0x1f, 0x00, 0x05, b'P', b'o', b'r', b'i', b'n',
+];
 
 #[cfg(feature = "user")]
 mod pod {

@@ -599,9 +599,14 @@ fn checksums(o: &mut [u8; OUT], v4: bool, l4: usize, tcp_len: usize) -> Option<(
         return None;
     }
     let l4 = l4 & 63;
-    // The answers' lengths (a multiple of 4 each): none, MQTT's 4 and 8
-    // bytes, the 403.
-    if tcp_len != 20 && tcp_len != 24 && tcp_len != 28 && tcp_len != 20 + FORBIDDEN.len() {
+    // The answers' lengths (a multiple of 4 each): none, MQTT's (4, 12 and
+    // 16 bytes), the 403.
+    if tcp_len != 20
+        && tcp_len != 24
+        && tcp_len != 32
+        && tcp_len != 36
+        && tcp_len != 20 + FORBIDDEN.len()
+    {
         return None;
     }
     let segment = csum(&o[l4..l4 + tcp_len], 0)?;
