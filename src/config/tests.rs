@@ -1151,3 +1151,96 @@ fn conntrack_http_quota() {
         "out of range",
     );
 }
+
+// ---- MQTT rules ------------------------------------------------------------
+
+fn mqtt_policy(body: &str) -> String {
+    format!(
+        "{GROUPS}policies:\n  - name: p\n    from: [sensor]\n    to: [web]\n    \
+         ports: [1883]\n    mqtt:\n{body}"
+    )
+}
+
+#[test]
+fn mqtt_rules_parse() {
+    let c = ok(&mqtt_policy(
+        "      client_id: [\"cam-*\", hub]\n      publish: \"sensors/+/t\"\n      \
+         subscribe: [\"cmd/{client_id}/#\"]\n      max_qos: 1\n      retain: false\n      \
+         max_message_size: 4KiB\n",
+    ));
+    let m = c.policies[0].mqtt.as_ref().expect("mqtt rules");
+    assert_eq!(
+        m.client_ids,
+        [
+            ClientId::Prefix("cam-".into()),
+            ClientId::Exact("hub".into())
+        ]
+    );
+    assert_eq!(m.publish[0].to_string(), "sensors/+/t");
+    assert_eq!(m.subscribe[0].levels[1], Level::ClientId);
+    assert_eq!(
+        (m.max_qos, m.retain, m.max_message_size),
+        (1, false, Some(4096))
+    );
+    // Defaults: any client, nothing to publish or subscribe, QoS 2, retain.
+    let c = ok(&mqtt_policy("      publish: [a]\n"));
+    let m = c.policies[0].mqtt.as_ref().unwrap();
+    assert!(m.client_ids.is_empty() && m.subscribe.is_empty());
+    assert_eq!((m.max_qos, m.retain, m.max_message_size), (2, true, None));
+}
+
+#[test]
+fn mqtt_mistakes_name_their_place() {
+    assert_one(
+        &mqtt_policy("      publish: [\"a/#/b\"]\n"),
+        16,
+        17,
+        "policies[0].mqtt.publish[0]",
+        "`#` must be the last level",
+    );
+    assert_one(
+        &mqtt_policy("      client_id: \"a*b\"\n"),
+        16,
+        18,
+        "policies[0].mqtt.client_id",
+        "`*` may only end a client id pattern",
+    );
+    assert_one(
+        &mqtt_policy("      max_qos: 3\n"),
+        16,
+        16,
+        "policies[0].mqtt.max_qos",
+        "3 is out of range 0-2",
+    );
+    assert_one(
+        &mqtt_policy("      topics: [a]\n"),
+        16,
+        7,
+        "policies[0].mqtt.topics",
+        "unknown field",
+    );
+    assert_one(
+        &mqtt_policy("      subscribe: [a, a]\n"),
+        16,
+        22,
+        "policies[0].mqtt.subscribe[1]",
+        "",
+    );
+    let src = format!(
+        "{GROUPS}policies:\n  - name: p\n    from: [sensor]\n    to: [web]\n    \
+         mqtt:\n      publish: [a]\n"
+    );
+    assert_one(
+        &src,
+        15,
+        7,
+        "policies[0].mqtt",
+        "MQTT rules need explicit `ports`",
+    );
+    let src = format!(
+        "{GROUPS}policies:\n  - name: p\n    from: [sensor]\n    to: [web]\n    \
+         ports: [80]\n    http:\n      - method: GET\n        path: /\n    \
+         mqtt:\n      publish: [a]\n"
+    );
+    assert_one(&src, 19, 7, "policies[0].mqtt", "not both");
+}

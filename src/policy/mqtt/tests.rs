@@ -342,3 +342,67 @@ proptest! {
         }
     }
 }
+
+mod compiled {
+    use crate::config::parse;
+    use crate::policy::{compile, http::ANY_KEY};
+    use porin_common::datapath::{action, Direction};
+    use porin_common::http::SET_MQTT;
+
+    fn compiled(policies: &str) -> Result<crate::policy::Compiled, String> {
+        let yaml = format!(
+            "version: 1\ngroups:\n  - name: broker\n    select:\n      labels: {{app: b}}\n  \
+             - name: cam\n    select:\n      labels: {{app: c}}\n\
+             ground_rules:\n  same_group: deny\n  host_ingress: deny\n\
+             policies:\n{policies}"
+        );
+        let cfg = parse(&yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        compile(&cfg, &[], &[], &ANY_KEY).map_err(|e| e.to_string())
+    }
+
+    const CAMS: &str = "  - name: cams\n    from: [cam]\n    to: [broker]\n    ports: [1883]\n    \
+        mqtt:\n      publish: [\"a/#\"]\n";
+
+    #[test]
+    fn an_mqtt_policy_marks_its_entries_and_names_its_set() {
+        let c = compiled(CAMS).unwrap();
+        let tcp: Vec<_> = c.policy.iter().filter(|(k, _)| k.port == 1883).collect();
+        assert!(!tcp.is_empty());
+        for (k, v) in tcp {
+            assert_eq!(v.action, action::ALLOW_HTTP, "{k:?}");
+            let set = c.http_maps.sets[k];
+            assert_eq!(set.depths, SET_MQTT);
+            let m = c.http_maps.mqtt.sets[&set.id];
+            assert_eq!(m.rule, 1, "the policy's number, for events");
+        }
+        assert!(c
+            .http_maps
+            .sets
+            .keys()
+            .any(|k| k.direction == Direction::Ingress as u8));
+        assert!(!c.http_maps.mqtt.edges.is_empty());
+    }
+
+    #[test]
+    fn mqtt_rules_are_not_merged_nor_mixed_with_http() {
+        let two = format!(
+            "{CAMS}  - name: more\n    from: [cam]\n    to: [broker]\n    ports: [1883]\n    \
+             mqtt:\n      publish: [b]\n"
+        );
+        let e = compiled(&two).unwrap_err();
+        assert!(
+            e.contains("`cams`") && e.contains("`more`") && e.contains("not merged"),
+            "{e}"
+        );
+        let http = format!(
+            "{CAMS}  - name: web\n    from: [cam]\n    to: [broker]\n    ports: [1883]\n    \
+             http:\n      - method: GET\n        path: /\n"
+        );
+        let e = compiled(&http).unwrap_err();
+        assert!(e.contains("one protocol"), "{e}");
+        // A plain policy for the same port leaves it open (a union).
+        let plain = format!("{CAMS}  - name: open\n    from: [cam]\n    to: [broker]\n");
+        let c = compiled(&plain).unwrap();
+        assert!(c.http_maps.sets.is_empty() && c.http_maps.mqtt.sets.is_empty());
+    }
+}
