@@ -48,6 +48,12 @@ impl TopicPattern {
         if text.contains('\0') {
             return Err("a topic must not contain NUL".into());
         }
+        if text.ends_with('/') {
+            return Err(format!(
+                "`{text}` ends with `/` (an empty last level): not supported; \
+                 the datapath refuses such topics"
+            ));
+        }
         let parts: Vec<&str> = text.split('/').collect();
         let mut levels = Vec::with_capacity(parts.len());
         for (i, part) in parts.iter().enumerate() {
@@ -165,9 +171,9 @@ mod tests {
         assert_eq!(p.levels[1], Level::ClientId);
         assert_eq!(p.levels[2], Level::Hash);
         assert_eq!(TopicPattern::parse("#").unwrap().levels, vec![Level::Hash]);
-        // Empty levels are levels.
-        assert_eq!(TopicPattern::parse("/a/").unwrap().levels.len(), 3);
-        for bad in ["", "a/#/b", "a+/b", "a/b#", "a/{client}", "x\0y"] {
+        // Empty levels are levels (but not the last: see below).
+        assert_eq!(TopicPattern::parse("/a//b").unwrap().levels.len(), 4);
+        for bad in ["", "a/#/b", "a+/b", "a/b#", "a/{client}", "x\0y", "a/"] {
             assert!(TopicPattern::parse(bad).is_err(), "{bad:?}");
         }
         assert!(TopicPattern::parse(&"a".repeat(MAX_TOPIC + 1)).is_err());

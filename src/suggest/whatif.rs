@@ -209,6 +209,10 @@ fn http_verdict(c: &Compiled, key: Option<PolicyKey>, req: &Request) -> Result<(
     let Some(set) = key.and_then(|k| c.http_maps.sets.get(&k)) else {
         return Err(DropReason::Internal);
     };
+    if set.depths & porin_common::http::SET_MQTT != 0 {
+        // An HTTP request on an MQTT-ruled port: not MQTT.
+        return Err(DropReason::MqttMalformed);
+    }
     let head = format!("{} {} HTTP/1.1\r\n\r\n", req.method, req.path);
     let r = parse_for(head.as_bytes(), head.len(), &ANY_KEY, set.depths, set.names)
         .map_err(|_| DropReason::HttpMalformed)?;

@@ -82,3 +82,24 @@ pub fn pingreq() -> Vec<u8> {
 pub fn disconnect() -> Vec<u8> {
     vec![0xe0, 0]
 }
+
+/// MQTT rules as a policy's `mqtt:` would give them, with the defaults
+/// (QoS up to 2, retain allowed, no size limit).
+pub fn rule(client_ids: &[&str], publish: &[&str], subscribe: &[&str]) -> crate::config::MqttRule {
+    use crate::config::{ClientId, Loc, TopicPattern};
+    let topics = |v: &[&str]| -> Vec<TopicPattern> {
+        v.iter().map(|p| TopicPattern::parse(p).unwrap()).collect()
+    };
+    crate::config::MqttRule {
+        client_ids: client_ids
+            .iter()
+            .map(|c| ClientId::parse(c).unwrap())
+            .collect(),
+        publish: topics(publish),
+        subscribe: topics(subscribe),
+        max_qos: 2,
+        retain: true,
+        max_message_size: None,
+        loc: Loc { line: 1, column: 1 },
+    }
+}

@@ -183,6 +183,8 @@ pub struct Scratch {
     pub(crate) ev_kind: u32,
     /// What a denial answers the client ([`answer`]).
     pub(crate) answer: u32,
+    /// Its length, written by [`put_answer`].
+    pub(crate) answer_len: u32,
     /// The MQTT head being parsed (restored from `PORIN_MQTTH_V1` when it
     /// began in an earlier segment).
     pub(crate) mhead: porin_common::mqtt::MqttHead,
@@ -358,17 +360,25 @@ pub fn deny(
     t: &Tcp,
     s: &mut Scratch,
 ) -> bool {
-    let which = s.answer;
-    let o = &mut s.out;
     let v4 = flow.family == 4;
     let l4: usize = if v4 { 34 } else { 54 };
-    // SAFETY: `o` has room for the 14 bytes.
-    if unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, 0, o.as_mut_ptr().cast(), 14) } != 0 {
+    // SAFETY: `out` has room for the 14 bytes.
+    if unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, 0, s.out.as_mut_ptr().cast(), 14) } != 0
+    {
         return false;
     }
+    // The answer's bytes, and its length through memory: read back, it is
+    // one unknown (bounded) length for the verifier, not one path per
+    // answer through everything below.
+    put_answer(&mut s.out, l4 + 20, s.answer, &mut s.answer_len);
+    // SAFETY: a field of the scratch.
+    let plen = (unsafe { core::ptr::read_volatile(&s.answer_len) } & 0x7c) as usize;
+    if plen > FORBIDDEN.len() {
+        return false;
+    }
+    let o = &mut s.out;
     // The answer: Ethernet addresses swapped, IP and TCP from the server.
     swap_macs(o);
-    let plen = put_answer(o, l4 + 20, which);
     write_ip(o, flow, v4, true, 20 + plen);
     write_tcp(
         o,
@@ -400,11 +410,11 @@ pub fn deny(
     put_packet(ctx, o, v4, l4, 20)
 }
 
-/// Writes the [`answer`] `which` at `o[at..]`; returns its length.
+/// Writes the [`answer`] `which` at `o[at..]` and its length to `len`.
 #[inline(always)]
-fn put_answer(o: &mut [u8; OUT], at: usize, which: u32) -> usize {
+fn put_answer(o: &mut [u8; OUT], at: usize, which: u32, len: &mut u32) {
     use porin_common::mqtt::{CONNACK_V311, CONNACK_V5, DISCONNECT_V5};
-    if which == answer::HTTP_403 {
+    let n = if which == answer::HTTP_403 {
         put_bytes(o, at, FORBIDDEN)
     } else if which == answer::CONNACK_V311 {
         put_bytes(o, at, &CONNACK_V311)
@@ -414,7 +424,9 @@ fn put_answer(o: &mut [u8; OUT], at: usize, which: u32) -> usize {
         put_bytes(o, at, &DISCONNECT_V5)
     } else {
         0
-    }
+    };
+    // SAFETY: a plain `u32`.
+    unsafe { core::ptr::write_volatile(len, n as u32) };
 }
 
 #[inline(always)]
@@ -599,14 +611,9 @@ fn checksums(o: &mut [u8; OUT], v4: bool, l4: usize, tcp_len: usize) -> Option<(
         return None;
     }
     let l4 = l4 & 63;
-    // The answers' lengths (a multiple of 4 each): none, MQTT's (4, 12 and
-    // 16 bytes), the 403.
-    if tcp_len != 20
-        && tcp_len != 24
-        && tcp_len != 32
-        && tcp_len != 36
-        && tcp_len != 20 + FORBIDDEN.len()
-    {
+    // The header and an answer (a multiple of 4 bytes each, the 403 the
+    // longest).
+    if tcp_len < 20 || tcp_len > 20 + FORBIDDEN.len() || tcp_len % 4 != 0 {
         return None;
     }
     let segment = csum(&o[l4..l4 + tcp_len], 0)?;
@@ -1150,32 +1157,17 @@ pub(crate) fn copy<T: Copy>(dst: &mut T, src: &T) {
 #[classifier]
 #[inline(always)]
 pub fn http_finish(ctx: TcContext) -> i32 {
-    let Ok(s) = scratch() else {
-        return tc_action::SHOT;
+    let (s, f) = match finish_start(&ctx) {
+        Ok(v) => v,
+        Err(action) => return action,
     };
-    let dir = dir_of(s.dir);
-    // SAFETY: the context pointer the kernel passed in.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(flow) = flow_of(&ctx) else {
-        return drop_internal(&ctx, dir);
-    };
-    // Field by field, volatile: a zero-filled or copied struct became a
-    // `memset` / `memcpy` call (see [`copy`]).
-    // SAFETY: fields of the scratch.
-    let t = unsafe {
-        Tcp {
-            seq: core::ptr::read_volatile(&s.t.seq),
-            ack: core::ptr::read_volatile(&s.t.ack),
-            flags: core::ptr::read_volatile(&s.t.flags),
-            payload_off: core::ptr::read_volatile(&s.t.payload_off),
-            payload_len: core::ptr::read_volatile(&s.t.payload_len),
-        }
-    };
-    let Some(conn) = PORIN_HTTPC_V1.get_ptr_mut(&s.ckey) else {
-        return drop_internal(&ctx, dir);
-    };
-    // SAFETY: the map value, valid for this run.
-    let conn = unsafe { &mut *conn };
+    let Finish {
+        dir,
+        ifindex,
+        flow,
+        t,
+        conn,
+    } = f;
     let what = s.finish;
     let result = if what == finish::PASS {
         // Every byte consumed: the packet's view becomes the connection's.
@@ -1244,6 +1236,59 @@ pub fn http_finish(ctx: TcContext) -> i32 {
         conn.state = conn_state::DENIED;
     }
     conclude(&ctx, &flow, dir, ifindex, &t, s, result, true)
+}
+
+/// What a finish program ([`http_finish`], `mqtt::mqtt_finish`) starts
+/// from: the packet's direction, device, flow and TCP facts, and its
+/// connection's stream state.
+pub(crate) struct Finish {
+    pub dir: Direction,
+    pub ifindex: u32,
+    pub flow: Flow,
+    pub t: Tcp,
+    pub conn: &'static mut HttpConn,
+}
+
+/// The scratch and [`Finish`], or the action to return (the packet
+/// drops: `Internal`).
+#[inline(always)]
+pub(crate) fn finish_start(ctx: &TcContext) -> Result<(&'static mut Scratch, Finish), i32> {
+    let Ok(s) = scratch() else {
+        return Err(tc_action::SHOT);
+    };
+    let dir = dir_of(s.dir);
+    // SAFETY: the context pointer the kernel passed in.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(flow) = flow_of(ctx) else {
+        return Err(drop_internal(ctx, dir));
+    };
+    // Field by field, volatile: a zero-filled or copied struct became a
+    // `memset` / `memcpy` call (see [`copy`]).
+    // SAFETY: fields of the scratch.
+    let t = unsafe {
+        Tcp {
+            seq: core::ptr::read_volatile(&s.t.seq),
+            ack: core::ptr::read_volatile(&s.t.ack),
+            flags: core::ptr::read_volatile(&s.t.flags),
+            payload_off: core::ptr::read_volatile(&s.t.payload_off),
+            payload_len: core::ptr::read_volatile(&s.t.payload_len),
+        }
+    };
+    let Some(conn) = PORIN_HTTPC_V1.get_ptr_mut(&s.ckey) else {
+        return Err(drop_internal(ctx, dir));
+    };
+    // SAFETY: the map value, valid for this run.
+    let conn = unsafe { &mut *conn };
+    Ok((
+        s,
+        Finish {
+            dir,
+            ifindex,
+            flow,
+            t,
+            conn,
+        },
+    ))
 }
 
 /// [`Scratch::ev`]: a request recorded.

@@ -27,8 +27,8 @@ use porin_common::{
 
 use crate::{
     http::{
-        answer, conclude, copy, dir_of, drop_internal, finish, flow_of, hash_key, load_payload,
-        scratch, stage_index, tail, Scratch, Tcp, EV_AUDIT_DENIED, EV_REQUEST, PORIN_HTTPC_V1,
+        answer, conclude, copy, dir_of, drop_internal, finish, finish_start, hash_key,
+        load_payload, scratch, stage_index, tail, Finish, Scratch, EV_AUDIT_DENIED, EV_REQUEST,
     },
     identity,
 };
@@ -142,6 +142,8 @@ pub fn mqtt_parse(ctx: TcContext) -> i32 {
         copy(&mut s.mhead, kept);
         s.restored = 1;
     }
+    // `next` offers up to HTTP's chunk; this parse takes less.
+    let n = if n > CHUNK as u32 { CHUNK as u32 } else { n };
     let Some(n) = load_payload::<{ CHUNK as u32 }>(&ctx, s, n) else {
         return drop_internal(&ctx, dir);
     };
@@ -190,31 +192,17 @@ fn audit(ctx: &TcContext) -> bool {
 #[classifier]
 #[inline(always)]
 pub fn mqtt_finish(ctx: TcContext) -> i32 {
-    let Ok(s) = scratch() else {
-        return tc_action::SHOT;
+    let (s, f) = match finish_start(&ctx) {
+        Ok(v) => v,
+        Err(action) => return action,
     };
-    let dir = dir_of(s.dir);
-    // SAFETY: the context pointer the kernel passed in.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(flow) = flow_of(&ctx) else {
-        return drop_internal(&ctx, dir);
-    };
-    // Field by field, volatile (see `http_finish`).
-    // SAFETY: fields of the scratch.
-    let t = unsafe {
-        Tcp {
-            seq: core::ptr::read_volatile(&s.t.seq),
-            ack: core::ptr::read_volatile(&s.t.ack),
-            flags: core::ptr::read_volatile(&s.t.flags),
-            payload_off: core::ptr::read_volatile(&s.t.payload_off),
-            payload_len: core::ptr::read_volatile(&s.t.payload_len),
-        }
-    };
-    let Some(conn) = PORIN_HTTPC_V1.get_ptr_mut(&s.ckey) else {
-        return drop_internal(&ctx, dir);
-    };
-    // SAFETY: the map value, valid for this run.
-    let conn = unsafe { &mut *conn };
+    let Finish {
+        dir,
+        ifindex,
+        flow,
+        t,
+        conn,
+    } = f;
     s.ev_kind = u32::from(flow::kind::MQTT);
     let what = s.finish;
     let result = if what == finish::PASS {
