@@ -330,7 +330,7 @@ pub struct MqttHead {
     pub dollar: u8,
     /// The current filter level's wildcard: 0, `+` or `#`.
     pub wild: u8,
-    /// 1 once a client-id rule matched, or a filter was refused.
+    /// 1 once a client-id rule matched.
     pub hit: u8,
     /// Filters of the SUBSCRIBE so far.
     pub filters: u8,
@@ -694,7 +694,8 @@ where
         }
         h.filters = h.filters.saturating_add(1);
         if h.left == 0 {
-            return Ok(end(h, h.hit == 0));
+            // Every filter was covered (a refused one ends the head).
+            return Ok(end(h, true));
         }
         h.phase = phase::S_FLEN;
         h.field = 2;
@@ -872,7 +873,9 @@ where
         h.nflags & (node_flag::ACCEPT | node_flag::ALL) != 0
     };
     if !whole {
-        h.hit = 1;
+        // Refused: the packet ends here for the judgement (its other
+        // filters are skipped as its body), and the event names this one.
+        return Ok(end(h, false));
     }
     h.wild = 0;
     h.phase = phase::S_OPTS;

@@ -117,6 +117,24 @@ fn subscribe_filters_must_be_covered() {
     let mut s = connect(4, "cam-7");
     s.extend(subscribe(4, &["cmd/cams/1", "status/a/online"]));
     assert!(judge(&r, &s).unwrap()[1].allowed);
+    // The refused filter ends the judgement: the event names it, and the
+    // rest of the packet is skipped as its body (audit mode goes on
+    // after it).
+    let mut s = connect(4, "cam-7");
+    s.extend(subscribe(4, &["cmd/x", "cmd/cams/1"]));
+    s.extend(pingreq());
+    let mut edges = BTreeMap::new();
+    let set = compile_set(42, &KEY, &r, &mut edges).unwrap();
+    let lookup = |k: &MqttKey| edges.get(k).copied();
+    let mut texts = Vec::new();
+    let mut session = Session::default();
+    parse_stream(&s, &KEY, &set, &mut session, &lookup, |h, j| {
+        let bytes: Vec<u8> = h.text.iter().flat_map(|w| w.to_le_bytes()).collect();
+        texts.push((j.ptype, j.allowed, bytes[..h.text_len as usize].to_vec()));
+    })
+    .unwrap();
+    assert_eq!(texts[1], (ptype::SUBSCRIBE, false, b"cmd/x".to_vec()));
+    assert_eq!(texts[2].0, ptype::PINGREQ, "the next packet is found");
 }
 
 #[test]
