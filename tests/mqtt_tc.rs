@@ -514,9 +514,10 @@ proptest! {
     }
 }
 
-/// Bytes of packet `p`'s head as the parser reads it: the fixed header,
-/// then through the topic (PUBLISH), or the whole packet (SUBSCRIBE,
-/// CONNECT here has no will, user or password).
+/// Bytes of refused packet `p`'s head as the parser reads it: the fixed
+/// header, then through the topic (PUBLISH), through the refused filter
+/// (SUBSCRIBE, here of one filter: all but its options byte), or the
+/// whole packet (CONNECT here has no will, user or password).
 fn head_len(p: &[u8]) -> usize {
     let mut i = 1;
     while p[i] & 0x80 != 0 {
@@ -525,6 +526,7 @@ fn head_len(p: &[u8]) -> usize {
     let fixed = i + 1;
     match p[0] >> 4 {
         3 => fixed + 2 + usize::from(u16::from_be_bytes([p[fixed], p[fixed + 1]])),
+        8 => p.len() - 1,
         _ => p.len(),
     }
 }
