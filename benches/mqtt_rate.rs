@@ -128,7 +128,7 @@ fn window(
                 "-t",
                 TOPIC,
             ])
-            .args(["-C", &count, "-W", "120"])
+            .args(["-C", &count, "-W", "30"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -164,7 +164,7 @@ fn window(
         if let Some(st) = sub.0.try_wait().unwrap() {
             break st.success();
         }
-        if start.elapsed() > Duration::from_secs(120) {
+        if start.elapsed() > Duration::from_secs(30) {
             break false;
         }
         std::thread::sleep(Duration::from_millis(2));
