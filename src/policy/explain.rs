@@ -76,13 +76,16 @@ impl Compiled {
             .rules
             .get(rule as usize - 1)
             .map_or("?", String::as_str);
-        let http = self.http.iter().any(|t| {
-            t.rule == rule
-                && t.key.subject == subject
-                && t.key.peer == peer
-                && self.http_maps.sets.contains_key(&t.key)
-        });
-        let note = if http { ", HTTP rules" } else { "" };
+        let set = self
+            .http
+            .iter()
+            .filter(|t| t.rule == rule && t.key.subject == subject && t.key.peer == peer)
+            .find_map(|t| self.http_maps.sets.get(&t.key));
+        let note = match set {
+            Some(s) if s.depths & porin_common::http::SET_MQTT != 0 => ", MQTT rules",
+            Some(_) => ", HTTP rules",
+            None => "",
+        };
         format!("policy {name} (#{rule}{note})")
     }
 

@@ -749,6 +749,9 @@ fn iot_gateway_example() {
         group_identity("web"),
         group_identity("db"),
     );
+    // Groups without a container yet: their entries are there for when
+    // one starts.
+    let (broker, cam) = (group_identity("broker"), group_identity("cam"));
     let (lan, monitoring) = (network_identity("lan"), network_identity("monitoring"));
     let eps = vec![
         endpoint(
@@ -781,6 +784,12 @@ fn iot_gateway_example() {
         all(sensor, I, HOST, 0),
         all(web, I, HOST, 0),
         all(db, I, HOST, 0),
+        all(broker, E, broker, 0),
+        all(broker, I, broker, 0),
+        all(cam, E, cam, 0),
+        all(cam, I, cam, 0),
+        all(broker, I, HOST, 0),
+        all(cam, I, HOST, 0),
         vec![
             // 1 sensor-to-web: both sides.
             (sensor, E, web, tcp, 8080, 1),
@@ -805,23 +814,38 @@ fn iot_gateway_example() {
             // 6 dns.
             (sensor, E, HOST, proto::UDP, 53, 6),
             (web, E, HOST, proto::UDP, 53, 6),
+            // 7 sensor-to-broker, 8 cam-to-broker (MQTT rules).
+            (sensor, E, broker, tcp, 1883, 7),
+            (broker, I, sensor, tcp, 1883, 7),
+            (cam, E, broker, tcp, 1883, 8),
+            (broker, I, cam, tcp, 1883, 8),
         ],
     ]);
     assert_eq!(got, want);
-    assert_eq!(c.policy.len(), 45);
+    assert_eq!(c.policy.len(), 45 + 28);
 
-    // HTTP: every TCP entry of policies 1-3 is listed, nothing of 4-6.
+    // L7 (HTTP and MQTT): every TCP entry of policies 1-3 and 7-8 is
+    // listed, nothing of 4-6.
     let http_rules: BTreeSet<u32> = c.http.iter().map(|t| t.rule).collect();
-    assert_eq!(http_rules, [1, 2, 3].into());
-    assert_eq!(c.http.len(), 2 + 1 + 9);
+    assert_eq!(http_rules, [1, 2, 3, 7, 8].into());
+    assert_eq!(c.http.len(), 2 + 1 + 9 + 4);
     assert!(c.http.iter().all(|t| c.policy[&t.key].rule == t.rule));
     // No plain rule covers them: all are enforced, each with its set.
     for t in &c.http {
         assert_eq!(c.policy[&t.key].action, action::ALLOW_HTTP, "{t:?}");
         assert!(c.http_maps.sets.contains_key(&t.key), "{t:?}");
     }
-    assert_eq!(c.http_maps.sets.len(), 12);
+    assert_eq!(c.http_maps.sets.len(), 16);
     assert!(!c.http_maps.rules.is_empty());
+    // Two MQTT sets, one per policy, each marked.
+    assert_eq!(c.http_maps.mqtt.sets.len(), 2);
+    let marked = c
+        .http_maps
+        .sets
+        .values()
+        .filter(|s| s.depths == porin_common::http::SET_MQTT)
+        .count();
+    assert_eq!(marked, 4);
 
     assert_eq!(c.endpoints.len(), 3);
     assert_eq!(c.endpoints[&11].identity, web);
@@ -831,9 +855,9 @@ fn iot_gateway_example() {
     let s = c.summary();
     assert_eq!(
         (s.endpoints, s.ip4, s.net4 + s.net6, s.policy, s.http),
-        (3, 4, 6, 45, 12)
+        (3, 4, 6, 73, 16)
     );
-    assert!(s.to_string().contains("45 of 32768 policy entries"), "{s}");
+    assert!(s.to_string().contains("73 of 32768 policy entries"), "{s}");
 
     let text = c.explain();
     for line in [
@@ -850,6 +874,7 @@ fn iot_gateway_example() {
          (#2, HTTP rules)\n  \
          ingress tcp 9100,9187-9188       from network monitoring    policy prometheus-scrape \
          (#3, HTTP rules)\n",
+        "to group broker            policy sensor-to-broker (#7, MQTT rules)",
     ] {
         assert!(text.contains(line), "explain lacks `{line}`:\n{text}");
     }

@@ -250,7 +250,7 @@ pub const MQTT_EDGES: MapDef<MqttKey, MqttNext> =
 pub const MQTT_HEADS: MapDef<CtKey, MqttHead> = MapDef::new("PORIN_MQTTH_V1", LruHash, mqtt::HEADS);
 /// Bytes of the HTTP stage's per-CPU scratch (`Scratch` in the eBPF
 /// crate's `http.rs`): the host test reports the new size when it changes.
-pub const HTTP_SCRATCH_BYTES: usize = 2296;
+pub const HTTP_SCRATCH_BYTES: usize = 2304;
 /// The stage's per-CPU scratch buffer (one entry).
 pub const HTTP_SCRATCH: MapDef<u32, Opaque<HTTP_SCRATCH_BYTES>> =
     MapDef::new("PORIN_HTTPB_V1", PerCpuArray, 1);
