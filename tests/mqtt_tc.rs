@@ -357,7 +357,12 @@ fn refused_streams_have_their_drop_reasons() {
     require_root("refused_streams_have_their_drop_reasons");
     let dp = Dp::new(mode::ENFORCE, cams());
     let c = connect(5, "cam-1");
-    let cases: [(Vec<u8>, DropReason); 5] = [
+    let cases: [(Vec<u8>, DropReason); 6] = [
+        (
+            // A Will: its topic would reach the broker unjudged.
+            porin::testing::mqtt::connect_with_will("cam-1", "cmd/everyone", b"x"),
+            DropReason::MqttUnsupported,
+        ),
         (
             cat(&[c.clone(), packet(0x30, &[0, 0, 0, b'x'])]),
             DropReason::MqttTopicAlias,

@@ -209,7 +209,19 @@ fn compile_mqtt(
     let Some(rule) = &first.mqtt else {
         unreachable!("filtered above");
     };
-    let id = set_id(format!("mqtt#{}|{rule:?}", with_mqtt[0]).as_bytes());
+    // Without the rule's position in the file: editing around a policy
+    // must not renumber its set (live connections would lose it).
+    let canonical = format!(
+        "mqtt#{}|{:?}|{:?}|{:?}|{}|{}|{:?}",
+        with_mqtt[0],
+        rule.client_ids,
+        rule.publish,
+        rule.subscribe,
+        rule.max_qos,
+        rule.retain,
+        rule.max_message_size
+    );
+    let id = set_id(canonical.as_bytes());
     let mut set = super::mqtt::compile_set(id, key, rule, &mut out.edges).map_err(fail)?;
     set.rule = with_mqtt[0];
     out.sets.insert(id, set);

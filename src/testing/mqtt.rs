@@ -47,6 +47,19 @@ pub fn connect(level: u8, id: &str) -> Vec<u8> {
     packet(0x10, &b)
 }
 
+/// CONNECT (3.1.1) with a Will: `topic` and `message`, published by the
+/// broker when the client goes.
+pub fn connect_with_will(id: &str, topic: &str, message: &[u8]) -> Vec<u8> {
+    let mut b = string(b"MQTT");
+    b.push(4);
+    b.push(0x02 | 0x04);
+    b.extend_from_slice(&60u16.to_be_bytes());
+    b.extend(string(id.as_bytes()));
+    b.extend(string(topic.as_bytes()));
+    b.extend(string(message));
+    packet(0x10, &b)
+}
+
 /// PUBLISH of `payload` to `topic` (`qos` 0-2, packet id 1 when > 0).
 pub fn publish(level: u8, topic: &str, qos: u8, retain: bool, payload: &[u8]) -> Vec<u8> {
     let mut b = string(topic.as_bytes());

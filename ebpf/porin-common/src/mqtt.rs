@@ -21,7 +21,8 @@
 //! | UNSUBSCRIBE, PINGREQ, PUBACK, PUBREC, PUBREL, PUBCOMP, DISCONNECT, AUTH | the fixed header | allowed |
 //! | CONNACK, SUBACK, UNSUBACK, PINGRESP (server packets), type 0 | — | `Malformed` |
 //!
-//! The first packet must be CONNECT, and only the first: anything else
+//! The first packet must be CONNECT (without a Will: its topic is not
+//! judged, so it is refused), and only the first: anything else
 //! on an MQTT-ruled port (TLS, WebSocket's HTTP upgrade, a second
 //! CONNECT) is `Malformed`. A broker acts on no packet before all of it
 //! arrived, so a segment that ends inside a head passes, and the one that
@@ -511,7 +512,8 @@ where
             ptype::PUBACK | ptype::PUBREC | ptype::PUBCOMP | ptype::PINGREQ | ptype::DISCONNECT => {
                 connected && f == 0
             }
-            ptype::AUTH => f == 0 && (h.level == level::V5 || !connected),
+            // MQTT 5 only, after CONNECT (a broker might take it before).
+            ptype::AUTH => f == 0 && h.level == level::V5,
             _ => false,
         };
         if !ok {
@@ -600,6 +602,13 @@ where
     if ph == phase::C_FLAGS {
         if b & 1 != 0 {
             return Err(MqttError::Malformed);
+        }
+        if b & 0x04 != 0 {
+            // A Will: a message the broker publishes for the client when
+            // it goes (a RST from Porin included), to a topic in the
+            // CONNECT's body, which is not judged. Refused rather than
+            // passed unjudged.
+            return Err(MqttError::Unsupported);
         }
         h.phase = phase::C_KEEPALIVE;
         h.field = 2;

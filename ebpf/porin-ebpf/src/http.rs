@@ -875,6 +875,10 @@ fn entry(ctx: &TcContext, dir: Direction) -> i32 {
     };
     // SAFETY: the map value, valid for this run.
     let conn = unsafe { &mut *conn };
+    if conn.set.depths & SET_MQTT != 0 {
+        // An MQTT client is not sent an HTTP 403: a FIN ends it.
+        s.answer = answer::FIN;
+    }
     match plan(conn, t.seq, t.payload_len, t.flags as u8) {
         Plan::Pass => {}
         Plan::Restart => {

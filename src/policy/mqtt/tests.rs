@@ -219,6 +219,14 @@ fn refused_streams() {
         err(&crate::testing::mqtt::packet(0x10, &b)),
         MqttError::Unsupported
     );
+    // A Will (its topic is not judged), and AUTH before CONNECT.
+    assert_eq!(
+        err(&crate::testing::mqtt::connect_with_will(
+            "c", "cmd/all", b"x"
+        )),
+        MqttError::Unsupported
+    );
+    assert_eq!(err(&[0xf0, 0x00]), MqttError::Malformed);
     // A topic alias stands for the topic.
     let mut s = connect(5, "c");
     s.extend(crate::testing::mqtt::packet(0x30, &[0, 0, 3, 0x23, 0, 1]));
@@ -388,6 +396,20 @@ mod compiled {
             .keys()
             .any(|k| k.direction == Direction::Ingress as u8));
         assert!(!c.http_maps.mqtt.edges.is_empty());
+    }
+
+    /// An edit that moves a policy in the file keeps its set's id: live
+    /// connections keep their rules across the reload.
+    #[test]
+    fn the_set_id_does_not_depend_on_the_rules_position() {
+        let id = |p: &str| {
+            let c = compiled(p).unwrap();
+            let ids: Vec<u32> = c.http_maps.mqtt.sets.keys().copied().collect();
+            ids
+        };
+        let moved = CAMS.replace("    mqtt:\n", "    # a comment\n    mqtt:\n");
+        assert_ne!(moved, CAMS);
+        assert_eq!(id(CAMS), id(&moved));
     }
 
     #[test]
